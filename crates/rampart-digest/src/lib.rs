@@ -1,0 +1,1 @@
+//! rampart-digest: built by the foundation issue.

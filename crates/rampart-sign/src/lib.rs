@@ -1,0 +1,1 @@
+//! rampart-sign: built by the foundation issue.

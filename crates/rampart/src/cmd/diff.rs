@@ -1,0 +1,11 @@
+//! `rampart diff`. Not built yet: the issue that delivers it replaces this file.
+
+use crate::Outcome;
+
+/// Arguments of `rampart diff`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<Outcome> {
+    anyhow::bail!("`rampart diff` is not built yet")
+}

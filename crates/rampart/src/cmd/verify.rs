@@ -1,0 +1,11 @@
+//! `rampart verify`. Not built yet: the issue that delivers it replaces this file.
+
+use crate::Outcome;
+
+/// Arguments of `rampart verify`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<Outcome> {
+    anyhow::bail!("`rampart verify` is not built yet")
+}

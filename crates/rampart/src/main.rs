@@ -1,0 +1,99 @@
+//! `rampart`: the command line. Thin by design: parse, dispatch to a library crate, render, map exit codes.
+//!
+//! Exit codes are a contract shared by every command:
+//! 0 clean, 1 a finding or a denial (failed verification, malicious file, attack past its threshold), 2 an error.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Rampart secures AI systems across their lifecycle: training data, model development, inference and deployment.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Each command lives in its own module under `cmd/`; this enum only names them.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a P-256 key pair for signing (PEM)
+    Keygen(cmd::keygen::Args),
+    /// Sign a model or data directory (OpenSSF model-signing v1.0 bundle)
+    Sign(cmd::sign::Args),
+    /// Verify a directory against its signature
+    Verify(cmd::verify::Args),
+    /// Show which files changed between two signatures, or between a signature and a directory
+    Diff(cmd::diff::Args),
+    /// Scan model files for malicious content without loading them
+    Scan(cmd::scan::Args),
+    /// Run the secure inference gateway
+    Serve(cmd::serve::Args),
+    /// Manage the gateway's API keys
+    #[command(subcommand)]
+    Keys(cmd::keys::Command),
+    /// Validate a training data set: schema, leaks, duplicates, labels, outliers, poisoning
+    #[command(subcommand)]
+    Data(cmd::data::Command),
+    /// Attack a model: adversarial robustness, membership inference, extraction
+    Eval(cmd::eval::Args),
+}
+
+/// What a command concluded, before it becomes an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to report: exit 0.
+    Clean,
+    /// A finding, a failed verification or a denial: exit 1.
+    Findings,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Sign(args) => cmd::sign::run(args),
+        Command::Verify(args) => cmd::verify::run(args),
+        Command::Diff(args) => cmd::diff::run(args),
+        Command::Scan(args) => cmd::scan::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Keys(command) => cmd::keys::run(command),
+        Command::Data(command) => cmd::data::run(command),
+        Command::Eval(args) => cmd::eval::run(args),
+    };
+    match result {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Findings) => ExitCode::from(1),
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs go to stderr; `RAMPART_LOG` sets the filter (default `warn`), `RAMPART_LOG_FORMAT=json` gives JSON lines.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RAMPART_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("RAMPART_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// A closed stdout (`rampart scan ... | head`) is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
