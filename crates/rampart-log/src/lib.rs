@@ -1,0 +1,44 @@
+//! `rampart-log`: the tamper-evident audit log every part of Rampart records into.
+//!
+//! In public formats, so that verifiers we did not write can check it:
+//! - an RFC 6962 Merkle tree over the entries ([`merkle`]);
+//! - checkpoints as C2SP signed notes (`tlog-checkpoint`, Ed25519, key IDs per `signed-note`) ([`checkpoint`], [`note`]);
+//! - entries and hashes stored on disk as C2SP `tlog-tiles` ([`tiles`]): a log directory can be served as is.
+//!
+//! Appends are group-committed ([`Log`]): many threads append at once and share one `fdatasync`; an index
+//! is returned only once the entry is durable, and a torn tail left by a crash is cut off on open without
+//! losing an acknowledged entry. [`verify`] recomputes everything and names the first bad entry.
+//!
+//! A log directory holds `checkpoint`, `tile/…`, `wal` (the write-ahead file), `log.vkey` (the verifier key)
+//! and `log.key` (the signer key, mode 0600; keep a copy elsewhere and restrict who can read it).
+
+pub mod checkpoint;
+mod error;
+mod fsutil;
+mod log;
+pub mod merkle;
+pub mod note;
+pub mod record;
+pub mod tiles;
+mod verify;
+mod view;
+mod wal;
+mod writer;
+
+pub use checkpoint::Checkpoint;
+pub use error::{Error, Result};
+pub use log::{vkey_path, Log, Options, Receipt};
+pub use merkle::Hash;
+pub use note::{SignerKey, VerifierKey};
+pub use record::Record;
+pub use verify::{verify, Problem, Verification};
+pub use view::{read_note, read_verifier, LogView};
+
+/// Serializes a hash as standard base64, as checkpoints and proofs show it.
+pub fn serialize_hash<S: serde::Serializer>(
+    hash: &Hash,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use base64::Engine as _;
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(hash))
+}
