@@ -27,7 +27,7 @@ mod writer;
 
 pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
-pub use log::{vkey_path, Log, Options, Receipt};
+pub use log::{random_origin, vkey_path, Log, Options, Receipt};
 pub use merkle::Hash;
 pub use note::{SignerKey, VerifierKey};
 pub use record::Record;

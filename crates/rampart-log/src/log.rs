@@ -304,6 +304,16 @@ impl Drop for Log {
     }
 }
 
+/// A fresh origin for a log created without one: `rampart.invalid/audit/<12 hex digits>`.
+pub fn random_origin() -> Result<String> {
+    let mut id = [0u8; 6];
+    getrandom::getrandom(&mut id).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(format!(
+        "rampart.invalid/audit/{}",
+        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
 fn lock(dir: &Path) -> Result<std::fs::File> {
     let path = dir.join("lock");
     let file = std::fs::OpenOptions::new()
