@@ -9,7 +9,9 @@ use base64::Engine as _;
 use rampart_log::{Log, LogView, Options};
 
 pub fn options() -> Options {
-    Options { checkpoint_interval: std::time::Duration::from_millis(20) }
+    Options {
+        checkpoint_interval: std::time::Duration::from_millis(20),
+    }
 }
 
 /// A log of `n` entries `{"n":i}` in `dir`.

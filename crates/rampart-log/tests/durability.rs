@@ -19,11 +19,16 @@ fn concurrent_appends_get_distinct_indexes_and_verify() {
         .map(|t| {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
-                (0..300).map(|i| log.append(format!("t{t}-{i}").as_bytes()).unwrap()).collect::<Vec<_>>()
+                (0..300)
+                    .map(|i| log.append(format!("t{t}-{i}").as_bytes()).unwrap())
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
-    let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     all.sort_unstable();
     assert_eq!(all, (0..2400).collect::<Vec<_>>());
     Arc::try_unwrap(log).unwrap().close().unwrap();
@@ -34,7 +39,10 @@ fn concurrent_appends_get_distinct_indexes_and_verify() {
     // Reopen and continue.
     let log = Log::open(&dir, common::options()).unwrap();
     assert_eq!(log.append(b"after reopen").unwrap(), 2400);
-    assert!(Log::open(&dir, common::options()).is_err(), "a second writer must be refused");
+    assert!(
+        Log::open(&dir, common::options()).is_err(),
+        "a second writer must be refused"
+    );
     log.close().unwrap();
     assert_eq!(common::view(&dir).entry(2400).unwrap(), b"after reopen");
 }
@@ -50,7 +58,9 @@ fn oversized_entries_are_refused() {
 /// The child: appends from 4 threads forever, printing `ACK index content` once each append returns.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var("RAMPART_LOG_CRASH_DIR") else { return };
+    let Ok(dir) = std::env::var("RAMPART_LOG_CRASH_DIR") else {
+        return;
+    };
     let log = Arc::new(Log::open(std::path::Path::new(&dir), common::options()).unwrap());
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let threads: Vec<_> = (0..4)
@@ -81,7 +91,13 @@ fn acknowledged_entries_survive_kill_9() {
     let mut acked: Vec<(u64, String)> = Vec::new();
     for round in 0..6u64 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env("RAMPART_LOG_CRASH_DIR", &dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -104,11 +120,17 @@ fn acknowledged_entries_survive_kill_9() {
         child.kill().unwrap();
         child.wait().unwrap();
         let got = reader.join().unwrap();
-        assert!(!got.is_empty() || start.elapsed() < Duration::from_millis(100), "round {round}: the child acknowledged nothing");
+        assert!(
+            !got.is_empty() || start.elapsed() < Duration::from_millis(100),
+            "round {round}: the child acknowledged nothing"
+        );
         acked.extend(got);
         if round % 2 == 1 {
             // Simulate a write torn by power loss: garbage at the end of the write-ahead file.
-            let mut wal = std::fs::OpenOptions::new().append(true).open(dir.join("wal")).unwrap();
+            let mut wal = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("wal"))
+                .unwrap();
             wal.write_all(&[0x00, 0x30, b'{', b'"', 0xff]).unwrap();
         }
         // Recovery on open keeps every acknowledged entry.
@@ -116,11 +138,26 @@ fn acknowledged_entries_survive_kill_9() {
         log.close().unwrap();
         let view = common::view(&dir);
         for (index, content) in &acked {
-            assert!(*index < view.checkpoint().size, "round {round}: acknowledged entry {index} was lost");
-            assert_eq!(view.entry(*index).unwrap(), content.as_bytes(), "round {round}: entry {index} changed");
+            assert!(
+                *index < view.checkpoint().size,
+                "round {round}: acknowledged entry {index} was lost"
+            );
+            assert_eq!(
+                view.entry(*index).unwrap(),
+                content.as_bytes(),
+                "round {round}: entry {index} changed"
+            );
         }
         let key = rampart_log::read_verifier(&dir, None).unwrap();
-        assert_eq!(verify(&dir, key, &[]).unwrap().problem, None, "round {round}");
+        assert_eq!(
+            verify(&dir, key, &[]).unwrap().problem,
+            None,
+            "round {round}"
+        );
     }
-    assert!(acked.len() > 100, "too few appends to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "too few appends to mean anything: {}",
+        acked.len()
+    );
 }

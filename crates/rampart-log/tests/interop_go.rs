@@ -9,9 +9,15 @@ use std::process::Command;
 /// Builds `tests/fixtures/tlogcheck` offline in GOPATH mode against Debian's Go sources.
 fn build_checker(out: &Path) -> Option<PathBuf> {
     let gopath = Path::new("/usr/share/gocode");
-    let go_ok = Command::new("go").arg("version").output().is_ok_and(|o| o.status.success());
+    let go_ok = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !go_ok || !gopath.join("src/golang.org/x/mod/sumdb/tlog").is_dir() {
-        assert!(!common::require_peers(), "go or golang-golang-x-mod-dev is missing (scripts/apt-packages.txt)");
+        assert!(
+            !common::require_peers(),
+            "go or golang-golang-x-mod-dev is missing (scripts/apt-packages.txt)"
+        );
         eprintln!("skipping: go or golang-golang-x-mod-dev is not installed");
         return None;
     }
@@ -36,7 +42,9 @@ fn build_checker(out: &Path) -> Option<PathBuf> {
 #[test]
 fn go_verifies_checkpoints_tiles_and_proofs() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(checker) = build_checker(tmp.path()) else { return };
+    let Some(checker) = build_checker(tmp.path()) else {
+        return;
+    };
     let dir = tmp.path().join("log");
     // Sizes chosen to cross tile boundaries: a partial level 0 tile, full ones, a level 1 tile, a level 2 one.
     let log = common::make_log(&dir, 300);
@@ -55,12 +63,19 @@ fn go_verifies_checkpoints_tiles_and_proofs() {
         let proof = tmp.path().join(format!("proof-{index}.json"));
         std::fs::write(&proof, common::proof_json(&view, index, from)).unwrap();
         let mut cmd = Command::new(&checker);
-        cmd.arg(&dir).arg(dir.join("log.vkey")).arg(index.to_string()).arg(&proof);
+        cmd.arg(&dir)
+            .arg(dir.join("log.vkey"))
+            .arg(index.to_string())
+            .arg(&proof);
         if from.is_some() {
             cmd.arg(&old_note);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "go rejected entry {index}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "go rejected entry {index}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     }
 
@@ -70,11 +85,23 @@ fn go_verifies_checkpoints_tiles_and_proofs() {
     let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
     json["inclusion"][0] = serde_json::json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     std::fs::write(&proof, json.to_string()).unwrap();
-    let out = Command::new(&checker).arg(&dir).arg(dir.join("log.vkey")).arg("5").arg(&proof).output().unwrap();
+    let out = Command::new(&checker)
+        .arg(&dir)
+        .arg(dir.join("log.vkey"))
+        .arg("5")
+        .arg(&proof)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     std::fs::write(&proof, &good).unwrap();
     let text = std::fs::read_to_string(dir.join("checkpoint")).unwrap();
     std::fs::write(dir.join("checkpoint"), text.replace("66000", "66001")).unwrap();
-    let out = Command::new(&checker).arg(&dir).arg(dir.join("log.vkey")).arg("5").arg(&proof).output().unwrap();
+    let out = Command::new(&checker)
+        .arg(&dir)
+        .arg(dir.join("log.vkey"))
+        .arg("5")
+        .arg(&proof)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

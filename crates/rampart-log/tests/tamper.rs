@@ -65,12 +65,20 @@ fn a_rewritten_checkpoint_is_refused() {
     let (_tmp, dir) = setup(100);
     let text = std::fs::read_to_string(dir.join("checkpoint")).unwrap();
     // Without the key: the signature no longer verifies.
-    std::fs::write(dir.join("checkpoint"), text.replacen("\n100\n", "\n99\n", 1)).unwrap();
+    std::fs::write(
+        dir.join("checkpoint"),
+        text.replacen("\n100\n", "\n99\n", 1),
+    )
+    .unwrap();
     let p = problem(&dir, &[]).unwrap();
     assert!(p.reason.contains("not signed by the trusted key"), "{p:?}");
     // With the key (an administrator): a root that is not the entries' is found.
     let signer = SignerKey::parse(&std::fs::read_to_string(dir.join("log.key")).unwrap()).unwrap();
-    let forged = Checkpoint { origin: signer.name().into(), size: 100, root: [7; 32] };
+    let forged = Checkpoint {
+        origin: signer.name().into(),
+        size: 100,
+        root: [7; 32],
+    };
     std::fs::write(dir.join("checkpoint"), forged.sign(&signer).unwrap()).unwrap();
     let p = problem(&dir, &[]).unwrap();
     assert!(p.reason.contains("root hash does not match"), "{p:?}");
@@ -90,7 +98,13 @@ fn a_fork_shown_to_two_clients_is_detected() {
     std::fs::copy(dir.join("log.key"), forked.join("log.key")).unwrap();
     std::fs::copy(dir.join("log.vkey"), forked.join("log.vkey")).unwrap();
     let signer = SignerKey::parse(&std::fs::read_to_string(dir.join("log.key")).unwrap()).unwrap();
-    rebuild_with(&forked, &signer, 320, |i| if i == 123 { b"{\"n\":\"rewritten\"}".to_vec() } else { format!("{{\"n\":{i}}}").into_bytes() });
+    rebuild_with(&forked, &signer, 320, |i| {
+        if i == 123 {
+            b"{\"n\":\"rewritten\"}".to_vec()
+        } else {
+            format!("{{\"n\":{i}}}").into_bytes()
+        }
+    });
     // The forked log is self-consistent: alone, it verifies.
     assert_eq!(problem(&forked, &[]), None);
     // Client B sees the fork; A's checkpoint shows it is not an extension of what A saw.
@@ -99,13 +113,18 @@ fn a_fork_shown_to_two_clients_is_detected() {
     assert!(p.reason.contains("rewritten or forked"), "{p:?}");
     // And the honest log is inconsistent with what B saw: the two clients comparing notes find the fork.
     let p = problem(&dir, &[seen_by_b]).unwrap();
-    assert!(p.reason.contains("shrank") || p.reason.contains("forked"), "{p:?}");
+    assert!(
+        p.reason.contains("shrank") || p.reason.contains("forked"),
+        "{p:?}"
+    );
     // A log truncated back (entries removed, re-signed) is caught by the size.
     let truncated = tmp.path().join("truncated");
     std::fs::create_dir(&truncated).unwrap();
     std::fs::copy(dir.join("log.key"), truncated.join("log.key")).unwrap();
     std::fs::copy(dir.join("log.vkey"), truncated.join("log.vkey")).unwrap();
-    rebuild_with(&truncated, &signer, 250, |i| format!("{{\"n\":{i}}}").into_bytes());
+    rebuild_with(&truncated, &signer, 250, |i| {
+        format!("{{\"n\":{i}}}").into_bytes()
+    });
     let p = problem(&truncated, &[seen_by_a]).unwrap();
     assert!(p.reason.contains("shrank"), "{p:?}");
     assert_eq!(p.index, Some(250));
