@@ -421,6 +421,11 @@ pub fn actor() -> String {
     }
 }
 
+/// Whether CLI actions record into a log (`RAMPART_AUDIT_LOG` is set).
+pub fn enabled() -> bool {
+    std::env::var_os(LOG_ENV).is_some()
+}
+
 /// Records a CLI action in the log named by `RAMPART_AUDIT_LOG`, if set. Fails closed: when a log is named
 /// and the record cannot be made durable, the caller must not complete the action.
 pub fn record(record: &Record) -> anyhow::Result<Option<u64>> {

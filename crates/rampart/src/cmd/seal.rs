@@ -77,12 +77,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let sealed = rampart_seal::seal(&args.path, &to, &args.output)
         .with_context(|| format!("cannot seal `{}`", args.path.display()))?;
-    let record = rampart_log::Record::new("seal", crate::cmd::audit::actor())
-        .subject("input", args.path.display().to_string())
-        .subject("sealed", file_digest(&args.output)?);
-    if let Err(e) = crate::cmd::audit::record(&record) {
-        let _ = std::fs::remove_file(&args.output);
-        return Err(e);
+    if crate::cmd::audit::enabled() {
+        let recorded = file_digest(&args.output).and_then(|digest| {
+            let record = rampart_log::Record::new("seal", crate::cmd::audit::actor())
+                .subject("input", args.path.display().to_string())
+                .subject("sealed", digest);
+            crate::cmd::audit::record(&record)
+        });
+        if let Err(e) = recorded {
+            let _ = std::fs::remove_file(&args.output);
+            return Err(e);
+        }
     }
     eprintln!(
         "sealed {} ({} {}, {} bytes) to `{}`",
