@@ -269,3 +269,16 @@ pub fn unseal_to_memory(
         data,
     }])
 }
+
+/// Fuzzing entry point: unseals `data` into memory with a fixed identity and a passphrase. Never panics.
+#[doc(hidden)]
+pub fn fuzz_unseal(data: &[u8]) {
+    let mut keys = Identities::new();
+    if let Ok(ids) = identities_from_text(
+        "AGE-SECRET-KEY-1CHMYAEM5F6Q288ENSYM4W6X9L557PUF3SZ6YHSTNEGKT3DAE9TKSG2YT99\n",
+        Path::new("fuzz"),
+    ) {
+        keys.extend(ids);
+    }
+    let _ = unseal_to_memory(data, &keys, Path::new("fuzz.age"), 1 << 20);
+}
