@@ -46,12 +46,16 @@ pub fn serialize_hash<S: serde::Serializer>(
 /// Fuzzing entry point: parses `data` as a signed checkpoint, a note and a verifier key. Never panics.
 #[doc(hidden)]
 pub fn fuzz_note(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let _ = VerifierKey::parse(text);
     let _ = SignerKey::parse(text);
     let _ = Checkpoint::parse(text);
     // A fixed key: signatures by it will not verify, but every parsing path before that is exercised.
-    if let Ok(key) = VerifierKey::parse("example.com/fuzz+3aa5b8c8+AfeVRtXhA8FLNYsEjJFRyBhvPSUxxtnEYDUXjIM0BzgU") {
+    if let Ok(key) =
+        VerifierKey::parse("example.com/fuzz+3aa5b8c8+AfeVRtXhA8FLNYsEjJFRyBhvPSUxxtnEYDUXjIM0BzgU")
+    {
         let _ = Checkpoint::open(text, &key, std::path::Path::new("fuzz"));
     }
 }

@@ -1,5 +1,11 @@
 //! Helpers shared by the log's integration tests.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly on the first surprise"
+)]
 #![allow(dead_code)]
 
 use std::path::Path;

@@ -1,6 +1,13 @@
 //! Appends from many threads, reopening, and crash safety: a child process appending is killed with
 //! SIGKILL mid-append, again and again; every entry it was told is written must be there afterwards.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly on the first surprise"
+)]
+
 mod common;
 
 use std::io::{BufRead as _, BufReader, Write as _};

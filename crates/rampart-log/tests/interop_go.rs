@@ -1,6 +1,13 @@
 //! Checks checkpoints, tiles, inclusion and consistency proofs with Go's `golang.org/x/mod/sumdb/note` and
 //! `sumdb/tlog` (Debian `golang-golang-x-mod-dev`): an implementation Rampart did not write.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly on the first surprise"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

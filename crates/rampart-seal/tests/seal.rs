@@ -1,6 +1,13 @@
 //! Sealing and unsealing: round trips, interoperability with the `age` CLI both ways, and bad input
 //! (wrong key, truncated or tampered files, loose identity files) leaving nothing behind.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly on the first surprise"
+)]
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;

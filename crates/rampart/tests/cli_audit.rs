@@ -1,6 +1,13 @@
 //! `rampart audit`, `seal` and `unseal` from the outside: trycmd cases pin messages and exit codes, and a
 //! flow test runs init, append, verify, tamper, prove and show, and seal/unseal recording into the log.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly on the first surprise"
+)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 
