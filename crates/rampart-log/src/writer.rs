@@ -40,6 +40,17 @@ impl Writer {
             index,
             reason,
         };
+        // A full tile at the right edge was written after the checkpoint and never fsynced: after a power
+        // loss it may be empty or torn. The checkpoint's partial tiles are durable; the replay rewrites it.
+        for level in 0..LEVELS as u32 {
+            let index = tile_index(level, size);
+            if (1..WIDTH).contains(&tiles::width_at(level, index, size)) {
+                remove_if_present(&tiles::path(dir, Kind::Hashes(level), index, WIDTH))?;
+            }
+        }
+        if size % WIDTH > 0 {
+            remove_if_present(&tiles::path(dir, Kind::Entries, size / WIDTH, WIDTH))?;
+        }
         let mut reader = tiles::Reader::new(dir, size);
         let range = CompactRange::from_source(size, &mut reader)?;
         if range.root() != checkpoint.root {
@@ -253,6 +264,14 @@ impl Writer {
             }
         }
         Ok(checkpoint)
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path)(e)),
     }
 }
 

@@ -140,6 +140,32 @@ fn acknowledged_entries_survive_kill_9() {
                 .unwrap();
             wal.write_all(&[0x00, 0x30, b'{', b'"', 0xff]).unwrap();
         }
+        if round % 3 == 2 {
+            // Simulate a power loss that kept the rename of a never-fsynced full tile but not its data.
+            let size = common::view(&dir).checkpoint().size;
+            if size % 256 != 0 {
+                std::fs::write(
+                    rampart_log::tiles::path(
+                        &dir,
+                        rampart_log::tiles::Kind::Entries,
+                        size / 256,
+                        256,
+                    ),
+                    b"",
+                )
+                .unwrap();
+                std::fs::write(
+                    rampart_log::tiles::path(
+                        &dir,
+                        rampart_log::tiles::Kind::Hashes(0),
+                        size / 256,
+                        256,
+                    ),
+                    b"",
+                )
+                .unwrap();
+            }
+        }
         // Recovery on open keeps every acknowledged entry.
         let log = Log::open(&dir, common::options()).unwrap();
         log.close().unwrap();
