@@ -111,26 +111,41 @@ fn acknowledged_entries_survive_kill_9() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| {
-                    let mut parts = l.strip_prefix("ACK ")?.splitn(2, ' ');
-                    Some((parts.next()?.parse::<u64>().ok()?, parts.next()?.to_owned()))
-                })
-                .collect::<Vec<_>>()
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Some(rest) = line.strip_prefix("ACK ") else {
+                    continue;
+                };
+                let mut parts = rest.splitn(2, ' ');
+                if let (Some(i), Some(c)) = (
+                    parts.next().and_then(|i| i.parse::<u64>().ok()),
+                    parts.next(),
+                ) {
+                    if tx.send((i, c.to_owned())).is_err() {
+                        break;
+                    }
+                }
+            }
         });
-        // Let it run a varying while, then kill it mid-append.
-        let start = Instant::now();
-        std::thread::sleep(Duration::from_millis(150 + 70 * round));
+        // Wait until the child is appending (however slow the machine), let it run a varying while, then
+        // kill it mid-append.
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.len() < 20 && Instant::now() < deadline {
+            if let Ok(ack) = rx.recv_timeout(Duration::from_millis(100)) {
+                got.push(ack);
+            }
+        }
+        assert!(
+            !got.is_empty(),
+            "round {round}: the child acknowledged nothing in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20 + 30 * round));
         child.kill().unwrap();
         child.wait().unwrap();
-        let got = reader.join().unwrap();
-        assert!(
-            !got.is_empty() || start.elapsed() < Duration::from_millis(100),
-            "round {round}: the child acknowledged nothing"
-        );
+        reader.join().unwrap();
+        got.extend(rx.try_iter());
         acked.extend(got);
         if round % 2 == 1 {
             // Simulate a write torn by power loss: garbage at the end of the write-ahead file.
