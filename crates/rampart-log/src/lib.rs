@@ -9,6 +9,19 @@
 //! is returned only once the entry is durable, and a torn tail left by a crash is cut off on open without
 //! losing an acknowledged entry. [`verify`] recomputes everything and names the first bad entry.
 //!
+//! The audit sink of the gateway and the command line is this, shared behind an `Arc` (for async code, call
+//! [`Log::submit`] and wait on the [`Receipt`] from a blocking task):
+//!
+//! ```
+//! let dir = tempfile::tempdir()?;
+//! let log = rampart_log::Log::create(dir.path(), "example.com/audit", Default::default())?;
+//! let record = rampart_log::Record::new("deploy", "ci@example.com").subject("model", "sha256:0123");
+//! assert_eq!(log.append_json(&record)?, 0); // returned once durable
+//! let checkpoint = log.close()?;
+//! assert_eq!(checkpoint.size, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! A log directory holds `checkpoint`, `tile/…`, `wal` (the write-ahead file), `log.vkey` (the verifier key)
 //! and `log.key` (the signer key, mode 0600; keep a copy elsewhere and restrict who can read it).
 
