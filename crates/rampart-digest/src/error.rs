@@ -39,5 +39,8 @@ pub enum Error {
     UnknownAlgorithm { name: String },
     /// Two manifests hashed with different algorithms cannot be compared file by file.
     #[error("cannot compare a `{old}` manifest with a `{new}` manifest")]
-    AlgorithmMismatch { old: &'static str, new: &'static str },
+    AlgorithmMismatch {
+        old: &'static str,
+        new: &'static str,
+    },
 }

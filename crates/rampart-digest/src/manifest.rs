@@ -155,11 +155,23 @@ mod tests {
         // From a model_signing 1.1.1 signature of {a/b: "x\n", a-b: "y\n", a.txt: "hi\n"}.
         let mut m = Manifest::new(HashAlgorithm::Sha256);
         for (path, hex) in [
-            ("a.txt", "98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4"),
-            ("a-b", "3bb2abb69ebb27fbfe63c7639624c6ec5e331b841a5bc8c3ebc10b9285e90877"),
-            ("a/b", "73cb3858a687a8494ca3323053016282f3dad39d42cf62ca4e79dda2aac7d9ac"),
+            (
+                "a.txt",
+                "98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4",
+            ),
+            (
+                "a-b",
+                "3bb2abb69ebb27fbfe63c7639624c6ec5e331b841a5bc8c3ebc10b9285e90877",
+            ),
+            (
+                "a/b",
+                "73cb3858a687a8494ca3323053016282f3dad39d42cf62ca4e79dda2aac7d9ac",
+            ),
         ] {
-            m.insert(ManifestPath::new(path).unwrap(), Digest::from_hex(hex).unwrap());
+            m.insert(
+                ManifestPath::new(path).unwrap(),
+                Digest::from_hex(hex).unwrap(),
+            );
         }
         assert_eq!(
             m.root_digest().to_hex(),

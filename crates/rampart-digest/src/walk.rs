@@ -212,7 +212,14 @@ mod tests {
         fs::create_dir_all(d.join("a")).unwrap();
         fs::create_dir_all(d.join(".git/objects")).unwrap();
         fs::create_dir_all(d.join("empty")).unwrap();
-        for f in ["a/b", "a-b", "a.txt", ".git/objects/x", ".gitignore", ".gitignored"] {
+        for f in [
+            "a/b",
+            "a-b",
+            "a.txt",
+            ".git/objects/x",
+            ".gitignore",
+            ".gitignored",
+        ] {
             fs::write(d.join(f), f).unwrap();
         }
         let listing = walk(d, &WalkOptions::default()).unwrap();

@@ -69,7 +69,6 @@ struct SignatureJson {
     keyid: Option<String>,
 }
 
-
 /// A parsed signature file: a DSSE envelope plus the key hint. Nothing in it is trusted until [`Bundle::verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
@@ -127,7 +126,9 @@ impl Bundle {
             }
         };
         let envelope = json.dsse_envelope.ok_or_else(|| {
-            Error::Malformed("no `dsseEnvelope` (message signatures are not model signatures)".into())
+            Error::Malformed(
+                "no `dsseEnvelope` (message signatures are not model signatures)".into(),
+            )
         })?;
         let payload = STANDARD
             .decode(&envelope.payload)
@@ -232,10 +233,16 @@ mod tests {
         assert_eq!(parsed, bundle);
         assert_eq!(parsed.verify(&key.verifying_key()).unwrap(), b"{}");
         let other = SigningKey::generate(Curve::P256).verifying_key();
-        assert!(matches!(parsed.verify(&other), Err(Error::KeyMismatch { .. })));
+        assert!(matches!(
+            parsed.verify(&other),
+            Err(Error::KeyMismatch { .. })
+        ));
         let mut tampered = parsed.clone();
         tampered.payload = b"{ }".to_vec();
-        assert!(matches!(tampered.verify(&key.verifying_key()), Err(Error::BadSignature)));
+        assert!(matches!(
+            tampered.verify(&key.verifying_key()),
+            Err(Error::BadSignature)
+        ));
     }
 
     #[test]

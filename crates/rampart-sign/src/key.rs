@@ -1,6 +1,8 @@
 //! ECDSA keys over P-256, P-384 and P-521, read from and written to PEM, as model_signing's `key` method uses them.
 
-use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use p256::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use pkcs8::der::Decode;
 use sha2::Digest as _;
 
@@ -181,8 +183,12 @@ impl SigningKey {
     pub fn to_pkcs8_pem(&self) -> Result<String, Error> {
         let fail = |_| Error::Key("cannot encode the private key".into());
         let doc = match self {
-            Self::P256(k) => p256::SecretKey::from(k).to_pkcs8_pem(LineEnding::LF).map_err(fail)?,
-            Self::P384(k) => p384::SecretKey::from(k).to_pkcs8_pem(LineEnding::LF).map_err(fail)?,
+            Self::P256(k) => p256::SecretKey::from(k)
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(fail)?,
+            Self::P384(k) => p384::SecretKey::from(k)
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(fail)?,
             Self::P521(k) => p521::SecretKey::from_bytes(&k.to_bytes())
                 .map_err(|_| Error::Key("cannot encode the private key".into()))?
                 .to_pkcs8_pem(LineEnding::LF)
@@ -242,10 +248,14 @@ impl VerifyingKey {
                     .unwrap_or_else(|| "corrupt".into());
                 Err(Error::Key(format!("the public key is {what}; {SUPPORTED}")))
             }
-            Some("EC PRIVATE KEY" | "PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" | "RSA PRIVATE KEY") => Err(
-                Error::Key("this is a private key; verification needs the public key (`public.pem`)".into()),
-            ),
-            Some("RSA PUBLIC KEY") => Err(Error::Key(format!("the public key is an RSA key; {SUPPORTED}"))),
+            Some(
+                "EC PRIVATE KEY" | "PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" | "RSA PRIVATE KEY",
+            ) => Err(Error::Key(
+                "this is a private key; verification needs the public key (`public.pem`)".into(),
+            )),
+            Some("RSA PUBLIC KEY") => Err(Error::Key(format!(
+                "the public key is an RSA key; {SUPPORTED}"
+            ))),
             Some(other) => Err(Error::Key(format!(
                 "expected a PEM public key, found a `{other}` block"
             ))),
@@ -266,8 +276,12 @@ impl VerifyingKey {
     pub fn to_pem(&self) -> Result<String, Error> {
         let fail = |_| Error::Key("cannot encode the public key".into());
         match self {
-            Self::P256(k) => p256::PublicKey::from(k).to_public_key_pem(LineEnding::LF).map_err(fail),
-            Self::P384(k) => p384::PublicKey::from(k).to_public_key_pem(LineEnding::LF).map_err(fail),
+            Self::P256(k) => p256::PublicKey::from(k)
+                .to_public_key_pem(LineEnding::LF)
+                .map_err(fail),
+            Self::P384(k) => p384::PublicKey::from(k)
+                .to_public_key_pem(LineEnding::LF)
+                .map_err(fail),
             Self::P521(k) => p521::PublicKey::from_sec1_bytes(k.to_encoded_point(false).as_bytes())
                 .map_err(|_| Error::Key("cannot encode the public key".into()))?
                 .to_public_key_pem(LineEnding::LF)
@@ -322,7 +336,10 @@ mod tests {
     fn wrong_key_types_are_named() {
         let err = SigningKey::from_pem("hello").unwrap_err().to_string();
         assert!(err.contains("not a PEM"), "{err}");
-        let public = SigningKey::generate(Curve::P256).verifying_key().to_pem().unwrap();
+        let public = SigningKey::generate(Curve::P256)
+            .verifying_key()
+            .to_pem()
+            .unwrap();
         let err = SigningKey::from_pem(&public).unwrap_err().to_string();
         assert!(err.contains("public key"), "{err}");
         // An Ed25519 PKCS#8 key (RFC 8410 example).

@@ -52,7 +52,11 @@ impl Default for SignOptions {
 }
 
 /// Hashes `root` and signs its manifest. An empty directory is an error: a signature over nothing proves nothing.
-pub fn sign_dir(root: &Path, key: &SigningKey, options: &SignOptions) -> Result<(SignedManifest, Bundle), Error> {
+pub fn sign_dir(
+    root: &Path,
+    key: &SigningKey,
+    options: &SignOptions,
+) -> Result<(SignedManifest, Bundle), Error> {
     let manifest = rampart_digest::hash_dir(
         root,
         &rampart_digest::Options {

@@ -116,7 +116,8 @@ pub fn write_statement(signed: &SignedManifest) -> Result<Vec<u8>, Error> {
                 .collect(),
         },
     };
-    serde_json::to_vec_pretty(&statement).map_err(|e| Error::Malformed(format!("cannot encode: {e}")))
+    serde_json::to_vec_pretty(&statement)
+        .map_err(|e| Error::Malformed(format!("cannot encode: {e}")))
 }
 
 // Reading: unknown fields are ignored (the predicate may grow), duplicate fields are errors (serde's derive).
@@ -217,7 +218,10 @@ fn read_v1(statement: StatementIn) -> Result<SignedManifest, Error> {
         let digest = parse_digest(&resource.name, &resource.digest)?;
         root.extend_from_slice(&digest.0);
         if manifest.insert(path, digest).is_some() {
-            return Err(Error::Malformed(format!("`{}` is listed twice", resource.name)));
+            return Err(Error::Malformed(format!(
+                "`{}` is listed twice",
+                resource.name
+            )));
         }
     }
     let expected = subject.digest.sha256.to_ascii_lowercase();
@@ -248,7 +252,10 @@ fn read_v01(statement: StatementIn) -> Result<SignedManifest, Error> {
         let path = ManifestPath::new(&subject.name)?;
         let digest = parse_digest(&subject.name, &subject.digest.sha256)?;
         if manifest.insert(path, digest).is_some() {
-            return Err(Error::Malformed(format!("`{}` is listed twice", subject.name)));
+            return Err(Error::Malformed(format!(
+                "`{}` is listed twice",
+                subject.name
+            )));
         }
     }
     Ok(SignedManifest {

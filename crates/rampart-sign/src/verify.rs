@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use rampart_digest::{hash_listing, walk, Digest, IgnoreRules, Manifest, ManifestPath, WalkOptions};
+use rampart_digest::{
+    hash_listing, walk, Digest, IgnoreRules, Manifest, ManifestPath, WalkOptions,
+};
 
 use crate::{Error, SignedManifest};
 
@@ -58,7 +60,10 @@ impl std::fmt::Display for Finding {
             } => write!(f, "changed: `{path}` (signed {expected}, now {actual})"),
             Self::Missing { path } => write!(f, "missing: `{path}` is signed but not present"),
             Self::Extra { path } => write!(f, "extra: `{path}` is not in the signature"),
-            Self::Symlink { path } => write!(f, "symlink: `{path}` (the signature does not allow symlinks)"),
+            Self::Symlink { path } => write!(
+                f,
+                "symlink: `{path}` (the signature does not allow symlinks)"
+            ),
         }
     }
 }
@@ -74,13 +79,22 @@ pub struct Verdict {
 
 /// Hashes `root` the way `signed` says it was hashed and compares. The signed ignore paths are honoured, the
 /// hash algorithm and symlink policy are the signed ones.
-pub fn check_dir(root: &Path, signed: &SignedManifest, options: &CheckOptions) -> Result<Verdict, Error> {
+pub fn check_dir(
+    root: &Path,
+    signed: &SignedManifest,
+    options: &CheckOptions,
+) -> Result<Verdict, Error> {
     let mut ignore = if options.ignore_git_paths {
         IgnoreRules::git()
     } else {
         IgnoreRules::none()
     };
-    for path in signed.serialization.ignore_paths.iter().chain(&options.ignore_paths) {
+    for path in signed
+        .serialization
+        .ignore_paths
+        .iter()
+        .chain(&options.ignore_paths)
+    {
         ignore.add(path.clone());
     }
     let mut listing = walk(
@@ -91,8 +105,12 @@ pub fn check_dir(root: &Path, signed: &SignedManifest, options: &CheckOptions) -
         },
     )?;
     if options.ignore_unsigned_files {
-        listing.files.retain(|f| signed.manifest.get(&f.path).is_some());
-        listing.symlinks.retain(|p| signed.manifest.get(p).is_some());
+        listing
+            .files
+            .retain(|f| signed.manifest.get(&f.path).is_some());
+        listing
+            .symlinks
+            .retain(|p| signed.manifest.get(p).is_some());
     }
     let mut findings: Vec<Finding> = listing
         .symlinks

@@ -29,7 +29,10 @@ fn a_flipped_payload_byte_is_a_bad_signature() {
     if let Some(byte) = bundle.payload.get_mut(100) {
         *byte ^= 1;
     }
-    assert!(matches!(verify_bundle(&bundle, &key), Err(Error::BadSignature)));
+    assert!(matches!(
+        verify_bundle(&bundle, &key),
+        Err(Error::BadSignature)
+    ));
 }
 
 #[test]
