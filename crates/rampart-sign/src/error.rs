@@ -25,6 +25,9 @@ pub enum Error {
     /// The signed statement is internally inconsistent (its root digest does not match its resources).
     #[error("inconsistent manifest: {0}")]
     Inconsistent(String),
+    /// Nothing to sign: the directory is empty or every file in it is ignored.
+    #[error("`{path}` holds no file to sign (it is empty, or every file in it is ignored)")]
+    NothingToSign { path: String },
     /// Hashing the directory failed.
     #[error(transparent)]
     Digest(#[from] rampart_digest::Error),

@@ -67,10 +67,9 @@ pub fn sign_dir(
         },
     )?;
     if manifest.is_empty() {
-        return Err(Error::Unsupported(format!(
-            "`{}` holds no file to sign (empty, or every file is ignored)",
-            root.display()
-        )));
+        return Err(Error::NothingToSign {
+            path: root.display().to_string(),
+        });
     }
     let signed = SignedManifest {
         model_name: model_name(root),

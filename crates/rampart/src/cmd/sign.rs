@@ -67,6 +67,12 @@ pub enum Format {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    if !args.path.is_dir() {
+        bail!(
+            "`{}` is not a directory; give the model or data directory to sign",
+            args.path.display()
+        );
+    }
     let key_text = read_text(&args.key, 64 * 1024, "private key")?;
     let key = SigningKey::from_pem(&key_text)
         .with_context(|| format!("cannot use the private key `{}`", args.key.display()))?;

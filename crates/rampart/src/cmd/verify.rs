@@ -42,7 +42,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bundle = read_bundle(&args.signature)?;
     let key = read_public_key(&args.key)?;
     if !args.path.is_dir() {
-        anyhow::bail!("`{}` is not a directory", args.path.display());
+        anyhow::bail!(
+            "`{}` is not a directory; give the signed model or data directory",
+            args.path.display()
+        );
     }
     let signed = match verify_bundle(&bundle, &key) {
         Ok(signed) => signed,
