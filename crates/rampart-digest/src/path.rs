@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn orders_by_component_like_model_signing() {
-        let mut paths = vec![p("a.txt"), p("a-b"), p("a/b"), p("B"), p("a/b/c")];
+        let mut paths = [p("a.txt"), p("a-b"), p("a/b"), p("B"), p("a/b/c")];
         paths.sort();
         let names: Vec<&str> = paths.iter().map(ManifestPath::as_str).collect();
         assert_eq!(names, ["B", "a/b", "a/b/c", "a-b", "a.txt"]);

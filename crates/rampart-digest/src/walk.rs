@@ -110,7 +110,7 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Listing, Error> {
     }
     let mut listing = Listing::default();
     // Each pending directory carries the (device, inode) of its ancestors, to detect symlink loops.
-    let mut pending: Vec<(PathBuf, Option<ManifestPath>, Vec<(u64, u64)>)> =
+    let mut pending: Vec<PendingDir> =
         vec![(root.to_path_buf(), None, vec![(meta.dev(), meta.ino())])];
     while let Some((dir, prefix, ancestors)) = pending.pop() {
         let entries = fs::read_dir(&dir).map_err(io(&dir))?;
@@ -178,6 +178,10 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Listing, Error> {
     dedup_check(&listing)?;
     Ok(listing)
 }
+
+/// A directory still to read: where it is, its path in the manifest (`None` for the root), and the
+/// (device, inode) of it and its ancestors.
+type PendingDir = (PathBuf, Option<ManifestPath>, Vec<(u64, u64)>);
 
 /// `ELOOP` on Linux and the BSDs' value differ; Linux is the platform this is built for.
 const ELOOP: i32 = 40;

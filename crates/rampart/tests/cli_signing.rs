@@ -1,6 +1,9 @@
 //! CLI behaviour of `rampart keygen`, `sign`, `verify` and `diff`, pinned by trycmd cases in `tests/cmd/`.
 //! The fixtures (`tests/cmd/signing.in`) hold a test-only key pair; never use it for anything else.
 
+// Helpers outside `#[test]` functions may unwrap too (clippy.toml allows it in test code).
+#![cfg(test)]
+
 #[test]
 fn cli_signing() {
     let cases = trycmd::TestCases::new();

@@ -4,6 +4,9 @@
 //! The peer is found on PATH (`scripts/setup-test-env.sh` installs it). When it is missing the test fails if
 //! `RAMPART_REQUIRE_PEERS=1`, and otherwise says why and returns.
 
+// Helpers outside `#[test]` functions may unwrap too (clippy.toml allows it in test code).
+#![cfg(test)]
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -379,7 +382,7 @@ fn signed_ignore_paths_are_honoured_both_ways() {
                 .arg(&sig)
                 .arg("--ignore-paths")
                 .arg(model.join("cache"))
-                .status(),
+                .output(),
             Tool::Peer => Command::new("model_signing")
                 .args(["sign", "key"])
                 .arg(&model)
@@ -389,10 +392,14 @@ fn signed_ignore_paths_are_honoured_both_ways() {
                 .arg(&sig)
                 .arg("--ignore-paths")
                 .arg(model.join("cache"))
-                .status(),
+                .output(),
         }
         .unwrap();
-        assert!(status.success());
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
         fs::write(model.join("cache/x"), b"2").unwrap();
         fs::write(model.join("cache/y"), b"new").unwrap();
         for verifier in [Tool::Rampart, Tool::Peer] {
