@@ -152,6 +152,19 @@ fn make_model(root: &Path) -> PathBuf {
     model
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// Flips one character of the statement inside the bundle (a digest's hex digit), keeping the JSON valid.
 fn tamper_payload(sig: &Path) {
     let python = format!(
@@ -297,26 +310,35 @@ fn both_tools_reach_the_same_verdict_on_every_change() {
     let keys = make_keys(keys_dir.path(), "p256", "SECP256R1", "PKCS8");
     let other = make_keys(keys_dir.path(), "other", "SECP256R1", "PKCS8");
     for signer in [Tool::Rampart, Tool::Peer] {
-        for case in CASES {
-            let dir = tempfile::tempdir().unwrap();
-            let model = make_model(dir.path());
-            let sig = dir.path().join("model.sig");
-            sign(signer, &model, &keys.private, &sig);
-            let model = (case.change)(dir.path(), &model);
-            for verifier in [Tool::Rampart, Tool::Peer] {
-                let ok = verifies(verifier, &model, &keys.public, &sig, case.ignore_unsigned);
-                assert_eq!(
-                    ok, case.passes,
-                    "{}: signed by {signer:?}, verified by {verifier:?}",
-                    case.name
-                );
-            }
+        // Sign once, then give each case its own copy of the signed model (the peer is slow to start).
+        let pristine = tempfile::tempdir().unwrap();
+        let model = make_model(pristine.path());
+        let sig = pristine.path().join("model.sig");
+        sign(signer, &model, &keys.private, &sig);
+        // Two cases at a time: each runs two verifiers, mostly Python start-up.
+        for pair in CASES.chunks(2) {
+            std::thread::scope(|scope| {
+                for case in pair {
+                    let (model, sig, keys) = (&model, &sig, &keys);
+                    scope.spawn(move || {
+                        let dir = tempfile::tempdir().unwrap();
+                        let copy = dir.path().join("model");
+                        copy_dir(model, &copy);
+                        let copy = (case.change)(dir.path(), &copy);
+                        for verifier in [Tool::Rampart, Tool::Peer] {
+                            let ok =
+                                verifies(verifier, &copy, &keys.public, sig, case.ignore_unsigned);
+                            assert_eq!(
+                                ok, case.passes,
+                                "{}: signed by {signer:?}, verified by {verifier:?}",
+                                case.name
+                            );
+                        }
+                    });
+                }
+            });
         }
         // A wrong key and a tampered payload fail for both verifiers.
-        let dir = tempfile::tempdir().unwrap();
-        let model = make_model(dir.path());
-        let sig = dir.path().join("model.sig");
-        sign(signer, &model, &keys.private, &sig);
         for verifier in [Tool::Rampart, Tool::Peer] {
             assert!(
                 !verifies(verifier, &model, &other.public, &sig, false),
