@@ -73,6 +73,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             args.path.display()
         );
     }
+    if let Some(parent) = args.signature.parent() {
+        if !parent.as_os_str().is_empty() && !parent.is_dir() {
+            bail!(
+                "cannot write the signature `{}`: `{}` is not a directory",
+                args.signature.display(),
+                parent.display()
+            );
+        }
+    }
     let key_text = read_text(&args.key, 64 * 1024, "private key")?;
     let key = SigningKey::from_pem(&key_text)
         .with_context(|| format!("cannot use the private key `{}`", args.key.display()))?;
