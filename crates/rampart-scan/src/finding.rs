@@ -56,8 +56,10 @@ pub struct Finding {
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.path)?;
-        if let Some(m) = &self.member {
-            write!(f, "!{m}")?;
+        match &self.member {
+            Some(m) if m.starts_with('@') => write!(f, "{m}")?,
+            Some(m) => write!(f, "!{m}")?,
+            None => {}
         }
         write!(f, ": {} [{}] {}", self.severity.as_str().to_uppercase(), self.rule, self.message)
     }

@@ -35,8 +35,8 @@ impl Default for Options {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScanError {
-    #[error("cannot read `{path}`: {source}; check that it exists and is readable")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read `{path}`; check that it exists and is readable")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
     #[error("`{path}` is not a regular file or directory")]
     NotAFile { path: PathBuf },
 }

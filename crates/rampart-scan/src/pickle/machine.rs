@@ -435,7 +435,7 @@ impl<'a> Machine<'a> {
                 let v = self.stack_global(at)?;
                 self.push(v);
             }
-            0x82 | 0x83 | 0x84 => {
+            0x82..=0x84 => {
                 let code = match op {
                     0x82 => u32::from(self.byte()?),
                     0x83 => self.le(2)? as u32,

@@ -2,7 +2,8 @@
 //! protobuf messages, GGUF and safetensors. No Python, no live payload: "malicious" samples import real primitives
 //! but with harmless arguments, and nothing here is ever loaded.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test uses some builders")]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test builders: a failure is a bug in the test")]
 
 /// A pickle written opcode by opcode.
 #[derive(Default, Clone)]

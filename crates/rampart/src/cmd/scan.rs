@@ -126,7 +126,16 @@ fn security_severity(s: Severity) -> &'static str {
 }
 
 fn sarif(report: &Report) -> serde_json::Value {
-    let rules: Vec<_> = RULES
+    // Only the rules the results use, in first-use order, so that `ruleIndex` points into this list.
+    let mut used: Vec<&(&str, &str, &str)> = Vec::new();
+    for f in &report.findings {
+        if let Some(rule) = RULES.iter().find(|(id, _, _)| *id == f.rule) {
+            if !used.iter().any(|(id, _, _)| *id == f.rule) {
+                used.push(rule);
+            }
+        }
+    }
+    let rules: Vec<_> = used
         .iter()
         .map(|(id, short, why)| {
             json!({
@@ -142,7 +151,7 @@ fn sarif(report: &Report) -> serde_json::Value {
         .findings
         .iter()
         .map(|f| {
-            let index = RULES.iter().position(|(id, _, _)| *id == f.rule).unwrap_or(0);
+            let index = used.iter().position(|(id, _, _)| *id == f.rule).unwrap_or(0);
             let mut location = json!({ "physicalLocation": { "artifactLocation": { "uri": uri(&f.path) } } });
             if let (Some(member), Some(obj)) = (&f.member, location.as_object_mut()) {
                 obj.insert("logicalLocations".into(), json!([{ "fullyQualifiedName": member, "kind": "member" }]));
