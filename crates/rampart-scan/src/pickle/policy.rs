@@ -310,6 +310,11 @@ pub(crate) fn classify(module: &str, name: &str) -> Class {
     if ALLOWED_NAMES.contains(&full.as_str()) {
         return Class::Allowed;
     }
+    // Cython's generated `__pyx_unpickle_<Class>` only restores the state of that extension class.
+    let cython_family = ["numpy", "sklearn", "scipy"].iter().any(|m| in_module(module, m));
+    if cython_family && name.starts_with("__pyx_unpickle_") && !name.contains('.') {
+        return Class::Allowed;
+    }
     // Past the exact allow list, any dunder or private-dunder component is a way around it.
     if full.split('.').any(|part| part.starts_with("__") && part.len() > 2) || name.contains(".__") {
         return Class::AttributeEscape;
@@ -381,6 +386,8 @@ mod tests {
         assert_eq!(classify("numpy", "__builtins__"), Class::AttributeEscape);
         assert_eq!(classify("torch._utils", "_rebuild_tensor.__globals__"), Class::AttributeEscape);
         assert_eq!(classify("mypackage", "Thing"), Class::Unknown);
+        assert_eq!(classify("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"), Class::Allowed);
+        assert_eq!(classify("mypackage", "__pyx_unpickle_Thing"), Class::AttributeEscape);
         assert_eq!(classify("sklearn.linear_model", "load_stuff"), Class::Unknown);
         assert_eq!(classify("torch.nn.modules.linear", "Linear.__init__"), Class::AttributeEscape);
     }
