@@ -5,6 +5,7 @@ mod build;
 mod formats;
 mod hostile;
 mod malicious;
+mod peers;
 
 use rampart_scan::{scan_bytes, Finding, Options, Report, Severity};
 
