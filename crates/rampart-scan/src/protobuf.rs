@@ -88,6 +88,18 @@ pub(crate) fn is_message(data: &[u8]) -> bool {
     f.error.is_none()
 }
 
+/// Whether a prefix of `total` bytes already shows the content is not a message (a malformed field well before the
+/// prefix ends), so that tensor bytes that happen to start like a field key are not read in full.
+pub(crate) fn clearly_not_message(prefix: &[u8], total: u64) -> bool {
+    let mut f = fields(prefix);
+    f.by_ref().count();
+    match f.error {
+        None => false,
+        Some(e) if (prefix.len() as u64) < total && (e.starts_with("length runs past") || e.starts_with("truncated")) => false,
+        Some(_) => true,
+    }
+}
+
 /// The length-delimited values of field `n`.
 pub(crate) fn bytes_of(data: &[u8], n: u32) -> impl Iterator<Item = &[u8]> {
     fields(data).filter_map(move |(k, v)| match v {

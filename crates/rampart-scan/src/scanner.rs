@@ -196,7 +196,18 @@ pub(crate) fn scan_input(ctx: &mut Ctx<'_>, input: &dyn Input, hint: Hint<'_>) {
         // a pickle when its container loads it as one, or when it parses as one.
         format = Format::Pickle { strong: false };
     }
-    ctx.format(format.name());
+    // Content that only starts like a protocol 0/1 pickle or a protobuf message is plain data unless a prefix parses.
+    let plain_data = match format {
+        Format::Pickle { strong: false } => pickle::clearly_not_pickle(input),
+        Format::Protobuf => crate::protobuf::clearly_not_message(&read_upto(input, 0, 64 << 10).unwrap_or_default(), len),
+        _ => false,
+    };
+    if plain_data {
+        format = Format::Unknown;
+    }
+    if format != Format::Unknown {
+        ctx.format(format.name());
+    }
     // A zip directory at the end makes any file a zip to lenient readers: check every file that is not one already.
     if format != Format::Zip && archive::zip::has_directory(input) {
         if format == Format::Unknown {
@@ -216,9 +227,6 @@ pub(crate) fn scan_input(ctx: &mut Ctx<'_>, input: &dyn Input, hint: Hint<'_>) {
             ctx.report(Severity::Medium, "format.unsupported-compression", None, msg);
         }
         Format::Pickle { strong } => {
-            if !strong && pickle::clearly_not_pickle(input) {
-                return;
-            }
             if let Some(data) = ctx.load(input, "pickle") {
                 pickle::scan_stream(ctx, &data, strong);
             }
