@@ -9,7 +9,9 @@ pub(crate) enum Format {
     Npy,
     Safetensors,
     /// `strong`: starts with PROTO, so a failure to parse is itself a finding.
-    Pickle { strong: bool },
+    Pickle {
+        strong: bool,
+    },
     Gzip,
     Zlib,
     Bzip2,

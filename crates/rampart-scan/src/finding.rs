@@ -61,7 +61,13 @@ impl fmt::Display for Finding {
             Some(m) => write!(f, "!{m}")?,
             None => {}
         }
-        write!(f, ": {} [{}] {}", self.severity.as_str().to_uppercase(), self.rule, self.message)
+        write!(
+            f,
+            ": {} [{}] {}",
+            self.severity.as_str().to_uppercase(),
+            self.rule,
+            self.message
+        )
     }
 }
 

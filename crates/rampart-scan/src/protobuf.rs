@@ -19,7 +19,11 @@ pub(crate) struct Fields<'a> {
 }
 
 pub(crate) fn fields(data: &[u8]) -> Fields<'_> {
-    Fields { data, pos: 0, error: None }
+    Fields {
+        data,
+        pos: 0,
+        error: None,
+    }
 }
 
 fn varint(data: &[u8], pos: &mut usize) -> Option<u64> {
@@ -52,19 +56,34 @@ impl<'a> Iterator for Fields<'a> {
             let field = match key & 7 {
                 0 => Field::Varint(varint(self.data, &mut self.pos).ok_or("truncated varint")?),
                 1 => {
-                    self.pos = self.pos.checked_add(8).filter(|&p| p <= self.data.len()).ok_or("truncated fixed64")?;
+                    self.pos = self
+                        .pos
+                        .checked_add(8)
+                        .filter(|&p| p <= self.data.len())
+                        .ok_or("truncated fixed64")?;
                     Field::Fixed64
                 }
                 2 => {
                     let n = varint(self.data, &mut self.pos).ok_or("truncated length")?;
                     let n = usize::try_from(n).map_err(|_| "length out of range")?;
-                    let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or("length runs past the end")?;
-                    let bytes = self.data.get(self.pos..end).ok_or("length runs past the end")?;
+                    let end = self
+                        .pos
+                        .checked_add(n)
+                        .filter(|&e| e <= self.data.len())
+                        .ok_or("length runs past the end")?;
+                    let bytes = self
+                        .data
+                        .get(self.pos..end)
+                        .ok_or("length runs past the end")?;
                     self.pos = end;
                     Field::Bytes(bytes)
                 }
                 5 => {
-                    self.pos = self.pos.checked_add(4).filter(|&p| p <= self.data.len()).ok_or("truncated fixed32")?;
+                    self.pos = self
+                        .pos
+                        .checked_add(4)
+                        .filter(|&p| p <= self.data.len())
+                        .ok_or("truncated fixed32")?;
                     Field::Fixed32
                 }
                 _ => return Err("unsupported wire type"),
@@ -95,7 +114,12 @@ pub(crate) fn clearly_not_message(prefix: &[u8], total: u64) -> bool {
     f.by_ref().count();
     match f.error {
         None => false,
-        Some(e) if (prefix.len() as u64) < total && (e.starts_with("length runs past") || e.starts_with("truncated")) => false,
+        Some(e)
+            if (prefix.len() as u64) < total
+                && (e.starts_with("length runs past") || e.starts_with("truncated")) =>
+        {
+            false
+        }
         Some(_) => true,
     }
 }
@@ -110,7 +134,9 @@ pub(crate) fn bytes_of(data: &[u8], n: u32) -> impl Iterator<Item = &[u8]> {
 
 /// The first length-delimited value of field `n`, as text.
 pub(crate) fn string_of(data: &[u8], n: u32) -> Option<String> {
-    bytes_of(data, n).next().map(|b| String::from_utf8_lossy(b).into_owned())
+    bytes_of(data, n)
+        .next()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
 /// The first varint value of field `n`.

@@ -27,7 +27,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_depth: 6, max_in_memory: 512 << 20, max_inflated: 2 << 30, max_entries: 100_000 }
+        Options {
+            max_depth: 6,
+            max_in_memory: 512 << 20,
+            max_inflated: 2 << 30,
+            max_entries: 100_000,
+        }
     }
 }
 
@@ -36,14 +41,21 @@ impl Default for Options {
 #[non_exhaustive]
 pub enum ScanError {
     #[error("cannot read `{path}`; check that it exists and is readable")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("`{path}` is not a regular file or directory")]
     NotAFile { path: PathBuf },
 }
 
 /// Scans a file, or every file under a directory (symbolic links to files are followed, to directories not).
 pub fn scan_path(path: &Path, opts: &Options) -> Result<Report, ScanError> {
-    let meta = std::fs::metadata(path).map_err(|source| ScanError::Io { path: path.into(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| ScanError::Io {
+        path: path.into(),
+        source,
+    })?;
     let mut files = Vec::new();
     if meta.is_dir() {
         walk(path, &mut files)?;
@@ -53,7 +65,8 @@ pub fn scan_path(path: &Path, opts: &Options) -> Result<Report, ScanError> {
     } else {
         return Err(ScanError::NotAFile { path: path.into() });
     }
-    let reports: Vec<Result<Report, ScanError>> = files.par_iter().map(|f| scan_file(f, opts)).collect();
+    let reports: Vec<Result<Report, ScanError>> =
+        files.par_iter().map(|f| scan_file(f, opts)).collect();
     let mut report = Report::default();
     for r in reports {
         report.merge(r?);
@@ -62,14 +75,25 @@ pub fn scan_path(path: &Path, opts: &Options) -> Result<Report, ScanError> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScanError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ScanError::Io { path: dir.into(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ScanError::Io {
+        path: dir.into(),
+        source,
+    })?;
     for entry in entries {
-        let entry = entry.map_err(|source| ScanError::Io { path: dir.into(), source })?;
+        let entry = entry.map_err(|source| ScanError::Io {
+            path: dir.into(),
+            source,
+        })?;
         let path = entry.path();
-        let kind = entry.file_type().map_err(|source| ScanError::Io { path: path.clone(), source })?;
+        let kind = entry.file_type().map_err(|source| ScanError::Io {
+            path: path.clone(),
+            source,
+        })?;
         if kind.is_dir() {
             walk(&path, out)?;
-        } else if kind.is_file() || (kind.is_symlink() && path.metadata().is_ok_and(|m| m.is_file())) {
+        } else if kind.is_file()
+            || (kind.is_symlink() && path.metadata().is_ok_and(|m| m.is_file()))
+        {
             out.push(path);
         }
     }
@@ -78,7 +102,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScanError> {
 
 fn scan_file(path: &Path, opts: &Options) -> Result<Report, ScanError> {
     tracing::debug!(path = %path.display(), "scanning");
-    let file = File::open(path).map_err(|source| ScanError::Io { path: path.into(), source })?;
+    let file = File::open(path).map_err(|source| ScanError::Io {
+        path: path.into(),
+        source,
+    })?;
     let display = path.display().to_string();
     let mut ctx = Ctx::new(opts, display.clone());
     ctx.sibling_dir = path.parent().map(Path::to_path_buf);
@@ -118,30 +145,66 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     fn new(opts: &'a Options, path: String) -> Self {
-        Ctx { opts, path, members: Vec::new(), findings: Vec::new(), formats: Vec::new(), depth: 0, inflated: 0, sibling_dir: None }
+        Ctx {
+            opts,
+            path,
+            members: Vec::new(),
+            findings: Vec::new(),
+            formats: Vec::new(),
+            depth: 0,
+            inflated: 0,
+            sibling_dir: None,
+        }
     }
 
     fn into_report(self, path: String, bytes: u64) -> Report {
         let mut findings = self.findings;
-        findings.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.member.cmp(&b.member)));
-        Report { files: vec![ScannedFile { path, formats: self.formats, bytes }], findings }
+        findings.sort_by(|a, b| {
+            b.severity
+                .cmp(&a.severity)
+                .then_with(|| a.member.cmp(&b.member))
+        });
+        Report {
+            files: vec![ScannedFile {
+                path,
+                formats: self.formats,
+                bytes,
+            }],
+            findings,
+        }
     }
 
     /// Records a finding at the current member, with an optional offset inside it.
-    pub(crate) fn report(&mut self, severity: Severity, rule: &'static str, offset: Option<u64>, message: String) {
+    pub(crate) fn report(
+        &mut self,
+        severity: Severity,
+        rule: &'static str,
+        offset: Option<u64>,
+        message: String,
+    ) {
         let mut member = self.members.join("!");
         if let Some(off) = offset {
             member.push_str(&format!("@{off}"));
         }
         let member = (!member.is_empty()).then_some(member);
-        let f = Finding { severity, rule, path: self.path.clone(), member, message };
+        let f = Finding {
+            severity,
+            rule,
+            path: self.path.clone(),
+            member,
+            message,
+        };
         if !self.findings.contains(&f) && self.findings.len() < 10_000 {
             self.findings.push(f);
         }
     }
 
     pub(crate) fn format(&mut self, name: &str) {
-        let entry = if self.members.is_empty() { name.to_owned() } else { format!("{}:{name}", self.members.join("!")) };
+        let entry = if self.members.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}:{name}", self.members.join("!"))
+        };
         if self.formats.len() < 1_000 {
             self.formats.push(entry);
         }
@@ -150,7 +213,10 @@ impl<'a> Ctx<'a> {
     /// Runs `f` with `member` pushed on the member path and the depth one deeper, if the bound allows.
     pub(crate) fn nested(&mut self, member: &str, f: impl FnOnce(&mut Ctx<'a>)) {
         if self.depth >= self.opts.max_depth {
-            let msg = format!("`{member}` is nested deeper than {} levels and was not scanned", self.opts.max_depth);
+            let msg = format!(
+                "`{member}` is nested deeper than {} levels and was not scanned",
+                self.opts.max_depth
+            );
             self.report(Severity::Medium, "archive.limit", None, msg);
             return;
         }
@@ -165,13 +231,21 @@ impl<'a> Ctx<'a> {
     pub(crate) fn load(&mut self, input: &dyn Input, what: &str) -> Option<Vec<u8>> {
         let len = input.len();
         if len > self.opts.max_in_memory {
-            let msg = format!("{what} is {len} bytes; only the first {} were scanned", self.opts.max_in_memory);
+            let msg = format!(
+                "{what} is {len} bytes; only the first {} were scanned",
+                self.opts.max_in_memory
+            );
             self.report(Severity::Medium, "archive.limit", None, msg);
         }
         match read_upto(input, 0, self.opts.max_in_memory) {
             Ok(data) => Some(data),
             Err(e) => {
-                self.report(Severity::Medium, "zip.malformed", None, format!("{what} cannot be read: {e}"));
+                self.report(
+                    Severity::Medium,
+                    "zip.malformed",
+                    None,
+                    format!("{what} cannot be read: {e}"),
+                );
                 None
             }
         }
@@ -183,7 +257,12 @@ pub(crate) fn scan_input(ctx: &mut Ctx<'_>, input: &dyn Input, hint: Hint<'_>) {
     let head = match read_upto(input, 0, 1024) {
         Ok(h) => h,
         Err(e) => {
-            ctx.report(Severity::Medium, "zip.malformed", None, format!("content cannot be read: {e}"));
+            ctx.report(
+                Severity::Medium,
+                "zip.malformed",
+                None,
+                format!("content cannot be read: {e}"),
+            );
             return;
         }
     };
@@ -199,7 +278,10 @@ pub(crate) fn scan_input(ctx: &mut Ctx<'_>, input: &dyn Input, hint: Hint<'_>) {
     // Content that only starts like a protocol 0/1 pickle or a protobuf message is plain data unless a prefix parses.
     let plain_data = match format {
         Format::Pickle { strong: false } => pickle::clearly_not_pickle(input),
-        Format::Protobuf => crate::protobuf::clearly_not_message(&read_upto(input, 0, 64 << 10).unwrap_or_default(), len),
+        Format::Protobuf => crate::protobuf::clearly_not_message(
+            &read_upto(input, 0, 64 << 10).unwrap_or_default(),
+            len,
+        ),
         _ => false,
     };
     if plain_data {
@@ -223,8 +305,16 @@ pub(crate) fn scan_input(ctx: &mut Ctx<'_>, input: &dyn Input, hint: Hint<'_>) {
         Format::Tar => archive::tar::scan(ctx, input),
         Format::Gzip | Format::Zlib => archive::compressed::scan(ctx, input, format),
         Format::Bzip2 | Format::Xz | Format::Lz4 | Format::Zstd => {
-            let msg = format!("{} compressed content cannot be inspected; decompress it and scan again", format.name());
-            ctx.report(Severity::Medium, "format.unsupported-compression", None, msg);
+            let msg = format!(
+                "{} compressed content cannot be inspected; decompress it and scan again",
+                format.name()
+            );
+            ctx.report(
+                Severity::Medium,
+                "format.unsupported-compression",
+                None,
+                msg,
+            );
         }
         Format::Pickle { strong } => {
             if let Some(data) = ctx.load(input, "pickle") {
@@ -263,7 +353,11 @@ pub enum FuzzParser {
 /// Runs one parser over arbitrary bytes; for the fuzz targets and the corpus test.
 #[doc(hidden)]
 pub fn fuzz_entry(parser: FuzzParser, data: &[u8]) -> Report {
-    let opts = Options { max_in_memory: 1 << 24, max_inflated: 1 << 26, ..Options::default() };
+    let opts = Options {
+        max_in_memory: 1 << 24,
+        max_inflated: 1 << 26,
+        ..Options::default()
+    };
     let mut ctx = Ctx::new(&opts, "fuzz".into());
     match parser {
         FuzzParser::Pickle => pickle::scan_stream(&mut ctx, data, true),

@@ -17,18 +17,18 @@ fn plain() -> Vec<u8> {
     vec![0x80, 2, b'}', 0x8c, 1, b'w', b'K', 1, b's', b'.']
 }
 
-fn write_fixtures(dir: &Path) {
-    std::fs::create_dir_all(dir.join("model")).unwrap();
-    std::fs::write(dir.join("evil.bin"), payload()).unwrap();
-    std::fs::write(dir.join("model/weights.pkl"), plain()).unwrap();
-    std::fs::write(dir.join("model/README.md"), "a model\n").unwrap();
+fn write_fixtures(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("model"))?;
+    std::fs::write(dir.join("evil.bin"), payload())?;
+    std::fs::write(dir.join("model/weights.pkl"), plain())?;
+    std::fs::write(dir.join("model/README.md"), "a model\n")?;
     let unknown = [vec![0x80, 2], b"cmypkg.models\nNet\n.".to_vec()].concat();
-    std::fs::write(dir.join("custom.pkl"), unknown).unwrap();
+    std::fs::write(dir.join("custom.pkl"), unknown)
 }
 
 #[test]
 fn cli_scan() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cmd/scan.fixtures");
-    write_fixtures(&dir);
+    write_fixtures(&dir).expect("fixtures are written");
     trycmd::TestCases::new().case("tests/cmd/scan-*.toml");
 }

@@ -6,8 +6,13 @@ use crate::input::{Input, Mem};
 use crate::scanner::{read_bounded, scan_input, Ctx, Hint};
 
 pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input, format: Format) {
-    let Some(raw) = ctx.load(input, format.name()) else { return };
-    let budget = ctx.opts.max_in_memory.min(ctx.opts.max_inflated.saturating_sub(ctx.inflated));
+    let Some(raw) = ctx.load(input, format.name()) else {
+        return;
+    };
+    let budget = ctx
+        .opts
+        .max_in_memory
+        .min(ctx.opts.max_inflated.saturating_sub(ctx.inflated));
     let result = if format == Format::Gzip {
         read_bounded(flate2::read::MultiGzDecoder::new(&raw[..]), budget)
     } else {
@@ -20,11 +25,21 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input, format: Format) {
                 let msg = format!("{} stream decompresses past the {budget}-byte bound: only the first part was scanned", format.name());
                 ctx.report(Severity::Medium, "archive.limit", None, msg);
             }
-            ctx.nested(format.name(), |c| scan_input(c, &Mem(&bytes), Hint::default()));
+            ctx.nested(format.name(), |c| {
+                scan_input(c, &Mem(&bytes), Hint::default())
+            });
         }
         Err(e) => {
-            let msg = format!("{} stream cannot be decompressed ({e}); its content was not scanned", format.name());
-            ctx.report(Severity::Medium, "format.unsupported-compression", None, msg);
+            let msg = format!(
+                "{} stream cannot be decompressed ({e}); its content was not scanned",
+                format.name()
+            );
+            ctx.report(
+                Severity::Medium,
+                "format.unsupported-compression",
+                None,
+                msg,
+            );
         }
     }
 }

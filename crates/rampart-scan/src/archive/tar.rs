@@ -13,7 +13,11 @@ fn octal(field: &[u8]) -> Option<u64> {
         }
         return Some(v);
     }
-    let s: String = field.iter().take_while(|&&b| b != 0).map(|&b| char::from(b)).collect();
+    let s: String = field
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| char::from(b))
+        .collect();
     let s = s.trim();
     if s.is_empty() {
         return Some(0);
@@ -29,7 +33,11 @@ fn text(field: &[u8]) -> String {
 /// The `path` of a pax extended header, if any.
 fn pax_path(data: &[u8]) -> Option<String> {
     let s = String::from_utf8_lossy(data);
-    s.lines().find_map(|line| line.split_once(' ').and_then(|(_, kv)| kv.strip_prefix("path=")).map(str::to_owned))
+    s.lines().find_map(|line| {
+        line.split_once(' ')
+            .and_then(|(_, kv)| kv.strip_prefix("path="))
+            .map(str::to_owned)
+    })
 }
 
 pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
@@ -38,43 +46,92 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
     let mut long_name: Option<String> = None;
     let mut count = 0usize;
     while pos + 512 <= len {
-        let Ok(h) = read_upto(input, pos, 512) else { break };
+        let Ok(h) = read_upto(input, pos, 512) else {
+            break;
+        };
         if h.iter().all(|&b| b == 0) {
             return;
         }
         count += 1;
         if count > ctx.opts.max_entries {
-            let msg = format!("archive has more than {} entries; the rest were not scanned", ctx.opts.max_entries);
+            let msg = format!(
+                "archive has more than {} entries; the rest were not scanned",
+                ctx.opts.max_entries
+            );
             ctx.report(Severity::Medium, "archive.limit", None, msg);
             return;
         }
-        let (Some(size), Some(sum)) = (octal(h.get(124..136).unwrap_or_default()), octal(h.get(148..156).unwrap_or_default())) else {
+        let (Some(size), Some(sum)) = (
+            octal(h.get(124..136).unwrap_or_default()),
+            octal(h.get(148..156).unwrap_or_default()),
+        ) else {
             ctx.report(Severity::Medium, "tar.malformed", Some(pos), "header has an unreadable size or checksum; the rest of the archive was not scanned".into());
             return;
         };
-        let computed: u64 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) }).sum();
+        let computed: u64 = h
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(b)
+                }
+            })
+            .sum();
         if computed != sum {
-            ctx.report(Severity::Medium, "tar.malformed", Some(pos), "header checksum mismatch; the rest of the archive was not scanned".into());
+            ctx.report(
+                Severity::Medium,
+                "tar.malformed",
+                Some(pos),
+                "header checksum mismatch; the rest of the archive was not scanned".into(),
+            );
             return;
         }
         let kind = h.get(156).copied().unwrap_or(0);
         let data = pos + 512;
         if data.checked_add(size).is_none_or(|end| end > len) {
-            ctx.report(Severity::Medium, "tar.malformed", Some(pos), format!("member declares {size} bytes, past the end of the archive"));
+            ctx.report(
+                Severity::Medium,
+                "tar.malformed",
+                Some(pos),
+                format!("member declares {size} bytes, past the end of the archive"),
+            );
             return;
         }
         let prefix = text(h.get(345..500).unwrap_or_default());
         let base = text(h.get(..100).unwrap_or_default());
-        let header_name = if h.get(257..262) == Some(b"ustar") && !prefix.is_empty() { format!("{prefix}/{base}") } else { base };
+        let header_name = if h.get(257..262) == Some(b"ustar") && !prefix.is_empty() {
+            format!("{prefix}/{base}")
+        } else {
+            base
+        };
         match kind {
             b'L' | b'x' => {
                 let body = read_upto(input, data, size.min(64 << 10)).unwrap_or_default();
-                long_name = if kind == b'L' { Some(text(&body)) } else { pax_path(&body) };
+                long_name = if kind == b'L' {
+                    Some(text(&body))
+                } else {
+                    pax_path(&body)
+                };
             }
             b'0' | 0 | b'7' => {
                 let name = long_name.take().unwrap_or(header_name);
-                let window = Window { inner: input, offset: data, len: size };
-                ctx.nested(&name, |c| scan_input(c, &window, Hint { name: Some(&name), pickle: false }));
+                let window = Window {
+                    inner: input,
+                    offset: data,
+                    len: size,
+                };
+                ctx.nested(&name, |c| {
+                    scan_input(
+                        c,
+                        &window,
+                        Hint {
+                            name: Some(&name),
+                            pickle: false,
+                        },
+                    )
+                });
             }
             b'1' | b'2' => {
                 let name = long_name.take().unwrap_or(header_name);

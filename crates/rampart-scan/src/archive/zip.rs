@@ -112,7 +112,12 @@ fn parse_eocd(input: &dyn Input, tail: &[u8], at: usize, tail_start: u64) -> Opt
             return None;
         }
     }
-    Some(Directory { base, cd_start, cd_size, entries })
+    Some(Directory {
+        base,
+        cd_start,
+        cd_size,
+        entries,
+    })
 }
 
 /// Whether the input ends with a zip directory that a lenient reader would open.
@@ -125,16 +130,25 @@ fn parse_entries(ctx: &mut Ctx<'_>, cd: &[u8], expected: u64) -> Vec<Entry> {
     let mut at = 0usize;
     while cd.get(at..at + 4) == Some(CENTRAL) {
         if out.len() >= ctx.opts.max_entries {
-            let msg = format!("archive has more than {} entries; the rest were not scanned", ctx.opts.max_entries);
+            let msg = format!(
+                "archive has more than {} entries; the rest were not scanned",
+                ctx.opts.max_entries
+            );
             ctx.report(Severity::Medium, "archive.limit", None, msg);
             break;
         }
-        let Some(fixed) = cd.get(at..at + 46) else { break };
+        let Some(fixed) = cd.get(at..at + 46) else {
+            break;
+        };
         let name_len = usize::from(u16_at(fixed, 28));
         let extra_len = usize::from(u16_at(fixed, 30));
         let comment_len = usize::from(u16_at(fixed, 32));
-        let Some(name) = cd.get(at + 46..at + 46 + name_len) else { break };
-        let extra = cd.get(at + 46 + name_len..at + 46 + name_len + extra_len).unwrap_or_default();
+        let Some(name) = cd.get(at + 46..at + 46 + name_len) else {
+            break;
+        };
+        let extra = cd
+            .get(at + 46 + name_len..at + 46 + name_len + extra_len)
+            .unwrap_or_default();
         let mut e = Entry {
             name: String::from_utf8_lossy(name).into_owned(),
             flags: u16_at(fixed, 8),
@@ -149,7 +163,10 @@ fn parse_entries(ctx: &mut Ctx<'_>, cd: &[u8], expected: u64) -> Vec<Entry> {
         at += 46 + name_len + extra_len + comment_len;
     }
     if (out.len() as u64) < expected.min(ctx.opts.max_entries as u64) {
-        let msg = format!("the central directory declares {expected} entries but {} could be read", out.len());
+        let msg = format!(
+            "the central directory declares {expected} entries but {} could be read",
+            out.len()
+        );
         ctx.report(Severity::Medium, "zip.anomaly", None, msg);
     }
     out
@@ -159,8 +176,14 @@ fn parse_entries(ctx: &mut Ctx<'_>, cd: &[u8], expected: u64) -> Vec<Entry> {
 fn apply_zip64(e: &mut Entry, extra: &[u8]) {
     let mut at = 0;
     while let (Some(id), Some(size)) = (extra.get(at..at + 2), extra.get(at + 2..at + 4)) {
-        let id = u16::from_le_bytes([id.first().copied().unwrap_or(0), id.get(1).copied().unwrap_or(0)]);
-        let size = usize::from(u16::from_le_bytes([size.first().copied().unwrap_or(0), size.get(1).copied().unwrap_or(0)]));
+        let id = u16::from_le_bytes([
+            id.first().copied().unwrap_or(0),
+            id.get(1).copied().unwrap_or(0),
+        ]);
+        let size = usize::from(u16::from_le_bytes([
+            size.first().copied().unwrap_or(0),
+            size.get(1).copied().unwrap_or(0),
+        ]));
         let body = extra.get(at + 4..at + 4 + size).unwrap_or_default();
         if id == 1 {
             let mut p = 0;
@@ -200,14 +223,22 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
         ctx.report(Severity::Medium, "zip.anomaly", None, msg);
     }
     if dir.cd_size > MAX_DIRECTORY {
-        let msg = format!("central directory of {} bytes is larger than the {MAX_DIRECTORY}-byte bound", dir.cd_size);
+        let msg = format!(
+            "central directory of {} bytes is larger than the {MAX_DIRECTORY}-byte bound",
+            dir.cd_size
+        );
         ctx.report(Severity::Medium, "archive.limit", None, msg);
         return;
     }
     let cd = match read_upto(input, dir.cd_start, dir.cd_size) {
         Ok(cd) => cd,
         Err(e) => {
-            ctx.report(Severity::Medium, "zip.malformed", None, format!("central directory cannot be read: {e}"));
+            ctx.report(
+                Severity::Medium,
+                "zip.malformed",
+                None,
+                format!("central directory cannot be read: {e}"),
+            );
             return;
         }
     };
@@ -216,7 +247,10 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
     let mut ranges = Vec::new();
     for e in &entries {
         if !names.insert(e.name.as_str()) {
-            let msg = format!("member `{}` appears more than once; loaders disagree on which copy they read", clip(&e.name));
+            let msg = format!(
+                "member `{}` appears more than once; loaders disagree on which copy they read",
+                clip(&e.name)
+            );
             ctx.report(Severity::Medium, "zip.anomaly", None, msg);
         }
         if let Some(data) = member(ctx, input, &dir, e) {
@@ -227,7 +261,11 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
     for pair in ranges.windows(2) {
         if let [(_, end_a, a), (start_b, _, b)] = pair {
             if start_b < end_a {
-                let msg = format!("members `{}` and `{}` share bytes (a zip-bomb and evasion technique)", clip(a), clip(b));
+                let msg = format!(
+                    "members `{}` and `{}` share bytes (a zip-bomb and evasion technique)",
+                    clip(a),
+                    clip(b)
+                );
                 ctx.report(Severity::Medium, "zip.anomaly", None, msg);
                 break;
             }
@@ -239,43 +277,83 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
 fn member(ctx: &mut Ctx<'_>, input: &dyn Input, dir: &Directory, e: &Entry) -> Option<u64> {
     let name = clip(&e.name);
     let anomaly = |ctx: &mut Ctx<'_>, what: String| {
-        ctx.report(Severity::Medium, "zip.anomaly", None, format!("member `{name}`: {what}"));
+        ctx.report(
+            Severity::Medium,
+            "zip.anomaly",
+            None,
+            format!("member `{name}`: {what}"),
+        );
     };
     if e.flags & 0x41 != 0 {
         anomaly(ctx, "the encryption flag is set; PyTorch ignores it and reads the member as plain data, so it was scanned as such".into());
     }
     if let Some(why) = odd_name(&e.name) {
-        ctx.report(Severity::Low, "zip.anomaly", None, format!("member name `{name}` has {why}"));
+        ctx.report(
+            Severity::Low,
+            "zip.anomaly",
+            None,
+            format!("member name `{name}` has {why}"),
+        );
     }
     let local_pos = dir.base.checked_add(e.local)?;
-    let local = read_upto(input, local_pos, 30).ok().filter(|l| l.len() == 30);
+    let local = read_upto(input, local_pos, 30)
+        .ok()
+        .filter(|l| l.len() == 30);
     let Some(local) = local.filter(|l| l.get(..4) == Some(LOCAL)) else {
-        anomaly(ctx, format!("no local header at offset {local_pos}; the member cannot be read"));
+        anomaly(
+            ctx,
+            format!("no local header at offset {local_pos}; the member cannot be read"),
+        );
         return None;
     };
     let lname_len = u64::from(u16_at(&local, 26));
     let lextra_len = u64::from(u16_at(&local, 28));
     let lname = read_upto(input, local_pos + 30, lname_len).unwrap_or_default();
     if lname != e.name.as_bytes() {
-        let msg = format!("the local header names it `{}` (loaders that read local headers see another member)", clip(&String::from_utf8_lossy(&lname)));
+        let msg = format!(
+            "the local header names it `{}` (loaders that read local headers see another member)",
+            clip(&String::from_utf8_lossy(&lname))
+        );
         anomaly(ctx, msg);
     }
     if u16_at(&local, 8) != e.method {
-        anomaly(ctx, "local header and central directory disagree on the compression method".into());
+        anomaly(
+            ctx,
+            "local header and central directory disagree on the compression method".into(),
+        );
     }
     let data = local_pos + 30 + lname_len + lextra_len;
-    if data.checked_add(e.csize).is_none_or(|end| end > input.len()) {
-        anomaly(ctx, format!("data of {} bytes runs past the end of the archive", e.csize));
+    if data
+        .checked_add(e.csize)
+        .is_none_or(|end| end > input.len())
+    {
+        anomaly(
+            ctx,
+            format!("data of {} bytes runs past the end of the archive", e.csize),
+        );
         return None;
     }
-    let window = Window { inner: input, offset: data, len: e.csize };
+    let window = Window {
+        inner: input,
+        offset: data,
+        len: e.csize,
+    };
     let pickle = e.name.ends_with(".pkl") || e.name.ends_with(".pickle");
-    let hint = Hint { name: Some(&e.name), pickle };
+    let hint = Hint {
+        name: Some(&e.name),
+        pickle,
+    };
     let member_name = e.name.clone();
     match e.method {
         0 => {
             if e.usize != e.csize {
-                anomaly(ctx, format!("stored member declares {} bytes uncompressed but {} stored", e.usize, e.csize));
+                anomaly(
+                    ctx,
+                    format!(
+                        "stored member declares {} bytes uncompressed but {} stored",
+                        e.usize, e.csize
+                    ),
+                );
             }
             if e.csize <= CRC_ALWAYS || pickle || looks_parsed(&window) {
                 check_crc(ctx, &window, e, &name);
@@ -292,7 +370,12 @@ fn member(ctx: &mut Ctx<'_>, input: &dyn Input, dir: &Directory, e: &Entry) -> O
         }
         m => {
             let msg = format!("member `{name}` uses compression method {m}, which cannot be inspected; recompress it with deflate or store it");
-            ctx.report(Severity::Medium, "format.unsupported-compression", None, msg);
+            ctx.report(
+                Severity::Medium,
+                "format.unsupported-compression",
+                None,
+                msg,
+            );
         }
     }
     Some(data)
@@ -301,7 +384,12 @@ fn member(ctx: &mut Ctx<'_>, input: &dyn Input, dir: &Directory, e: &Entry) -> O
 /// Whether a stored member will be parsed (not plain tensor bytes), so checking its CRC costs no extra read.
 fn looks_parsed(window: &Window<'_>) -> bool {
     let head = read_upto(window, 0, 1024).unwrap_or_default();
-    !matches!(crate::detect::detect(&head, window.len), crate::detect::Format::Unknown | crate::detect::Format::Pickle { strong: false } | crate::detect::Format::Protobuf)
+    !matches!(
+        crate::detect::detect(&head, window.len),
+        crate::detect::Format::Unknown
+            | crate::detect::Format::Pickle { strong: false }
+            | crate::detect::Format::Protobuf
+    )
 }
 
 fn check_crc(ctx: &mut Ctx<'_>, window: &Window<'_>, e: &Entry, name: &str) {
@@ -310,7 +398,9 @@ fn check_crc(ctx: &mut Ctx<'_>, window: &Window<'_>, e: &Entry, name: &str) {
     let mut buf = vec![0u8; 1 << 20];
     while off < window.len.min(ctx.opts.max_in_memory) {
         let n = (window.len - off).min(buf.len() as u64) as usize;
-        let Some(chunk) = buf.get_mut(..n) else { return };
+        let Some(chunk) = buf.get_mut(..n) else {
+            return;
+        };
         if window.read_exact_at(off, chunk).is_err() {
             return;
         }
@@ -324,7 +414,10 @@ fn check_crc(ctx: &mut Ctx<'_>, window: &Window<'_>, e: &Entry, name: &str) {
 }
 
 fn inflate(ctx: &mut Ctx<'_>, window: &Window<'_>, e: &Entry, name: &str) -> Option<Vec<u8>> {
-    let budget = ctx.opts.max_in_memory.min(ctx.opts.max_inflated.saturating_sub(ctx.inflated));
+    let budget = ctx
+        .opts
+        .max_in_memory
+        .min(ctx.opts.max_inflated.saturating_sub(ctx.inflated));
     let reader = WindowReader { window, pos: 0 };
     match read_bounded(flate2::read::DeflateDecoder::new(reader), budget) {
         Ok((bytes, over)) => {
@@ -333,13 +426,22 @@ fn inflate(ctx: &mut Ctx<'_>, window: &Window<'_>, e: &Entry, name: &str) -> Opt
                 let msg = format!("member `{name}` inflates past the {budget}-byte bound (declared {} bytes from {}): a possible zip bomb; only the first part was scanned", e.usize, e.csize);
                 ctx.report(Severity::Medium, "archive.limit", None, msg);
             } else if bytes.len() as u64 != e.usize {
-                let msg = format!("member `{name}`: inflates to {} bytes, the directory declares {}", bytes.len(), e.usize);
+                let msg = format!(
+                    "member `{name}`: inflates to {} bytes, the directory declares {}",
+                    bytes.len(),
+                    e.usize
+                );
                 ctx.report(Severity::Medium, "zip.anomaly", None, msg);
             }
             Some(bytes)
         }
         Err(err) => {
-            ctx.report(Severity::Medium, "zip.malformed", None, format!("member `{name}` cannot be inflated: {err}"));
+            ctx.report(
+                Severity::Medium,
+                "zip.malformed",
+                None,
+                format!("member `{name}` cannot be inflated: {err}"),
+            );
             None
         }
     }
@@ -353,8 +455,12 @@ struct WindowReader<'a, 'b> {
 
 impl Read for WindowReader<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (self.window.len.saturating_sub(self.pos)).min(buf.len() as u64).min(1 << 20) as usize;
-        let Some(chunk) = buf.get_mut(..n) else { return Ok(0) };
+        let n = (self.window.len.saturating_sub(self.pos))
+            .min(buf.len() as u64)
+            .min(1 << 20) as usize;
+        let Some(chunk) = buf.get_mut(..n) else {
+            return Ok(0);
+        };
         self.window.read_exact_at(self.pos, chunk)?;
         self.pos += n as u64;
         Ok(n)
@@ -362,5 +468,8 @@ impl Read for WindowReader<'_, '_> {
 }
 
 fn clip(s: &str) -> String {
-    s.chars().take(200).map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }

@@ -67,14 +67,19 @@ enum Stop {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: u64) -> Result<&'a [u8], Stop> {
-        let end = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n));
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n));
         match end.and_then(|e| self.data.get(self.pos..e)) {
             Some(s) => {
                 self.pos += s.len();
                 Ok(s)
             }
             None if self.partial => Err(Stop::NeedMore),
-            None => Err(Stop::Bad(format!("a field of {n} bytes at offset {} runs past the end of the file", self.pos))),
+            None => Err(Stop::Bad(format!(
+                "a field of {n} bytes at offset {} runs past the end of the file",
+                self.pos
+            ))),
         }
     }
 
@@ -93,7 +98,8 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, Stop> {
         let n = self.u64()?;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| Stop::Bad(format!("string at offset {} is not UTF-8", self.pos)))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| Stop::Bad(format!("string at offset {} is not UTF-8", self.pos)))
     }
 
     /// Reads one value of `ty`; returns the string when it is one.
@@ -118,13 +124,17 @@ impl<'a> Reader<'a> {
                     _ => None,
                 };
                 if let Some(size) = fixed {
-                    let total = count.checked_mul(size).ok_or_else(|| Stop::Bad(format!("array of {count} items overflows")))?;
+                    let total = count
+                        .checked_mul(size)
+                        .ok_or_else(|| Stop::Bad(format!("array of {count} items overflows")))?;
                     self.take(total)?;
                 } else {
                     // Every string or array item takes at least 8 bytes: a count past that is a lie.
                     let left = (self.data.len() - self.pos) as u64;
                     if count > left / 8 && !self.partial {
-                        return Err(Stop::Bad(format!("array declares {count} items, more than the file holds")));
+                        return Err(Stop::Bad(format!(
+                            "array declares {count} items, more than the file holds"
+                        )));
                     }
                     for _ in 0..count {
                         self.value(elem, nesting + 1)?;
@@ -141,12 +151,18 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
     let len = input.len();
     let mut want = FIRST_READ;
     loop {
-        let Ok(data) = read_upto(input, 0, want) else { return };
+        let Ok(data) = read_upto(input, 0, want) else {
+            return;
+        };
         let partial = (data.len() as u64) < len;
         match parse(ctx, &data, partial, len) {
-            Err(Stop::NeedMore) if want < ctx.opts.max_in_memory => want = (want * 4).min(ctx.opts.max_in_memory),
+            Err(Stop::NeedMore) if want < ctx.opts.max_in_memory => {
+                want = (want * 4).min(ctx.opts.max_in_memory)
+            }
             Err(Stop::NeedMore) => {
-                let msg = format!("metadata is larger than the {want}-byte bound and was not fully checked");
+                let msg = format!(
+                    "metadata is larger than the {want}-byte bound and was not fully checked"
+                );
                 ctx.report(Severity::Medium, "archive.limit", None, msg);
                 return;
             }
@@ -162,10 +178,16 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
 /// Parses header, metadata and tensor directory; findings other than malformation are reported only once the whole
 /// directory has been read, so a retry with a larger prefix does not repeat them.
 fn parse(ctx: &mut Ctx<'_>, data: &[u8], partial: bool, file_len: u64) -> Result<(), Stop> {
-    let mut r = Reader { data, pos: 4, partial };
+    let mut r = Reader {
+        data,
+        pos: 4,
+        partial,
+    };
     let version = r.u32()?;
     if !(2..=3).contains(&version) {
-        return Err(Stop::Bad(format!("unsupported GGUF version {version} (expected 2 or 3)")));
+        return Err(Stop::Bad(format!(
+            "unsupported GGUF version {version} (expected 2 or 3)"
+        )));
     }
     let tensors = r.u64()?;
     let kvs = r.u64()?;
@@ -179,13 +201,18 @@ fn parse(ctx: &mut Ctx<'_>, data: &[u8], partial: bool, file_len: u64) -> Result
     for _ in 0..kvs {
         let key = r.string()?;
         if key.is_empty() || key.len() > 65_535 {
-            return Err(Stop::Bad("metadata key is empty or longer than 65535 bytes".into()));
+            return Err(Stop::Bad(
+                "metadata key is empty or longer than 65535 bytes".into(),
+            ));
         }
         let ty = r.u32()?;
         let at = r.pos;
         let value = r.value(ty, 0)?;
         if key == "general.alignment" {
-            let raw = data.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes);
+            let raw = data
+                .get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_le_bytes);
             alignment = raw.map_or(0, u64::from);
             if ty != 4 || alignment == 0 || !alignment.is_power_of_two() {
                 problems.push("`general.alignment` is not a power-of-two u32".to_string());
@@ -198,7 +225,10 @@ fn parse(ctx: &mut Ctx<'_>, data: &[u8], partial: bool, file_len: u64) -> Result
             }
         }
         if !keys.insert(key.clone()) {
-            problems.push(format!("metadata key `{}` appears twice; readers disagree on which value wins", clip(&key)));
+            problems.push(format!(
+                "metadata key `{}` appears twice; readers disagree on which value wins",
+                clip(&key)
+            ));
         }
     }
     let mut spans = Vec::new();
@@ -206,27 +236,43 @@ fn parse(ctx: &mut Ctx<'_>, data: &[u8], partial: bool, file_len: u64) -> Result
         let name = r.string()?;
         let dims = r.u32()?;
         if dims > MAX_DIMS {
-            return Err(Stop::Bad(format!("tensor `{}` has {dims} dimensions (at most {MAX_DIMS})", clip(&name))));
+            return Err(Stop::Bad(format!(
+                "tensor `{}` has {dims} dimensions (at most {MAX_DIMS})",
+                clip(&name)
+            )));
         }
         let mut count: u64 = 1;
         for _ in 0..dims {
             let d = r.u64()?;
-            count = count.checked_mul(d).ok_or_else(|| Stop::Bad(format!("tensor `{}` size overflows", clip(&name))))?;
+            count = count
+                .checked_mul(d)
+                .ok_or_else(|| Stop::Bad(format!("tensor `{}` size overflows", clip(&name))))?;
         }
         let ty = r.u32()?;
         let offset = r.u64()?;
         if offset % alignment != 0 {
-            problems.push(format!("tensor `{}` offset {offset} is not aligned to {alignment}", clip(&name)));
+            problems.push(format!(
+                "tensor `{}` offset {offset} is not aligned to {alignment}",
+                clip(&name)
+            ));
         }
         match type_size(ty) {
             Some((block, size)) => {
                 if count % block != 0 {
-                    problems.push(format!("tensor `{}` has {count} elements, not a multiple of its block of {block}", clip(&name)));
+                    problems.push(format!(
+                        "tensor `{}` has {count} elements, not a multiple of its block of {block}",
+                        clip(&name)
+                    ));
                 }
-                let bytes = (count / block).checked_mul(size).ok_or_else(|| Stop::Bad("tensor size overflows".into()))?;
+                let bytes = (count / block)
+                    .checked_mul(size)
+                    .ok_or_else(|| Stop::Bad("tensor size overflows".into()))?;
                 spans.push((offset, offset.saturating_add(bytes), name));
             }
-            None => problems.push(format!("tensor `{}` has unknown type {ty}; its bounds were not checked", clip(&name))),
+            None => problems.push(format!(
+                "tensor `{}` has unknown type {ty}; its bounds were not checked",
+                clip(&name)
+            )),
         }
     }
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
@@ -234,7 +280,10 @@ fn parse(ctx: &mut Ctx<'_>, data: &[u8], partial: bool, file_len: u64) -> Result
     spans.sort();
     for (_, end, name) in &spans {
         if *end > data_len {
-            problems.push(format!("tensor `{}` ends at {end}, past the {data_len} bytes of tensor data", clip(name)));
+            problems.push(format!(
+                "tensor `{}` ends at {end}, past the {data_len} bytes of tensor data",
+                clip(name)
+            ));
         }
     }
     for pair in spans.windows(2) {

@@ -17,9 +17,17 @@ const CONFIG_START: &[u8] = b"{\"class_name\"";
 
 /// Modules a Keras configuration names in ordinary models.
 fn keras_module(module: &str) -> bool {
-    ["keras", "tf_keras", "tensorflow.keras", "tensorflow.python.keras", "keras_nlp", "keras_hub", "keras_cv"]
-        .iter()
-        .any(|m| module == *m || module.strip_prefix(m).is_some_and(|r| r.starts_with('.')))
+    [
+        "keras",
+        "tf_keras",
+        "tensorflow.keras",
+        "tensorflow.python.keras",
+        "keras_nlp",
+        "keras_hub",
+        "keras_cv",
+    ]
+    .iter()
+    .any(|m| module == *m || module.strip_prefix(m).is_some_and(|r| r.starts_with('.')))
 }
 
 /// Scans JSON that may be a Keras configuration. Other JSON (tokenizers, metadata) passes untouched.
@@ -31,7 +39,8 @@ pub(crate) fn scan_json(ctx: &mut Ctx<'_>, data: &[u8]) {
             check(ctx, &value, 0);
         }
         Some(Err(e)) if data.windows(CONFIG_START.len()).any(|w| w == CONFIG_START) => {
-            let msg = format!("Keras configuration cannot be parsed ({e}); its layers were not checked");
+            let msg =
+                format!("Keras configuration cannot be parsed ({e}); its layers were not checked");
             ctx.report(Severity::Medium, "keras.unreadable-config", None, msg);
         }
         _ => {}
@@ -45,7 +54,11 @@ fn check(ctx: &mut Ctx<'_>, value: &Value, depth: usize) {
     match value {
         Value::Object(map) => {
             let class = map.get("class_name").and_then(Value::as_str);
-            let layer = map.get("config").and_then(|c| c.get("name")).and_then(Value::as_str).unwrap_or("?");
+            let layer = map
+                .get("config")
+                .and_then(|c| c.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("?");
             if let Some(class @ ("Lambda" | "__lambda__")) = class {
                 let msg = format!("`{class}` layer `{}` carries Python bytecode that runs when the model is loaded or called", clip(layer));
                 ctx.report(Severity::Critical, "keras.lambda", None, msg);
@@ -54,10 +67,18 @@ fn check(ctx: &mut Ctx<'_>, value: &Value, depth: usize) {
                 let name = class.unwrap_or("");
                 let target = map.get("config").and_then(Value::as_str).unwrap_or(name);
                 if let Some(why) = classify_module(module, target) {
-                    let msg = format!("configuration names `{}.{}`, which {why}", clip(module), clip(target));
+                    let msg = format!(
+                        "configuration names `{}.{}`, which {why}",
+                        clip(module),
+                        clip(target)
+                    );
                     ctx.report(Severity::Critical, "keras.custom-module", None, msg);
                 } else if !keras_module(module) && !module.is_empty() {
-                    let msg = format!("object `{}` comes from module `{}`, which loading imports", clip(name), clip(module));
+                    let msg = format!(
+                        "object `{}` comes from module `{}`, which loading imports",
+                        clip(name),
+                        clip(module)
+                    );
                     ctx.report(Severity::High, "keras.custom-module", None, msg);
                 }
             }
@@ -82,12 +103,19 @@ pub(crate) fn scan_hdf5(ctx: &mut Ctx<'_>, input: &dyn Input) {
     let mut found = false;
     let mut mentions_config = false;
     while pos < limit {
-        let Ok(chunk) = read_upto(input, pos, CHUNK + CONFIG_START.len() as u64) else { break };
+        let Ok(chunk) = read_upto(input, pos, CHUNK + CONFIG_START.len() as u64) else {
+            break;
+        };
         mentions_config |= chunk.windows(12).any(|w| w == b"model_config");
         let mut next = pos + CHUNK;
-        if let Some(i) = chunk.windows(CONFIG_START.len()).position(|w| w == CONFIG_START) {
+        if let Some(i) = chunk
+            .windows(CONFIG_START.len())
+            .position(|w| w == CONFIG_START)
+        {
             let at = pos + i as u64;
-            let Ok(text) = read_upto(input, at, MAX_CONFIG) else { break };
+            let Ok(text) = read_upto(input, at, MAX_CONFIG) else {
+                break;
+            };
             let mut stream = serde_json::Deserializer::from_slice(&text).into_iter::<Value>();
             if let Some(Ok(value)) = stream.next() {
                 found = true;
@@ -105,7 +133,9 @@ pub(crate) fn scan_hdf5(ctx: &mut Ctx<'_>, input: &dyn Input) {
         ctx.report(Severity::Medium, "keras.unreadable-config", None, "the file has a `model_config` attribute that could not be read; its layers were not checked".into());
     }
     if len > limit {
-        let msg = format!("only the first {limit} of {len} bytes were searched for a Keras configuration");
+        let msg = format!(
+            "only the first {limit} of {len} bytes were searched for a Keras configuration"
+        );
         ctx.report(Severity::Low, "archive.limit", None, msg);
     }
 }

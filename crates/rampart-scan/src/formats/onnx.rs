@@ -31,7 +31,8 @@ const MAX_GRAPH_DEPTH: usize = 16;
 
 /// A ModelProto: `ir_version` (1) and a graph (7) or opset imports (8).
 pub(crate) fn looks_like(data: &[u8]) -> bool {
-    varint_of(data, 1).is_some() && (bytes_of(data, 7).next().is_some() || bytes_of(data, 8).next().is_some())
+    varint_of(data, 1).is_some()
+        && (bytes_of(data, 7).next().is_some() || bytes_of(data, 8).next().is_some())
 }
 
 #[derive(Default)]
@@ -76,7 +77,12 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, data: &[u8]) {
     let mut f = fields(data);
     f.by_ref().count();
     if let Some(e) = f.error {
-        ctx.report(Severity::Medium, "onnx.malformed", None, format!("model cannot be decoded: {e}"));
+        ctx.report(
+            Severity::Medium,
+            "onnx.malformed",
+            None,
+            format!("model cannot be decoded: {e}"),
+        );
     }
 }
 
@@ -128,7 +134,8 @@ fn walk_node(node: &[u8], depth: usize, seen: &mut Seen) {
 fn tensor(t: &[u8], seen: &mut Seen) {
     for entry in bytes_of(t, 13) {
         if string_of(entry, 1).as_deref() == Some("location") && seen.locations.len() < 100_000 {
-            seen.locations.insert(string_of(entry, 2).unwrap_or_default());
+            seen.locations
+                .insert(string_of(entry, 2).unwrap_or_default());
         }
     }
 }
@@ -157,21 +164,33 @@ fn escapes(location: &str, dir: Option<&Path>) -> Option<String> {
     // A link inside the directory can point anywhere.
     let dir = dir?;
     let target = dir.join(path);
-    let is_link = path.components().filter(|c| matches!(c, Component::Normal(_))).scan(dir.to_path_buf(), |p, c| {
-        p.push(c);
-        Some(p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()))
-    });
+    let is_link = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .scan(dir.to_path_buf(), |p, c| {
+            p.push(c);
+            Some(
+                p.symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink()),
+            )
+        });
     if is_link.into_iter().any(|l| l) {
         let (Ok(real), Ok(base)) = (target.canonicalize(), dir.canonicalize()) else {
             return Some("goes through a symbolic link that cannot be resolved".into());
         };
         if !real.starts_with(&base) {
-            return Some(format!("goes through a symbolic link to `{}`", real.display()));
+            return Some(format!(
+                "goes through a symbolic link to `{}`",
+                real.display()
+            ));
         }
     }
     None
 }
 
 fn clip(s: &str) -> String {
-    s.chars().take(200).map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }

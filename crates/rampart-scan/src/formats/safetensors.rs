@@ -24,26 +24,39 @@ fn dtype_bits(dtype: &str) -> Option<u64> {
 }
 
 pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
-    let bad = |ctx: &mut Ctx<'_>, why: String| ctx.report(Severity::Medium, "safetensors.malformed", None, why);
+    let bad = |ctx: &mut Ctx<'_>, why: String| {
+        ctx.report(Severity::Medium, "safetensors.malformed", None, why)
+    };
     let len = input.len();
-    let Ok(n) = read_upto(input, 0, 8) else { return };
+    let Ok(n) = read_upto(input, 0, 8) else {
+        return;
+    };
     let Ok(n) = <[u8; 8]>::try_from(n.as_slice()).map(u64::from_le_bytes) else {
         return bad(ctx, "file is shorter than the 8-byte header length".into());
     };
     if n > MAX_HEADER || n > len.saturating_sub(8) {
-        return bad(ctx, format!("header length {n} exceeds the file or the {MAX_HEADER}-byte limit"));
+        return bad(
+            ctx,
+            format!("header length {n} exceeds the file or the {MAX_HEADER}-byte limit"),
+        );
     }
-    let Ok(header) = read_upto(input, 8, n) else { return };
+    let Ok(header) = read_upto(input, 8, n) else {
+        return;
+    };
     let header: Value = match serde_json::from_slice(&header) {
         Ok(v) => v,
         Err(e) => return bad(ctx, format!("header is not valid JSON: {e}")),
     };
-    let Value::Object(map) = header else { return bad(ctx, "header is not a JSON object".into()) };
+    let Value::Object(map) = header else {
+        return bad(ctx, "header is not a JSON object".into());
+    };
     let data_len = len - 8 - n;
     let mut spans = Vec::new();
     for (name, entry) in &map {
         if name == "__metadata__" {
-            let ok = entry.as_object().is_some_and(|m| m.values().all(Value::is_string));
+            let ok = entry
+                .as_object()
+                .is_some_and(|m| m.values().all(Value::is_string));
             if !ok {
                 bad(ctx, "`__metadata__` is not a map of strings".into());
             }
@@ -55,7 +68,13 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
                 if expected != end.checked_sub(start) {
                     bad(ctx, format!("tensor `{}` spans {start}..{end}, which does not match its dtype and shape", clip(name)));
                 } else if end > data_len {
-                    bad(ctx, format!("tensor `{}` ends at {end}, past the {data_len} bytes of data", clip(name)));
+                    bad(
+                        ctx,
+                        format!(
+                            "tensor `{}` ends at {end}, past the {data_len} bytes of data",
+                            clip(name)
+                        ),
+                    );
                 }
                 spans.push((start, end, name.as_str()));
             }
@@ -66,31 +85,56 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
     let mut covered = 0u64;
     for (start, end, name) in &spans {
         if *start < covered {
-            bad(ctx, format!("tensor `{}` overlaps the tensor before it", clip(name)));
+            bad(
+                ctx,
+                format!("tensor `{}` overlaps the tensor before it", clip(name)),
+            );
         } else if *start > covered {
-            let msg = format!("{} bytes before tensor `{}` belong to no tensor (hidden data)", start - covered, clip(name));
+            let msg = format!(
+                "{} bytes before tensor `{}` belong to no tensor (hidden data)",
+                start - covered,
+                clip(name)
+            );
             ctx.report(Severity::Low, "safetensors.malformed", None, msg);
         }
         covered = covered.max(*end);
     }
     if covered < data_len {
-        let msg = format!("{} bytes after the last tensor belong to no tensor (hidden data)", data_len - covered);
+        let msg = format!(
+            "{} bytes after the last tensor belong to no tensor (hidden data)",
+            data_len - covered
+        );
         ctx.report(Severity::Low, "safetensors.malformed", None, msg);
     }
 }
 
 /// (bits per element, element count, start, end) of one header entry.
 fn tensor(entry: &Value) -> Result<(u64, u64, u64, u64), String> {
-    let dtype = entry.get("dtype").and_then(Value::as_str).ok_or("no dtype")?;
+    let dtype = entry
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or("no dtype")?;
     let bits = dtype_bits(dtype).ok_or_else(|| format!("unknown dtype `{}`", clip(dtype)))?;
-    let shape = entry.get("shape").and_then(Value::as_array).ok_or("no shape")?;
+    let shape = entry
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or("no shape")?;
     let mut count: u64 = 1;
     for d in shape {
-        let d = d.as_u64().ok_or("shape is not a list of non-negative integers")?;
+        let d = d
+            .as_u64()
+            .ok_or("shape is not a list of non-negative integers")?;
         count = count.checked_mul(d).ok_or("shape overflows")?;
     }
-    let offsets = entry.get("data_offsets").and_then(Value::as_array).ok_or("no data_offsets")?;
-    let (Some(start), Some(end), 2) = (offsets.first().and_then(Value::as_u64), offsets.get(1).and_then(Value::as_u64), offsets.len()) else {
+    let offsets = entry
+        .get("data_offsets")
+        .and_then(Value::as_array)
+        .ok_or("no data_offsets")?;
+    let (Some(start), Some(end), 2) = (
+        offsets.first().and_then(Value::as_u64),
+        offsets.get(1).and_then(Value::as_u64),
+        offsets.len(),
+    ) else {
         return Err("data_offsets is not two non-negative integers".into());
     };
     if start > end {

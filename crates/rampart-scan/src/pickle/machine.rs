@@ -27,7 +27,11 @@ pub(crate) enum Event {
     /// BUILD applied to an imported object itself: it rewrites a module's or class's attributes.
     BuildOnGlobal { offset: usize, target: String },
     /// A loader called on bytes: the payload, to scan as a nested file.
-    Nested { offset: usize, loader: String, payload: Rc<[u8]> },
+    Nested {
+        offset: usize,
+        loader: String,
+        payload: Rc<[u8]>,
+    },
     /// A joblib array whose inline data could not be skipped.
     Joblib { offset: usize, why: String },
 }
@@ -68,7 +72,15 @@ impl<'a> Machine<'a> {
     }
 
     fn run_nested(data: &'a [u8], start: usize, depth: usize) -> Trace {
-        let mut m = Machine { data, pos: start, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), trace: Trace::default(), depth };
+        let mut m = Machine {
+            data,
+            pos: start,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            trace: Trace::default(),
+            depth,
+        };
         loop {
             let at = m.pos;
             match m.step() {
@@ -87,9 +99,16 @@ impl<'a> Machine<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
-            format!("truncated: {n} bytes declared, {} left", self.data.len().saturating_sub(self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| {
+                format!(
+                    "truncated: {n} bytes declared, {} left",
+                    self.data.len().saturating_sub(self.pos)
+                )
+            })?;
         let s = self.data.get(self.pos..end).ok_or("truncated")?;
         self.pos = end;
         Ok(s)
@@ -101,17 +120,24 @@ impl<'a> Machine<'a> {
 
     fn le(&mut self, n: usize) -> Result<u64, String> {
         let bytes = self.take(n)?;
-        Ok(bytes.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+        Ok(bytes
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
     }
 
     fn len_of(&mut self, n: usize) -> Result<usize, String> {
-        usize::try_from(self.le(n)?).map_err(|_| "declared length does not fit in memory".to_string())
+        usize::try_from(self.le(n)?)
+            .map_err(|_| "declared length does not fit in memory".to_string())
     }
 
     /// A protocol-0 argument: bytes up to the next newline.
     fn line(&mut self) -> Result<&'a [u8], String> {
         let rest = self.data.get(self.pos..).unwrap_or_default();
-        let n = rest.iter().position(|&b| b == b'\n').ok_or("truncated: line without newline")?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("truncated: line without newline")?;
         let line = rest.get(..n).unwrap_or_default();
         self.pos += n + 1;
         Ok(line)
@@ -138,7 +164,9 @@ impl<'a> Machine<'a> {
         if self.stack.len() <= floor {
             return Err("stack underflow".into());
         }
-        self.stack.last_mut().ok_or_else(|| "stack underflow".into())
+        self.stack
+            .last_mut()
+            .ok_or_else(|| "stack underflow".into())
     }
 
     fn pop_mark(&mut self) -> Result<Vec<V>, String> {
@@ -147,20 +175,32 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_get(&mut self, key: u64) -> Result<(), String> {
-        let v = self.memo.get(&key).cloned().ok_or_else(|| format!("memo key {key} read before it was written"))?;
+        let v = self
+            .memo
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| format!("memo key {key} read before it was written"))?;
         self.stack.push(v);
         Ok(())
     }
 
     fn memo_put(&mut self, key: u64) -> Result<(), String> {
-        let v = self.stack.last().cloned().ok_or("memo write from an empty stack")?;
+        let v = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or("memo write from an empty stack")?;
         self.memo.insert(key, v);
         Ok(())
     }
 
     fn import(&mut self, module: String, name: String, at: usize) -> Val {
         let import = Import { module, name };
-        self.trace.imports.push(ImportUse { import: import.clone(), offset: at, called: false });
+        self.trace.imports.push(ImportUse {
+            import: import.clone(),
+            offset: at,
+            called: false,
+        });
         Val::Global(Rc::new(import))
     }
 
@@ -183,11 +223,16 @@ impl<'a> Machine<'a> {
     /// The few calls whose result matters to the scan: bytes built for a loader, and the loaders themselves.
     fn call_result(&mut self, g: &Import, args: &V, at: usize) -> Option<Val> {
         let first = args.items().first().cloned();
-        let module = if g.module == "__builtin__" { "builtins" } else { g.module.as_str() };
+        let module = if g.module == "__builtin__" {
+            "builtins"
+        } else {
+            g.module.as_str()
+        };
         match (module, g.name.as_str()) {
             ("_codecs", "encode") => {
                 let s = first?.as_str()?.to_owned();
-                let bytes: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+                let bytes: Option<Vec<u8>> =
+                    s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
                 Some(bytes.map_or(Val::Unknown, |b| Val::Bytes(b.into())))
             }
             ("builtins", "bytes" | "bytearray") => match first.as_deref() {
@@ -215,7 +260,9 @@ impl<'a> Machine<'a> {
             (Some(m), Some(n)) => Ok(self.import(m.to_owned(), n.to_owned(), at)),
             _ => {
                 let why = format!("module {} and name {}", describe(&module), describe(&name));
-                self.trace.events.push(Event::UnresolvedImport { offset: at, why });
+                self.trace
+                    .events
+                    .push(Event::UnresolvedImport { offset: at, why });
                 Ok(Val::Unknown)
             }
         }
@@ -226,7 +273,9 @@ impl<'a> Machine<'a> {
         let target = self.top()?.clone();
         if let Some(g) = target.as_global() {
             let target = format!("{}.{}", g.module, g.name);
-            self.trace.events.push(Event::BuildOnGlobal { offset: at, target });
+            self.trace
+                .events
+                .push(Event::BuildOnGlobal { offset: at, target });
         }
         if let Val::Object { callee, args, .. } = &*target {
             if let Some(array) = joblib::wrapper_array(callee, args, &state) {
@@ -237,11 +286,18 @@ impl<'a> Machine<'a> {
     }
 
     /// joblib writes each array's bytes straight into the stream after the wrapper's BUILD: skip them exactly.
-    fn skip_joblib_array(&mut self, array: Result<joblib::Array, String>, at: usize) -> Result<(), String> {
+    fn skip_joblib_array(
+        &mut self,
+        array: Result<joblib::Array, String>,
+        at: usize,
+    ) -> Result<(), String> {
         let array = match array {
             Ok(a) => a,
             Err(why) => {
-                self.trace.events.push(Event::Joblib { offset: at, why: why.clone() });
+                self.trace.events.push(Event::Joblib {
+                    offset: at,
+                    why: why.clone(),
+                });
                 return Err(format!("joblib array: {why}"));
             }
         };
@@ -255,7 +311,9 @@ impl<'a> Machine<'a> {
                 self.trace.events.extend(inner.events);
                 match (inner.end, inner.error) {
                     (Some(end), _) => self.pos = end,
-                    (None, Some((off, why))) => return Err(format!("joblib object array at {off}: {why}")),
+                    (None, Some((off, why))) => {
+                        return Err(format!("joblib object array at {off}: {why}"))
+                    }
                     (None, None) => return Err("joblib object array did not end".into()),
                 }
             }
@@ -274,7 +332,9 @@ impl<'a> Machine<'a> {
     /// Executes one opcode; `Ok(true)` at STOP.
     fn step(&mut self) -> Step {
         let at = self.pos;
-        let op = self.byte().map_err(|_| "stream ends before STOP".to_string())?;
+        let op = self
+            .byte()
+            .map_err(|_| "stream ends before STOP".to_string())?;
         match op {
             b'.' => return Ok(true),
             b'(' => self.marks.push(self.stack.len()),
@@ -387,7 +447,11 @@ impl<'a> Machine<'a> {
                 let s = self.take(n)?;
                 self.push(Val::Bytes(s.into()));
             }
-            0x97 => return Err("NEXT_BUFFER needs out-of-band buffers, which a file cannot carry".into()),
+            0x97 => {
+                return Err(
+                    "NEXT_BUFFER needs out-of-band buffers, which a file cannot carry".into(),
+                )
+            }
             0x98 => {
                 self.top()?;
             }
@@ -441,7 +505,9 @@ impl<'a> Machine<'a> {
                     0x83 => self.le(2)? as u32,
                     _ => self.le(4)? as u32,
                 };
-                self.trace.events.push(Event::ExtensionImport { offset: at, code });
+                self.trace
+                    .events
+                    .push(Event::ExtensionImport { offset: at, code });
                 self.push(Val::Unknown);
             }
             b'd' => {
@@ -569,7 +635,9 @@ fn describe(v: &Val) -> String {
 }
 
 fn parse_int(line: &[u8]) -> Result<Val, String> {
-    let s = std::str::from_utf8(line).map_err(|_| "integer is not ASCII")?.trim();
+    let s = std::str::from_utf8(line)
+        .map_err(|_| "integer is not ASCII")?
+        .trim();
     if let Ok(v) = s.parse::<i64>() {
         return Ok(Val::Int(v));
     }
@@ -577,7 +645,10 @@ fn parse_int(line: &[u8]) -> Result<Val, String> {
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         Ok(Val::BigInt)
     } else {
-        Err(format!("invalid integer `{}`", s.chars().take(40).collect::<String>()))
+        Err(format!(
+            "invalid integer `{}`",
+            s.chars().take(40).collect::<String>()
+        ))
     }
 }
 
@@ -667,8 +738,13 @@ fn raw_unicode_escape(line: &[u8]) -> String {
                 _ => 0,
             };
             if width > 0 {
-                let hex = line.get(i + 2..i + 2 + width).and_then(|h| std::str::from_utf8(h).ok());
-                if let Some(c) = hex.and_then(|h| u32::from_str_radix(h, 16).ok()).and_then(char::from_u32) {
+                let hex = line
+                    .get(i + 2..i + 2 + width)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                if let Some(c) = hex
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .and_then(char::from_u32)
+                {
                     out.push(c);
                     i += 2 + width;
                     continue;

@@ -20,10 +20,14 @@ const MAX_PICKLES: usize = 64;
 /// Looks at a prefix only, so tensor bytes in a large checkpoint cost one small read.
 pub(crate) fn clearly_not_pickle(input: &dyn crate::input::Input) -> bool {
     const PREFIX: u64 = 64 << 10;
-    let Ok(head) = crate::input::read_upto(input, 0, PREFIX) else { return false };
+    let Ok(head) = crate::input::read_upto(input, 0, PREFIX) else {
+        return false;
+    };
     let trace = Machine::run(&head, 0);
     match (trace.end, &trace.error) {
-        (None, Some((offset, _))) => trace.imports.is_empty() && trace.events.is_empty() && offset + 16 < head.len(),
+        (None, Some((offset, _))) => {
+            trace.imports.is_empty() && trace.events.is_empty() && offset + 16 < head.len()
+        }
         _ => false,
     }
 }
@@ -40,7 +44,10 @@ pub(crate) fn scan_stream(ctx: &mut Ctx<'_>, data: &[u8], strong: bool) {
             return;
         }
         let trace = Machine::run(data, pos);
-        let is_pickle = this_strong || trace.end.is_some() || !trace.imports.is_empty() || !trace.events.is_empty();
+        let is_pickle = this_strong
+            || trace.end.is_some()
+            || !trace.imports.is_empty()
+            || !trace.events.is_empty();
         if !is_pickle {
             return;
         }
@@ -49,7 +56,11 @@ pub(crate) fn scan_stream(ctx: &mut Ctx<'_>, data: &[u8], strong: bool) {
             (Some(end), _) => pos = end,
             (None, Some((offset, why))) => {
                 let msg = format!("pickle stream stops parsing at offset {offset} ({why}) after {} opcodes; loaders act on the part before the error, so it is not proof of safety", trace.opcodes);
-                let severity = if this_strong || !trace.imports.is_empty() { Severity::Medium } else { Severity::Low };
+                let severity = if this_strong || !trace.imports.is_empty() {
+                    Severity::Medium
+                } else {
+                    Severity::Low
+                };
                 ctx.report(severity, "pickle.malformed", Some(*offset as u64), msg);
                 return;
             }
@@ -62,14 +73,24 @@ fn report_trace(ctx: &mut Ctx<'_>, trace: &Trace) {
     // One finding per imported name, however often the stream repeats it.
     let mut seen: BTreeMap<(String, String), (usize, bool, usize)> = BTreeMap::new();
     for u in &trace.imports {
-        let e = seen.entry((u.import.module.clone(), u.import.name.clone())).or_insert((u.offset, false, 0));
+        let e = seen
+            .entry((u.import.module.clone(), u.import.name.clone()))
+            .or_insert((u.offset, false, 0));
         e.1 |= u.called;
         e.2 += 1;
     }
     for ((module, name), (offset, called, count)) in seen {
         let what = format!("`{}.{}`", clip(&module), clip(&name));
-        let times = if count > 1 { format!(" ({count} times)") } else { String::new() };
-        let calls = if called { "imports and calls" } else { "imports" };
+        let times = if count > 1 {
+            format!(" ({count} times)")
+        } else {
+            String::new()
+        };
+        let calls = if called {
+            "imports and calls"
+        } else {
+            "imports"
+        };
         let (severity, rule, msg) = match policy::classify(&module, &name) {
             Class::Allowed | Class::NestedLoader => continue,
             Class::Dangerous(why) => (
@@ -94,24 +115,66 @@ fn report_trace(ctx: &mut Ctx<'_>, trace: &Trace) {
         match event {
             Event::UnresolvedImport { offset, why } => {
                 let msg = format!("STACK_GLOBAL imports from values known only at load time ({why}): the import cannot be checked");
-                ctx.report(Severity::High, "pickle.unresolved-import", Some(*offset as u64), msg);
+                ctx.report(
+                    Severity::High,
+                    "pickle.unresolved-import",
+                    Some(*offset as u64),
+                    msg,
+                );
             }
             Event::ExtensionImport { offset, code } => {
                 let msg = format!("EXT opcode imports extension code {code} from the loading process's copyreg registry: the target cannot be checked");
-                ctx.report(Severity::High, "pickle.extension-import", Some(*offset as u64), msg);
+                ctx.report(
+                    Severity::High,
+                    "pickle.extension-import",
+                    Some(*offset as u64),
+                    msg,
+                );
             }
             Event::BuildOnGlobal { offset, target } => {
                 let msg = format!("BUILD sets attributes on the imported object `{}` itself, changing code the process runs later", clip(target));
-                ctx.report(Severity::High, "pickle.build-on-global", Some(*offset as u64), msg);
+                ctx.report(
+                    Severity::High,
+                    "pickle.build-on-global",
+                    Some(*offset as u64),
+                    msg,
+                );
             }
             Event::Joblib { offset, why } => {
                 let msg = format!("joblib array data cannot be located ({why}); the rest of the stream was not scanned");
-                ctx.report(Severity::Medium, "pickle.malformed", Some(*offset as u64), msg);
+                ctx.report(
+                    Severity::Medium,
+                    "pickle.malformed",
+                    Some(*offset as u64),
+                    msg,
+                );
             }
-            Event::Nested { offset, loader, payload } => {
+            Event::Nested {
+                offset,
+                loader,
+                payload,
+            } => {
                 let member = format!("{}@{offset}", clip(loader));
-                ctx.report(Severity::Info, "pickle.nested", Some(*offset as u64), format!("{} bytes handed to `{}` were scanned as a nested file", payload.len(), clip(loader)));
-                ctx.nested(&member, |c| scan_input(c, &Mem(payload), Hint { name: None, pickle: true }));
+                ctx.report(
+                    Severity::Info,
+                    "pickle.nested",
+                    Some(*offset as u64),
+                    format!(
+                        "{} bytes handed to `{}` were scanned as a nested file",
+                        payload.len(),
+                        clip(loader)
+                    ),
+                );
+                ctx.nested(&member, |c| {
+                    scan_input(
+                        c,
+                        &Mem(payload),
+                        Hint {
+                            name: None,
+                            pickle: true,
+                        },
+                    )
+                });
             }
         }
     }

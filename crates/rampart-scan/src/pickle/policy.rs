@@ -47,11 +47,17 @@ const DANGEROUS_MODULES: &[(&str, &str)] = &[
     ("pdb", "runs Python source in the debugger"),
     ("bdb", "runs Python source in the debugger"),
     ("timeit", "runs Python source given as a string"),
-    ("pydoc", "imports arbitrary modules (pydoc.locate) and runs pagers"),
+    (
+        "pydoc",
+        "imports arbitrary modules (pydoc.locate) and runs pagers",
+    ),
     ("pip", "installs and runs packages"),
     ("setuptools", "runs build scripts"),
     ("distutils", "runs build scripts and commands"),
-    ("multiprocessing", "starts processes and unpickles their data"),
+    (
+        "multiprocessing",
+        "starts processes and unpickles their data",
+    ),
     ("concurrent", "starts processes"),
     ("threading", "starts threads running arbitrary callables"),
     ("_thread", "starts threads running arbitrary callables"),
@@ -89,23 +95,41 @@ const DANGEROUS_MODULES: &[(&str, &str)] = &[
     ("torch.hub", "downloads and runs code"),
     ("torch.jit", "loads and runs TorchScript"),
     ("torch.package", "loads and runs packaged code"),
-    ("torch.utils.cpp_extension", "compiles and loads native code"),
-    ("torch.serialization", "loads nested checkpoints with no checks"),
+    (
+        "torch.utils.cpp_extension",
+        "compiles and loads native code",
+    ),
+    (
+        "torch.serialization",
+        "loads nested checkpoints with no checks",
+    ),
     ("torch._dynamo", "compiles and runs code"),
     ("torch._inductor", "compiles and runs code"),
-    ("torch.distributed", "opens network connections and runs remote calls"),
+    (
+        "torch.distributed",
+        "opens network connections and runs remote calls",
+    ),
     ("numpy.f2py", "compiles and loads native code"),
     ("numpy.distutils", "runs build commands"),
-    ("numpy.testing", "runs Python source (numpy.testing._private.utils.runstring)"),
+    (
+        "numpy.testing",
+        "runs Python source (numpy.testing._private.utils.runstring)",
+    ),
     ("numpy.lib.npyio", "loads nested pickles"),
     ("joblib.load", "loads nested pickles"),
     ("joblib.numpy_pickle.load", "loads nested pickles"),
     ("joblib._memmapping_reducer", "touches the file system"),
     ("pandas.io.pickle", "loads nested pickles"),
     ("pandas.read_pickle", "loads nested pickles"),
-    ("keras.models.load_model", "loads models that may carry code"),
+    (
+        "keras.models.load_model",
+        "loads models that may carry code",
+    ),
     ("tensorflow.io", "touches the file system"),
-    ("tensorflow.compat", "reaches file-system and code-running ops"),
+    (
+        "tensorflow.compat",
+        "reaches file-system and code-running ops",
+    ),
 ];
 
 /// Names that are dangerous in otherwise harmless modules (`module.name` exactly).
@@ -262,20 +286,94 @@ const ALLOWED_NAMES: &[&str] = &[
 
 /// Torch dtypes and storage classes: `torch.<name>` for these names.
 const TORCH_TYPES: &[&str] = &[
-    "float", "float32", "float64", "double", "float16", "half", "bfloat16", "complex32", "complex64", "complex128",
-    "cfloat", "cdouble", "chalf", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "short", "int32", "int",
-    "int64", "long", "bool", "qint8", "quint8", "qint32", "quint4x2", "quint2x4", "float8_e4m3fn", "float8_e5m2",
-    "float8_e4m3fnuz", "float8_e5m2fnuz", "FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage",
-    "LongStorage", "IntStorage", "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage", "ComplexFloatStorage",
-    "ComplexDoubleStorage", "QInt8Storage", "QUInt8Storage", "QInt32Storage", "QUInt4x2Storage", "QUInt2x4Storage",
+    "float",
+    "float32",
+    "float64",
+    "double",
+    "float16",
+    "half",
+    "bfloat16",
+    "complex32",
+    "complex64",
+    "complex128",
+    "cfloat",
+    "cdouble",
+    "chalf",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "int8",
+    "int16",
+    "short",
+    "int32",
+    "int",
+    "int64",
+    "long",
+    "bool",
+    "qint8",
+    "quint8",
+    "qint32",
+    "quint4x2",
+    "quint2x4",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+    "FloatStorage",
+    "DoubleStorage",
+    "HalfStorage",
+    "BFloat16Storage",
+    "LongStorage",
+    "IntStorage",
+    "ShortStorage",
+    "CharStorage",
+    "ByteStorage",
+    "BoolStorage",
+    "ComplexFloatStorage",
+    "ComplexDoubleStorage",
+    "QInt8Storage",
+    "QUInt8Storage",
+    "QInt32Storage",
+    "QUInt4x2Storage",
+    "QUInt2x4Storage",
 ];
 
 /// NumPy scalar types: `numpy.<name>`.
 const NUMPY_TYPES: &[&str] = &[
-    "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
-    "float64", "longdouble", "complex64", "complex128", "clongdouble", "str_", "bytes_", "void", "object_",
-    "datetime64", "timedelta64", "intc", "uintc", "int_", "uint", "longlong", "ulonglong", "half", "single",
-    "double", "csingle", "cdouble",
+    "bool_",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "longdouble",
+    "complex64",
+    "complex128",
+    "clongdouble",
+    "str_",
+    "bytes_",
+    "void",
+    "object_",
+    "datetime64",
+    "timedelta64",
+    "intc",
+    "uintc",
+    "int_",
+    "uint",
+    "longlong",
+    "ulonglong",
+    "half",
+    "single",
+    "double",
+    "csingle",
+    "cdouble",
 ];
 
 /// Python 2 module names that Python 3's unpickler maps to their new homes (`fix_imports`).
@@ -291,7 +389,10 @@ fn python3_module(module: &str) -> &str {
 }
 
 fn in_module(path: &str, module: &str) -> bool {
-    path == module || path.strip_prefix(module).is_some_and(|rest| rest.starts_with('.'))
+    path == module
+        || path
+            .strip_prefix(module)
+            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Classifies `module` + `name` as the unpickler would resolve them (a dotted name walks attributes).
@@ -301,7 +402,10 @@ pub(crate) fn classify(module: &str, name: &str) -> Class {
     if let Some(&(_, why)) = DANGEROUS_NAMES.iter().find(|(n, _)| in_module(&full, n)) {
         return Class::Dangerous(why);
     }
-    if let Some(&(_, why)) = DANGEROUS_MODULES.iter().find(|(m, _)| in_module(module, m) || in_module(&full, m)) {
+    if let Some(&(_, why)) = DANGEROUS_MODULES
+        .iter()
+        .find(|(m, _)| in_module(module, m) || in_module(&full, m))
+    {
         return Class::Dangerous(why);
     }
     if full == "torch.storage._load_from_bytes" {
@@ -311,12 +415,18 @@ pub(crate) fn classify(module: &str, name: &str) -> Class {
         return Class::Allowed;
     }
     // Cython's generated `__pyx_unpickle_<Class>` only restores the state of that extension class.
-    let cython_family = ["numpy", "sklearn", "scipy"].iter().any(|m| in_module(module, m));
+    let cython_family = ["numpy", "sklearn", "scipy"]
+        .iter()
+        .any(|m| in_module(module, m));
     if cython_family && name.starts_with("__pyx_unpickle_") && !name.contains('.') {
         return Class::Allowed;
     }
     // Past the exact allow list, any dunder or private-dunder component is a way around it.
-    if full.split('.').any(|part| part.starts_with("__") && part.len() > 2) || name.contains(".__") {
+    if full
+        .split('.')
+        .any(|part| part.starts_with("__") && part.len() > 2)
+        || name.contains(".__")
+    {
         return Class::AttributeEscape;
     }
     if name.contains('.') {
@@ -342,7 +452,8 @@ pub(crate) fn classify(module: &str, name: &str) -> Class {
 }
 
 fn is_class_name(name: &str) -> bool {
-    name.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Callables that unpickle their argument: their payload is scanned as a nested pickle.
@@ -367,28 +478,64 @@ mod tests {
 
     #[test]
     fn classifies_known_names() {
-        assert_eq!(classify("torch._utils", "_rebuild_tensor_v2"), Class::Allowed);
+        assert_eq!(
+            classify("torch._utils", "_rebuild_tensor_v2"),
+            Class::Allowed
+        );
         assert_eq!(classify("collections", "OrderedDict"), Class::Allowed);
         assert_eq!(classify("__builtin__", "set"), Class::Allowed);
         assert_eq!(classify("torch", "FloatStorage"), Class::Allowed);
-        assert_eq!(classify("torch.nn.modules.linear", "Linear"), Class::Allowed);
+        assert_eq!(
+            classify("torch.nn.modules.linear", "Linear"),
+            Class::Allowed
+        );
         assert!(matches!(classify("posix", "system"), Class::Dangerous(_)));
         assert!(matches!(classify("nt", "system"), Class::Dangerous(_)));
-        assert!(matches!(classify("__builtin__", "eval"), Class::Dangerous(_)));
-        assert!(matches!(classify("builtins", "getattr"), Class::Dangerous(_)));
+        assert!(matches!(
+            classify("__builtin__", "eval"),
+            Class::Dangerous(_)
+        ));
+        assert!(matches!(
+            classify("builtins", "getattr"),
+            Class::Dangerous(_)
+        ));
         assert!(matches!(classify("pip", "main"), Class::Dangerous(_)));
-        assert!(matches!(classify("pip._internal", "main"), Class::Dangerous(_)));
+        assert!(matches!(
+            classify("pip._internal", "main"),
+            Class::Dangerous(_)
+        ));
         assert!(matches!(classify("timeit", "timeit"), Class::Dangerous(_)));
         assert!(matches!(classify("pydoc", "locate"), Class::Dangerous(_)));
-        assert!(matches!(classify("types", "FunctionType"), Class::Dangerous(_)));
-        assert!(matches!(classify("numpy.testing._private.utils", "runstring"), Class::Dangerous(_)));
+        assert!(matches!(
+            classify("types", "FunctionType"),
+            Class::Dangerous(_)
+        ));
+        assert!(matches!(
+            classify("numpy.testing._private.utils", "runstring"),
+            Class::Dangerous(_)
+        ));
         assert!(matches!(classify("torch", "load"), Class::Dangerous(_)));
         assert_eq!(classify("numpy", "__builtins__"), Class::AttributeEscape);
-        assert_eq!(classify("torch._utils", "_rebuild_tensor.__globals__"), Class::AttributeEscape);
+        assert_eq!(
+            classify("torch._utils", "_rebuild_tensor.__globals__"),
+            Class::AttributeEscape
+        );
         assert_eq!(classify("mypackage", "Thing"), Class::Unknown);
-        assert_eq!(classify("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"), Class::Allowed);
-        assert_eq!(classify("mypackage", "__pyx_unpickle_Thing"), Class::AttributeEscape);
-        assert_eq!(classify("sklearn.linear_model", "load_stuff"), Class::Unknown);
-        assert_eq!(classify("torch.nn.modules.linear", "Linear.__init__"), Class::AttributeEscape);
+        assert_eq!(
+            classify("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+            Class::Allowed
+        );
+        assert_eq!(
+            classify("mypackage", "__pyx_unpickle_Thing"),
+            Class::AttributeEscape
+        );
+        assert_eq!(
+            classify("sklearn.linear_model", "load_stuff"),
+            Class::Unknown
+        );
+        assert_eq!(
+            classify("torch.nn.modules.linear", "Linear.__init__"),
+            Class::AttributeEscape
+        );
     }
 }

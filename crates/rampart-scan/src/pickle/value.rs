@@ -37,7 +37,11 @@ pub(crate) enum Val {
     Set(Seq),
     Global(Rc<Import>),
     /// The result of calling `callee` with `args` (REDUCE, NEWOBJ, OBJ, INST).
-    Object { callee: V, args: V, depth: u16 },
+    Object {
+        callee: V,
+        args: V,
+        depth: u16,
+    },
     /// A persistent id: PyTorch storages, resolved by the loader, not by pickle.
     Persistent,
     Unknown,
@@ -87,7 +91,11 @@ impl Val {
         if depth >= DEPTH_CAP {
             return Val::Unknown;
         }
-        Val::Object { callee, args, depth }
+        Val::Object {
+            callee,
+            args,
+            depth,
+        }
     }
 
     pub(crate) fn as_str(&self) -> Option<&str> {

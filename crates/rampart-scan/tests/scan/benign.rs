@@ -68,12 +68,22 @@ fn pytorch_checkpoint_with_tensors() {
     let mut s1 = floats(4);
     s1[0] = b'(';
     let r = assert_clean(&torch_zip(pickle, &[s0, s1, floats(8)]));
-    assert!(r.files[0].formats.iter().any(|f| f.ends_with("data.pkl:pickle")), "{:?}", r.files);
+    assert!(
+        r.files[0]
+            .formats
+            .iter()
+            .any(|f| f.ends_with("data.pkl:pickle")),
+        "{:?}",
+        r.files
+    );
 }
 
 #[test]
 fn pytorch_optimizer_state() {
-    assert_clean(&torch_zip(torch_optimizer_state(), &[floats(4), floats(4), floats(4)]));
+    assert_clean(&torch_zip(
+        torch_optimizer_state(),
+        &[floats(4), floats(4), floats(4)],
+    ));
 }
 
 #[test]
@@ -106,16 +116,33 @@ fn ordered_dict_and_containers() {
 fn numpy_arrays() {
     assert_clean(&npy("'<f8'", "(3,)", &floats(6)));
     assert_clean(&npy("'<i4'", "(2, 2)", &[0u8; 16]));
-    let npz = zip(&[], &[ZipEntry::deflated("a.npy", npy("'<f4'", "(4,)", &floats(4))), ZipEntry::stored("b.npy", npy("'|u1'", "(3,)", b"abc"))]);
+    let npz = zip(
+        &[],
+        &[
+            ZipEntry::deflated("a.npy", npy("'<f4'", "(4,)", &floats(4))),
+            ZipEntry::stored("b.npy", npy("'|u1'", "(3,)", b"abc")),
+        ],
+    );
     assert_clean(&npz);
 }
 
 #[test]
 fn numpy_object_array_of_plain_values_is_low_only() {
-    let data = npy("'|O'", "(2,)", &numpy_object_pickle(P::new().int(1).str("x")));
+    let data = npy(
+        "'|O'",
+        "(2,)",
+        &numpy_object_pickle(P::new().int(1).str("x")),
+    );
     let r = crate::scan(&data);
-    assert!(r.findings.iter().all(|f| f.rule == "numpy.object-array"), "{:#?}", r.findings);
-    assert_eq!(r.verdict(rampart_scan::Severity::Medium), rampart_scan::Verdict::Pass);
+    assert!(
+        r.findings.iter().all(|f| f.rule == "numpy.object-array"),
+        "{:#?}",
+        r.findings
+    );
+    assert_eq!(
+        r.verdict(rampart_scan::Severity::Medium),
+        rampart_scan::Verdict::Pass
+    );
 }
 
 #[test]
@@ -131,7 +158,14 @@ fn keras_dense_models() {
         {"module": "keras.layers", "class_name": "Dense", "config": {"name": "dense", "units": 10, "activation": "relu",
          "kernel_initializer": {"module": "keras.initializers", "class_name": "GlorotUniform", "config": {"seed": null}, "registered_name": null}},
          "registered_name": null}]}, "registered_name": null}"#;
-    let keras = zip(&[], &[ZipEntry::deflated("config.json", config.as_bytes().to_vec()), ZipEntry::deflated("metadata.json", b"{\"keras_version\": \"3.4.1\"}".to_vec()), ZipEntry::stored("model.weights.h5", b"\x89HDF\r\n\x1a\n\0\0\0\0".to_vec())]);
+    let keras = zip(
+        &[],
+        &[
+            ZipEntry::deflated("config.json", config.as_bytes().to_vec()),
+            ZipEntry::deflated("metadata.json", b"{\"keras_version\": \"3.4.1\"}".to_vec()),
+            ZipEntry::stored("model.weights.h5", b"\x89HDF\r\n\x1a\n\0\0\0\0".to_vec()),
+        ],
+    );
     assert_clean(&keras);
     let mut h5 = b"\x89HDF\r\n\x1a\n".to_vec();
     h5.extend(vec![0u8; 100]);
@@ -143,13 +177,31 @@ fn keras_dense_models() {
 #[test]
 fn plain_saved_model_and_onnx() {
     let node = |name: &str, op: &str| Pb::new().str(1, name).str(2, op);
-    let saver = Pb::new().msg(1, Pb::new().str(1, "save_fn")).msg(3, node("save", "SaveV2")).msg(3, node("restore", "RestoreV2")).msg(3, node("merge", "MergeV2Checkpoints"));
-    let graph = Pb::new().msg(1, node("x", "Placeholder")).msg(1, node("m", "MatMul")).msg(1, node("r", "Relu")).msg(2, Pb::new().msg(1, saver));
-    let saved = Pb::new().varint(1, 1).msg(2, Pb::new().msg(1, Pb::new().str(1, "serve")).msg(2, graph));
+    let saver = Pb::new()
+        .msg(1, Pb::new().str(1, "save_fn"))
+        .msg(3, node("save", "SaveV2"))
+        .msg(3, node("restore", "RestoreV2"))
+        .msg(3, node("merge", "MergeV2Checkpoints"));
+    let graph = Pb::new()
+        .msg(1, node("x", "Placeholder"))
+        .msg(1, node("m", "MatMul"))
+        .msg(1, node("r", "Relu"))
+        .msg(2, Pb::new().msg(1, saver));
+    let saved = Pb::new()
+        .varint(1, 1)
+        .msg(2, Pb::new().msg(1, Pb::new().str(1, "serve")).msg(2, graph));
     assert_clean(&saved.0);
-    let onnx = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/digits/model/model.onnx")).unwrap();
+    let onnx = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/digits/model/model.onnx"
+    ))
+    .unwrap();
     let r = assert_clean(&onnx);
-    assert!(r.files[0].formats.iter().any(|f| f == "onnx"), "{:?}", r.files);
+    assert!(
+        r.files[0].formats.iter().any(|f| f == "onnx"),
+        "{:?}",
+        r.files
+    );
 }
 
 #[test]
@@ -158,7 +210,13 @@ fn ordinary_gguf_templates() {
     let llama3 = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
     let mistral = "{%- set ns = namespace(system='') %}{%- if messages[0]['role'] == 'system' %}{%- set ns.system = messages[0]['content'] %}{%- endif %}{%- for message in messages %}{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{- raise_exception('Conversation roles must alternate') }}{%- endif %}{{- message['content'] | tojson }}{%- endfor %}";
     for t in [chatml, llama3, mistral] {
-        assert_clean(&gguf(&[("general.architecture", "llama"), ("tokenizer.chat_template", t)], &[("blk.0.attn.weight", 64), ("blk.0.ffn.weight", 100)]));
+        assert_clean(&gguf(
+            &[
+                ("general.architecture", "llama"),
+                ("tokenizer.chat_template", t),
+            ],
+            &[("blk.0.attn.weight", 64), ("blk.0.ffn.weight", 100)],
+        ));
     }
 }
 

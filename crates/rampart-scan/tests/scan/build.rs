@@ -3,7 +3,11 @@
 //! but with harmless arguments, and nothing here is ever loaded.
 
 #![allow(dead_code, reason = "each test uses some builders")]
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test builders: a failure is a bug in the test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test builders: a failure is a bug in the test"
+)]
 
 /// A pickle written opcode by opcode.
 #[derive(Default, Clone)]
@@ -189,7 +193,14 @@ pub fn payload(m: &str, n: &str) -> Vec<u8> {
 
 /// The pickle `torch.save` writes for a state dict of float tensors, with persistent ids for storages.
 pub fn torch_state_dict(names: &[(&str, usize)]) -> Vec<u8> {
-    let mut p = P::new().proto(2).global("collections", "OrderedDict").put(0).empty_tuple().reduce().put(1).mark();
+    let mut p = P::new()
+        .proto(2)
+        .global("collections", "OrderedDict")
+        .put(0)
+        .empty_tuple()
+        .reduce()
+        .put(1)
+        .mark();
     for (i, (name, numel)) in names.iter().enumerate() {
         p = p
             .binunicode(name)
@@ -243,14 +254,41 @@ pub fn torch_optimizer_state() -> Vec<u8> {
             .tuple()
             .reduce()
     };
-    let mut p = P::new().proto(2).empty_dict().put(0).mark().binunicode("state").empty_dict().mark().int(0).empty_dict().mark();
+    let mut p = P::new()
+        .proto(2)
+        .empty_dict()
+        .put(0)
+        .mark()
+        .binunicode("state")
+        .empty_dict()
+        .mark()
+        .int(0)
+        .empty_dict()
+        .mark();
     p = p.binunicode("step").int(10);
     p = tensor(p.binunicode("exp_avg"), "1");
     p = tensor(p.binunicode("exp_avg_sq"), "2");
     p = p.setitems().setitems();
-    p = p.binunicode("param_groups").empty_list().mark().empty_dict().mark();
-    p = p.binunicode("lr").float(0.001).binunicode("betas").float(0.9).float(0.999).tuple2();
-    p = p.binunicode("amsgrad").newfalse().binunicode("params").empty_list().int(0).op(b'a');
+    p = p
+        .binunicode("param_groups")
+        .empty_list()
+        .mark()
+        .empty_dict()
+        .mark();
+    p = p
+        .binunicode("lr")
+        .float(0.001)
+        .binunicode("betas")
+        .float(0.9)
+        .float(0.999)
+        .tuple2();
+    p = p
+        .binunicode("amsgrad")
+        .newfalse()
+        .binunicode("params")
+        .empty_list()
+        .int(0)
+        .op(b'a');
     p.setitems().appends().setitems().stop().done()
 }
 
@@ -265,10 +303,20 @@ pub struct ZipEntry {
 
 impl ZipEntry {
     pub fn stored(name: &str, data: Vec<u8>) -> Self {
-        ZipEntry { name: name.into(), data, deflate: false, flags: 0, bad_crc: false, local_name: None }
+        ZipEntry {
+            name: name.into(),
+            data,
+            deflate: false,
+            flags: 0,
+            bad_crc: false,
+            local_name: None,
+        }
     }
     pub fn deflated(name: &str, data: Vec<u8>) -> Self {
-        ZipEntry { deflate: true, ..ZipEntry::stored(name, data) }
+        ZipEntry {
+            deflate: true,
+            ..ZipEntry::stored(name, data)
+        }
     }
 }
 
@@ -280,7 +328,8 @@ pub fn zip(prefix: &[u8], entries: &[ZipEntry]) -> Vec<u8> {
     for e in entries {
         let offset = (out.len() - prefix.len()) as u32;
         let body = if e.deflate {
-            let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut enc =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
             enc.write_all(&e.data).unwrap();
             enc.finish().unwrap()
         } else {
@@ -332,18 +381,26 @@ pub fn zip(prefix: &[u8], entries: &[ZipEntry]) -> Vec<u8> {
 
 /// A PyTorch checkpoint as `torch.save` (zip format) lays it out, with `data.pkl` and raw storages.
 pub fn torch_zip(pickle: Vec<u8>, storages: &[Vec<u8>]) -> Vec<u8> {
-    let mut entries = vec![ZipEntry::stored("archive/data.pkl", pickle), ZipEntry::stored("archive/byteorder", b"little".to_vec())];
+    let mut entries = vec![
+        ZipEntry::stored("archive/data.pkl", pickle),
+        ZipEntry::stored("archive/byteorder", b"little".to_vec()),
+    ];
     for (i, s) in storages.iter().enumerate() {
         entries.push(ZipEntry::stored(&format!("archive/data/{i}"), s.clone()));
     }
     entries.push(ZipEntry::stored("archive/version", b"3\n".to_vec()));
-    entries.push(ZipEntry::stored("archive/.data/serialization_id", b"1234567890".to_vec()));
+    entries.push(ZipEntry::stored(
+        "archive/.data/serialization_id",
+        b"1234567890".to_vec(),
+    ));
     zip(&[], &entries)
 }
 
 /// float32 bytes of `n` values.
 pub fn floats(n: usize) -> Vec<u8> {
-    (0..n).flat_map(|i| (i as f32 * 0.37 - 1.0).to_le_bytes()).collect()
+    (0..n)
+        .flat_map(|i| (i as f32 * 0.37 - 1.0).to_le_bytes())
+        .collect()
 }
 
 /// A tar archive (ustar) of regular files.

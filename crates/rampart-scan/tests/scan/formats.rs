@@ -8,15 +8,35 @@ use crate::build::*;
 #[test]
 fn safetensors_out_of_bounds_and_overlap() {
     let oob = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
-    assert_finding(&safetensors(oob, &[0u8; 8]), "safetensors.malformed", Severity::Medium);
+    assert_finding(
+        &safetensors(oob, &[0u8; 8]),
+        "safetensors.malformed",
+        Severity::Medium,
+    );
     let overlap = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
-    assert_finding(&safetensors(overlap, &[0u8; 12]), "safetensors.malformed", Severity::Medium);
+    assert_finding(
+        &safetensors(overlap, &[0u8; 12]),
+        "safetensors.malformed",
+        Severity::Medium,
+    );
     let mismatch = r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
-    assert_finding(&safetensors(mismatch, &[0u8; 8]), "safetensors.malformed", Severity::Medium);
+    assert_finding(
+        &safetensors(mismatch, &[0u8; 8]),
+        "safetensors.malformed",
+        Severity::Medium,
+    );
     let not_json = "{\"a\": [1, 2";
-    assert_finding(&safetensors(not_json, &[0u8; 8]), "safetensors.malformed", Severity::Medium);
+    assert_finding(
+        &safetensors(not_json, &[0u8; 8]),
+        "safetensors.malformed",
+        Severity::Medium,
+    );
     let hidden = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
-    assert_finding(&safetensors(hidden, &[0u8; 64]), "safetensors.malformed", Severity::Low);
+    assert_finding(
+        &safetensors(hidden, &[0u8; 64]),
+        "safetensors.malformed",
+        Severity::Low,
+    );
 }
 
 #[test]
@@ -47,6 +67,14 @@ fn numpy_header_without_descr() {
 
 #[test]
 fn unsupported_compression_is_not_clean() {
-    assert_finding(b"BZh91AY&SY\x00\x00", "format.unsupported-compression", Severity::Medium);
-    assert_finding(b"\xfd7zXZ\x00\x00\x04", "format.unsupported-compression", Severity::Medium);
+    assert_finding(
+        b"BZh91AY&SY\x00\x00",
+        "format.unsupported-compression",
+        Severity::Medium,
+    );
+    assert_finding(
+        b"\xfd7zXZ\x00\x00\x04",
+        "format.unsupported-compression",
+        Severity::Medium,
+    );
 }

@@ -7,21 +7,42 @@ use crate::{assert_finding, scan};
 
 #[test]
 fn zip_bomb_is_bounded() {
-    let opts = Options { max_in_memory: 1 << 20, max_inflated: 4 << 20, ..Options::default() };
-    let bomb = zip(&[], &[ZipEntry::deflated("archive/data.pkl", vec![b'N'; 64 << 20])]);
+    let opts = Options {
+        max_in_memory: 1 << 20,
+        max_inflated: 4 << 20,
+        ..Options::default()
+    };
+    let bomb = zip(
+        &[],
+        &[ZipEntry::deflated("archive/data.pkl", vec![b'N'; 64 << 20])],
+    );
     assert!(bomb.len() < 1 << 20);
     let r = rampart_scan::scan_bytes("bomb", &bomb, &opts);
-    assert!(r.findings.iter().any(|f| f.rule == "archive.limit"), "{:#?}", r.findings);
+    assert!(
+        r.findings.iter().any(|f| f.rule == "archive.limit"),
+        "{:#?}",
+        r.findings
+    );
 }
 
 #[test]
 fn overlapping_members_are_reported() {
-    let mut data = zip(&[], &[ZipEntry::stored("a.bin", vec![7u8; 64]), ZipEntry::stored("b.bin", vec![7u8; 64])]);
+    let mut data = zip(
+        &[],
+        &[
+            ZipEntry::stored("a.bin", vec![7u8; 64]),
+            ZipEntry::stored("b.bin", vec![7u8; 64]),
+        ],
+    );
     // Point the second central entry at the first member's local header.
     let cd = data.windows(4).rposition(|w| w == b"PK\x01\x02").unwrap();
     data[cd + 42..cd + 46].copy_from_slice(&0u32.to_le_bytes());
     let r = scan(&data);
-    assert!(r.findings.iter().any(|f| f.rule == "zip.anomaly"), "{:#?}", r.findings);
+    assert!(
+        r.findings.iter().any(|f| f.rule == "zip.anomaly"),
+        "{:#?}",
+        r.findings
+    );
 }
 
 #[test]
@@ -53,7 +74,14 @@ fn memo_blowup_is_shared_not_copied() {
     // Each step stores a list holding the previous one twice: copying would need 2^n items.
     let mut p = P::new().proto(2).empty_list().long_put(0);
     for i in 0..5_000u32 {
-        p = p.pop().empty_list().long_get(i).long_get(i).op(b'a').op(b'a').long_put(i + 1);
+        p = p
+            .pop()
+            .empty_list()
+            .long_get(i)
+            .long_get(i)
+            .op(b'a')
+            .op(b'a')
+            .long_put(i + 1);
     }
     let r = scan(&p.stop().done());
     assert!(r.findings.is_empty(), "{:#?}", r.findings);
@@ -62,10 +90,20 @@ fn memo_blowup_is_shared_not_copied() {
 #[test]
 fn enormous_declared_lengths() {
     for op in [0x8d_u8, 0x8e, 0x96] {
-        let p = P::new().proto(4).op(op).raw(&u64::MAX.to_le_bytes()).stop().done();
+        let p = P::new()
+            .proto(4)
+            .op(op)
+            .raw(&u64::MAX.to_le_bytes())
+            .stop()
+            .done();
         assert_finding(&p, "pickle.malformed", Severity::Medium);
     }
-    let p = P::new().proto(4).op(0x95).raw(&(1u64 << 62).to_le_bytes()).stop().done();
+    let p = P::new()
+        .proto(4)
+        .op(0x95)
+        .raw(&(1u64 << 62).to_le_bytes())
+        .stop()
+        .done();
     assert_finding(&p, "pickle.malformed", Severity::Medium);
     let p = P::new().proto(2).op(b'h').raw(&[200]).stop().done();
     assert_finding(&p, "pickle.malformed", Severity::Medium);
@@ -77,7 +115,10 @@ fn truncated_everything_never_panics() {
         torch_zip(torch_state_dict(&[("w", 4)]), &[floats(4)]),
         tar(&[("a", payload("os", "system"))]),
         gguf(&[("tokenizer.chat_template", "{{ x }}")], &[("t", 16)]),
-        safetensors(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]),
+        safetensors(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+        ),
         npy("'|O'", "(1,)", &numpy_object_pickle(P::new().int(1))),
         crate::benign::joblib_array(4),
     ];
@@ -115,10 +156,16 @@ fn fuzz_corpus_runs_through_every_parser() {
 #[test]
 fn pickles_written_by_cpython_in_every_protocol_are_clean() {
     // The corpus holds dicts, OrderedDicts, sets, bytes and strings pickled by CPython with protocols 0 to 5.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/scan/corpus/pickle");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/scan/corpus/pickle");
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let r = crate::assert_clean(&std::fs::read(&path).unwrap());
-        assert_eq!(r.files[0].formats, vec!["pickle".to_string()], "{}", path.display());
+        assert_eq!(
+            r.files[0].formats,
+            vec!["pickle".to_string()],
+            "{}",
+            path.display()
+        );
     }
 }

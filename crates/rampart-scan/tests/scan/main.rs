@@ -18,7 +18,10 @@ pub fn scan(data: &[u8]) -> Report {
 pub fn assert_finding(data: &[u8], rule: &str, min: Severity) -> Report {
     let report = scan(data);
     assert!(
-        report.findings.iter().any(|f| f.rule == rule && f.severity >= min),
+        report
+            .findings
+            .iter()
+            .any(|f| f.rule == rule && f.severity >= min),
         "expected a {rule} finding at {min} or above, got: {:#?}",
         report.findings
     );
@@ -29,7 +32,11 @@ pub fn assert_finding(data: &[u8], rule: &str, min: Severity) -> Report {
 #[track_caller]
 pub fn assert_clean(data: &[u8]) -> Report {
     let report = scan(data);
-    let bad: Vec<&Finding> = report.findings.iter().filter(|f| f.severity >= Severity::Low).collect();
+    let bad: Vec<&Finding> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity >= Severity::Low)
+        .collect();
     assert!(bad.is_empty(), "expected no finding, got: {bad:#?}");
     report
 }

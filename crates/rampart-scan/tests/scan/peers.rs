@@ -10,7 +10,10 @@ use crate::scan;
 
 /// The picklescan on PATH, or `None` (the test then skips, or fails under `RAMPART_REQUIRE_PEERS=1`).
 fn picklescan() -> Option<&'static str> {
-    let found = Command::new("picklescan").arg("--help").output().is_ok_and(|o| o.status.success());
+    let found = Command::new("picklescan")
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         let required = std::env::var("RAMPART_REQUIRE_PEERS").is_ok_and(|v| v == "1");
         assert!(!required, "picklescan is not on PATH; run scripts/setup-test-env.sh and put its bin directory on PATH");
@@ -29,10 +32,32 @@ fn agrees_with_picklescan_where_picklescan_sees() {
         ("builtins_eval.pkl", payload("builtins", "eval")),
         ("subprocess.pkl", payload("subprocess", "Popen")),
         ("runpy.pkl", payload("runpy", "run_path")),
-        ("in_zip.pt", torch_zip(payload("os", "system"), &[floats(4)])),
-        ("benign_state.pt", torch_zip(torch_state_dict(&[("w", 4), ("b", 2)]), &[floats(4), floats(2)])),
-        ("benign_optimizer.pt", torch_zip(torch_optimizer_state(), &[floats(4), floats(4)])),
-        ("benign_dict.pkl", P::new().proto(2).empty_dict().str("a").int(1).setitem().stop().done()),
+        (
+            "in_zip.pt",
+            torch_zip(payload("os", "system"), &[floats(4)]),
+        ),
+        (
+            "benign_state.pt",
+            torch_zip(
+                torch_state_dict(&[("w", 4), ("b", 2)]),
+                &[floats(4), floats(2)],
+            ),
+        ),
+        (
+            "benign_optimizer.pt",
+            torch_zip(torch_optimizer_state(), &[floats(4), floats(4)]),
+        ),
+        (
+            "benign_dict.pkl",
+            P::new()
+                .proto(2)
+                .empty_dict()
+                .str("a")
+                .int(1)
+                .setitem()
+                .stop()
+                .done(),
+        ),
     ];
     for (name, data) in &samples {
         let path = dir.path().join(name);
@@ -42,13 +67,31 @@ fn agrees_with_picklescan_where_picklescan_sees() {
         let report = scan(data);
         let ours = report.max_severity();
         if peer_dangerous {
-            assert_eq!(ours, Some(Severity::Critical), "{name}: picklescan flags it, rampart says {:#?}", report.findings);
+            assert_eq!(
+                ours,
+                Some(Severity::Critical),
+                "{name}: picklescan flags it, rampart says {:#?}",
+                report.findings
+            );
         }
         if name.starts_with("benign") {
-            assert!(!peer_dangerous, "{name}: picklescan flags a benign sample: {}", String::from_utf8_lossy(&out.stdout));
-            assert_eq!(report.verdict(Severity::Low), Verdict::Pass, "{name}: {:#?}", report.findings);
+            assert!(
+                !peer_dangerous,
+                "{name}: picklescan flags a benign sample: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert_eq!(
+                report.verdict(Severity::Low),
+                Verdict::Pass,
+                "{name}: {:#?}",
+                report.findings
+            );
         } else {
-            assert!(peer_dangerous, "{name}: picklescan misses it: {}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                peer_dangerous,
+                "{name}: picklescan misses it: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
     }
 }

@@ -53,7 +53,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let opts = Options::default();
     let mut report = Report::default();
     for path in &args.paths {
-        let r = rampart_scan::scan_path(path, &opts).with_context(|| format!("scanning `{}`", path.display()))?;
+        let r = rampart_scan::scan_path(path, &opts)
+            .with_context(|| format!("scanning `{}`", path.display()))?;
         report.files.extend(r.files);
         report.findings.extend(r.findings);
     }
@@ -78,12 +79,24 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
     }
     out.flush()?;
-    Ok(if verdict == Verdict::Fail { Outcome::Findings } else { Outcome::Clean })
+    Ok(if verdict == Verdict::Fail {
+        Outcome::Findings
+    } else {
+        Outcome::Clean
+    })
 }
 
-fn write_text(out: &mut impl Write, report: &Report, threshold: Severity, verdict: Verdict) -> std::io::Result<()> {
+fn write_text(
+    out: &mut impl Write,
+    report: &Report,
+    threshold: Severity,
+    verdict: Verdict,
+) -> std::io::Result<()> {
     for f in &report.findings {
-        let why = RULES.iter().find(|(id, _, _)| *id == f.rule).map_or("", |(_, _, why)| why);
+        let why = RULES
+            .iter()
+            .find(|(id, _, _)| *id == f.rule)
+            .map_or("", |(_, _, why)| why);
         writeln!(out, "{f}")?;
         if f.severity >= Severity::Medium && !why.is_empty() {
             writeln!(out, "    why it matters: {why}")?;
