@@ -78,3 +78,64 @@ fn unsupported_compression_is_not_clean() {
         Severity::Medium,
     );
 }
+
+#[test]
+fn directories_are_walked_and_missing_paths_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+    std::fs::write(dir.path().join("a/b/model.bin"), payload("os", "system")).unwrap();
+    std::fs::write(dir.path().join("a/config.json"), b"{\"hidden\": 64}").unwrap();
+    std::fs::write(
+        dir.path().join("weights.safetensors"),
+        safetensors(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+        ),
+    )
+    .unwrap();
+    let r = rampart_scan::scan_path(dir.path(), &rampart_scan::Options::default()).unwrap();
+    assert_eq!(r.files.len(), 3);
+    assert_eq!(r.max_severity(), Some(Severity::Critical));
+    assert!(
+        r.findings.iter().all(|f| f.path.ends_with("model.bin")),
+        "{:#?}",
+        r.findings
+    );
+    let missing =
+        rampart_scan::scan_path(&dir.path().join("nope"), &rampart_scan::Options::default());
+    assert!(missing.unwrap_err().to_string().contains("cannot read"));
+}
+
+#[cfg(unix)]
+#[test]
+fn onnx_external_data_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"x").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret"),
+        dir.path().join("weights.bin"),
+    )
+    .unwrap();
+    let tensor = Pb::new()
+        .str(8, "w")
+        .msg(13, Pb::new().str(1, "location").str(2, "weights.bin"))
+        .varint(14, 1);
+    let model = Pb::new()
+        .varint(1, 8)
+        .msg(7, Pb::new().msg(1, Pb::new().str(4, "Relu")).msg(5, tensor))
+        .msg(8, Pb::new().varint(2, 17));
+    std::fs::write(dir.path().join("model.onnx"), &model.0).unwrap();
+    let r = rampart_scan::scan_path(
+        &dir.path().join("model.onnx"),
+        &rampart_scan::Options::default(),
+    )
+    .unwrap();
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.rule == "onnx.external-data-escape" && f.message.contains("symbolic link")),
+        "{:#?}",
+        r.findings
+    );
+}
