@@ -63,7 +63,7 @@ fn check(ctx: &mut Ctx<'_>, value: &Value, depth: usize) {
                 let msg = format!("`{class}` layer `{}` carries Python bytecode that runs when the model is loaded or called", clip(layer));
                 ctx.report(Severity::Critical, "keras.lambda", None, msg);
             }
-            if let Some(module) = map.get("module").and_then(Value::as_str) {
+            if let (Some(module), Some(_)) = (map.get("module").and_then(Value::as_str), class) {
                 let name = class.unwrap_or("");
                 let target = map.get("config").and_then(Value::as_str).unwrap_or(name);
                 if let Some(why) = classify_module(module, target) {
