@@ -95,3 +95,68 @@ fn agrees_with_picklescan_where_picklescan_sees() {
         }
     }
 }
+
+/// Files written by the real libraries (NumPy, joblib, h5py; from `scripts/requirements-peers.txt`).
+const REAL_LAYOUTS: &str = r#"
+import collections, json, os, pickle, sys
+import h5py, joblib, numpy as np
+out = sys.argv[1]
+np.save(os.path.join(out, "array.npy"), np.arange(10.0))
+np.savez_compressed(os.path.join(out, "arrays.npz"), a=np.arange(3), b=np.ones((2, 2), dtype=np.float32))
+for p in range(6):
+    with open(os.path.join(out, f"numpy_p{p}.pkl"), "wb") as f:
+        pickle.dump({"a": np.arange(5, dtype=np.float32), "s": np.float64(1.5), "od": collections.OrderedDict(x=np.int64(3)), "rng": np.random.default_rng(0)}, f, protocol=p)
+joblib.dump({"w": np.arange(100.0), "o": np.array([1, "x"], dtype=object), "m": np.ones((3, 4), dtype=np.float32)}, os.path.join(out, "model.joblib"))
+joblib.dump([np.arange(5)] * 3, os.path.join(out, "p2.joblib"), protocol=2)
+joblib.dump(np.arange(50), os.path.join(out, "z.joblib"), compress=3)
+dense = {"class_name": "Sequential", "config": {"name": "s", "layers": [{"class_name": "Dense", "config": {"name": f"d{i}", "units": 8}} for i in range(300)]}}
+lam = {"class_name": "Sequential", "config": {"name": "s", "layers": [{"class_name": "Lambda", "config": {"name": "evil", "function": ["YWJj", None, None], "function_type": "lambda"}}]}}
+for name, cfg in [("dense.h5", dense), ("lambda.h5", lam)]:
+    with h5py.File(os.path.join(out, name), "w") as f:
+        f.attrs["keras_version"] = "2.13.1"
+        f.attrs["model_config"] = json.dumps(cfg)
+        f.create_group("model_weights").create_dataset("kernel", data=np.random.rand(200, 200))
+"#;
+
+#[test]
+fn real_layouts_from_numpy_joblib_and_h5py() {
+    let python = Command::new("python3")
+        .args(["-c", "import h5py, joblib, numpy"])
+        .output();
+    if !python.is_ok_and(|o| o.status.success()) {
+        let required = std::env::var("RAMPART_REQUIRE_PEERS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "python3 with numpy, joblib and h5py is not on PATH; run scripts/setup-test-env.sh"
+        );
+        eprintln!("skipping: python3 with numpy, joblib and h5py is not on PATH");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("python3")
+        .args(["-c", REAL_LAYOUTS])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report = rampart_scan::scan_path(dir.path(), &rampart_scan::Options::default()).unwrap();
+    assert_eq!(report.files.len(), 13);
+    for f in &report.findings {
+        let expected = (f.path.ends_with("lambda.h5") && f.rule == "keras.lambda")
+            || (f.rule == "numpy.object-array" && f.severity == Severity::Low);
+        assert!(expected, "unexpected finding: {f}");
+    }
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.path.ends_with("lambda.h5") && f.severity == Severity::Critical));
+    let dense = report
+        .files
+        .iter()
+        .find(|f| f.path.ends_with("dense.h5"))
+        .unwrap();
+    assert!(
+        dense.formats.contains(&"keras-hdf5".to_string()),
+        "{dense:?}"
+    );
+}
