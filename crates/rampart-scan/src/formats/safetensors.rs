@@ -43,13 +43,20 @@ pub(crate) fn scan(ctx: &mut Ctx<'_>, input: &dyn Input) {
     let Ok(header) = read_upto(input, 8, n) else {
         return;
     };
-    let header: Value = match serde_json::from_slice(&header) {
+    let Entries(map) = match serde_json::from_slice(&header) {
         Ok(v) => v,
-        Err(e) => return bad(ctx, format!("header is not valid JSON: {e}")),
+        Err(e) => return bad(ctx, format!("header is not a valid JSON object: {e}")),
     };
-    let Value::Object(map) = header else {
-        return bad(ctx, "header is not a JSON object".into());
-    };
+    let mut names = std::collections::HashSet::new();
+    for (name, _) in &map {
+        if !names.insert(name.as_str()) {
+            let msg = format!(
+                "key `{}` appears twice in the header; parsers disagree on which entry wins",
+                clip(name)
+            );
+            bad(ctx, msg);
+        }
+    }
     let data_len = len - 8 - n;
     let mut spans = Vec::new();
     for (name, entry) in &map {
@@ -145,4 +152,30 @@ fn tensor(entry: &Value) -> Result<(u64, u64, u64, u64), String> {
 
 fn clip(s: &str) -> String {
     s.chars().take(120).filter(|c| !c.is_control()).collect()
+}
+
+/// A JSON object's entries in order, duplicates kept (a map would silently keep one).
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }

@@ -31,6 +31,13 @@ fn safetensors_out_of_bounds_and_overlap() {
         "safetensors.malformed",
         Severity::Medium,
     );
+    let dup = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
+    let r = assert_finding(
+        &safetensors(dup, &[0u8; 2]),
+        "safetensors.malformed",
+        Severity::Medium,
+    );
+    assert!(r.findings.iter().any(|f| f.message.contains("twice")));
     let hidden = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
     assert_finding(
         &safetensors(hidden, &[0u8; 64]),
