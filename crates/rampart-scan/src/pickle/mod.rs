@@ -26,10 +26,20 @@ pub(crate) fn clearly_not_pickle(input: &dyn crate::input::Input) -> bool {
     let trace = Machine::run(&head, 0);
     match (trace.end, &trace.error) {
         (None, Some((offset, _))) => {
-            trace.imports.is_empty() && trace.events.is_empty() && offset + 16 < head.len()
+            !trace.imports.iter().any(dangerous) && offset + 16 < head.len()
         }
         _ => false,
     }
+}
+
+/// Whether an import is a code-execution primitive. Content that only starts like a protocol 0/1 pickle and then
+/// fails to parse (text beginning with `c`, the GLOBAL opcode, reads its first two lines as a module and a name) counts
+/// as a pickle only when it imports one of those: the import itself is what a loader would act on.
+fn dangerous(u: &machine::ImportUse) -> bool {
+    matches!(
+        policy::classify(&u.import.module, &u.import.name),
+        Class::Dangerous(_) | Class::AttributeEscape
+    )
 }
 
 /// Scans `data` as pickles back to back. `strong`: the data is known to be a pickle (PROTO header, or the
@@ -43,11 +53,12 @@ pub(crate) fn scan_stream(ctx: &mut Ctx<'_>, data: &[u8], strong: bool) {
             // Not a pickle: legacy PyTorch storages or trailing data follow the last pickle.
             return;
         }
-        let trace = Machine::run(data, pos);
-        let is_pickle = this_strong
-            || trace.end.is_some()
-            || !trace.imports.is_empty()
-            || !trace.events.is_empty();
+        let mut trace = Machine::run(data, pos);
+        if !this_strong && trace.end.is_none() {
+            trace.imports.retain(dangerous);
+            trace.events.clear();
+        }
+        let is_pickle = this_strong || trace.end.is_some() || !trace.imports.is_empty();
         if !is_pickle {
             return;
         }

@@ -230,6 +230,8 @@ fn safetensors_file() {
 #[test]
 fn unrelated_files_are_not_findings() {
     assert_clean(b"# Model card\nThis model classifies digits.\n");
+    assert_clean(b"changelog for the model\nfixed a bug in training\n(see issue 12)\n");
+    assert_clean(b"cat\ndog\nbird\n");
     assert_clean(br#"{"vocab": {"a": 1}, "merges": []}"#);
     assert_clean(b"");
     assert_clean(&[0u8; 4096]);
