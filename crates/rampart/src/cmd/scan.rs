@@ -1,6 +1,6 @@
 //! `rampart scan`: find malicious content in model files before anything loads them.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -52,7 +52,11 @@ impl FailOn {
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let opts = Options::default();
     let mut report = Report::default();
+    let progress = std::io::stderr().is_terminal();
     for path in &args.paths {
+        if progress {
+            eprintln!("scanning {}...", path.display());
+        }
         let r = rampart_scan::scan_path(path, &opts)
             .with_context(|| format!("scanning `{}`", path.display()))?;
         report.files.extend(r.files);
@@ -67,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             let doc = json!({
                 "verdict": verdict,
                 "fail_on": threshold,
+                "max_severity": report.max_severity(),
                 "files": report.files,
                 "findings": report.findings,
             });
