@@ -92,6 +92,44 @@ const DANGEROUS_MODULES: &[(&str, &str)] = &[
     ("gc", "reaches every live object"),
     ("site", "runs site hooks"),
     ("builtins.__import__", "imports arbitrary modules"),
+    ("idlelib", "runs Python source"),
+    ("ensurepip", "installs and runs packages"),
+    ("venv", "creates environments and runs pip"),
+    ("cProfile", "runs Python source (cProfile.run)"),
+    ("profile", "runs Python source (profile.run)"),
+    ("trace", "runs Python source"),
+    ("doctest", "runs Python source"),
+    ("io", "opens files"),
+    ("_io", "opens files"),
+    ("codecs.open", "opens files"),
+    ("fileinput", "opens files"),
+    ("linecache", "reads files"),
+    ("tempfile", "creates files"),
+    ("glob", "lists files"),
+    ("zipfile", "reads and extracts archives"),
+    ("tarfile", "reads and extracts archives"),
+    ("sqlite3", "opens database files"),
+    ("dbm", "opens database files"),
+    ("logging.config", "runs code from configuration sockets"),
+    ("xmlrpc", "makes network calls"),
+    ("socketserver", "opens network servers"),
+    ("wsgiref", "opens network servers"),
+    ("poplib", "opens network connections"),
+    ("imaplib", "opens network connections"),
+    ("nntplib", "opens network connections"),
+    ("mailcap", "runs commands"),
+    ("pipes", "runs commands"),
+    ("uuid._get_command_stdout", "runs commands"),
+    ("uuid._popen", "runs commands"),
+    ("_osx_support", "runs commands"),
+    ("_aix_support", "runs commands"),
+    ("_pyrepl", "runs Python source"),
+    ("_winapi", "calls the Windows API"),
+    ("msvcrt", "calls the C runtime"),
+    ("winreg", "changes the Windows registry"),
+    ("_winreg", "changes the Windows registry"),
+    ("tkinter", "runs Tcl code"),
+    ("_tkinter", "runs Tcl code"),
     ("torch.hub", "downloads and runs code"),
     ("torch.jit", "loads and runs TorchScript"),
     ("torch.package", "loads and runs packaged code"),
@@ -515,6 +553,12 @@ mod tests {
             Class::Dangerous(_)
         ));
         assert!(matches!(classify("torch", "load"), Class::Dangerous(_)));
+        assert!(matches!(classify("cProfile", "run"), Class::Dangerous(_)));
+        assert!(matches!(
+            classify("uuid", "_get_command_stdout"),
+            Class::Dangerous(_)
+        ));
+        assert_eq!(classify("uuid", "UUID"), Class::Allowed);
         assert_eq!(classify("numpy", "__builtins__"), Class::AttributeEscape);
         assert_eq!(
             classify("torch._utils", "_rebuild_tensor.__globals__"),
