@@ -48,7 +48,9 @@ pub(crate) fn scan_stream(ctx: &mut Ctx<'_>, data: &[u8], strong: bool) {
     let mut pos = 0;
     for index in 0..MAX_PICKLES {
         let Some(&first) = data.get(pos) else { return };
-        let this_strong = if index == 0 { strong } else { first == 0x80 };
+        // After the first pickle, data may follow (legacy PyTorch storages start with their element count, and 128
+        // is `80 00`, like PROTO): a later stream counts when it parses or imports a code-execution primitive.
+        let this_strong = index == 0 && strong;
         if index > 0 && !(first == 0x80 || b"(}]c".contains(&first)) {
             // Not a pickle: legacy PyTorch storages or trailing data follow the last pickle.
             return;

@@ -236,3 +236,30 @@ fn unrelated_files_are_not_findings() {
     assert_clean(b"");
     assert_clean(&[0u8; 4096]);
 }
+
+#[test]
+fn legacy_pytorch_stacked_pickles_then_storages() {
+    let mut legacy = P::new()
+        .proto(2)
+        .raw(&[0x8a, 0x0a])
+        .raw(&0x1950a86a20f9469cfc6cu128.to_le_bytes()[..10])
+        .stop()
+        .done();
+    legacy.extend(P::new().proto(2).int(1001).stop().done());
+    legacy.extend(
+        P::new()
+            .proto(2)
+            .empty_dict()
+            .str("protocol_version")
+            .int(1001)
+            .setitem()
+            .stop()
+            .done(),
+    );
+    legacy.extend(torch_state_dict(&[("w", 128)]));
+    legacy.extend(P::new().proto(2).mark().str("0").op(b'l').stop().done());
+    // The first storage: its element count (128, which reads as PROTO 0) and its floats.
+    legacy.extend(128u64.to_le_bytes());
+    legacy.extend(floats(128));
+    assert_clean(&legacy);
+}
