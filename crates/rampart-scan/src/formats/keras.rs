@@ -14,6 +14,8 @@ const MAX_CONFIG: u64 = 64 << 20;
 /// HDF5 files are searched for their configuration in chunks of this size.
 const CHUNK: u64 = 8 << 20;
 const CONFIG_START: &[u8] = b"{\"class_name\"";
+/// Candidate configurations parsed per file: each costs a read of up to `MAX_CONFIG` bytes.
+const MAX_ATTEMPTS: usize = 32;
 
 /// Modules a Keras configuration names in ordinary models.
 fn keras_module(module: &str) -> bool {
@@ -102,6 +104,7 @@ pub(crate) fn scan_hdf5(ctx: &mut Ctx<'_>, input: &dyn Input) {
     let mut pos = 0u64;
     let mut found = false;
     let mut mentions_config = false;
+    let mut attempts = 0;
     while pos < limit {
         let Ok(chunk) = read_upto(input, pos, CHUNK + CONFIG_START.len() as u64) else {
             break;
@@ -112,8 +115,15 @@ pub(crate) fn scan_hdf5(ctx: &mut Ctx<'_>, input: &dyn Input) {
             .windows(CONFIG_START.len())
             .position(|w| w == CONFIG_START)
         {
+            attempts += 1;
+            if attempts > MAX_ATTEMPTS {
+                let msg = format!("more than {MAX_ATTEMPTS} candidate configurations; the rest of the file was not searched");
+                ctx.report(Severity::Medium, "archive.limit", None, msg);
+                break;
+            }
             let at = pos + i as u64;
-            let Ok(text) = read_upto(input, at, MAX_CONFIG) else {
+            let Ok(text) = read_upto(input, at, MAX_CONFIG.min(limit.saturating_sub(at).max(1)))
+            else {
                 break;
             };
             let mut stream = serde_json::Deserializer::from_slice(&text).into_iter::<Value>();

@@ -169,3 +169,12 @@ fn pickles_written_by_cpython_in_every_protocol_are_clean() {
         );
     }
 }
+
+#[test]
+fn many_candidate_keras_configs_are_bounded() {
+    let mut h5 = b"\x89HDF\r\n\x1a\n".to_vec();
+    for _ in 0..10_000 {
+        h5.extend(b"{\"class_name\": [");
+    }
+    assert_finding(&h5, "archive.limit", Severity::Medium);
+}
