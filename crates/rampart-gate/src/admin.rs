@@ -11,7 +11,9 @@ use crate::Gate;
 pub fn handle<B>(gate: &Gate, request: &Request<B>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match request.uri().path() {
         "/metrics" => {
-            gate.metrics.bans_active.set(i64::try_from(gate.bans.active()).unwrap_or(i64::MAX));
+            gate.metrics
+                .bans_active
+                .set(i64::try_from(gate.bans.active()).unwrap_or(i64::MAX));
             (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -19,10 +21,16 @@ pub fn handle<B>(gate: &Gate, request: &Request<B>) -> Response<Full<Bytes>> {
             )
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }

@@ -71,7 +71,10 @@ impl JsonLinesSink {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(JsonLinesSink {
             path: path.to_owned(),
             file: std::sync::Mutex::new(BufWriter::with_capacity(1 << 16, file)),
@@ -218,7 +221,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let sink = Arc::new(JsonLinesSink::open(&path).unwrap());
-        let (auditor, task) = Auditor::start(sink, 4, Duration::from_millis(50), Arc::new(Metrics::new()));
+        let (auditor, task) =
+            Auditor::start(sink, 4, Duration::from_millis(50), Arc::new(Metrics::new()));
         for i in 0..10u16 {
             auditor
                 .record(AuditRecord {
@@ -241,6 +245,8 @@ mod tests {
         task.await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 10);
-        assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+        assert!(text
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
     }
 }

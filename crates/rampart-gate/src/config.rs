@@ -359,20 +359,12 @@ fn default_queue() -> usize {
     256
 }
 
-/// The state directory when the config names none: `$RAMPART_STATE_DIR`, else `$XDG_STATE_HOME/rampart`,
-/// else `$HOME/.local/state/rampart`, else `./.rampart`.
+/// The state directory when the config names none: `$RAMPART_STATE_DIR` when set and not empty, else `./.rampart`
+/// (shared with `rampart keys`, so keys made there are the ones the gateway accepts).
 pub fn default_state_dir() -> PathBuf {
-    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = env("RAMPART_STATE_DIR") {
-        return dir;
-    }
-    if let Some(dir) = env("XDG_STATE_HOME") {
-        return dir.join("rampart");
-    }
-    if let Some(home) = env("HOME") {
-        return home.join(".local/state/rampart");
-    }
-    PathBuf::from(".rampart")
+    std::env::var_os("RAMPART_STATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(".rampart"), PathBuf::from)
 }
 
 impl Config {
@@ -474,11 +466,17 @@ impl Config {
         }
         for route in &self.server.public_routes {
             if !route.starts_with('/') {
-                return Err(self.invalid("server.public_routes", format!("`{route}` must start with `/`")));
+                return Err(self.invalid(
+                    "server.public_routes",
+                    format!("`{route}` must start with `/`"),
+                ));
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
-            return Err(self.invalid("tls.cert", "set both `tls.cert` and `tls.key`, or neither for a self-signed certificate"));
+            return Err(self.invalid(
+                "tls.cert",
+                "set both `tls.cert` and `tls.key`, or neither for a self-signed certificate",
+            ));
         }
         if self.tls.client_auth == ClientAuth::Required && self.tls.client_ca.is_none() {
             return Err(self.invalid("tls.client_auth", "`required` needs `tls.client_ca`"));
@@ -487,30 +485,47 @@ impl Config {
             return Err(self.invalid("tls.reload_secs", "must be at least 1"));
         }
         self.validate_limits()?;
-        if self.bans.enabled && (self.bans.strikes == 0 || self.bans.window_secs == 0 || self.bans.base_secs == 0) {
-            return Err(self.invalid("bans", "`strikes`, `window_secs` and `base_secs` must be at least 1"));
+        if self.bans.enabled
+            && (self.bans.strikes == 0 || self.bans.window_secs == 0 || self.bans.base_secs == 0)
+        {
+            return Err(self.invalid(
+                "bans",
+                "`strikes`, `window_secs` and `base_secs` must be at least 1",
+            ));
         }
         if self.bans.max_secs < self.bans.base_secs {
             return Err(self.invalid("bans.max_secs", "must be at least `base_secs`"));
         }
         for entry in &self.bans.allow {
             if crate::stages::ban::IpBlock::parse(entry).is_none() {
-                return Err(self.invalid("bans.allow", format!("`{entry}` is not an address or a CIDR block")));
+                return Err(self.invalid(
+                    "bans.allow",
+                    format!("`{entry}` is not an address or a CIDR block"),
+                ));
             }
         }
         if self.audit.batch == 0 {
             return Err(self.invalid("audit.batch", "must be at least 1"));
         }
         if self.models.is_empty() {
-            return Err(self.invalid("models", "serve at least one model: add a `[[models]]` table"));
+            return Err(self.invalid(
+                "models",
+                "serve at least one model: add a `[[models]]` table",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
             let key = |k: &str| format!("models[{i}].{k}");
             if model.name.is_empty()
-                || !model.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || !model
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
-                return Err(self.invalid(&key("name"), format!("`{}` must be letters, digits, `-`, `_` or `.`", model.name)));
+                return Err(self.invalid(
+                    &key("name"),
+                    format!("`{}` must be letters, digits, `-`, `_` or `.`", model.name),
+                ));
             }
             if !names.insert(model.name.as_str()) {
                 return Err(self.invalid(&key("name"), format!("`{}` is served twice", model.name)));
@@ -520,7 +535,10 @@ impl Config {
             }
             if let Some(url) = &model.upstream {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(self.invalid(&key("upstream"), format!("`{url}` must be an http:// or https:// URL")));
+                    return Err(self.invalid(
+                        &key("upstream"),
+                        format!("`{url}` must be an http:// or https:// URL"),
+                    ));
                 }
             }
             if model.workers == 0 || model.workers > 256 {
@@ -535,17 +553,28 @@ impl Config {
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        for (key, rate) in [("limits.rate_per_principal", l.rate_per_principal), ("limits.rate_per_ip", l.rate_per_ip)] {
+        for (key, rate) in [
+            ("limits.rate_per_principal", l.rate_per_principal),
+            ("limits.rate_per_ip", l.rate_per_ip),
+        ] {
             if let Some(rate) = rate {
                 if !(rate.per_second.is_finite() && rate.per_second > 0.0) || rate.burst == 0 {
-                    return Err(self.invalid(key, "`per_second` must be positive and `burst` at least 1"));
+                    return Err(
+                        self.invalid(key, "`per_second` must be positive and `burst` at least 1")
+                    );
                 }
             }
         }
         let positive: [(&str, u64); 11] = [
-            ("limits.concurrency_per_principal", l.concurrency_per_principal.into()),
+            (
+                "limits.concurrency_per_principal",
+                l.concurrency_per_principal.into(),
+            ),
             ("limits.max_connections", l.max_connections.into()),
-            ("limits.max_connections_per_ip", l.max_connections_per_ip.into()),
+            (
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip.into(),
+            ),
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.header_timeout_ms", l.header_timeout_ms),
             ("limits.body_timeout_ms", l.body_timeout_ms),
@@ -553,7 +582,10 @@ impl Config {
             ("limits.request_timeout_ms", l.request_timeout_ms),
             ("limits.max_json_depth", l.max_json_depth as u64),
             ("limits.max_tensor_elements", l.max_tensor_elements as u64),
-            ("limits.h2_max_concurrent_streams", l.h2_max_concurrent_streams.into()),
+            (
+                "limits.h2_max_concurrent_streams",
+                l.h2_max_concurrent_streams.into(),
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -561,7 +593,10 @@ impl Config {
             }
         }
         if l.max_header_bytes < 8192 {
-            return Err(self.invalid("limits.max_header_bytes", "must be at least 8192 (HTTP/1 needs that much buffer)"));
+            return Err(self.invalid(
+                "limits.max_header_bytes",
+                "must be at least 8192 (HTTP/1 needs that much buffer)",
+            ));
         }
         if l.max_headers == 0 {
             return Err(self.invalid("limits.max_headers", "must be at least 1"));
@@ -582,7 +617,9 @@ impl Config {
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -605,22 +642,28 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_named_with_the_file() {
-        let err = parse(&format!("[limits]\nmax_body_byte = 10\n{MODEL}")).unwrap_err().to_string();
+        let err = parse(&format!("[limits]\nmax_body_byte = 10\n{MODEL}"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("rampart.toml"), "{err}");
         assert!(err.contains("max_body_byte"), "{err}");
     }
 
     #[test]
     fn plain_http_off_loopback_is_refused() {
-        let err = parse(&format!("[server]\nlisten = \"0.0.0.0:80\"\nplain_http = true\n{MODEL}"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!(
+            "[server]\nlisten = \"0.0.0.0:80\"\nplain_http = true\n{MODEL}"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("server.plain_http"), "{err}");
     }
 
     #[test]
     fn a_bad_allow_entry_names_its_key() {
-        let err = parse(&format!("[bans]\nallow = [\"10.0.0.0/99\"]\n{MODEL}")).unwrap_err().to_string();
+        let err = parse(&format!("[bans]\nallow = [\"10.0.0.0/99\"]\n{MODEL}"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bans.allow"), "{err}");
     }
 

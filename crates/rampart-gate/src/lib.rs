@@ -114,7 +114,9 @@ impl Limits {
         let ms = Duration::from_millis;
         Limits {
             per_ip: l.rate_per_ip.map(|r| Gcra::new(r, l.max_tracked_clients)),
-            per_principal: l.rate_per_principal.map(|r| Gcra::new(r, l.max_tracked_clients)),
+            per_principal: l
+                .rate_per_principal
+                .map(|r| Gcra::new(r, l.max_tracked_clients)),
             daily_quota: l.daily_quota.map(DailyQuota::new),
             concurrency: Concurrency::new(l.concurrency_per_principal),
             max_connections: l.max_connections,
@@ -179,10 +181,11 @@ pub fn load_models(config: &Config) -> Result<HashMap<String, ModelPool>, GateEr
             )?),
             (None, None) => continue,
         };
-        let pool = ModelPool::start(model, spec.workers, spec.queue).map_err(|source| GateError::Io {
-            what: format!("cannot start the inference threads of `{}`", spec.name),
-            source,
-        })?;
+        let pool =
+            ModelPool::start(model, spec.workers, spec.queue).map_err(|source| GateError::Io {
+                what: format!("cannot start the inference threads of `{}`", spec.name),
+                source,
+            })?;
         models.insert(spec.name.clone(), pool);
     }
     Ok(models)
@@ -281,7 +284,10 @@ pub struct Prepared {
 pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, GateError> {
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir).map_err(|source| GateError::Io {
-        what: format!("cannot create the state directory `{}`", state_dir.display()),
+        what: format!(
+            "cannot create the state directory `{}`",
+            state_dir.display()
+        ),
         source,
     })?;
     let mut new_api_key = None;
@@ -306,7 +312,8 @@ pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, Gate
             source: std::io::Error::other(err.to_string()),
         })??;
     let model_names = config.models.iter().map(|m| m.name.clone()).collect();
-    let audit_file = (config.audit.enabled && parts.audit_sink.is_none()).then(|| audit_path(config));
+    let audit_file =
+        (config.audit.enabled && parts.audit_sink.is_none()).then(|| audit_path(config));
     let (gate, audit_task) = Gate::build(config, models, parts)?;
     let tls = if config.server.plain_http {
         None
@@ -316,10 +323,12 @@ pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, Gate
         Some((cert, tokio_rustls::TlsAcceptor::from(Arc::new(server))))
     };
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| GateError::Io {
-            what: format!("cannot listen on `{addr}`"),
-            source,
-        })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| GateError::Io {
+                what: format!("cannot listen on `{addr}`"),
+                source,
+            })
     };
     let listener = bind(config.server.listen).await?;
     let admin = match config.server.admin_listen {
@@ -355,7 +364,10 @@ pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, Gate
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared").field("address", &self.address).field("models", &self.models).finish_non_exhaustive()
+        f.debug_struct("Prepared")
+            .field("address", &self.address)
+            .field("models", &self.models)
+            .finish_non_exhaustive()
     }
 }
 
@@ -379,10 +391,19 @@ impl Prepared {
             ..
         } = self;
         let (acceptor, watcher) = match tls {
-            Some((cert, acceptor)) => (Some(acceptor), Some(tokio::spawn(tls::watch(cert, reload_every)))),
+            Some((cert, acceptor)) => (
+                Some(acceptor),
+                Some(tokio::spawn(tls::watch(cert, reload_every))),
+            ),
             None => (None, None),
         };
-        let admin_task = admin.map(|admin| tokio::spawn(listener::serve_admin(Arc::clone(&gate), admin, shutdown.clone())));
+        let admin_task = admin.map(|admin| {
+            tokio::spawn(listener::serve_admin(
+                Arc::clone(&gate),
+                admin,
+                shutdown.clone(),
+            ))
+        });
         let mut ready_watch = shutdown.clone();
         let ready_gate = Arc::clone(&gate);
         let ready_task = tokio::spawn(async move {

@@ -74,7 +74,10 @@ pub struct Listener {
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("tls", &self.tls.is_some()).field("max_connections", &self.max_connections).finish_non_exhaustive()
+        f.debug_struct("Listener")
+            .field("tls", &self.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,7 +95,12 @@ impl Listener {
     }
 
     /// Accepts until `shutdown` turns true, then waits up to `grace` for open connections to finish.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -117,7 +125,10 @@ impl Listener {
                 metrics.connection_refused("max_connections");
                 continue;
             };
-            let Some(ip_guard) = self.per_ip.enter(ip, self.gate.limits.max_connections_per_ip) else {
+            let Some(ip_guard) = self
+                .per_ip
+                .enter(ip, self.gate.limits.max_connections_per_ip)
+            else {
                 metrics.connection_refused("max_connections_per_ip");
                 continue;
             };
@@ -125,7 +136,8 @@ impl Listener {
             let this = Arc::clone(&self);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                this.connection(stream, ip, shutdown, permit, ip_guard).await;
+                this.connection(stream, ip, shutdown, permit, ip_guard)
+                    .await;
             });
         }
         drop(listener);
@@ -160,10 +172,19 @@ impl Listener {
                 self.http(stream, info, shutdown).await;
             }
             Some(acceptor) => {
-                let handshake = tokio::time::timeout(self.gate.limits.handshake_timeout, acceptor.accept(stream)).await;
+                let handshake = tokio::time::timeout(
+                    self.gate.limits.handshake_timeout,
+                    acceptor.accept(stream),
+                )
+                .await;
                 match handshake {
                     Ok(Ok(tls)) => {
-                        let certs = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+                        let certs = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(<[_]>::to_vec)
+                            .unwrap_or_default();
                         let info = ConnInfo {
                             ip,
                             client_certs: Arc::new(certs),
@@ -271,7 +292,11 @@ impl<S> Tracked<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -282,7 +307,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -316,7 +345,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 }
 
 /// A plain-HTTP listener for the admin endpoints (metrics, health).
-pub async fn serve_admin(gate: Arc<Gate>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_admin(
+    gate: Arc<Gate>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -86,24 +86,52 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered", m.requests.clone());
-        registry.register("request_duration_seconds", "Time to answer a request", m.latency.clone());
-        registry.register("refusals", "Requests refused, by stage and reason", m.refusals.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a request",
+            m.latency.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests refused, by stage and reason",
+            m.refusals.clone(),
+        );
         registry.register("bans", "Temporary bans imposed", m.bans.clone());
-        registry.register("bans_active", "Client addresses banned now", m.bans_active.clone());
-        registry.register("connections_open", "Client connections open now", m.connections_open.clone());
-        registry.register("connections", "Client connections accepted", m.connections.clone());
+        registry.register(
+            "bans_active",
+            "Client addresses banned now",
+            m.bans_active.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            m.connections.clone(),
+        );
         registry.register(
             "connections_refused",
             "Connections closed before serving, by reason",
             m.connections_refused.clone(),
         );
-        registry.register("audit_errors", "Audit records that could not be written", m.audit_errors.clone());
+        registry.register(
+            "audit_errors",
+            "Audit records that could not be written",
+            m.audit_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Counts a connection closed for `reason`.
     pub fn connection_refused(&self, reason: &str) {
-        self.connections_refused.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+        self.connections_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -14,7 +14,9 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use rampart_infer::kserve::{self, Bounds};
 use rustls::pki_types::CertificateDer;
@@ -56,7 +58,12 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(stage: &'static str, status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refusal {
+    fn new(
+        stage: &'static str,
+        status: StatusCode,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Refusal {
         Refusal {
             stage,
             status,
@@ -74,7 +81,8 @@ impl Refusal {
 
     fn retry_after(mut self, wait: std::time::Duration) -> Refusal {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        self.headers.push((RETRY_AFTER, HeaderValue::from(secs.max(1))));
+        self.headers
+            .push((RETRY_AFTER, HeaderValue::from(secs.max(1))));
         self
     }
 }
@@ -125,7 +133,8 @@ impl Route {
 
     /// Parses a method and path. Versioned paths (`/v2/models/{name}/versions/{v}/...`) address the same model.
     pub fn parse(method: &Method, path: &str) -> Result<Route, Refusal> {
-        let not_found = || Refusal::new("route", StatusCode::NOT_FOUND, "not_found", "no such route").strike();
+        let not_found =
+            || Refusal::new("route", StatusCode::NOT_FOUND, "not_found", "no such route").strike();
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         let (route, wanted) = match segments.as_slice() {
             ["v2"] => (Route::ServerMetadata, Method::GET),
@@ -143,8 +152,13 @@ impl Route {
             _ => return Err(not_found()),
         };
         if *method != wanted && !(wanted == Method::GET && *method == Method::HEAD) {
-            return Err(Refusal::new("route", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
-                .strike());
+            return Err(Refusal::new(
+                "route",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            )
+            .strike());
         }
         Ok(route)
     }
@@ -165,24 +179,41 @@ pub type Reply = Response<Full<Bytes>>;
 fn json_reply(status: StatusCode, body: Vec<u8>) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 fn error_body(message: &str) -> Vec<u8> {
-    serde_json::json!({ "error": message }).to_string().into_bytes()
+    serde_json::json!({ "error": message })
+        .to_string()
+        .into_bytes()
 }
 
 fn rate_headers(decision: RateDecision) -> Vec<(HeaderName, HeaderValue)> {
     let (limit, remaining, reset) = match decision {
-        RateDecision::Allow { limit, remaining, reset } => (limit, remaining, reset),
+        RateDecision::Allow {
+            limit,
+            remaining,
+            reset,
+        } => (limit, remaining, reset),
         RateDecision::Deny { limit, retry_after } => (limit, 0, retry_after),
     };
     let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
     vec![
-        (HeaderName::from_static("ratelimit-limit"), HeaderValue::from(limit)),
-        (HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(remaining)),
-        (HeaderName::from_static("ratelimit-reset"), HeaderValue::from(reset)),
+        (
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(limit),
+        ),
+        (
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(remaining),
+        ),
+        (
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(reset),
+        ),
     ]
 }
 
@@ -209,20 +240,35 @@ impl Gate {
         for (name, value) in trace.rate_headers.drain(..) {
             response.headers_mut().entry(name).or_insert(value);
         }
-        self.record(conn, &trace, refusal.as_ref(), response.status(), started).await;
+        self.record(conn, &trace, refusal.as_ref(), response.status(), started)
+            .await;
         response
     }
 
-    async fn record(&self, conn: &ConnInfo, trace: &Trace, refusal: Option<&Refusal>, status: StatusCode, started: Instant) {
+    async fn record(
+        &self,
+        conn: &ConnInfo,
+        trace: &Trace,
+        refusal: Option<&Refusal>,
+        status: StatusCode,
+        started: Instant,
+    ) {
         let elapsed = started.elapsed();
         let route = trace.route.as_ref();
         let labels = RequestLabels {
-            model: route.and_then(Route::model).filter(|m| self.models.contains_key(*m)).unwrap_or("").to_owned(),
+            model: route
+                .and_then(Route::model)
+                .filter(|m| self.models.contains_key(*m))
+                .unwrap_or("")
+                .to_owned(),
             route: route.map_or("other", Route::template).to_owned(),
             status: status.as_u16(),
         };
         self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics.latency.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.metrics
+            .latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
         if let Some(refusal) = refusal {
             self.metrics
                 .refusals
@@ -234,7 +280,9 @@ impl Gate {
             if refusal.strike {
                 if let Strike::Banned(length) = self.bans.strike(conn.ip) {
                     self.metrics.bans.inc();
-                    self.metrics.bans_active.set(i64::try_from(self.bans.active()).unwrap_or(i64::MAX));
+                    self.metrics
+                        .bans_active
+                        .set(i64::try_from(self.bans.active()).unwrap_or(i64::MAX));
                     tracing::warn!(client_ip = %conn.ip, seconds = length.as_secs(), reason = refusal.reason, "client banned");
                     self.audit
                         .record(AuditRecord {
@@ -267,7 +315,9 @@ impl Gate {
                 client_ip: conn.ip.to_string(),
                 principal: trace.principal.as_ref().map(|p| p.id.clone()),
                 action: route.map_or("unknown", |r| r.action().as_str()),
-                model: route.and_then(Route::model).map(|m| m.chars().take(128).collect()),
+                model: route
+                    .and_then(Route::model)
+                    .map(|m| m.chars().take(128).collect()),
                 route: route.map_or("other", Route::template),
                 outcome,
                 stage: refusal.map(|r| r.stage),
@@ -280,7 +330,13 @@ impl Gate {
     }
 
     /// The stages, in order.
-    async fn stages<B>(&self, conn: &ConnInfo, request: Request<B>, started: Instant, trace: &mut Trace) -> Result<Reply, Refusal>
+    async fn stages<B>(
+        &self,
+        conn: &ConnInfo,
+        request: Request<B>,
+        started: Instant,
+        trace: &mut Trace,
+    ) -> Result<Reply, Refusal>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -308,13 +364,27 @@ impl Gate {
                 trace.input_sha256 = Some(hex::encode(Sha256::digest(&body)));
                 let parsed = self.stage_validate(pool.model(), &body, json_len)?;
                 let outputs = stage_infer(pool, parsed.inputs, deadline).await?;
-                Ok(respond_infer(&name, parsed.id.as_deref(), &outputs, &parsed.outputs))
+                Ok(respond_infer(
+                    &name,
+                    parsed.id.as_deref(),
+                    &outputs,
+                    &parsed.outputs,
+                ))
             }
             Route::Live => Ok(json_reply(StatusCode::OK, br#"{"live":true}"#.to_vec())),
             Route::Ready => {
                 let ready = self.is_ready();
-                let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                Ok(json_reply(status, serde_json::json!({ "ready": ready }).to_string().into_bytes()))
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                Ok(json_reply(
+                    status,
+                    serde_json::json!({ "ready": ready })
+                        .to_string()
+                        .into_bytes(),
+                ))
             }
             Route::ServerMetadata => Ok(json_reply(
                 StatusCode::OK,
@@ -334,8 +404,17 @@ impl Gate {
             Route::ModelReady(name) => {
                 self.models.get(&name).ok_or_else(unknown_model)?;
                 let ready = self.is_ready();
-                let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                Ok(json_reply(status, serde_json::json!({ "name": name, "ready": ready }).to_string().into_bytes()))
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                Ok(json_reply(
+                    status,
+                    serde_json::json!({ "name": name, "ready": ready })
+                        .to_string()
+                        .into_bytes(),
+                ))
             }
         }
     }
@@ -343,38 +422,59 @@ impl Gate {
     fn stage_ban(&self, conn: &ConnInfo) -> Result<(), Refusal> {
         match self.bans.banned_for(conn.ip) {
             Some(wait) => {
-                Err(Refusal::new("ban", StatusCode::FORBIDDEN, "banned", "temporarily banned").retry_after(wait))
+                Err(
+                    Refusal::new("ban", StatusCode::FORBIDDEN, "banned", "temporarily banned")
+                        .retry_after(wait),
+                )
             }
             None => Ok(()),
         }
     }
 
     fn stage_rate_ip(&self, conn: &ConnInfo, trace: &mut Trace) -> Result<(), Refusal> {
-        let Some(limiter) = &self.limits.per_ip else { return Ok(()) };
+        let Some(limiter) = &self.limits.per_ip else {
+            return Ok(());
+        };
         match limiter.check(&crate::stages::ban::canonical(conn.ip)) {
             RateDecision::Allow { .. } => Ok(()),
             deny @ RateDecision::Deny { retry_after, .. } => {
                 let _ = trace;
-                let mut refusal =
-                    Refusal::new("rate", StatusCode::TOO_MANY_REQUESTS, "ip_rate_limited", "too many requests")
-                        .strike()
-                        .retry_after(retry_after);
+                let mut refusal = Refusal::new(
+                    "rate",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "ip_rate_limited",
+                    "too many requests",
+                )
+                .strike()
+                .retry_after(retry_after);
                 refusal.headers.extend(rate_headers(deny));
                 Err(refusal)
             }
         }
     }
 
-    fn stage_authn(&self, conn: &ConnInfo, headers: &hyper::HeaderMap) -> Result<Principal, Refusal> {
+    fn stage_authn(
+        &self,
+        conn: &ConnInfo,
+        headers: &hyper::HeaderMap,
+    ) -> Result<Principal, Refusal> {
         let credentials = Credentials {
             headers,
             client_certs: &conn.client_certs,
         };
         authn::authenticate(&self.authenticators, &credentials).map_err(|err| {
             tracing::info!(client_ip = %conn.ip, reason = %err, "authentication failed");
-            let mut refusal =
-                Refusal::new("authn", StatusCode::UNAUTHORIZED, "unauthenticated", "unauthorized").strike();
-            refusal.headers.push((hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            let mut refusal = Refusal::new(
+                "authn",
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "unauthorized",
+            )
+            .strike();
+            refusal.headers.push((
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            ));
             refusal
         })
     }
@@ -383,18 +483,32 @@ impl Gate {
         if self.policy.allows(principal, route.action(), route.model()) {
             Ok(())
         } else {
-            Err(Refusal::new("policy", StatusCode::FORBIDDEN, "forbidden", "forbidden"))
+            Err(Refusal::new(
+                "policy",
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "forbidden",
+            ))
         }
     }
 
-    fn stage_rate_principal(&self, principal: &Principal, trace: &mut Trace) -> Result<(), Refusal> {
+    fn stage_rate_principal(
+        &self,
+        principal: &Principal,
+        trace: &mut Trace,
+    ) -> Result<(), Refusal> {
         if let Some(limiter) = &self.limits.per_principal {
             let decision = limiter.check(&principal.id);
             trace.rate_headers = rate_headers(decision);
             if let RateDecision::Deny { retry_after, .. } = decision {
-                return Err(Refusal::new("rate", StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests")
-                    .strike()
-                    .retry_after(retry_after));
+                return Err(Refusal::new(
+                    "rate",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests",
+                )
+                .strike()
+                .retry_after(retry_after));
             }
         }
         if let Some(quota) = &self.limits.daily_quota {
@@ -412,10 +526,18 @@ impl Gate {
     }
 
     fn stage_concurrency(&self, principal: &Principal) -> Result<Slot, Refusal> {
-        self.limits.concurrency.acquire(&principal.id).ok_or_else(|| {
-            Refusal::new("rate", StatusCode::TOO_MANY_REQUESTS, "too_many_in_flight", "too many requests in flight")
+        self.limits
+            .concurrency
+            .acquire(&principal.id)
+            .ok_or_else(|| {
+                Refusal::new(
+                    "rate",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_in_flight",
+                    "too many requests in flight",
+                )
                 .retry_after(std::time::Duration::from_secs(1))
-        })
+            })
     }
 
     /// Refuses compressed bodies and reads the binary-extension header.
@@ -436,17 +558,33 @@ impl Gate {
             .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
         match declared {
             Some(None) => {
-                return Err(Refusal::new("body", StatusCode::BAD_REQUEST, "bad_length", "invalid Content-Length").strike())
+                return Err(Refusal::new(
+                    "body",
+                    StatusCode::BAD_REQUEST,
+                    "bad_length",
+                    "invalid Content-Length",
+                )
+                .strike())
             }
             Some(Some(n)) if n > self.limits.max_body_bytes as u64 => return Err(too_large()),
             _ => {}
         }
         match headers.get("inference-header-content-length") {
             None => Ok(None),
-            Some(v) => v.to_str().ok().and_then(|s| s.parse::<usize>().ok()).map(Some).ok_or_else(|| {
-                Refusal::new("body", StatusCode::BAD_REQUEST, "bad_length", "invalid Inference-Header-Content-Length")
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    Refusal::new(
+                        "body",
+                        StatusCode::BAD_REQUEST,
+                        "bad_length",
+                        "invalid Inference-Header-Content-Length",
+                    )
                     .strike()
-            }),
+                }),
         }
     }
 
@@ -460,10 +598,27 @@ impl Gate {
         let read = Limited::new(body, self.limits.max_body_bytes).collect();
         match tokio::time::timeout_at(body_deadline.into(), read).await {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(err)) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-            Ok(Err(_)) => Err(Refusal::new("body", StatusCode::BAD_REQUEST, "body_error", "cannot read the body").strike()),
-            Err(_) => Err(Refusal::new("body", StatusCode::REQUEST_TIMEOUT, "body_timeout", "the body came too slowly")
-                .strike()),
+            Ok(Err(err))
+                if err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(too_large())
+            }
+            Ok(Err(_)) => Err(Refusal::new(
+                "body",
+                StatusCode::BAD_REQUEST,
+                "body_error",
+                "cannot read the body",
+            )
+            .strike()),
+            Err(_) => Err(Refusal::new(
+                "body",
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body came too slowly",
+            )
+            .strike()),
         }
     }
 
@@ -497,13 +652,28 @@ impl Gate {
                 .iter()
                 .find(|t| t.name == spec.name)
                 .ok_or_else(|| bad("bad_tensor", format!("missing input `{}`", spec.name)))?;
-            spec.check(tensor).map_err(|err| bad("bad_tensor", err.to_string()))?;
+            spec.check(tensor)
+                .map_err(|err| bad("bad_tensor", err.to_string()))?;
         }
-        if let Some(extra) = parsed.inputs.iter().find(|t| !meta.inputs.iter().any(|s| s.name == t.name)) {
-            return Err(bad("bad_tensor", format!("unknown input `{}`", truncate(&extra.name))));
+        if let Some(extra) = parsed
+            .inputs
+            .iter()
+            .find(|t| !meta.inputs.iter().any(|s| s.name == t.name))
+        {
+            return Err(bad(
+                "bad_tensor",
+                format!("unknown input `{}`", truncate(&extra.name)),
+            ));
         }
-        if let Some(extra) = parsed.outputs.iter().find(|o| !meta.outputs.iter().any(|s| &s.name == *o)) {
-            return Err(bad("bad_tensor", format!("unknown output `{}`", truncate(extra))));
+        if let Some(extra) = parsed
+            .outputs
+            .iter()
+            .find(|o| !meta.outputs.iter().any(|s| &s.name == *o))
+        {
+            return Err(bad(
+                "bad_tensor",
+                format!("unknown output `{}`", truncate(extra)),
+            ));
         }
         Ok(parsed)
     }
@@ -514,11 +684,23 @@ fn truncate(text: &str) -> String {
 }
 
 fn unknown_model() -> Refusal {
-    Refusal::new("route", StatusCode::NOT_FOUND, "unknown_model", "no such model").strike()
+    Refusal::new(
+        "route",
+        StatusCode::NOT_FOUND,
+        "unknown_model",
+        "no such model",
+    )
+    .strike()
 }
 
 fn too_large() -> Refusal {
-    Refusal::new("body", StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is too large").strike()
+    Refusal::new(
+        "body",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the body is too large",
+    )
+    .strike()
 }
 
 async fn stage_infer(
@@ -527,29 +709,56 @@ async fn stage_infer(
     deadline: Instant,
 ) -> Result<Vec<rampart_infer::Tensor>, Refusal> {
     pool.run(inputs, deadline).await.map_err(|err| match err {
-        JobError::QueueFull => Refusal::new("infer", StatusCode::SERVICE_UNAVAILABLE, "overloaded", "overloaded, retry later")
-            .retry_after(std::time::Duration::from_secs(1)),
-        JobError::Deadline => {
-            Refusal::new("infer", StatusCode::SERVICE_UNAVAILABLE, "deadline", "the request's deadline passed")
-                .retry_after(std::time::Duration::from_secs(1))
-        }
-        JobError::Closed => Refusal::new("infer", StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "shutting down"),
+        JobError::QueueFull => Refusal::new(
+            "infer",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "overloaded, retry later",
+        )
+        .retry_after(std::time::Duration::from_secs(1)),
+        JobError::Deadline => Refusal::new(
+            "infer",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deadline",
+            "the request's deadline passed",
+        )
+        .retry_after(std::time::Duration::from_secs(1)),
+        JobError::Closed => Refusal::new(
+            "infer",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "shutting down",
+        ),
         JobError::Model(rampart_infer::InferError::InvalidInput(message)) => {
             Refusal::new("infer", StatusCode::BAD_REQUEST, "bad_tensor", message).strike()
         }
         JobError::Model(err) => {
             tracing::error!(error = %err, "inference failed");
-            Refusal::new("infer", StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", "inference failed")
+            Refusal::new(
+                "infer",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference_failed",
+                "inference failed",
+            )
         }
     })
 }
 
 /// The respond stage: the outputs asked for (all when none were named), as KServe v2 JSON.
-fn respond_infer(model: &str, id: Option<&str>, outputs: &[rampart_infer::Tensor], wanted: &[String]) -> Reply {
+fn respond_infer(
+    model: &str,
+    id: Option<&str>,
+    outputs: &[rampart_infer::Tensor],
+    wanted: &[String],
+) -> Reply {
     let body = if wanted.is_empty() {
         kserve::encode_response(model, id, outputs)
     } else {
-        let chosen: Vec<_> = outputs.iter().filter(|t| wanted.contains(&t.name)).cloned().collect();
+        let chosen: Vec<_> = outputs
+            .iter()
+            .filter(|t| wanted.contains(&t.name))
+            .cloned()
+            .collect();
         kserve::encode_response(model, id, &chosen)
     };
     json_reply(StatusCode::OK, body)
@@ -561,11 +770,33 @@ mod tests {
 
     #[test]
     fn routes_parse_with_their_methods() {
-        assert_eq!(Route::parse(&Method::GET, "/v2/health/live").unwrap(), Route::Live);
-        assert_eq!(Route::parse(&Method::POST, "/v2/models/d/infer").unwrap(), Route::Infer("d".into()));
-        assert_eq!(Route::parse(&Method::POST, "/v2/models/d/versions/1/infer").unwrap(), Route::Infer("d".into()));
-        assert_eq!(Route::parse(&Method::GET, "/v2/models/d/").unwrap(), Route::ModelMetadata("d".into()));
-        assert_eq!(Route::parse(&Method::GET, "/v2/models/d/infer").unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(Route::parse(&Method::GET, "/etc/passwd").unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            Route::parse(&Method::GET, "/v2/health/live").unwrap(),
+            Route::Live
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/v2/models/d/infer").unwrap(),
+            Route::Infer("d".into())
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/v2/models/d/versions/1/infer").unwrap(),
+            Route::Infer("d".into())
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/v2/models/d/").unwrap(),
+            Route::ModelMetadata("d".into())
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/v2/models/d/infer")
+                .unwrap_err()
+                .status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/etc/passwd")
+                .unwrap_err()
+                .status,
+            StatusCode::NOT_FOUND
+        );
     }
 }

@@ -54,13 +54,22 @@ pub struct ServerCert {
 impl ServerCert {
     /// The SHA-256 fingerprint of the leaf certificate in use, as colon-separated hex.
     pub fn fingerprint(&self) -> String {
-        self.resolver.current().cert.first().map(fingerprint).unwrap_or_default()
+        self.resolver
+            .current()
+            .cert
+            .first()
+            .map(fingerprint)
+            .unwrap_or_default()
     }
 }
 
 /// SHA-256 of a certificate's DER, as `AB:CD:...`.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[derive(Debug)]
@@ -94,15 +103,24 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError
         .collect::<Result<_, _>>()
         .map_err(|e| pem(cert_path, e.to_string()))?;
     if certs.is_empty() {
-        return Err(pem(cert_path, "no certificate found; expected PEM `CERTIFICATE` blocks".into()));
+        return Err(pem(
+            cert_path,
+            "no certificate found; expected PEM `CERTIFICATE` blocks".into(),
+        ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| pem(key_path, format!("no private key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| pem(key_path, format!("no private key: {e}")))?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| pem(key_path, format!("unusable private key: {e}")))?;
     let pair = CertifiedKey::new(certs, signing);
-    pair.keys_match().map_err(|e| pem(key_path, format!("the key does not match the certificate: {e}")))?;
+    pair.keys_match().map_err(|e| {
+        pem(
+            key_path,
+            format!("the key does not match the certificate: {e}"),
+        )
+    })?;
     Ok(pair)
 }
 
@@ -131,9 +149,13 @@ pub fn server_cert(config: &Config, state_dir: &Path) -> Result<ServerCert, TlsE
     })
 }
 
-fn generate_self_signed(names: &[String], cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
-    let generated =
-        rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| TlsError::Config(format!("cannot make a certificate: {e}")))?;
+fn generate_self_signed(
+    names: &[String],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), TlsError> {
+    let generated = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| TlsError::Config(format!("cannot make a certificate: {e}")))?;
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| TlsError::Io { path, source }
@@ -142,8 +164,11 @@ fn generate_self_signed(names: &[String], cert_path: &Path, key_path: &Path) -> 
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
     let key_tmp = key_path.with_extension("pem.tmp");
-    crate::stages::authn::api_key::write_file_private(&key_tmp, generated.key_pair.serialize_pem().as_bytes())
-        .map_err(io(&key_tmp))?;
+    crate::stages::authn::api_key::write_file_private(
+        &key_tmp,
+        generated.key_pair.serialize_pem().as_bytes(),
+    )
+    .map_err(io(&key_tmp))?;
     std::fs::rename(&key_tmp, key_path).map_err(io(key_path))?;
     let cert_tmp = cert_path.with_extension("pem.tmp");
     std::fs::write(&cert_tmp, generated.cert.pem()).map_err(io(&cert_tmp))?;
@@ -163,22 +188,36 @@ pub fn server_config(config: &Config, cert: &ServerCert) -> Result<rustls::Serve
             let path = config.resolve(ca);
             let mut roots = rustls::RootCertStore::empty();
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-                .map_err(|e| TlsError::Pem { path: path.clone(), reason: e.to_string() })?
+                .map_err(|e| TlsError::Pem {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
                 .collect::<Result<_, _>>()
-                .map_err(|e| TlsError::Pem { path: path.clone(), reason: e.to_string() })?;
+                .map_err(|e| TlsError::Pem {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(TlsError::Pem { path, reason: "no usable CA certificate".into() });
+                return Err(TlsError::Pem {
+                    path,
+                    reason: "no usable CA certificate".into(),
+                });
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             let verifier = match config.tls.client_auth {
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
                 ClientAuth::Required => verifier,
             };
-            builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError::Config(e.to_string()))?)
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| TlsError::Config(e.to_string()))?,
+            )
         }
     };
-    let mut server = builder.with_cert_resolver(Arc::clone(&cert.resolver) as Arc<dyn ResolvesServerCert>);
+    let mut server =
+        builder.with_cert_resolver(Arc::clone(&cert.resolver) as Arc<dyn ResolvesServerCert>);
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(server)
 }
@@ -207,7 +246,9 @@ pub async fn watch(cert: Arc<ServerCert>, every: Duration) {
                 *cert.resolver.key.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
                 tracing::info!(fingerprint = %cert.fingerprint(), "reloaded the certificate");
             }
-            Ok(Err(err)) => tracing::warn!(error = %err, "cannot reload the certificate; keeping the previous one"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot reload the certificate; keeping the previous one")
+            }
             Err(err) => tracing::warn!(error = %err, "certificate reload failed"),
         }
     }

@@ -2,7 +2,13 @@
 //! Needs `python3` with `tritonclient[http]` and `numpy` on PATH (scripts/setup-test-env.sh); skipped otherwise unless
 //! `RAMPART_REQUIRE_PEERS=1`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::path::Path;
 use std::process::Command;
@@ -65,7 +71,9 @@ async fn tritonclient_http_works_unmodified() {
         root.join("model/model.onnx").display()
     );
     let config = Config::parse(&text, Path::new("test.toml"), Path::new(".")).unwrap();
-    let prepared = rampart_gate::prepare(&config, Parts::default()).await.unwrap();
+    let prepared = rampart_gate::prepare(&config, Parts::default())
+        .await
+        .unwrap();
     let url = format!("localhost:{}", prepared.address.port());
     let key = prepared.new_api_key.clone().unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -73,15 +81,28 @@ async fn tritonclient_http_works_unmodified() {
     let test_csv = root.join("test.csv");
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)
-            .args(["-c", CLIENT, &url, &key, "digits", &test_csv.to_string_lossy()])
+            .args([
+                "-c",
+                CLIENT,
+                &url,
+                &key,
+                "digits",
+                &test_csv.to_string_lossy(),
+            ])
             .output()
             .unwrap()
     })
     .await
     .unwrap();
     stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(15), server).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .unwrap()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.contains("ok"), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        output.status.success() && stdout.contains("ok"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
 }

@@ -72,7 +72,10 @@ struct RawRequest {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    #[allow(dead_code, reason = "accepted for compatibility; no request parameter changes inference")]
+    #[allow(
+        dead_code,
+        reason = "accepted for compatibility; no request parameter changes inference"
+    )]
     parameters: Option<serde_json::Map<String, Value>>,
     inputs: Vec<RawTensor>,
     #[serde(default)]
@@ -127,15 +130,20 @@ pub fn check_depth(body: &[u8], max_depth: usize) -> Result<(), CodecError> {
 
 /// Parses a request body. `json_len` is the `Inference-Header-Content-Length` header: the JSON part's length when the
 /// body also carries binary tensors.
-pub fn parse_request(body: &[u8], json_len: Option<usize>, bounds: Bounds) -> Result<InferRequest, CodecError> {
+pub fn parse_request(
+    body: &[u8],
+    json_len: Option<usize>,
+    bounds: Bounds,
+) -> Result<InferRequest, CodecError> {
     let (json, mut binary) = match json_len {
-        Some(n) => body
-            .split_at_checked(n)
-            .ok_or_else(|| CodecError::Malformed("the binary header length exceeds the body".into()))?,
+        Some(n) => body.split_at_checked(n).ok_or_else(|| {
+            CodecError::Malformed("the binary header length exceeds the body".into())
+        })?,
         None => (body, &[][..]),
     };
     check_depth(json, bounds.max_depth)?;
-    let raw: RawRequest = serde_json::from_slice(json).map_err(|err| CodecError::Malformed(short(&err)))?;
+    let raw: RawRequest =
+        serde_json::from_slice(json).map_err(|err| CodecError::Malformed(short(&err)))?;
     if raw.inputs.is_empty() {
         return Err(CodecError::Malformed("`inputs` is empty".into()));
     }
@@ -144,7 +152,9 @@ pub fn parse_request(body: &[u8], json_len: Option<usize>, bounds: Bounds) -> Re
         inputs.push(decode_tensor(tensor, &mut binary, bounds)?);
     }
     if !binary.is_empty() {
-        return Err(CodecError::Malformed("binary data left over after the last tensor".into()));
+        return Err(CodecError::Malformed(
+            "binary data left over after the last tensor".into(),
+        ));
     }
     Ok(InferRequest {
         id: raw.id,
@@ -180,7 +190,8 @@ fn decode_tensor(raw: RawTensor, binary: &mut &[u8], bounds: Bounds) -> Result<T
         name: name.clone(),
         reason,
     };
-    let datatype = DataType::parse(&raw.datatype).ok_or_else(|| bad(format!("unknown datatype `{}`", raw.datatype)))?;
+    let datatype = DataType::parse(&raw.datatype)
+        .ok_or_else(|| bad(format!("unknown datatype `{}`", raw.datatype)))?;
     if raw.shape.len() > 8 {
         return Err(bad("more than 8 dimensions".into()));
     }
@@ -189,7 +200,11 @@ fn decode_tensor(raw: RawTensor, binary: &mut &[u8], bounds: Bounds) -> Result<T
         .parameters
         .as_ref()
         .and_then(|p| p.get("binary_data_size"))
-        .map(|v| v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| bad("`binary_data_size` must be a size".into())))
+        .map(|v| {
+            v.as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| bad("`binary_data_size` must be a size".into()))
+        })
         .transpose()?;
     let data = match (binary_size, raw.data) {
         (Some(_), Some(_)) => return Err(bad("has both `data` and `binary_data_size`".into())),
@@ -208,7 +223,11 @@ fn decode_tensor(raw: RawTensor, binary: &mut &[u8], bounds: Bounds) -> Result<T
         }
     };
     if data.len() != count {
-        return Err(bad(format!("shape {:?} needs {count} elements, the data has {}", raw.shape, data.len())));
+        return Err(bad(format!(
+            "shape {:?} needs {count} elements, the data has {}",
+            raw.shape,
+            data.len()
+        )));
     }
     let shape = raw.shape.iter().map(|&d| d as usize).collect();
     Tensor::new(name.clone(), shape, data).map_err(|err| bad(err.to_string()))
@@ -234,7 +253,11 @@ fn flatten(value: Value, out: &mut Vec<Value>, max: usize) -> Result<(), String>
 }
 
 fn decode_json(datatype: DataType, values: Vec<Value>) -> Result<TensorData, String> {
-    fn all<T>(values: Vec<Value>, what: &str, f: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>, String> {
+    fn all<T>(
+        values: Vec<Value>,
+        what: &str,
+        f: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, String> {
         values
             .iter()
             .map(|v| f(v).ok_or_else(|| format!("element `{}` is not {what}", truncate(v))))
@@ -242,14 +265,20 @@ fn decode_json(datatype: DataType, values: Vec<Value>) -> Result<TensorData, Str
     }
     Ok(match datatype {
         DataType::Bool => TensorData::Bool(all(values, "a boolean", Value::as_bool)?),
-        DataType::Uint8 => TensorData::Uint8(all(values, "a UINT8", |v| v.as_u64().and_then(|n| u8::try_from(n).ok()))?),
-        DataType::Int32 => TensorData::Int32(all(values, "an INT32", |v| v.as_i64().and_then(|n| i32::try_from(n).ok()))?),
+        DataType::Uint8 => TensorData::Uint8(all(values, "a UINT8", |v| {
+            v.as_u64().and_then(|n| u8::try_from(n).ok())
+        })?),
+        DataType::Int32 => TensorData::Int32(all(values, "an INT32", |v| {
+            v.as_i64().and_then(|n| i32::try_from(n).ok())
+        })?),
         DataType::Int64 => TensorData::Int64(all(values, "an INT64", Value::as_i64)?),
         DataType::Fp32 => TensorData::Fp32(all(values, "an FP32 number", |v| {
             v.as_f64().map(|n| n as f32).filter(|n| n.is_finite())
         })?),
         DataType::Fp64 => TensorData::Fp64(all(values, "a number", Value::as_f64)?),
-        DataType::Bytes => TensorData::Bytes(all(values, "a string", |v| v.as_str().map(|s| s.as_bytes().to_vec()))?),
+        DataType::Bytes => TensorData::Bytes(all(values, "a string", |v| {
+            v.as_str().map(|s| s.as_bytes().to_vec())
+        })?),
     })
 }
 
@@ -258,9 +287,16 @@ fn truncate(value: &Value) -> String {
 }
 
 fn decode_binary(datatype: DataType, bytes: &[u8], count: usize) -> Result<TensorData, String> {
-    fn fixed<const N: usize, T>(bytes: &[u8], count: usize, f: impl Fn([u8; N]) -> T) -> Result<Vec<T>, String> {
+    fn fixed<const N: usize, T>(
+        bytes: &[u8],
+        count: usize,
+        f: impl Fn([u8; N]) -> T,
+    ) -> Result<Vec<T>, String> {
         if Some(bytes.len()) != count.checked_mul(N) {
-            return Err(format!("{} bytes of binary data for {count} elements of {N} bytes", bytes.len()));
+            return Err(format!(
+                "{} bytes of binary data for {count} elements of {N} bytes",
+                bytes.len()
+            ));
         }
         Ok(bytes
             .chunks_exact(N)
@@ -282,11 +318,15 @@ fn decode_binary(datatype: DataType, bytes: &[u8], count: usize) -> Result<Tenso
             let mut rest = bytes;
             let mut items = Vec::with_capacity(count.min(1 << 16));
             while !rest.is_empty() {
-                let (len, tail) = rest.split_at_checked(4).ok_or("a truncated BYTES length prefix")?;
+                let (len, tail) = rest
+                    .split_at_checked(4)
+                    .ok_or("a truncated BYTES length prefix")?;
                 let mut prefix = [0u8; 4];
                 prefix.copy_from_slice(len);
                 let n = u32::from_le_bytes(prefix) as usize;
-                let (item, tail) = tail.split_at_checked(n).ok_or("a BYTES element longer than the data")?;
+                let (item, tail) = tail
+                    .split_at_checked(n)
+                    .ok_or("a BYTES element longer than the data")?;
                 if items.len() >= count {
                     return Err(format!("more than the shape's {count} elements"));
                 }
@@ -309,11 +349,15 @@ pub fn tensors_json(tensors: &[Tensor]) -> Value {
                     TensorData::Uint8(v) => Value::from(v.clone()),
                     TensorData::Int32(v) => Value::from(v.clone()),
                     TensorData::Int64(v) => Value::from(v.clone()),
-                    TensorData::Fp32(v) => Value::Array(v.iter().map(|&x| json_f64(f64::from(x))).collect()),
-                    TensorData::Fp64(v) => Value::Array(v.iter().map(|&x| json_f64(x)).collect()),
-                    TensorData::Bytes(v) => {
-                        Value::Array(v.iter().map(|b| Value::from(String::from_utf8_lossy(b).into_owned())).collect())
+                    TensorData::Fp32(v) => {
+                        Value::Array(v.iter().map(|&x| json_f64(f64::from(x))).collect())
                     }
+                    TensorData::Fp64(v) => Value::Array(v.iter().map(|&x| json_f64(x)).collect()),
+                    TensorData::Bytes(v) => Value::Array(
+                        v.iter()
+                            .map(|b| Value::from(String::from_utf8_lossy(b).into_owned()))
+                            .collect(),
+                    ),
                 };
                 serde_json::json!({
                     "name": t.name,
@@ -350,9 +394,13 @@ pub fn parse_response(body: &[u8], bounds: Bounds) -> Result<Vec<Tensor>, CodecE
         outputs: Vec<RawTensor>,
     }
     check_depth(body, bounds.max_depth)?;
-    let raw: RawResponse = serde_json::from_slice(body).map_err(|err| CodecError::Malformed(short(&err)))?;
+    let raw: RawResponse =
+        serde_json::from_slice(body).map_err(|err| CodecError::Malformed(short(&err)))?;
     let mut none: &[u8] = &[];
-    raw.outputs.into_iter().map(|t| decode_tensor(t, &mut none, bounds)).collect()
+    raw.outputs
+        .into_iter()
+        .map(|t| decode_tensor(t, &mut none, bounds))
+        .collect()
 }
 
 #[cfg(test)]
@@ -369,7 +417,8 @@ mod tests {
 
     #[test]
     fn nested_data_is_flattened_row_major() {
-        let body = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,4]]}]}"#;
+        let body =
+            br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,4]]}]}"#;
         let req = parse_request(body, None, Bounds::default()).unwrap();
         assert_eq!(req.inputs[0].data, TensorData::Int32(vec![1, 2, 3, 4]));
     }
@@ -384,13 +433,19 @@ mod tests {
     #[test]
     fn a_huge_shape_is_refused_before_allocation() {
         let body = br#"{"inputs":[{"name":"x","shape":[4294967296,4294967296,16],"datatype":"FP32","data":[]}]}"#;
-        assert!(matches!(parse_request(body, None, Bounds::default()), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            parse_request(body, None, Bounds::default()),
+            Err(CodecError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn deep_nesting_is_refused_before_parsing() {
         let body = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert_eq!(check_depth(body.as_bytes(), 16), Err(CodecError::TooDeep(16)));
+        assert_eq!(
+            check_depth(body.as_bytes(), 16),
+            Err(CodecError::TooDeep(16))
+        );
         assert!(check_depth(br#"{"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"["}"#, 3).is_ok());
     }
 
@@ -414,7 +469,8 @@ mod tests {
 
     #[test]
     fn the_fuzz_corpus_parses_without_panicking() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/infer/corpus/kserve_request");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/infer/corpus/kserve_request");
         let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert!(!entries.is_empty());
         for entry in entries {

@@ -43,7 +43,12 @@ struct RawSpec {
 impl UpstreamModel {
     /// Connects to `base_url` (such as `http://127.0.0.1:8000`), reads the metadata of `upstream_name` and serves it
     /// to clients as `name`.
-    pub fn connect(name: &str, base_url: &str, upstream_name: &str, timeout: Duration) -> Result<UpstreamModel, InferError> {
+    pub fn connect(
+        name: &str,
+        base_url: &str,
+        upstream_name: &str,
+        timeout: Duration,
+    ) -> Result<UpstreamModel, InferError> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
@@ -56,14 +61,22 @@ impl UpstreamModel {
             name: name.to_owned(),
             reason,
         };
-        let body = fetch(agent.get(&meta_url).call(), &meta_url).map_err(|e| load(e.to_string()))?;
-        let raw: RawMetadata =
-            serde_json::from_slice(&body).map_err(|err| load(format!("`{meta_url}` answered with invalid metadata: {err}")))?;
+        let body =
+            fetch(agent.get(&meta_url).call(), &meta_url).map_err(|e| load(e.to_string()))?;
+        let raw: RawMetadata = serde_json::from_slice(&body).map_err(|err| {
+            load(format!(
+                "`{meta_url}` answered with invalid metadata: {err}"
+            ))
+        })?;
         let specs = |raw: Vec<RawSpec>| -> Result<Vec<TensorSpec>, InferError> {
             raw.into_iter()
                 .map(|s| {
-                    let datatype = DataType::parse(&s.datatype)
-                        .ok_or_else(|| load(format!("tensor `{}` has the unknown datatype `{}`", s.name, s.datatype)))?;
+                    let datatype = DataType::parse(&s.datatype).ok_or_else(|| {
+                        load(format!(
+                            "tensor `{}` has the unknown datatype `{}`",
+                            s.name, s.datatype
+                        ))
+                    })?;
                     Ok(TensorSpec {
                         name: s.name,
                         datatype,
@@ -75,7 +88,11 @@ impl UpstreamModel {
         let metadata = ModelMetadata {
             name: name.to_owned(),
             versions: raw.versions,
-            platform: if raw.platform.is_empty() { "kserve-v2".to_owned() } else { raw.platform },
+            platform: if raw.platform.is_empty() {
+                "kserve-v2".to_owned()
+            } else {
+                raw.platform
+            },
             inputs: specs(raw.inputs)?,
             outputs: specs(raw.outputs)?,
         };
@@ -91,7 +108,10 @@ impl UpstreamModel {
     }
 }
 
-fn fetch(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, url: &str) -> Result<Vec<u8>, InferError> {
+fn fetch(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    url: &str,
+) -> Result<Vec<u8>, InferError> {
     let mut response = result.map_err(|err| InferError::Upstream(format!("`{url}`: {err}")))?;
     let status = response.status();
     let body = response
@@ -102,7 +122,9 @@ fn fetch(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, url: &st
         .map_err(|err| InferError::Upstream(format!("`{url}`: {err}")))?;
     if !status.is_success() {
         let detail: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-        return Err(InferError::Upstream(format!("`{url}` answered {status}: {detail}")));
+        return Err(InferError::Upstream(format!(
+            "`{url}` answered {status}: {detail}"
+        )));
     }
     Ok(body)
 }
@@ -114,10 +136,9 @@ impl Model for UpstreamModel {
 
     fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferError> {
         for spec in &self.metadata.inputs {
-            let tensor = inputs
-                .iter()
-                .find(|t| t.name == spec.name)
-                .ok_or_else(|| InferError::InvalidInput(format!("missing input `{}`", spec.name)))?;
+            let tensor = inputs.iter().find(|t| t.name == spec.name).ok_or_else(|| {
+                InferError::InvalidInput(format!("missing input `{}`", spec.name))
+            })?;
             spec.check(tensor)?;
         }
         let body = serde_json::json!({ "inputs": kserve::tensors_json(inputs) }).to_string();
@@ -127,6 +148,7 @@ impl Model for UpstreamModel {
             .header("content-type", "application/json")
             .send(body.as_bytes());
         let bytes = fetch(response, &self.infer_url)?;
-        kserve::parse_response(&bytes, self.bounds).map_err(|err| InferError::Upstream(err.to_string()))
+        kserve::parse_response(&bytes, self.bounds)
+            .map_err(|err| InferError::Upstream(err.to_string()))
     }
 }

@@ -22,7 +22,10 @@ impl IpBlock {
     /// Parses `10.1.2.3`, `10.0.0.0/8`, `::1` or `fd00::/8`.
     pub fn parse(text: &str) -> Option<IpBlock> {
         let (addr, prefix) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr.parse::<IpAddr>().ok()?, Some(prefix.parse::<u8>().ok()?)),
+            Some((addr, prefix)) => (
+                addr.parse::<IpAddr>().ok()?,
+                Some(prefix.parse::<u8>().ok()?),
+            ),
             None => (text.parse::<IpAddr>().ok()?, None),
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -35,11 +38,15 @@ impl IpBlock {
         let ip = canonical(ip);
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -85,7 +92,11 @@ impl Bans {
     /// Builds the list from its (validated) config.
     pub fn new(config: &BanConfig, max_entries: usize) -> Bans {
         Bans {
-            allow: config.allow.iter().filter_map(|a| IpBlock::parse(a)).collect(),
+            allow: config
+                .allow
+                .iter()
+                .filter_map(|a| IpBlock::parse(a))
+                .collect(),
             config: config.clone(),
             state: Mutex::new(HashMap::new()),
             max_entries: max_entries.max(1),
@@ -119,7 +130,9 @@ impl Bans {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.len() >= self.max_entries && !state.contains_key(&ip) {
             state.retain(|_, e| {
-                e.banned_until.is_some_and(|u| u > now) || now.duration_since(e.window_start) < window || e.bans > 0
+                e.banned_until.is_some_and(|u| u > now)
+                    || now.duration_since(e.window_start) < window
+                    || e.bans > 0
             });
             if state.len() >= self.max_entries {
                 // Every remembered client is banned or striking: forget the ones with the fewest bans.
@@ -144,7 +157,11 @@ impl Bans {
             return Strike::Counted;
         }
         let factor = 1u64.checked_shl(entry.bans.min(32)).unwrap_or(u64::MAX);
-        let secs = self.config.base_secs.saturating_mul(factor).min(self.config.max_secs);
+        let secs = self
+            .config
+            .base_secs
+            .saturating_mul(factor)
+            .min(self.config.max_secs);
         let length = Duration::from_secs(secs);
         entry.bans = entry.bans.saturating_add(1);
         entry.strikes = 0;
@@ -156,7 +173,10 @@ impl Bans {
     pub fn active(&self) -> usize {
         let now = Instant::now();
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.values().filter(|e| e.banned_until.is_some_and(|u| u > now)).count()
+        state
+            .values()
+            .filter(|e| e.banned_until.is_some_and(|u| u > now))
+            .count()
     }
 }
 
@@ -181,7 +201,9 @@ mod tests {
         assert!(block.contains("10.9.8.7".parse().unwrap()));
         assert!(block.contains("::ffff:10.1.1.1".parse().unwrap()));
         assert!(!block.contains("11.0.0.1".parse().unwrap()));
-        assert!(IpBlock::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+        assert!(IpBlock::parse("::/0")
+            .unwrap()
+            .contains("2001:db8::1".parse().unwrap()));
         assert!(IpBlock::parse("1.2.3.4/33").is_none());
         assert!(IpBlock::parse("nonsense").is_none());
     }
@@ -195,10 +217,20 @@ mod tests {
         assert!(bans.banned_for(ip).is_some());
         assert_eq!(bans.active(), 1);
         // While banned, strikes do not extend the ban; once it ends the next ban is longer.
-        bans.state.lock().unwrap().get_mut(&ip).unwrap().banned_until = Some(Instant::now());
+        bans.state
+            .lock()
+            .unwrap()
+            .get_mut(&ip)
+            .unwrap()
+            .banned_until = Some(Instant::now());
         bans.strike(ip);
         assert_eq!(bans.strike(ip), Strike::Banned(Duration::from_secs(20)));
-        bans.state.lock().unwrap().get_mut(&ip).unwrap().banned_until = Some(Instant::now());
+        bans.state
+            .lock()
+            .unwrap()
+            .get_mut(&ip)
+            .unwrap()
+            .banned_until = Some(Instant::now());
         bans.strike(ip);
         assert_eq!(bans.strike(ip), Strike::Banned(Duration::from_secs(25)));
     }

@@ -43,13 +43,19 @@ pub struct ModelPool {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("deadline", &self.deadline).finish_non_exhaustive()
+        f.debug_struct("Job")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
     }
 }
 
 impl ModelPool {
     /// Starts `workers` threads taking jobs from a queue of `queue` places.
-    pub fn start(model: Arc<dyn Model>, workers: usize, queue: usize) -> std::io::Result<ModelPool> {
+    pub fn start(
+        model: Arc<dyn Model>,
+        workers: usize,
+        queue: usize,
+    ) -> std::io::Result<ModelPool> {
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
         let name = model.metadata().name.clone();
@@ -69,9 +75,17 @@ impl ModelPool {
     }
 
     /// Queues a job and waits for its outputs, no later than `deadline`.
-    pub async fn run(&self, inputs: Vec<Tensor>, deadline: Instant) -> Result<Vec<Tensor>, JobError> {
+    pub async fn run(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Instant,
+    ) -> Result<Vec<Tensor>, JobError> {
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Job { inputs, deadline, reply }) {
+        match self.queue.try_send(Job {
+            inputs,
+            deadline,
+            reply,
+        }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(JobError::QueueFull),
             Err(TrySendError::Disconnected(_)) => return Err(JobError::Closed),

@@ -87,7 +87,8 @@ impl<K: Hash + Eq + Clone> Gcra<K> {
         map.insert(key.clone(), new_tat);
         RateDecision::Allow {
             limit: self.burst,
-            remaining: u32::try_from((self.tolerance_ns - ahead) / self.interval_ns).unwrap_or(u32::MAX),
+            remaining: u32::try_from((self.tolerance_ns - ahead) / self.interval_ns)
+                .unwrap_or(u32::MAX),
             reset: Duration::from_nanos(ahead),
         }
     }
@@ -111,7 +112,9 @@ impl DailyQuota {
 
     /// Counts one request; refused ones return the time until the quota resets (midnight UTC).
     pub fn take(&self, principal: &str) -> Result<u64, Duration> {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let day = secs / 86_400;
         let until_midnight = Duration::from_secs(86_400 - secs % 86_400);
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
@@ -186,7 +189,13 @@ mod tests {
 
     #[test]
     fn gcra_allows_the_burst_then_refuses_with_a_wait() {
-        let gcra = Gcra::new(Rate { per_second: 1.0, burst: 3 }, 100);
+        let gcra = Gcra::new(
+            Rate {
+                per_second: 1.0,
+                burst: 3,
+            },
+            100,
+        );
         for expected in [2, 1, 0] {
             match gcra.check(&"a") {
                 RateDecision::Allow { remaining, .. } => assert_eq!(remaining, expected),
@@ -196,7 +205,10 @@ mod tests {
         match gcra.check(&"a") {
             RateDecision::Deny { retry_after, limit } => {
                 assert_eq!(limit, 3);
-                assert!(retry_after > Duration::from_millis(500) && retry_after <= Duration::from_secs(1));
+                assert!(
+                    retry_after > Duration::from_millis(500)
+                        && retry_after <= Duration::from_secs(1)
+                );
             }
             allow => panic!("{allow:?}"),
         }

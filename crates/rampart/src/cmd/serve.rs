@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Override `server.state_dir`: certificates, API keys and the audit trail (default: `$RAMPART_STATE_DIR`,
-    /// else `$XDG_STATE_HOME/rampart`, else `~/.local/state/rampart`).
+    /// else `./.rampart`).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Load and check the configuration and the models, print the result and exit without serving.
@@ -46,13 +46,19 @@ fn load(args: &Args) -> anyhow::Result<Config> {
                 Config::for_model_dir(dir)?
             }
         }
-        (None, None) => anyhow::bail!("name a model directory or pass --config FILE (see `rampart serve --help`)"),
+        (None, None) => anyhow::bail!(
+            "name a model directory or pass --config FILE (see `rampart serve --help`)"
+        ),
     };
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
     if let Some(dir) = &args.state_dir {
-        config.server.state_dir = Some(std::env::current_dir().context("cannot read the current directory")?.join(dir));
+        config.server.state_dir = Some(
+            std::env::current_dir()
+                .context("cannot read the current directory")?
+                .join(dir),
+        );
     }
     config.validate()?;
     Ok(config)
@@ -72,13 +78,27 @@ async fn serve(config: Config, check: bool) -> anyhow::Result<Outcome> {
     let prepared = rampart_gate::prepare(&config, rampart_gate::Parts::default())
         .await
         .context("cannot start the gateway")?;
-    let scheme = if prepared.fingerprint.is_some() { "https" } else { "http" };
-    println!("rampart serve: listening on {scheme}://{}", prepared.address);
+    let scheme = if prepared.fingerprint.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "rampart serve: listening on {scheme}://{}",
+        prepared.address
+    );
     for model in &prepared.models {
-        println!("  model      {model}: {scheme}://{}/v2/models/{model}/infer", prepared.address);
+        println!(
+            "  model      {model}: {scheme}://{}/v2/models/{model}/infer",
+            prepared.address
+        );
     }
     if let Some(fingerprint) = &prepared.fingerprint {
-        let kind = if prepared.self_signed { " (self-signed)" } else { "" };
+        let kind = if prepared.self_signed {
+            " (self-signed)"
+        } else {
+            ""
+        };
         println!("  cert       SHA-256 {fingerprint}{kind}");
     }
     if let Some(admin) = prepared.admin_address {
@@ -89,7 +109,10 @@ async fn serve(config: Config, check: bool) -> anyhow::Result<Outcome> {
     }
     match (&prepared.new_api_key, &prepared.key_store) {
         (Some(key), _) => println!("  API key    {key}  (new, role admin; shown once: keep it)"),
-        (None, Some(store)) => println!("  API keys   {} (`rampart keys add` makes another)", store.display()),
+        (None, Some(store)) => println!(
+            "  API keys   {} (`rampart keys add` makes another)",
+            store.display()
+        ),
         (None, None) => {}
     }
     if check {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{bearer, AuthnError, Authenticator, Credentials, Principal};
+use super::{bearer, Authenticator, AuthnError, Credentials, Principal};
 
 /// One stored key (its hash only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,9 +72,11 @@ impl KeyStore {
             source,
         };
         let file = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice::<StoreFile>(&bytes).map_err(|err| KeyStoreError::Malformed {
-                path: path.to_owned(),
-                reason: err.to_string(),
+            Ok(bytes) => serde_json::from_slice::<StoreFile>(&bytes).map_err(|err| {
+                KeyStoreError::Malformed {
+                    path: path.to_owned(),
+                    reason: err.to_string(),
+                }
             })?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
