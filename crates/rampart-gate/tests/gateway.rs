@@ -536,7 +536,7 @@ async fn an_http2_rapid_reset_burst_closes_that_connection_only() {
     let driver = tokio::spawn(connection);
     let mut refused = false;
     for _ in 0..2000 {
-        let request = Request::get(format!("https://localhost/v2/health/live"))
+        let request = Request::get("https://localhost/v2/health/live")
             .body(())
             .unwrap();
         let ready = match tokio::time::timeout(Duration::from_secs(2), client.clone().ready()).await

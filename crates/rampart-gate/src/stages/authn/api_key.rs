@@ -56,12 +56,21 @@ pub enum KeyStoreError {
     },
 }
 
-/// The API key store.
-#[derive(Debug, Clone)]
+/// The API key store. `Debug` shows neither the secret nor the hashes.
+#[derive(Clone)]
 pub struct KeyStore {
     path: PathBuf,
     file: StoreFile,
     secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("path", &self.path)
+            .field("keys", &self.file.keys.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyStore {
