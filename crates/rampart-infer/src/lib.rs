@@ -4,21 +4,18 @@
 //! and returns named tensors. Implementations:
 //!
 //! - [`OnnxModel`]: an ONNX file run in process by tract (the embedded default);
-//! - [`UpstreamModel`]: an upstream KServe v2 HTTP server, called synchronously with a bounded response.
+//! - an upstream KServe v2 HTTP server (added by the gateway work).
 //!
 //! Inference is synchronous and CPU-bound; async callers run it on a blocking pool.
 
-pub mod kserve;
 mod onnx;
 mod tensor;
-mod upstream;
 
 pub use onnx::OnnxModel;
 pub use tensor::{DataType, Tensor, TensorData, TensorSpec};
-pub use upstream::UpstreamModel;
 
 /// What a model declares about itself: the KServe v2 model metadata.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelMetadata {
     /// The model's name as clients address it.
     pub name: String,

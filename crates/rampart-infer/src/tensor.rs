@@ -52,7 +52,7 @@ impl DataType {
 }
 
 /// A declared input or output: name, type and shape (`-1` for a dimension of any size).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TensorSpec {
     /// The tensor's name.
     pub name: String,
