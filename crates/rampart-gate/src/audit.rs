@@ -1,0 +1,252 @@
+//! The audit trail: one record per decision, written by a background task in batches behind [`AuditSink`].
+//!
+//! A record holds who, what, which model, the outcome and a SHA-256 digest of the input, never the input itself, a
+//! key or a token. The JSON-lines file is the embedded sink; the tamper-evident log implements the same trait.
+
+use std::fmt::Debug;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// One decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    /// When it was answered, RFC 3339 UTC.
+    pub time: String,
+    /// The client address.
+    pub client_ip: String,
+    /// The authenticated principal, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The action (`infer`, `read_metadata`).
+    pub action: &'static str,
+    /// The model, if the route names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The route template.
+    pub route: &'static str,
+    /// `allowed` or `refused` or `failed`.
+    pub outcome: &'static str,
+    /// The stage that refused, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<&'static str>,
+    /// The machine-readable reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// The HTTP status.
+    pub status: u16,
+    /// Time to answer, in microseconds.
+    pub latency_us: u64,
+    /// Hex SHA-256 of the request body, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_sha256: Option<String>,
+}
+
+/// Where audit records go. Called from a blocking thread with a batch; must be durable when it returns `Ok` from
+/// [`AuditSink::sync`].
+pub trait AuditSink: Send + Sync + Debug {
+    /// Appends a batch.
+    fn append(&self, records: &[AuditRecord]) -> std::io::Result<()>;
+    /// Makes appended records durable.
+    fn sync(&self) -> std::io::Result<()>;
+}
+
+/// Appends JSON lines to a file.
+#[derive(Debug)]
+pub struct JsonLinesSink {
+    path: PathBuf,
+    file: std::sync::Mutex<BufWriter<File>>,
+}
+
+impl JsonLinesSink {
+    /// Opens `path` for appending, creating it (and its directory) if needed.
+    pub fn open(path: &Path) -> std::io::Result<JsonLinesSink> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(JsonLinesSink {
+            path: path.to_owned(),
+            file: std::sync::Mutex::new(BufWriter::with_capacity(1 << 16, file)),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AuditSink for JsonLinesSink {
+    fn append(&self, records: &[AuditRecord]) -> std::io::Result<()> {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        for record in records {
+            serde_json::to_writer(&mut *file, record).map_err(std::io::Error::other)?;
+            file.write_all(b"\n")?;
+        }
+        file.flush()
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.get_ref().sync_data()
+    }
+}
+
+/// The handle stages record through; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    tx: Option<mpsc::Sender<AuditRecord>>,
+}
+
+impl Auditor {
+    /// An auditor that records nothing (audit disabled).
+    pub fn disabled() -> Auditor {
+        Auditor { tx: None }
+    }
+
+    /// Starts the writer task: records are appended in batches of up to `batch` and synced every `sync_every`.
+    /// The task ends, after writing everything queued, when every [`Auditor`] clone is dropped.
+    pub fn start(
+        sink: Arc<dyn AuditSink>,
+        batch: usize,
+        sync_every: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (Auditor, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<AuditRecord>(batch.saturating_mul(8).max(64));
+        let task = tokio::spawn(async move {
+            let mut buffer = Vec::with_capacity(batch);
+            let mut last_sync = tokio::time::Instant::now();
+            loop {
+                let got = tokio::select! {
+                    n = rx.recv_many(&mut buffer, batch) => n,
+                    () = tokio::time::sleep(sync_every) => 0,
+                };
+                let records = std::mem::take(&mut buffer);
+                let closed = got == 0 && rx.is_closed() && rx.is_empty();
+                let due = last_sync.elapsed() >= sync_every || closed;
+                if records.is_empty() && !due {
+                    continue;
+                }
+                let sink = Arc::clone(&sink);
+                let count = records.len() as u64;
+                let result = tokio::task::spawn_blocking(move || {
+                    if !records.is_empty() {
+                        sink.append(&records)?;
+                    }
+                    if due {
+                        sink.sync()?;
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+                if due {
+                    last_sync = tokio::time::Instant::now();
+                }
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        metrics.audit_errors.inc_by(count.max(1));
+                        tracing::error!(error = %err, "cannot write the audit trail");
+                    }
+                    Err(err) => {
+                        metrics.audit_errors.inc_by(count.max(1));
+                        tracing::error!(error = %err, "the audit writer failed");
+                    }
+                }
+                if closed {
+                    break;
+                }
+            }
+        });
+        (Auditor { tx: Some(tx) }, task)
+    }
+
+    /// Queues a record; waits when the writer is behind (back-pressure rather than lost records).
+    pub async fn record(&self, record: AuditRecord) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(record).await;
+        }
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[tokio::test]
+    async fn records_reach_the_file_before_the_writer_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let sink = Arc::new(JsonLinesSink::open(&path).unwrap());
+        let (auditor, task) =
+            Auditor::start(sink, 4, Duration::from_millis(50), Arc::new(Metrics::new()));
+        for i in 0..10u16 {
+            auditor
+                .record(AuditRecord {
+                    time: rfc3339(SystemTime::now()),
+                    client_ip: "127.0.0.1".into(),
+                    principal: Some("p".into()),
+                    action: "infer",
+                    model: None,
+                    route: "/",
+                    outcome: "allowed",
+                    stage: None,
+                    reason: None,
+                    status: 200 + i,
+                    latency_us: 1,
+                    input_sha256: None,
+                })
+                .await;
+        }
+        drop(auditor);
+        task.await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 10);
+        assert!(text
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    }
+}

@@ -1,0 +1,675 @@
+//! The gateway's TOML configuration: the schema, its embedded defaults, and the checks made once at load.
+//!
+//! Every table refuses unknown keys, so a misspelled security option stops the start instead of being ignored.
+//! Paths in the file are relative to the file's directory.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used. Each message names the file and, where there is one, the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("invalid config `{path}`: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and its line.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("invalid config `{path}`: key `{key}`: {message}")]
+    Invalid {
+        /// The file (or `<embedded defaults>`).
+        path: PathBuf,
+        /// The dotted key.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and files.
+    pub server: ServerConfig,
+    /// Certificates.
+    pub tls: TlsConfig,
+    /// Who may call and how they prove it.
+    pub auth: AuthConfig,
+    /// Rate limits, quotas, connection caps, timeouts and size bounds.
+    pub limits: LimitsConfig,
+    /// Automatic temporary bans.
+    pub bans: BanConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
+    /// The models served.
+    pub models: Vec<ModelConfig>,
+    /// The directory relative paths are resolved against (the config file's directory); not a key.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where the configuration came from, for messages; not a key.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            bans: BanConfig::default(),
+            audit: AuditConfig::default(),
+            models: Vec::new(),
+            base_dir: PathBuf::from("."),
+            source: PathBuf::from("<embedded defaults>"),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The client listener's address.
+    pub listen: SocketAddr,
+    /// Serve plain HTTP instead of TLS; refused unless `listen` is a loopback address.
+    pub plain_http: bool,
+    /// The admin listener (Prometheus metrics); plain HTTP, loopback only unless `admin_public` is set.
+    pub admin_listen: Option<SocketAddr>,
+    /// Allow the admin listener on a non-loopback address.
+    pub admin_public: bool,
+    /// Where certificates, keys and the audit trail live (default: see [`default_state_dir`]).
+    pub state_dir: Option<PathBuf>,
+    /// Routes served without authentication (exact paths).
+    pub public_routes: Vec<String>,
+    /// How long in-flight requests may take to finish after SIGTERM, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// Turn off authentication, policy and limits (for measuring their cost); refused unless `listen` is loopback.
+    pub disable_security_stages: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            plain_http: false,
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            admin_public: false,
+            state_dir: None,
+            public_routes: vec!["/v2/health/live".into(), "/v2/health/ready".into()],
+            shutdown_grace_secs: 30,
+            disable_security_stages: false,
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`. Without both, a self-signed certificate is made in the state dir.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// How often the certificate files are checked for changes, in seconds.
+    pub reload_secs: u64,
+    /// PEM bundle of CAs whose client certificates are accepted (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// `optional` (a client may present a certificate) or `required`.
+    pub client_auth: ClientAuth,
+    /// Subject alternative names of the self-signed certificate.
+    pub self_signed_names: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            reload_secs: 5,
+            client_ca: None,
+            client_auth: ClientAuth::Optional,
+            self_signed_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+/// Whether client certificates are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Verified when presented; other credentials still work.
+    Optional,
+    /// Every connection must present a certificate signed by `client_ca`.
+    Required,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept API keys (`Authorization: Bearer rk_...` or `X-API-Key`).
+    pub api_keys: bool,
+    /// The API key store (default: `keys.json` in the state dir).
+    pub key_store: Option<PathBuf>,
+    /// Create a key and print it when the store is empty at start.
+    pub create_first_key: bool,
+    /// Accept the SPIFFE ID of a verified client certificate as the principal.
+    pub mtls: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            api_keys: true,
+            key_store: None,
+            create_first_key: true,
+            mtls: true,
+        }
+    }
+}
+
+/// A GCRA rate: a sustained rate and a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests per second, sustained.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet period.
+    pub burst: u32,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Per authenticated principal.
+    pub rate_per_principal: Option<Rate>,
+    /// Per client IP address, checked before authentication.
+    pub rate_per_ip: Option<Rate>,
+    /// Requests per principal per UTC day.
+    pub daily_quota: Option<u64>,
+    /// Requests of one principal in flight at once.
+    pub concurrency_per_principal: u32,
+    /// Open connections, all clients together.
+    pub max_connections: u32,
+    /// Open connections from one IP address.
+    pub max_connections_per_ip: u32,
+    /// TLS handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Reading a request's headers, in milliseconds (slowloris).
+    pub header_timeout_ms: u64,
+    /// Reading a request's body, in milliseconds (slow POST).
+    pub body_timeout_ms: u64,
+    /// A connection with no traffic is closed after this, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// From the request's arrival to its answer, in milliseconds; past it the model's work is dropped (503).
+    pub request_timeout_ms: u64,
+    /// Total size of a request's headers, in bytes (HTTP/1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Number of headers of an HTTP/1 request.
+    pub max_headers: usize,
+    /// Request body, in bytes, on Content-Length and counted on chunked bodies.
+    pub max_body_bytes: usize,
+    /// Nesting depth of a JSON body.
+    pub max_json_depth: usize,
+    /// Elements of one tensor.
+    pub max_tensor_elements: usize,
+    /// HTTP/2 streams open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams reset by the client before being served (rapid reset, CVE-2023-44487).
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 streams the server may reset for protocol errors before closing the connection (CVE-2024-27316-like floods).
+    pub h2_max_local_error_reset_streams: usize,
+    /// Distinct clients the limiters remember; the oldest idle ones are forgotten first.
+    pub max_tracked_clients: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            rate_per_principal: Some(Rate {
+                per_second: 1000.0,
+                burst: 2000,
+            }),
+            rate_per_ip: Some(Rate {
+                per_second: 2000.0,
+                burst: 4000,
+            }),
+            daily_quota: None,
+            concurrency_per_principal: 64,
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+            handshake_timeout_ms: 5_000,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 5_000,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_body_bytes: 4 * 1024 * 1024,
+            max_json_depth: 16,
+            max_tensor_elements: 1 << 20,
+            h2_max_concurrent_streams: 128,
+            h2_max_pending_reset_streams: 32,
+            h2_max_local_error_reset_streams: 64,
+            max_tracked_clients: 100_000,
+        }
+    }
+}
+
+/// `[bans]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BanConfig {
+    /// Ban clients automatically.
+    pub enabled: bool,
+    /// Strikes (failed authentication, limits hit, malformed requests) within `window_secs` that earn a ban.
+    pub strikes: u32,
+    /// The window strikes are counted in, in seconds.
+    pub window_secs: u64,
+    /// The first ban's length, in seconds; each further ban of the same client doubles it.
+    pub base_secs: u64,
+    /// The longest ban, in seconds.
+    pub max_secs: u64,
+    /// Addresses or CIDR blocks (`10.0.0.0/8`) never banned.
+    pub allow: Vec<String>,
+}
+
+impl Default for BanConfig {
+    fn default() -> Self {
+        BanConfig {
+            enabled: true,
+            strikes: 50,
+            window_secs: 60,
+            base_secs: 60,
+            max_secs: 24 * 3600,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Write the audit trail.
+    pub enabled: bool,
+    /// The JSON-lines file (default: `audit.jsonl` in the state dir).
+    pub path: Option<PathBuf>,
+    /// Records written together at most.
+    pub batch: usize,
+    /// How long a record may wait before its batch is flushed, in milliseconds.
+    pub flush_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            path: None,
+            batch: 512,
+            flush_ms: 200,
+        }
+    }
+}
+
+/// `[[models]]`: one served model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients use in `/v2/models/{name}`.
+    pub name: String,
+    /// An ONNX file run in process.
+    pub onnx: Option<PathBuf>,
+    /// Or the base URL of an upstream KServe v2 HTTP server.
+    pub upstream: Option<String>,
+    /// The model's name upstream (default: `name`).
+    pub upstream_model: Option<String>,
+    /// Inference threads for this model.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Requests waiting for a thread; when full, new requests get 503.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
+}
+
+fn default_queue() -> usize {
+    256
+}
+
+/// The state directory when the config names none: `$RAMPART_STATE_DIR` when set and not empty, else `./.rampart`
+/// (shared with `rampart keys`, so keys made there are the ones the gateway accepts).
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("RAMPART_STATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(".rampart"), PathBuf::from)
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Config::parse(&text, path, base)
+    }
+
+    /// Parses and validates TOML text; `source` names it in messages, `base_dir` anchors relative paths.
+    pub fn parse(text: &str, source: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: source.to_owned(),
+            message: err.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.source = source.to_owned();
+        config.base_dir = base_dir.to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded defaults serving the example layout of `dir`: `dir/model/model.onnx` named after `dir`.
+    pub fn for_model_dir(dir: &Path) -> Result<Config, ConfigError> {
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".to_owned());
+        let mut config = Config {
+            base_dir: dir.to_owned(),
+            source: dir.join("<embedded defaults>"),
+            ..Config::default()
+        };
+        config.models.push(ModelConfig {
+            name,
+            onnx: Some(PathBuf::from("model/model.onnx")),
+            upstream: None,
+            upstream_model: None,
+            workers: default_workers(),
+            queue: default_queue(),
+        });
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Resolves a configured path against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The state directory in use.
+    pub fn state_dir(&self) -> PathBuf {
+        match &self.server.state_dir {
+            Some(dir) => self.resolve(dir),
+            None => default_state_dir(),
+        }
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The checks serde cannot make: relations between keys and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.plain_http && !self.server.listen.ip().is_loopback() {
+            return Err(self.invalid(
+                "server.plain_http",
+                "plain HTTP is allowed only on a loopback address; use TLS or listen on 127.0.0.1",
+            ));
+        }
+        if self.server.disable_security_stages && !is_loopback(self.server.listen.ip()) {
+            return Err(self.invalid(
+                "server.disable_security_stages",
+                "allowed only on a loopback address: it turns off authentication, policy and limits",
+            ));
+        }
+        if let Some(admin) = self.server.admin_listen {
+            if !admin.ip().is_loopback() && !self.server.admin_public {
+                return Err(self.invalid(
+                    "server.admin_listen",
+                    "the admin listener is plain HTTP; put it on a loopback address or set `server.admin_public = true`",
+                ));
+            }
+        }
+        for route in &self.server.public_routes {
+            if !route.starts_with('/') {
+                return Err(self.invalid(
+                    "server.public_routes",
+                    format!("`{route}` must start with `/`"),
+                ));
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(self.invalid(
+                "tls.cert",
+                "set both `tls.cert` and `tls.key`, or neither for a self-signed certificate",
+            ));
+        }
+        if self.tls.client_auth == ClientAuth::Required && self.tls.client_ca.is_none() {
+            return Err(self.invalid("tls.client_auth", "`required` needs `tls.client_ca`"));
+        }
+        if self.tls.reload_secs == 0 {
+            return Err(self.invalid("tls.reload_secs", "must be at least 1"));
+        }
+        self.validate_limits()?;
+        if self.bans.enabled
+            && (self.bans.strikes == 0 || self.bans.window_secs == 0 || self.bans.base_secs == 0)
+        {
+            return Err(self.invalid(
+                "bans",
+                "`strikes`, `window_secs` and `base_secs` must be at least 1",
+            ));
+        }
+        if self.bans.max_secs < self.bans.base_secs {
+            return Err(self.invalid("bans.max_secs", "must be at least `base_secs`"));
+        }
+        for entry in &self.bans.allow {
+            if crate::stages::ban::IpBlock::parse(entry).is_none() {
+                return Err(self.invalid(
+                    "bans.allow",
+                    format!("`{entry}` is not an address or a CIDR block"),
+                ));
+            }
+        }
+        if self.audit.batch == 0 {
+            return Err(self.invalid("audit.batch", "must be at least 1"));
+        }
+        if self.models.is_empty() {
+            return Err(self.invalid(
+                "models",
+                "serve at least one model: add a `[[models]]` table",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, model) in self.models.iter().enumerate() {
+            let key = |k: &str| format!("models[{i}].{k}");
+            if model.name.is_empty()
+                || !model
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(self.invalid(
+                    &key("name"),
+                    format!("`{}` must be letters, digits, `-`, `_` or `.`", model.name),
+                ));
+            }
+            if !names.insert(model.name.as_str()) {
+                return Err(self.invalid(&key("name"), format!("`{}` is served twice", model.name)));
+            }
+            if model.onnx.is_some() == model.upstream.is_some() {
+                return Err(self.invalid(&key("onnx"), "set exactly one of `onnx` and `upstream`"));
+            }
+            if let Some(url) = &model.upstream {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(self.invalid(
+                        &key("upstream"),
+                        format!("`{url}` must be an http:// or https:// URL"),
+                    ));
+                }
+            }
+            if model.workers == 0 || model.workers > 256 {
+                return Err(self.invalid(&key("workers"), "must be between 1 and 256"));
+            }
+            if model.queue == 0 {
+                return Err(self.invalid(&key("queue"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (key, rate) in [
+            ("limits.rate_per_principal", l.rate_per_principal),
+            ("limits.rate_per_ip", l.rate_per_ip),
+        ] {
+            if let Some(rate) = rate {
+                if !(rate.per_second.is_finite() && rate.per_second > 0.0) || rate.burst == 0 {
+                    return Err(
+                        self.invalid(key, "`per_second` must be positive and `burst` at least 1")
+                    );
+                }
+            }
+        }
+        let positive: [(&str, u64); 11] = [
+            (
+                "limits.concurrency_per_principal",
+                l.concurrency_per_principal.into(),
+            ),
+            ("limits.max_connections", l.max_connections.into()),
+            (
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip.into(),
+            ),
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.body_timeout_ms", l.body_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.max_json_depth", l.max_json_depth as u64),
+            ("limits.max_tensor_elements", l.max_tensor_elements as u64),
+            (
+                "limits.h2_max_concurrent_streams",
+                l.h2_max_concurrent_streams.into(),
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(self.invalid(key, "must be at least 1"));
+            }
+        }
+        if l.max_header_bytes < 8192 {
+            return Err(self.invalid(
+                "limits.max_header_bytes",
+                "must be at least 8192 (HTTP/1 needs that much buffer)",
+            ));
+        }
+        if l.max_headers == 0 {
+            return Err(self.invalid("limits.max_headers", "must be at least 1"));
+        }
+        if l.max_body_bytes == 0 {
+            return Err(self.invalid("limits.max_body_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// A millisecond setting as a duration.
+    pub fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+}
+
+/// Whether an address is a loopback one (v4, v6, or v4-mapped v6).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("rampart.toml"), Path::new("."))
+    }
+
+    const MODEL: &str = "[[models]]\nname = \"digits\"\nonnx = \"m.onnx\"\n";
+
+    #[test]
+    fn a_minimal_file_takes_the_defaults() {
+        let config = parse(MODEL).unwrap();
+        assert!(!config.server.plain_http);
+        assert_eq!(config.models[0].name, "digits");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_the_file() {
+        let err = parse(&format!("[limits]\nmax_body_byte = 10\n{MODEL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rampart.toml"), "{err}");
+        assert!(err.contains("max_body_byte"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_off_loopback_is_refused() {
+        let err = parse(&format!(
+            "[server]\nlisten = \"0.0.0.0:80\"\nplain_http = true\n{MODEL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server.plain_http"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_allow_entry_names_its_key() {
+        let err = parse(&format!("[bans]\nallow = [\"10.0.0.0/99\"]\n{MODEL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bans.allow"), "{err}");
+    }
+
+    #[test]
+    fn a_model_needs_exactly_one_runtime() {
+        let err = parse("[[models]]\nname = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("models[0].onnx"), "{err}");
+    }
+}

@@ -1,0 +1,428 @@
+//! Rampart's secure inference gateway, as a library: the binary's `rampart serve` starts it, tests drive it in
+//! process through [`Gate::handle`] or over sockets through [`Prepared::serve`].
+//!
+//! - `config`: the TOML schema, validated once at load;
+//! - `tls`: TLS 1.3 only, certificates from files (reloaded) or self-signed, mTLS;
+//! - `listener`: accept loop, connection caps, handshake/header/body/idle timeouts, HTTP/1.1 and HTTP/2 limits;
+//! - `pipeline`: the order of the stages; `stages/*`: one module per decision;
+//! - `audit`: the trail of decisions behind [`audit::AuditSink`]; `metrics`, `admin`: Prometheus on its own listener.
+
+pub mod admin;
+pub mod audit;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod pipeline;
+pub mod stages;
+pub mod tls;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_infer::{Model, OnnxModel, UpstreamModel};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::audit::{AuditSink, Auditor, JsonLinesSink};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::stages::authn::api_key::{ApiKeys, KeyStore};
+use crate::stages::authn::Authenticator;
+use crate::stages::ban::Bans;
+use crate::stages::infer::ModelPool;
+use crate::stages::policy::{Policy, RolePolicy};
+use crate::stages::rate::{Concurrency, DailyQuota, Gcra};
+
+pub use crate::pipeline::{ConnInfo, Reply};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GateError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A model could not be loaded.
+    #[error(transparent)]
+    Model(#[from] rampart_infer::InferError),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The key store could not be used.
+    #[error(transparent)]
+    Keys(#[from] stages::authn::api_key::KeyStoreError),
+    /// A listener could not be bound, or a file written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The limits in force, resolved from the config.
+#[derive(Debug)]
+pub struct Limits {
+    /// Per-IP GCRA.
+    pub per_ip: Option<Gcra<std::net::IpAddr>>,
+    /// Per-principal GCRA.
+    pub per_principal: Option<Gcra<String>>,
+    /// Per-principal daily quota.
+    pub daily_quota: Option<DailyQuota>,
+    /// Per-principal requests in flight.
+    pub concurrency: Concurrency,
+    /// Open connections in total.
+    pub max_connections: u32,
+    /// Open connections per IP.
+    pub max_connections_per_ip: u32,
+    /// TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Request headers.
+    pub header_timeout: Duration,
+    /// Request body.
+    pub body_timeout: Duration,
+    /// Connection idle.
+    pub idle_timeout: Duration,
+    /// Whole request.
+    pub request_timeout: Duration,
+    /// Header bytes.
+    pub max_header_bytes: usize,
+    /// Header count.
+    pub max_headers: usize,
+    /// Body bytes.
+    pub max_body_bytes: usize,
+    /// JSON nesting.
+    pub max_json_depth: usize,
+    /// Elements per tensor.
+    pub max_tensor_elements: usize,
+    /// HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 client resets pending.
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 server error resets.
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl Limits {
+    fn from_config(config: &Config) -> Limits {
+        let l = &config.limits;
+        let ms = Duration::from_millis;
+        Limits {
+            per_ip: l.rate_per_ip.map(|r| Gcra::new(r, l.max_tracked_clients)),
+            per_principal: l
+                .rate_per_principal
+                .map(|r| Gcra::new(r, l.max_tracked_clients)),
+            daily_quota: l.daily_quota.map(DailyQuota::new),
+            concurrency: Concurrency::new(l.concurrency_per_principal),
+            max_connections: l.max_connections,
+            max_connections_per_ip: l.max_connections_per_ip,
+            handshake_timeout: ms(l.handshake_timeout_ms),
+            header_timeout: ms(l.header_timeout_ms),
+            body_timeout: ms(l.body_timeout_ms),
+            idle_timeout: ms(l.idle_timeout_ms),
+            request_timeout: ms(l.request_timeout_ms),
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_body_bytes: l.max_body_bytes,
+            max_json_depth: l.max_json_depth,
+            max_tensor_elements: l.max_tensor_elements,
+            h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            h2_max_pending_reset_streams: l.h2_max_pending_reset_streams,
+            h2_max_local_error_reset_streams: l.h2_max_local_error_reset_streams,
+        }
+    }
+}
+
+/// The gateway: its models, stages and shared state.
+#[derive(Debug)]
+pub struct Gate {
+    models: HashMap<String, ModelPool>,
+    authenticators: Vec<Box<dyn Authenticator>>,
+    policy: Box<dyn Policy>,
+    /// The limits in force.
+    pub limits: Limits,
+    /// The ban list.
+    pub bans: Bans,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    audit: Auditor,
+    public_routes: HashSet<String>,
+    security: bool,
+    ready: AtomicBool,
+}
+
+/// The parts of a gate that are chosen by the embedding program rather than the config file.
+#[derive(Debug, Default)]
+pub struct Parts {
+    /// Authentication methods, asked in order; empty: those the config names (API keys).
+    pub authenticators: Vec<Box<dyn Authenticator>>,
+    /// The policy; `None`: [`RolePolicy`].
+    pub policy: Option<Box<dyn Policy>>,
+    /// The audit sink; `None`: the config's JSON-lines file.
+    pub audit_sink: Option<Arc<dyn AuditSink>>,
+}
+
+/// Loads the models a config names and starts their inference threads.
+pub fn load_models(config: &Config) -> Result<HashMap<String, ModelPool>, GateError> {
+    let mut models = HashMap::new();
+    for spec in &config.models {
+        let model: Arc<dyn Model> = match (&spec.onnx, &spec.upstream) {
+            (Some(path), _) => Arc::new(OnnxModel::from_path(&spec.name, &config.resolve(path))?),
+            (None, Some(url)) => Arc::new(UpstreamModel::connect(
+                &spec.name,
+                url,
+                spec.upstream_model.as_deref().unwrap_or(&spec.name),
+                Duration::from_millis(config.limits.request_timeout_ms),
+            )?),
+            (None, None) => continue,
+        };
+        let pool =
+            ModelPool::start(model, spec.workers, spec.queue).map_err(|source| GateError::Io {
+                what: format!("cannot start the inference threads of `{}`", spec.name),
+                source,
+            })?;
+        models.insert(spec.name.clone(), pool);
+    }
+    Ok(models)
+}
+
+impl Gate {
+    /// Builds a gate. Must run inside a Tokio runtime (the audit writer is a task); the returned handle ends when
+    /// the gate is dropped, after writing every record.
+    pub fn build(
+        config: &Config,
+        models: HashMap<String, ModelPool>,
+        parts: Parts,
+    ) -> Result<(Gate, Option<tokio::task::JoinHandle<()>>), GateError> {
+        let metrics = Arc::new(Metrics::new());
+        let (audit, audit_task) = if config.audit.enabled {
+            let sink: Arc<dyn AuditSink> = match parts.audit_sink {
+                Some(sink) => sink,
+                None => {
+                    let path = audit_path(config);
+                    Arc::new(JsonLinesSink::open(&path).map_err(|source| GateError::Io {
+                        what: format!("cannot open the audit trail `{}`", path.display()),
+                        source,
+                    })?)
+                }
+            };
+            let (auditor, task) = Auditor::start(
+                sink,
+                config.audit.batch,
+                Duration::from_millis(config.audit.flush_ms.max(1)),
+                Arc::clone(&metrics),
+            );
+            (auditor, Some(task))
+        } else {
+            (Auditor::disabled(), None)
+        };
+        let security = !config.server.disable_security_stages;
+        if !security {
+            tracing::warn!("security stages are OFF (server.disable_security_stages): no authentication, policy or limits");
+        }
+        let gate = Gate {
+            models,
+            authenticators: parts.authenticators,
+            policy: parts.policy.unwrap_or_else(|| Box::new(RolePolicy)),
+            limits: Limits::from_config(config),
+            bans: Bans::new(&config.bans, config.limits.max_tracked_clients),
+            metrics,
+            audit,
+            public_routes: config.server.public_routes.iter().cloned().collect(),
+            security,
+            ready: AtomicBool::new(true),
+        };
+        Ok((gate, audit_task))
+    }
+
+    /// Whether the gateway takes inference requests (false while draining).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+fn audit_path(config: &Config) -> PathBuf {
+    match &config.audit.path {
+        Some(path) => config.resolve(path),
+        None => config.state_dir().join("audit.jsonl"),
+    }
+}
+
+/// A gateway ready to serve: listeners bound, certificate loaded, models running.
+pub struct Prepared {
+    gate: Arc<Gate>,
+    audit_task: Option<tokio::task::JoinHandle<()>>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    tls: Option<(Arc<tls::ServerCert>, tokio_rustls::TlsAcceptor)>,
+    reload_every: Duration,
+    grace: Duration,
+    /// Where clients connect.
+    pub address: SocketAddr,
+    /// Where the admin listener is.
+    pub admin_address: Option<SocketAddr>,
+    /// The certificate's SHA-256 fingerprint (TLS only).
+    pub fingerprint: Option<String>,
+    /// Whether the certificate was generated.
+    pub self_signed: bool,
+    /// An API key created at this start (the store was empty), shown once.
+    pub new_api_key: Option<String>,
+    /// The API key store.
+    pub key_store: Option<PathBuf>,
+    /// The audit trail, if it is a file.
+    pub audit_path: Option<PathBuf>,
+    /// The models served.
+    pub models: Vec<String>,
+}
+
+/// Loads everything a config names and binds the listeners.
+pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, GateError> {
+    let state_dir = config.state_dir();
+    std::fs::create_dir_all(&state_dir).map_err(|source| GateError::Io {
+        what: format!(
+            "cannot create the state directory `{}`",
+            state_dir.display()
+        ),
+        source,
+    })?;
+    let mut new_api_key = None;
+    let mut key_store = None;
+    if parts.authenticators.is_empty() && config.auth.api_keys {
+        let path = match &config.auth.key_store {
+            Some(path) => config.resolve(path),
+            None => state_dir.join("keys.json"),
+        };
+        let mut store = KeyStore::open(&path)?;
+        if store.keys().is_empty() && config.auth.create_first_key {
+            new_api_key = Some(store.add("admin", &["admin".to_owned()])?);
+        }
+        parts.authenticators.push(Box::new(ApiKeys::new(store)));
+        key_store = Some(path);
+    }
+    let config_models = config.clone();
+    let models = tokio::task::spawn_blocking(move || load_models(&config_models))
+        .await
+        .map_err(|err| GateError::Io {
+            what: "loading the models".into(),
+            source: std::io::Error::other(err.to_string()),
+        })??;
+    let model_names = config.models.iter().map(|m| m.name.clone()).collect();
+    let audit_file =
+        (config.audit.enabled && parts.audit_sink.is_none()).then(|| audit_path(config));
+    let (gate, audit_task) = Gate::build(config, models, parts)?;
+    let tls = if config.server.plain_http {
+        None
+    } else {
+        let cert = Arc::new(tls::server_cert(config, &state_dir)?);
+        let server = tls::server_config(config, &cert)?;
+        Some((cert, tokio_rustls::TlsAcceptor::from(Arc::new(server))))
+    };
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| GateError::Io {
+                what: format!("cannot listen on `{addr}`"),
+                source,
+            })
+    };
+    let listener = bind(config.server.listen).await?;
+    let admin = match config.server.admin_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let local = |l: &TcpListener| {
+        l.local_addr().map_err(|source| GateError::Io {
+            what: "cannot read the listening address".into(),
+            source,
+        })
+    };
+    let address = local(&listener)?;
+    let admin_address = admin.as_ref().map(local).transpose()?;
+    Ok(Prepared {
+        gate: Arc::new(gate),
+        audit_task,
+        address,
+        admin_address,
+        fingerprint: tls.as_ref().map(|(cert, _)| cert.fingerprint()),
+        self_signed: tls.as_ref().is_some_and(|(cert, _)| cert.self_signed),
+        tls,
+        listener,
+        admin,
+        reload_every: Duration::from_secs(config.tls.reload_secs),
+        grace: Duration::from_secs(config.server.shutdown_grace_secs),
+        new_api_key,
+        key_store,
+        audit_path: audit_file,
+        models: model_names,
+    })
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("address", &self.address)
+            .field("models", &self.models)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// The gate (for in-process checks).
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// Serves until `shutdown` turns true, then stops accepting, drains in-flight requests (up to the grace period)
+    /// and flushes the audit trail.
+    pub async fn serve(self, shutdown: watch::Receiver<bool>) {
+        let Prepared {
+            gate,
+            audit_task,
+            listener,
+            admin,
+            tls,
+            reload_every,
+            grace,
+            ..
+        } = self;
+        let (acceptor, watcher) = match tls {
+            Some((cert, acceptor)) => (
+                Some(acceptor),
+                Some(tokio::spawn(tls::watch(cert, reload_every))),
+            ),
+            None => (None, None),
+        };
+        let admin_task = admin.map(|admin| {
+            tokio::spawn(listener::serve_admin(
+                Arc::clone(&gate),
+                admin,
+                shutdown.clone(),
+            ))
+        });
+        let mut ready_watch = shutdown.clone();
+        let ready_gate = Arc::clone(&gate);
+        let ready_task = tokio::spawn(async move {
+            let _ = ready_watch.wait_for(|stop| *stop).await;
+            ready_gate.ready.store(false, Ordering::Relaxed);
+        });
+        let server = Arc::new(listener::Listener::new(Arc::clone(&gate), acceptor));
+        server.serve(listener, shutdown, grace).await;
+        ready_task.abort();
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        if let Some(task) = admin_task {
+            task.abort();
+        }
+        drop(gate);
+        if let Some(task) = audit_task {
+            // Every connection task holding the gate has ended or is past the grace period; give the writer a moment.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The accept loop and each connection's life: bans and connection caps at accept, the TLS handshake under a timeout,
+//! then HTTP/1.1 or HTTP/2 with header, stream and reset limits, an idle timeout, and a graceful drain on shutdown.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::pipeline::ConnInfo;
+use crate::stages::ban::canonical;
+use crate::Gate;
+
+/// Open connections per client address, with a guard that gives a place back when dropped.
+#[derive(Debug, Default)]
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+#[derive(Debug)]
+struct IpGuard {
+    ip: IpAddr,
+    table: Arc<PerIp>,
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl PerIp {
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<IpGuard> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard {
+            ip,
+            table: Arc::clone(self),
+        })
+    }
+}
+
+/// The client listener's shared state.
+pub struct Listener {
+    gate: Arc<Gate>,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Semaphore>,
+    max_connections: u32,
+    per_ip: Arc<PerIp>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("tls", &self.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// A listener for `gate`, with TLS unless `tls` is `None` (plain HTTP on loopback).
+    pub fn new(gate: Arc<Gate>, tls: Option<TlsAcceptor>) -> Listener {
+        let max = gate.limits.max_connections;
+        Listener {
+            gate,
+            tls,
+            connections: Arc::new(Semaphore::new(max as usize)),
+            max_connections: max,
+            per_ip: Arc::new(PerIp::default()),
+        }
+    }
+
+    /// Accepts until `shutdown` turns true, then waits up to `grace` for open connections to finish.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let (stream, addr) = match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let ip = canonical(addr.ip());
+            let metrics = &self.gate.metrics;
+            if self.gate.bans.banned_for(ip).is_some() {
+                metrics.connection_refused("banned");
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+                metrics.connection_refused("max_connections");
+                continue;
+            };
+            let Some(ip_guard) = self
+                .per_ip
+                .enter(ip, self.gate.limits.max_connections_per_ip)
+            else {
+                metrics.connection_refused("max_connections_per_ip");
+                continue;
+            };
+            metrics.connections.inc();
+            let this = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                this.connection(stream, ip, shutdown, permit, ip_guard)
+                    .await;
+            });
+        }
+        drop(listener);
+        let drained = tokio::time::timeout(grace, async {
+            while self.connections.available_permits() < self.max_connections as usize {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still open after the grace period; closing them");
+        }
+    }
+
+    async fn connection(
+        &self,
+        stream: TcpStream,
+        ip: IpAddr,
+        shutdown: watch::Receiver<bool>,
+        _permit: OwnedSemaphorePermit,
+        _ip_guard: IpGuard,
+    ) {
+        let metrics = &self.gate.metrics;
+        metrics.connections_open.inc();
+        let _ = stream.set_nodelay(true);
+        match &self.tls {
+            None => {
+                let info = ConnInfo {
+                    ip,
+                    client_certs: Arc::new(Vec::new()),
+                };
+                self.http(stream, info, shutdown).await;
+            }
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(
+                    self.gate.limits.handshake_timeout,
+                    acceptor.accept(stream),
+                )
+                .await;
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        let certs = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(<[_]>::to_vec)
+                            .unwrap_or_default();
+                        let info = ConnInfo {
+                            ip,
+                            client_certs: Arc::new(certs),
+                        };
+                        self.http(tls, info, shutdown).await;
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(client_ip = %ip, error = %err, "TLS handshake failed");
+                        metrics.connection_refused("tls_handshake");
+                        if self.gate.bans.strike(ip) != crate::stages::ban::Strike::Counted {
+                            metrics.bans.inc();
+                        }
+                    }
+                    Err(_) => {
+                        metrics.connection_refused("handshake_timeout");
+                        if self.gate.bans.strike(ip) != crate::stages::ban::Strike::Counted {
+                            metrics.bans.inc();
+                        }
+                    }
+                }
+            }
+        }
+        metrics.connections_open.dec();
+    }
+
+    async fn http<S>(&self, stream: S, info: ConnInfo, mut shutdown: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = &self.gate.limits;
+        let activity = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let io = TokioIo::new(Tracked {
+            inner: stream,
+            activity: Arc::clone(&activity),
+            epoch,
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let gate = Arc::clone(&self.gate);
+        let ip = info.ip;
+        let info = Arc::new(info);
+        let service = service_fn(move |request: Request<Incoming>| {
+            let gate = Arc::clone(&gate);
+            let info = Arc::clone(&info);
+            async move { Ok::<_, Infallible>(gate.handle(&info, request).await) }
+        });
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        let idle = limits.idle_timeout;
+        let mut draining = false;
+        loop {
+            let last = Duration::from_nanos(activity.load(Ordering::Relaxed));
+            let idle_for = epoch.elapsed().saturating_sub(last);
+            let check_in = idle.saturating_sub(idle_for).max(Duration::from_millis(10));
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(client_ip = %ip, error = %err, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutdown.wait_for(|stop| *stop), if !draining => {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep(check_in) => {
+                    let last = Duration::from_nanos(activity.load(Ordering::Relaxed));
+                    if epoch.elapsed().saturating_sub(last) >= idle {
+                        self.gate.metrics.connection_refused("idle_timeout");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A stream that records when bytes last moved, for the idle timeout.
+#[derive(Debug)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<S> Tracked<S> {
+    fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.activity.store(now, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A plain-HTTP listener for the admin endpoints (metrics, health).
+pub async fn serve_admin(
+    gate: Arc<Gate>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let gate = Arc::clone(&gate);
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let gate = Arc::clone(&gate);
+                async move { Ok::<_, Infallible>(crate::admin::handle(&gate, &request)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
+        });
+    }
+}

@@ -1,0 +1,802 @@
+//! The order of the stages, in one place.
+//!
+//! A request passes, cheapest first: **ban** → **route** → **rate (per IP)** → **authn** → **policy** →
+//! **rate (per principal), quota, concurrency** → **body** (encoding, size, time) → **validate** (JSON, tensors against
+//! the model's metadata) → **infer** (queue, deadline) → **respond**. Each stage returns `Ok` to continue or a
+//! [`Refusal`]; the refusal, like every answer, becomes a metric, an audit record and possibly a ban strike here, in
+//! [`Gate::handle`], not in the stages. Later stages (input filters, extraction detection, watermarking, fleet-wide
+//! limits) join this sequence as one more call each.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use rampart_infer::kserve::{self, Bounds};
+use rustls::pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+
+use crate::audit::{rfc3339, AuditRecord};
+use crate::metrics::{RefusalLabels, RequestLabels};
+use crate::stages::authn::{self, Credentials, Principal};
+use crate::stages::ban::Strike;
+use crate::stages::infer::JobError;
+use crate::stages::policy::Action;
+use crate::stages::rate::{RateDecision, Slot};
+use crate::Gate;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The verified client certificate chain (mTLS), leaf first; empty without one.
+    pub client_certs: Arc<Vec<CertificateDer<'static>>>,
+}
+
+/// A stage's refusal: the status, a machine-readable reason, a short message safe for the client.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The stage that refused.
+    pub stage: &'static str,
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable reason (`rate_limited`, `malformed_json`).
+    pub reason: &'static str,
+    /// What the client is told; no internals.
+    pub message: String,
+    /// Extra headers (`Retry-After`, `RateLimit-*`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whether the refusal counts towards a ban.
+    pub strike: bool,
+}
+
+impl Refusal {
+    fn new(
+        stage: &'static str,
+        status: StatusCode,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Refusal {
+        Refusal {
+            stage,
+            status,
+            reason,
+            message: message.into(),
+            headers: Vec::new(),
+            strike: false,
+        }
+    }
+
+    fn strike(mut self) -> Refusal {
+        self.strike = true;
+        self
+    }
+
+    fn retry_after(mut self, wait: std::time::Duration) -> Refusal {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.headers
+            .push((RETRY_AFTER, HeaderValue::from(secs.max(1))));
+        self
+    }
+}
+
+/// The route a request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v2/health/live`
+    Live,
+    /// `GET /v2/health/ready`
+    Ready,
+    /// `GET /v2`
+    ServerMetadata,
+    /// `GET /v2/models/{name}`
+    ModelMetadata(String),
+    /// `GET /v2/models/{name}/ready`
+    ModelReady(String),
+    /// `POST /v2/models/{name}/infer`
+    Infer(String),
+}
+
+impl Route {
+    /// The route template, for metrics and audit.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Live => "/v2/health/live",
+            Route::Ready => "/v2/health/ready",
+            Route::ServerMetadata => "/v2",
+            Route::ModelMetadata(_) => "/v2/models/{name}",
+            Route::ModelReady(_) => "/v2/models/{name}/ready",
+            Route::Infer(_) => "/v2/models/{name}/infer",
+        }
+    }
+
+    fn model(&self) -> Option<&str> {
+        match self {
+            Route::ModelMetadata(m) | Route::ModelReady(m) | Route::Infer(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn action(&self) -> Action {
+        match self {
+            Route::Infer(_) => Action::Infer,
+            _ => Action::ReadMetadata,
+        }
+    }
+
+    /// Parses a method and path. Versioned paths (`/v2/models/{name}/versions/{v}/...`) address the same model.
+    pub fn parse(method: &Method, path: &str) -> Result<Route, Refusal> {
+        let not_found =
+            || Refusal::new("route", StatusCode::NOT_FOUND, "not_found", "no such route").strike();
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let (route, wanted) = match segments.as_slice() {
+            ["v2"] => (Route::ServerMetadata, Method::GET),
+            ["v2", "health", "live"] => (Route::Live, Method::GET),
+            ["v2", "health", "ready"] => (Route::Ready, Method::GET),
+            ["v2", "models", name] | ["v2", "models", name, "versions", _] => {
+                (Route::ModelMetadata((*name).to_owned()), Method::GET)
+            }
+            ["v2", "models", name, "ready"] | ["v2", "models", name, "versions", _, "ready"] => {
+                (Route::ModelReady((*name).to_owned()), Method::GET)
+            }
+            ["v2", "models", name, "infer"] | ["v2", "models", name, "versions", _, "infer"] => {
+                (Route::Infer((*name).to_owned()), Method::POST)
+            }
+            _ => return Err(not_found()),
+        };
+        if *method != wanted && !(wanted == Method::GET && *method == Method::HEAD) {
+            return Err(Refusal::new(
+                "route",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            )
+            .strike());
+        }
+        Ok(route)
+    }
+}
+
+/// What a request carried through the stages, for the record.
+#[derive(Debug, Default)]
+struct Trace {
+    route: Option<Route>,
+    principal: Option<Principal>,
+    input_sha256: Option<String>,
+    rate_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The response body type.
+pub type Reply = Response<Full<Bytes>>;
+
+fn json_reply(status: StatusCode, body: Vec<u8>) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_body(message: &str) -> Vec<u8> {
+    serde_json::json!({ "error": message })
+        .to_string()
+        .into_bytes()
+}
+
+fn rate_headers(decision: RateDecision) -> Vec<(HeaderName, HeaderValue)> {
+    let (limit, remaining, reset) = match decision {
+        RateDecision::Allow {
+            limit,
+            remaining,
+            reset,
+        } => (limit, remaining, reset),
+        RateDecision::Deny { limit, retry_after } => (limit, 0, retry_after),
+    };
+    let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+    vec![
+        (
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(limit),
+        ),
+        (
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(remaining),
+        ),
+        (
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(reset),
+        ),
+    ]
+}
+
+impl Gate {
+    /// Answers one request: runs the stages, then records the outcome (metrics, audit, ban strikes).
+    pub async fn handle<B>(&self, conn: &ConnInfo, request: Request<B>) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let mut trace = Trace::default();
+        let (response, refusal) = match self.stages(conn, request, started, &mut trace).await {
+            Ok(response) => (response, None),
+            Err(refusal) => {
+                let mut response = json_reply(refusal.status, error_body(&refusal.message));
+                for (name, value) in &refusal.headers {
+                    response.headers_mut().insert(name.clone(), value.clone());
+                }
+                (response, Some(refusal))
+            }
+        };
+        let mut response = response;
+        for (name, value) in trace.rate_headers.drain(..) {
+            response.headers_mut().entry(name).or_insert(value);
+        }
+        self.record(conn, &trace, refusal.as_ref(), response.status(), started)
+            .await;
+        response
+    }
+
+    async fn record(
+        &self,
+        conn: &ConnInfo,
+        trace: &Trace,
+        refusal: Option<&Refusal>,
+        status: StatusCode,
+        started: Instant,
+    ) {
+        let elapsed = started.elapsed();
+        let route = trace.route.as_ref();
+        let labels = RequestLabels {
+            model: route
+                .and_then(Route::model)
+                .filter(|m| self.models.contains_key(*m))
+                .unwrap_or("")
+                .to_owned(),
+            route: route.map_or("other", Route::template).to_owned(),
+            status: status.as_u16(),
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if let Some(refusal) = refusal {
+            self.metrics
+                .refusals
+                .get_or_create(&RefusalLabels {
+                    stage: refusal.stage.to_owned(),
+                    reason: refusal.reason.to_owned(),
+                })
+                .inc();
+            if refusal.strike {
+                if let Strike::Banned(length) = self.bans.strike(conn.ip) {
+                    self.metrics.bans.inc();
+                    self.metrics
+                        .bans_active
+                        .set(i64::try_from(self.bans.active()).unwrap_or(i64::MAX));
+                    tracing::warn!(client_ip = %conn.ip, seconds = length.as_secs(), reason = refusal.reason, "client banned");
+                    self.audit
+                        .record(AuditRecord {
+                            time: rfc3339(SystemTime::now()),
+                            client_ip: conn.ip.to_string(),
+                            principal: trace.principal.as_ref().map(|p| p.id.clone()),
+                            action: "ban",
+                            model: None,
+                            route: route.map_or("other", Route::template),
+                            outcome: "banned",
+                            stage: Some("ban"),
+                            reason: Some(refusal.reason),
+                            status: status.as_u16(),
+                            latency_us: length.as_secs().saturating_mul(1_000_000),
+                            input_sha256: None,
+                        })
+                        .await;
+                }
+            }
+        }
+        let outcome = match (refusal, status.is_success()) {
+            (Some(_), _) => "refused",
+            (None, true) => "allowed",
+            (None, false) => "failed",
+        };
+        tracing::debug!(client_ip = %conn.ip, status = status.as_u16(), outcome, route = labels.route, "request");
+        self.audit
+            .record(AuditRecord {
+                time: rfc3339(SystemTime::now()),
+                client_ip: conn.ip.to_string(),
+                principal: trace.principal.as_ref().map(|p| p.id.clone()),
+                action: route.map_or("unknown", |r| r.action().as_str()),
+                model: route
+                    .and_then(Route::model)
+                    .map(|m| m.chars().take(128).collect()),
+                route: route.map_or("other", Route::template),
+                outcome,
+                stage: refusal.map(|r| r.stage),
+                reason: refusal.map(|r| r.reason),
+                status: status.as_u16(),
+                latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                input_sha256: trace.input_sha256.clone(),
+            })
+            .await;
+    }
+
+    /// The stages, in order.
+    async fn stages<B>(
+        &self,
+        conn: &ConnInfo,
+        request: Request<B>,
+        started: Instant,
+        trace: &mut Trace,
+    ) -> Result<Reply, Refusal>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.stage_ban(conn)?;
+        let route = Route::parse(request.method(), request.uri().path())?;
+        trace.route = Some(route.clone());
+        let public = self.public_routes.contains(request.uri().path());
+        let _slot: Option<Slot> = if self.security && !public {
+            self.stage_rate_ip(conn, trace)?;
+            let principal = self.stage_authn(conn, request.headers())?;
+            trace.principal = Some(principal.clone());
+            self.stage_policy(&principal, &route)?;
+            self.stage_rate_principal(&principal, trace)?;
+            Some(self.stage_concurrency(&principal)?)
+        } else {
+            None
+        };
+        match route {
+            Route::Infer(name) => {
+                let pool = self.models.get(&name).ok_or_else(unknown_model)?;
+                let deadline = started + self.limits.request_timeout;
+                let json_len = self.stage_encoding(request.headers())?;
+                let body = self.stage_body(request.into_body(), deadline).await?;
+                trace.input_sha256 = Some(hex::encode(Sha256::digest(&body)));
+                let parsed = self.stage_validate(pool.model(), &body, json_len)?;
+                let outputs = stage_infer(pool, parsed.inputs, deadline).await?;
+                Ok(respond_infer(
+                    &name,
+                    parsed.id.as_deref(),
+                    &outputs,
+                    &parsed.outputs,
+                ))
+            }
+            Route::Live => Ok(json_reply(StatusCode::OK, br#"{"live":true}"#.to_vec())),
+            Route::Ready => {
+                let ready = self.is_ready();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                Ok(json_reply(
+                    status,
+                    serde_json::json!({ "ready": ready })
+                        .to_string()
+                        .into_bytes(),
+                ))
+            }
+            Route::ServerMetadata => Ok(json_reply(
+                StatusCode::OK,
+                serde_json::json!({
+                    "name": "rampart",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "extensions": ["binary_tensor_data"],
+                })
+                .to_string()
+                .into_bytes(),
+            )),
+            Route::ModelMetadata(name) => {
+                let pool = self.models.get(&name).ok_or_else(unknown_model)?;
+                let body = serde_json::to_vec(pool.model().metadata()).unwrap_or_default();
+                Ok(json_reply(StatusCode::OK, body))
+            }
+            Route::ModelReady(name) => {
+                self.models.get(&name).ok_or_else(unknown_model)?;
+                let ready = self.is_ready();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                Ok(json_reply(
+                    status,
+                    serde_json::json!({ "name": name, "ready": ready })
+                        .to_string()
+                        .into_bytes(),
+                ))
+            }
+        }
+    }
+
+    fn stage_ban(&self, conn: &ConnInfo) -> Result<(), Refusal> {
+        match self.bans.banned_for(conn.ip) {
+            Some(wait) => {
+                Err(
+                    Refusal::new("ban", StatusCode::FORBIDDEN, "banned", "temporarily banned")
+                        .retry_after(wait),
+                )
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn stage_rate_ip(&self, conn: &ConnInfo, trace: &mut Trace) -> Result<(), Refusal> {
+        let Some(limiter) = &self.limits.per_ip else {
+            return Ok(());
+        };
+        match limiter.check(&crate::stages::ban::canonical(conn.ip)) {
+            RateDecision::Allow { .. } => Ok(()),
+            deny @ RateDecision::Deny { retry_after, .. } => {
+                let _ = trace;
+                let mut refusal = Refusal::new(
+                    "rate",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "ip_rate_limited",
+                    "too many requests",
+                )
+                .strike()
+                .retry_after(retry_after);
+                refusal.headers.extend(rate_headers(deny));
+                Err(refusal)
+            }
+        }
+    }
+
+    fn stage_authn(
+        &self,
+        conn: &ConnInfo,
+        headers: &hyper::HeaderMap,
+    ) -> Result<Principal, Refusal> {
+        let credentials = Credentials {
+            headers,
+            client_certs: &conn.client_certs,
+        };
+        authn::authenticate(&self.authenticators, &credentials).map_err(|err| {
+            tracing::info!(client_ip = %conn.ip, reason = %err, "authentication failed");
+            let mut refusal = Refusal::new(
+                "authn",
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "unauthorized",
+            )
+            .strike();
+            refusal.headers.push((
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            ));
+            refusal
+        })
+    }
+
+    fn stage_policy(&self, principal: &Principal, route: &Route) -> Result<(), Refusal> {
+        if self.policy.allows(principal, route.action(), route.model()) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "policy",
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "forbidden",
+            ))
+        }
+    }
+
+    fn stage_rate_principal(
+        &self,
+        principal: &Principal,
+        trace: &mut Trace,
+    ) -> Result<(), Refusal> {
+        if let Some(limiter) = &self.limits.per_principal {
+            let decision = limiter.check(&principal.id);
+            trace.rate_headers = rate_headers(decision);
+            if let RateDecision::Deny { retry_after, .. } = decision {
+                return Err(Refusal::new(
+                    "rate",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests",
+                )
+                .strike()
+                .retry_after(retry_after));
+            }
+        }
+        if let Some(quota) = &self.limits.daily_quota {
+            if let Err(wait) = quota.take(&principal.id) {
+                return Err(Refusal::new(
+                    "rate",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "quota_exhausted",
+                    "daily quota exhausted",
+                )
+                .retry_after(wait));
+            }
+        }
+        Ok(())
+    }
+
+    fn stage_concurrency(&self, principal: &Principal) -> Result<Slot, Refusal> {
+        self.limits
+            .concurrency
+            .acquire(&principal.id)
+            .ok_or_else(|| {
+                Refusal::new(
+                    "rate",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_in_flight",
+                    "too many requests in flight",
+                )
+                .retry_after(std::time::Duration::from_secs(1))
+            })
+    }
+
+    /// Refuses compressed bodies and reads the binary-extension header.
+    fn stage_encoding(&self, headers: &hyper::HeaderMap) -> Result<Option<usize>, Refusal> {
+        if let Some(encoding) = headers.get(CONTENT_ENCODING) {
+            if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
+                return Err(Refusal::new(
+                    "body",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "compressed_body",
+                    "compressed request bodies are not accepted",
+                )
+                .strike());
+            }
+        }
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+        match declared {
+            Some(None) => {
+                return Err(Refusal::new(
+                    "body",
+                    StatusCode::BAD_REQUEST,
+                    "bad_length",
+                    "invalid Content-Length",
+                )
+                .strike())
+            }
+            Some(Some(n)) if n > self.limits.max_body_bytes as u64 => return Err(too_large()),
+            _ => {}
+        }
+        match headers.get("inference-header-content-length") {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    Refusal::new(
+                        "body",
+                        StatusCode::BAD_REQUEST,
+                        "bad_length",
+                        "invalid Inference-Header-Content-Length",
+                    )
+                    .strike()
+                }),
+        }
+    }
+
+    /// Reads the body, counting bytes as they come (chunked bodies too) and bounded in time.
+    async fn stage_body<B>(&self, body: B, deadline: Instant) -> Result<Bytes, Refusal>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let body_deadline = (Instant::now() + self.limits.body_timeout).min(deadline);
+        let read = Limited::new(body, self.limits.max_body_bytes).collect();
+        match tokio::time::timeout_at(body_deadline.into(), read).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(err))
+                if err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(too_large())
+            }
+            Ok(Err(_)) => Err(Refusal::new(
+                "body",
+                StatusCode::BAD_REQUEST,
+                "body_error",
+                "cannot read the body",
+            )
+            .strike()),
+            Err(_) => Err(Refusal::new(
+                "body",
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body came too slowly",
+            )
+            .strike()),
+        }
+    }
+
+    /// Parses the JSON and checks every tensor against the model's declared inputs.
+    fn stage_validate(
+        &self,
+        model: &dyn rampart_infer::Model,
+        body: &[u8],
+        json_len: Option<usize>,
+    ) -> Result<kserve::InferRequest, Refusal> {
+        let bad = |reason: &'static str, message: String| {
+            Refusal::new("validate", StatusCode::BAD_REQUEST, reason, message).strike()
+        };
+        let bounds = Bounds {
+            max_depth: self.limits.max_json_depth,
+            max_elements: self.limits.max_tensor_elements,
+        };
+        let parsed = kserve::parse_request(body, json_len, bounds).map_err(|err| {
+            let reason = match err {
+                kserve::CodecError::TooDeep(_) => "json_too_deep",
+                kserve::CodecError::TooLarge { .. } => "tensor_too_large",
+                kserve::CodecError::Tensor { .. } => "bad_tensor",
+                _ => "malformed_json",
+            };
+            bad(reason, err.to_string())
+        })?;
+        let meta = model.metadata();
+        for spec in &meta.inputs {
+            let tensor = parsed
+                .inputs
+                .iter()
+                .find(|t| t.name == spec.name)
+                .ok_or_else(|| bad("bad_tensor", format!("missing input `{}`", spec.name)))?;
+            spec.check(tensor)
+                .map_err(|err| bad("bad_tensor", err.to_string()))?;
+        }
+        if let Some(extra) = parsed
+            .inputs
+            .iter()
+            .find(|t| !meta.inputs.iter().any(|s| s.name == t.name))
+        {
+            return Err(bad(
+                "bad_tensor",
+                format!("unknown input `{}`", truncate(&extra.name)),
+            ));
+        }
+        if let Some(extra) = parsed
+            .outputs
+            .iter()
+            .find(|o| !meta.outputs.iter().any(|s| &s.name == *o))
+        {
+            return Err(bad(
+                "bad_tensor",
+                format!("unknown output `{}`", truncate(extra)),
+            ));
+        }
+        Ok(parsed)
+    }
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+fn unknown_model() -> Refusal {
+    Refusal::new(
+        "route",
+        StatusCode::NOT_FOUND,
+        "unknown_model",
+        "no such model",
+    )
+    .strike()
+}
+
+fn too_large() -> Refusal {
+    Refusal::new(
+        "body",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the body is too large",
+    )
+    .strike()
+}
+
+async fn stage_infer(
+    pool: &crate::stages::infer::ModelPool,
+    inputs: Vec<rampart_infer::Tensor>,
+    deadline: Instant,
+) -> Result<Vec<rampart_infer::Tensor>, Refusal> {
+    pool.run(inputs, deadline).await.map_err(|err| match err {
+        JobError::QueueFull => Refusal::new(
+            "infer",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "overloaded, retry later",
+        )
+        .retry_after(std::time::Duration::from_secs(1)),
+        JobError::Deadline => Refusal::new(
+            "infer",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deadline",
+            "the request's deadline passed",
+        )
+        .retry_after(std::time::Duration::from_secs(1)),
+        JobError::Closed => Refusal::new(
+            "infer",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "shutting down",
+        ),
+        JobError::Model(rampart_infer::InferError::InvalidInput(message)) => {
+            Refusal::new("infer", StatusCode::BAD_REQUEST, "bad_tensor", message).strike()
+        }
+        JobError::Model(err) => {
+            tracing::error!(error = %err, "inference failed");
+            Refusal::new(
+                "infer",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference_failed",
+                "inference failed",
+            )
+        }
+    })
+}
+
+/// The respond stage: the outputs asked for (all when none were named), as KServe v2 JSON.
+fn respond_infer(
+    model: &str,
+    id: Option<&str>,
+    outputs: &[rampart_infer::Tensor],
+    wanted: &[String],
+) -> Reply {
+    let body = if wanted.is_empty() {
+        kserve::encode_response(model, id, outputs)
+    } else {
+        let chosen: Vec<_> = outputs
+            .iter()
+            .filter(|t| wanted.contains(&t.name))
+            .cloned()
+            .collect();
+        kserve::encode_response(model, id, &chosen)
+    };
+    json_reply(StatusCode::OK, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_with_their_methods() {
+        assert_eq!(
+            Route::parse(&Method::GET, "/v2/health/live").unwrap(),
+            Route::Live
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/v2/models/d/infer").unwrap(),
+            Route::Infer("d".into())
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/v2/models/d/versions/1/infer").unwrap(),
+            Route::Infer("d".into())
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/v2/models/d/").unwrap(),
+            Route::ModelMetadata("d".into())
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/v2/models/d/infer")
+                .unwrap_err()
+                .status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/etc/passwd")
+                .unwrap_err()
+                .status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}

@@ -1,0 +1,586 @@
+//! The gateway end to end: the pipeline in process, then over real sockets (TLS, limits, timeouts, abuse cases).
+//! Every abuse case also checks that a well-behaved client is still served.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use rampart_gate::config::Config;
+use rampart_gate::{ConnInfo, Parts};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
+
+fn model_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/digits/model/model.onnx")
+}
+
+fn config(state: &Path, extra: &str, plain: bool) -> Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplain_http = {plain}\nstate_dir = \"{}\"\nshutdown_grace_secs = 2\n{extra}\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\nworkers = 1\nqueue = 8\n",
+        state.display(),
+        model_path().display()
+    );
+    Config::parse(&text, Path::new("test.toml"), Path::new(".")).unwrap()
+}
+
+fn infer_body(rows: usize) -> String {
+    let data: Vec<f32> = (0..rows * 64).map(|i| (i % 17) as f32 / 16.0).collect();
+    serde_json::json!({"id": "t", "inputs": [{"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": data}]})
+        .to_string()
+}
+
+struct Server {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    key: String,
+    cert: Option<CertificateDer<'static>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(extra: &str, plain: bool) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), extra, plain);
+    let prepared = rampart_gate::prepare(&config, Parts::default())
+        .await
+        .unwrap();
+    let cert = (!plain).then(|| {
+        let pem = std::fs::read(dir.path().join("tls/cert.pem")).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(&pem).unwrap()
+    });
+    let (stop, shutdown) = watch::channel(false);
+    let addr = prepared.address;
+    let admin = prepared.admin_address.unwrap();
+    let key = prepared.new_api_key.clone().unwrap();
+    let task = tokio::spawn(prepared.serve(shutdown));
+    Server {
+        addr,
+        admin,
+        key,
+        cert,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+fn tls_client(
+    cert: &CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn connect(server: &Server) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let connector = tls_client(
+        server.cert.as_ref().unwrap(),
+        &[&rustls::version::TLS13],
+        &[b"http/1.1"],
+    );
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Sends raw bytes and reads until the server closes or `limit` passes; returns what came back.
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+    limit: Duration,
+) -> String {
+    stream.write_all(request).await.unwrap();
+    read_some(stream, limit).await
+}
+
+async fn read_some<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if response_complete(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn response_complete(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+    });
+    length.is_some_and(|n| body.len() >= n)
+}
+
+fn infer_request(key: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A well-behaved client's inference over a fresh TLS connection.
+async fn served(server: &Server) -> u16 {
+    let mut stream = connect(server).await;
+    status_of(
+        &exchange(
+            &mut stream,
+            &infer_request(&server.key, &infer_body(1)),
+            Duration::from_secs(10),
+        )
+        .await,
+    )
+}
+
+async fn stop(server: Server) {
+    server.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+// ---------- in process ----------
+
+async fn in_process(extra: &str) -> (Arc<rampart_gate::Gate>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), extra, true);
+    let prepared = rampart_gate::prepare(&config, Parts::default())
+        .await
+        .unwrap();
+    let key = prepared.new_api_key.clone().unwrap();
+    (Arc::clone(prepared.gate()), key, dir)
+}
+
+async fn call(
+    gate: &rampart_gate::Gate,
+    request: Request<Full<Bytes>>,
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let conn = ConnInfo {
+        ip: "192.0.2.7".parse().unwrap(),
+        client_certs: Arc::new(Vec::new()),
+    };
+    let response = gate.handle(&conn, request).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn post(key: Option<&str>, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    let mut builder =
+        Request::post("/v2/models/digits/infer").header("content-type", "application/json");
+    if let Some(key) = key {
+        builder = builder.header("authorization", format!("Bearer {key}"));
+    }
+    builder.body(Full::new(body.into())).unwrap()
+}
+
+#[tokio::test]
+async fn pipeline_answers_each_case_with_its_status() {
+    let (gate, key, _dir) = in_process("").await;
+    let (status, _, body) = call(&gate, post(Some(&key), infer_body(2))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["outputs"][0]["shape"], serde_json::json!([2, 10]));
+    assert_eq!(json["id"], "t");
+
+    // 401 with no detail, for a missing and for a wrong key alike.
+    let (status, _, missing) = call(&gate, post(None, infer_body(1))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, wrong) =
+        call(&gate, post(Some("rk_000000000000_deadbeef"), infer_body(1))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing, wrong);
+
+    let cases: [(&str, String, StatusCode); 6] = [
+        (
+            "malformed JSON",
+            "{\"inputs\": [".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "shape and data disagree",
+            r#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[1,2,3]}]}"#
+                .into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong shape for the model",
+            r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#
+                .into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong datatype",
+            r#"{"inputs":[{"name":"input","shape":[1,1],"datatype":"INT64","data":[1]}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "too deep",
+            format!("{{\"inputs\":{}{}}}", "[".repeat(100), "]".repeat(100)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "huge shape",
+            r#"{"inputs":[{"name":"input","shape":[99999999999,64],"datatype":"FP32","data":[]}]}"#
+                .into(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (what, body, want) in cases {
+        let (status, _, text) = call(&gate, post(Some(&key), body)).await;
+        assert_eq!(status, want, "{what}: {text}");
+        assert!(text.starts_with("{\"error\":"), "{what}: {text}");
+    }
+
+    let compressed = Request::post("/v2/models/digits/infer")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-encoding", "gzip")
+        .body(Full::new(Bytes::from_static(b"\x1f\x8b")))
+        .unwrap();
+    assert_eq!(
+        call(&gate, compressed).await.0,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let unknown = Request::get("/v2/models/nope")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(call(&gate, unknown).await.0, StatusCode::NOT_FOUND);
+    let live = Request::get("/v2/health/live")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(call(&gate, live).await.0, StatusCode::OK);
+    let meta = Request::get("/v2/models/digits")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = call(&gate, meta).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"input\""), "{body}");
+}
+
+#[tokio::test]
+async fn pipeline_limits_answer_429_with_headers_then_ban() {
+    let extra = "[limits]\nrate_per_principal = { per_second = 0.01, burst = 2 }\n[bans]\nstrikes = 3\nbase_secs = 60\n";
+    let (gate, key, _dir) = in_process(extra).await;
+    for _ in 0..2 {
+        let (status, headers, _) = call(&gate, post(Some(&key), infer_body(1))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(headers.contains_key("ratelimit-remaining"));
+    }
+    let (status, headers, _) = call(&gate, post(Some(&key), infer_body(1))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(headers["ratelimit-remaining"], "0");
+    // Two more strikes reach the threshold: the address is banned.
+    call(&gate, post(Some(&key), infer_body(1))).await;
+    call(&gate, post(Some(&key), infer_body(1))).await;
+    let (status, headers, _) = call(&gate, post(Some(&key), infer_body(1))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.contains_key("retry-after"));
+    assert!(gate.metrics.encode().contains("rampart_bans_total 1"));
+}
+
+#[tokio::test]
+async fn pipeline_refuses_a_body_over_the_limit_on_length_and_on_chunks() {
+    let (gate, key, _dir) = in_process("[limits]\nmax_body_bytes = 1000\n").await;
+    let (status, _, _) = call(&gate, post(Some(&key), infer_body(8))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn policy_denies_a_role_without_the_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", true);
+    let mut store =
+        rampart_gate::stages::authn::api_key::KeyStore::open(&dir.path().join("keys.json"))
+            .unwrap();
+    let reader = store.add("reader", &["read".to_owned()]).unwrap();
+    let prepared = rampart_gate::prepare(&config, Parts::default())
+        .await
+        .unwrap();
+    let gate = Arc::clone(prepared.gate());
+    assert_eq!(
+        call(&gate, post(Some(&reader), infer_body(1))).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let meta = Request::get("/v2/models/digits")
+        .header("x-api-key", &reader)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(call(&gate, meta).await.0, StatusCode::OK);
+}
+
+// ---------- over sockets ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_serves_and_tls12_is_refused() {
+    let server = start("", false).await;
+    assert_eq!(served(&server).await, 200);
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let old = tls_client(
+        server.cert.as_ref().unwrap(),
+        &[&rustls::version::TLS12],
+        &[b"http/1.1"],
+    );
+    assert!(old
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .is_err());
+    // Metrics are on the admin listener.
+    let mut admin = TcpStream::connect(server.admin).await.unwrap();
+    let metrics = exchange(
+        &mut admin,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(metrics.contains("rampart_requests_total"), "{metrics}");
+    assert!(!metrics.contains(&server.key));
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_slow_post_are_cut_off_while_others_are_served() {
+    let server = start(
+        "[limits]\nheader_timeout_ms = 400\nbody_timeout_ms = 400\nidle_timeout_ms = 3000\n",
+        false,
+    )
+    .await;
+    // Slowloris: headers that never end.
+    let mut slow = connect(&server).await;
+    slow.write_all(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow.write_all(b"X-A: b\r\n").await.is_err() || slow.flush().await.is_err() {
+                return true;
+            }
+        }
+        // Still writable after 4 s: check the server has closed by reading.
+        let mut buf = [0u8; 256];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), slow.read(&mut buf)).await,
+            Ok(Ok(_)) | Ok(Err(_))
+        )
+    });
+    assert_eq!(served(&server).await, 200);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), &mut trickle)
+            .await
+            .unwrap()
+            .unwrap(),
+        "slowloris connection stayed open"
+    );
+
+    // Slow POST: a body that stalls.
+    let mut stalled = connect(&server).await;
+    let head = format!(
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 5000\r\n\r\n{{\"inp",
+        server.key
+    );
+    let answer = exchange(&mut stalled, head.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert_eq!(served(&server).await, 200);
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_and_bodies_are_refused() {
+    let server = start("[limits]\nmax_body_bytes = 2048\nmax_headers = 20\n", false).await;
+    let mut stream = connect(&server).await;
+    let big = format!(
+        "GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let answer = exchange(&mut stream, big.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.is_empty() || status_of(&answer) == 431, "{answer}");
+
+    let mut stream = connect(&server).await;
+    let many: String = (0..50).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let answer = exchange(
+        &mut stream,
+        format!("GET /v2/health/live HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.is_empty() || status_of(&answer) == 431, "{answer}");
+
+    let mut stream = connect(&server).await;
+    let answer = exchange(
+        &mut stream,
+        &infer_request(&server.key, &infer_body(8)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 413, "{answer}");
+
+    // Chunked, no Content-Length: counted as it comes.
+    let mut stream = connect(&server).await;
+    let chunk = "x".repeat(1500);
+    let chunked = format!(
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        server.key,
+        chunk.len(),
+        chunk.len()
+    );
+    let answer = exchange(&mut stream, chunked.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&answer), 413, "{answer}");
+    assert_eq!(served(&server).await, 200);
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_capped_per_ip_while_others_are_served() {
+    let server = start(
+        "[limits]\nmax_connections_per_ip = 4\nhandshake_timeout_ms = 500\n",
+        false,
+    )
+    .await;
+    // Six raw connections from 127.0.0.2 that never handshake: four are held, the rest closed at once.
+    let mut flood = Vec::new();
+    for _ in 0..6 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        flood.push(socket.connect(server.addr).await.unwrap());
+    }
+    let mut closed = 0;
+    for stream in &mut flood {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 2,
+        "only {closed} flood connections were closed at once"
+    );
+    // A client from another address is served meanwhile.
+    assert_eq!(served(&server).await, 200);
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_rapid_reset_burst_closes_that_connection_only() {
+    let server = start(
+        "[limits]\nh2_max_pending_reset_streams = 10\n[bans]\nenabled = false\n",
+        false,
+    )
+    .await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let connector = tls_client(
+        server.cert.as_ref().unwrap(),
+        &[&rustls::version::TLS13],
+        &[b"h2"],
+    );
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut refused = false;
+    for _ in 0..2000 {
+        let request = Request::get("https://localhost/v2/health/live")
+            .body(())
+            .unwrap();
+        let ready = match tokio::time::timeout(Duration::from_secs(2), client.clone().ready()).await
+        {
+            Ok(Ok(ready)) => ready,
+            _ => {
+                refused = true;
+                break;
+            }
+        };
+        client = ready;
+        match client.send_request(request, true) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(
+        refused || matches!(ended, Ok(Ok(Err(_)))),
+        "the rapid-reset connection was not closed"
+    );
+    assert_eq!(served(&server).await, 200);
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drain_finishes_in_flight_requests() {
+    let server = start("", false).await;
+    let mut stream = connect(&server).await;
+    stream
+        .write_all(&infer_request(&server.key, &infer_body(1))[..60])
+        .await
+        .unwrap();
+    let rest = infer_request(&server.key, &infer_body(1))[60..].to_vec();
+    server.stop.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = exchange(&mut stream, &rest, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    tokio::time::timeout(Duration::from_secs(15), server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(server.addr).await.is_err());
+}
