@@ -68,7 +68,6 @@ pub struct LeakScanner {
     pub findings: Vec<Leak>,
     pub total: u64,
     keep: usize,
-    spans: Vec<(usize, usize)>,
 }
 
 impl LeakScanner {
@@ -81,7 +80,6 @@ impl LeakScanner {
             findings: Vec::new(),
             total: 0,
             keep,
-            spans: Vec::new(),
         }
     }
 
@@ -118,9 +116,25 @@ impl LeakScanner {
         if cell.len() < 6 {
             return;
         }
-        self.spans.clear();
         let bytes = cell.as_bytes();
-        let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
+        // One pass: digits, whether the cell is a plain number, and the longest key-like token.
+        let (mut digits, mut plain, mut run, mut longest) = (0usize, true, 0usize, 0usize);
+        for &b in bytes {
+            if b.is_ascii_digit() {
+                digits += 1;
+            } else if !matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') {
+                plain = false;
+            }
+            if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'=' | b'/' | b'+') {
+                run += 1;
+                longest = longest.max(run);
+            } else {
+                run = 0;
+            }
+        }
+        if plain && digits < 9 {
+            return;
+        }
         let mut hits: Vec<(&'static str, usize, usize)> = Vec::new();
         if cell.contains("-----BEGIN") && cell.contains("PRIVATE KEY") {
             let start = cell.find("-----BEGIN").unwrap_or(0);
@@ -136,7 +150,7 @@ impl LeakScanner {
                 hits.push(("jwt", m.start(), m.end()));
             }
         }
-        if cell.len() >= 16 {
+        if longest >= 16 || cell.contains("service_account") {
             let (set, each) = &*KEYS;
             for index in set.matches(cell).iter() {
                 if let (Some((kind, _)), Some(re)) = (KEY_PATTERNS.get(index), each.get(index)) {
@@ -165,7 +179,7 @@ impl LeakScanner {
                 }
             }
         }
-        if cell.len() >= 24 {
+        if longest >= 24 {
             for (start, end) in high_entropy_tokens(cell) {
                 if !hits.iter().any(|&(_, s, e)| start < e && s < end) {
                     hits.push(("high-entropy-token", start, end));

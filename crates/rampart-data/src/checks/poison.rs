@@ -32,7 +32,7 @@ impl Default for PoisonOptions {
         Self {
             spectral_z: 5.0,
             max_cluster_share: 0.35,
-            min_silhouette: 0.25,
+            min_silhouette: 0.45,
             components: 10,
         }
     }

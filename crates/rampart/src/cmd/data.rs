@@ -101,7 +101,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 0.35)]
     pub cluster_share: f64,
     /// Smallest silhouette score of a class's two-cluster split to flag its smaller cluster
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.45)]
     pub min_silhouette: f64,
     /// MinHash similarity (estimated Jaccard of word 3-grams) from which two texts are near duplicates
     #[arg(long, default_value_t = 0.8)]
