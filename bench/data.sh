@@ -7,15 +7,21 @@
 #    - end to end, probabilities included: Python (sklearn cross_val_predict + cleanlab) vs Rampart (its own 5-fold
 #      logistic regression + confident learning), wall-clock of each process.
 # 2. Throughput of the streaming checks (schema, leaks, exact duplicates) on one core, and of the whole check.
-# Environment: BENCH_CSV_MB (default 1100), RAMPART_PEERS_VENV (Python with cleanlab; default: python3 on PATH).
+# Environment: BENCH_CSV_MB (default 1100), RAMPART_PEERS_VENV (Python with cleanlab; default: python3 on PATH),
+# RAMPART_BIN (use this binary instead of building a release one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 py="python3"
 [ -n "${RAMPART_PEERS_VENV:-}" ] && py="$RAMPART_PEERS_VENV/bin/python"
-echo "== building rampart (release)" >&2
-cargo build --release -q -p rampart
-rampart="$CARGO_TARGET_DIR/release/rampart"
+# RAMPART_BIN: a binary built already (any profile with optimised code) instead of a release build.
+if [ -n "${RAMPART_BIN:-}" ]; then
+  rampart="$RAMPART_BIN"
+else
+  echo "== building rampart (release)" >&2
+  cargo build --release -q -p rampart
+  rampart="$CARGO_TARGET_DIR/release/rampart"
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 now() { date +%s.%N; }

@@ -102,6 +102,10 @@ const BANDS: usize = 16;
 const BAND_ROWS: usize = PERMUTATIONS / BANDS;
 /// Largest LSH bucket compared pairwise; larger ones (boilerplate text) are cut to keep time bounded.
 const MAX_BUCKET: usize = 200;
+/// Members of a bucket each row is compared with.
+const WINDOW: usize = 16;
+/// Most candidate pairs verified in one run.
+const MAX_CANDIDATES: usize = 2_000_000;
 
 /// MinHash signature of a text: word 3-grams (character 5-grams for texts of fewer than three words).
 pub fn minhash(text: &str) -> Option<[u64; PERMUTATIONS]> {
@@ -150,10 +154,15 @@ pub fn near_duplicate_texts(texts: &[(u64, String)], threshold: f64) -> Vec<Near
             }
         }
     }
+    // Within a bucket each row is compared with the next few members only, and the candidate set is capped: text
+    // that is mostly boilerplate would otherwise make the pairs grow with the square of the rows.
     let mut pairs: HashSet<(usize, usize)> = HashSet::new();
-    for members in buckets.values() {
+    'buckets: for members in buckets.values() {
         for (a, &i) in members.iter().enumerate() {
-            for &j in members.iter().skip(a + 1) {
+            for &j in members.iter().skip(a + 1).take(WINDOW) {
+                if pairs.len() >= MAX_CANDIDATES {
+                    break 'buckets;
+                }
                 pairs.insert((i.min(j), i.max(j)));
             }
         }
