@@ -16,7 +16,7 @@ pub enum Command {
     /// Check a data set: schema, leaks of personal data and secrets, duplicates, leakage, labels, outliers, poisoning
     ///
     /// Exit status: 0 when every check is within its limit, 1 when one is not, 2 on error.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Write a starting schema (TOML) inferred from a data set, for a person to review and edit
     Schema(SchemaArgs),
 }
@@ -132,7 +132,7 @@ pub struct SchemaArgs {
 
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
-        Command::Check(args) => check(args),
+        Command::Check(args) => check(*args),
         Command::Schema(args) => schema(args),
     }
 }
