@@ -57,11 +57,18 @@ impl DataError {
         }
     }
 
-    pub(crate) fn parse(path: &std::path::Path, line: u64, column: Option<&str>, message: impl Into<String>) -> Self {
+    pub(crate) fn parse(
+        path: &std::path::Path,
+        line: u64,
+        column: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::Parse {
             path: path.to_path_buf(),
             line,
-            column: column.map(|c| format!(", column `{c}`")).unwrap_or_default(),
+            column: column
+                .map(|c| format!(", column `{c}`"))
+                .unwrap_or_default(),
             message: message.into(),
         }
     }

@@ -33,13 +33,17 @@ impl Matrix {
 
     /// Row `i` (empty when out of range).
     pub fn row(&self, i: usize) -> &[f64] {
-        self.data.get(i * self.cols..(i + 1) * self.cols).unwrap_or(&[])
+        self.data
+            .get(i * self.cols..(i + 1) * self.cols)
+            .unwrap_or(&[])
     }
 
     /// Mutable row `i` (empty when out of range).
     pub fn row_mut(&mut self, i: usize) -> &mut [f64] {
         let cols = self.cols;
-        self.data.get_mut(i * cols..(i + 1) * cols).unwrap_or(&mut [])
+        self.data
+            .get_mut(i * cols..(i + 1) * cols)
+            .unwrap_or(&mut [])
     }
 
     /// Iterate over rows.

@@ -158,7 +158,12 @@ pub struct PoisonSection {
 }
 
 impl PoisonSection {
-    pub(crate) fn new(representations: String, result: PoisonReport, lines: &[u64], classes: &[String]) -> Self {
+    pub(crate) fn new(
+        representations: String,
+        result: PoisonReport,
+        lines: &[u64],
+        classes: &[String],
+    ) -> Self {
         let mut class_of = std::collections::HashMap::new();
         for c in &result.classes {
             for &m in &c.members {
@@ -171,7 +176,11 @@ impl PoisonSection {
             .map(|&i| PoisonRow {
                 line: lines.get(i).copied().unwrap_or(0),
                 row: i,
-                label: class_of.get(&i).and_then(|&c| classes.get(c)).cloned().unwrap_or_default(),
+                label: class_of
+                    .get(&i)
+                    .and_then(|&c| classes.get(c))
+                    .cloned()
+                    .unwrap_or_default(),
             })
             .collect();
         Self {
@@ -256,19 +265,42 @@ impl Report {
 
     /// Set the verdict from the check results.
     pub fn finish(&mut self) {
-        self.verdict = if self.has_findings() { "findings" } else { "clean" };
+        self.verdict = if self.has_findings() {
+            "findings"
+        } else {
+            "clean"
+        };
     }
 
     /// Human summary: the verdict per check, then the first findings of each.
     pub fn to_text(&self, shown: usize) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "rampart data check: {} ({} rows, {} columns)", self.data, self.rows, self.columns.len());
+        let _ = writeln!(
+            out,
+            "rampart data check: {} ({} rows, {} columns)",
+            self.data,
+            self.rows,
+            self.columns.len()
+        );
         if let Some(label) = &self.label_column {
-            let balance: Vec<String> = self.classes.iter().zip(&self.class_counts).map(|(c, n)| format!("{c}:{n}")).collect();
-            let _ = writeln!(out, "label column `{label}`, class balance {}", balance.join(" "));
+            let balance: Vec<String> = self
+                .classes
+                .iter()
+                .zip(&self.class_counts)
+                .map(|(c, n)| format!("{c}:{n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "label column `{label}`, class balance {}",
+                balance.join(" ")
+            );
         }
         if self.sampled {
-            let _ = writeln!(out, "note: in-memory checks used the first {} rows (raise --max-rows for all)", self.in_memory_rows);
+            let _ = writeln!(
+                out,
+                "note: in-memory checks used the first {} rows (raise --max-rows for all)",
+                self.in_memory_rows
+            );
         }
         let _ = writeln!(out);
         for c in &self.checks {
@@ -277,7 +309,11 @@ impl Report {
                 Status::Fail => "FAIL",
                 Status::NotRun => "not run",
             };
-            let _ = write!(out, "  {status:<8} {:<16} {:>7} findings (limit {})", c.check, c.findings, c.limit);
+            let _ = write!(
+                out,
+                "  {status:<8} {:<16} {:>7} findings (limit {})",
+                c.check, c.findings, c.limit
+            );
             if let Some(note) = &c.note {
                 let _ = write!(out, "  [{note}]");
             }
@@ -291,8 +327,17 @@ impl Report {
         if let Some(s) = self.schema.as_ref().filter(|s| s.violations > 0) {
             let _ = writeln!(out, "\nschema violations:");
             for v in s.listed.iter().take(shown) {
-                let place = if v.line > 0 { format!("line {}", v.line) } else { "file".to_string() };
-                let _ = writeln!(out, "    {place}, column `{}`: {}", v.column.as_deref().unwrap_or("-"), v.message);
+                let place = if v.line > 0 {
+                    format!("line {}", v.line)
+                } else {
+                    "file".to_string()
+                };
+                let _ = writeln!(
+                    out,
+                    "    {place}, column `{}`: {}",
+                    v.column.as_deref().unwrap_or("-"),
+                    v.message
+                );
             }
             more(&mut out, s.violations as usize);
         }
@@ -300,33 +345,59 @@ impl Report {
             let kinds: Vec<String> = l.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
             let _ = writeln!(out, "\nleaks ({}):", kinds.join(", "));
             for f in l.listed.iter().take(shown) {
-                let _ = writeln!(out, "    line {}, column `{}`: {} {}", f.line, f.column, f.kind, f.excerpt);
+                let _ = writeln!(
+                    out,
+                    "    line {}, column `{}`: {} {}",
+                    f.line, f.column, f.kind, f.excerpt
+                );
             }
             more(&mut out, l.total as usize);
         }
         if let Some(d) = self.duplicates.as_ref().filter(|d| d.count > 0) {
             let _ = writeln!(out, "\nexact duplicates:");
             for f in d.listed.iter().take(shown) {
-                let conflict = if f.conflicting_label { " (different label)" } else { "" };
-                let _ = writeln!(out, "    line {} repeats line {}{conflict}", f.line, f.first_line);
+                let conflict = if f.conflicting_label {
+                    " (different label)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "    line {} repeats line {}{conflict}",
+                    f.line, f.first_line
+                );
             }
             more(&mut out, d.count as usize);
         }
         if let Some(d) = self.near_duplicates.as_ref().filter(|d| d.rows > 0) {
             let _ = writeln!(out, "\nnear duplicates:");
             for p in d.listed.iter().take(shown) {
-                let _ = writeln!(out, "    line {} ~ line {} ({}, similarity {:.3})", p.line, p.other_line, p.basis, p.similarity);
+                let _ = writeln!(
+                    out,
+                    "    line {} ~ line {} ({}, similarity {:.3})",
+                    p.line, p.other_line, p.basis, p.similarity
+                );
             }
             more(&mut out, d.listed.len());
         }
         if let Some(l) = self.leakage.as_ref().filter(|l| l.count > 0) {
             let lines: Vec<String> = l.lines.iter().take(shown).map(u64::to_string).collect();
-            let _ = writeln!(out, "\nleakage: {} rows also in `{}`: lines {}", l.count, l.against, lines.join(", "));
+            let _ = writeln!(
+                out,
+                "\nleakage: {} rows also in `{}`: lines {}",
+                l.count,
+                l.against,
+                lines.join(", ")
+            );
         }
         if let Some(l) = &self.labels {
             let _ = writeln!(out, "\nlabel issues ({}, {} found):", l.source, l.count);
             for i in l.issues.iter().take(shown) {
-                let _ = writeln!(out, "    line {}: labelled {}, likely {} (self-confidence {:.3})", i.line, i.given, i.suggested, i.self_confidence);
+                let _ = writeln!(
+                    out,
+                    "    line {}: labelled {}, likely {} (self-confidence {:.3})",
+                    i.line, i.given, i.suggested, i.self_confidence
+                );
             }
             more(&mut out, l.count);
         }
@@ -338,8 +409,16 @@ impl Report {
             more(&mut out, o.count as usize);
         }
         if let Some(p) = &self.poisoning {
-            let _ = writeln!(out, "\npoisoning (representations: {}), {} rows flagged:", p.representations, p.count);
-            for c in p.classes.iter().filter(|c| c.spectral_flagged + c.cluster_flagged > 0) {
+            let _ = writeln!(
+                out,
+                "\npoisoning (representations: {}), {} rows flagged:",
+                p.representations, p.count
+            );
+            for c in p
+                .classes
+                .iter()
+                .filter(|c| c.spectral_flagged + c.cluster_flagged > 0)
+            {
                 let name = self.classes.get(c.class).cloned().unwrap_or_default();
                 let _ = writeln!(
                     out,

@@ -20,7 +20,14 @@ pub fn read_matrix(path: &Path, format: Option<Format>) -> Result<Matrix> {
             let value = cell
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| DataError::parse(path, row.line(), names.get(c).map(String::as_str), "expected a finite number"))?;
+                .ok_or_else(|| {
+                    DataError::parse(
+                        path,
+                        row.line(),
+                        names.get(c).map(String::as_str),
+                        "expected a finite number",
+                    )
+                })?;
             data.push(value);
         }
         rows += 1;
@@ -51,27 +58,44 @@ pub fn penultimate(model_path: &Path, features: &Matrix) -> Result<Matrix> {
     // Look through output-only ops to the node that computes the logits.
     for _ in 0..4 {
         let name = node.op.name();
-        if !(name.contains("Softmax") || name.contains("Sigmoid") || name.contains("Identity") || name.contains("LogSoftmax")) {
+        if !(name.contains("Softmax")
+            || name.contains("Sigmoid")
+            || name.contains("Identity")
+            || name.contains("LogSoftmax"))
+        {
             break;
         }
-        let Some(input) = node.inputs.first() else { break };
+        let Some(input) = node.inputs.first() else {
+            break;
+        };
         node = model.node(input.node);
     }
-    let penultimate = *node
-        .inputs
-        .first()
-        .ok_or_else(|| err(format!("output node `{}` has no input to cut at", node.name)))?;
+    let penultimate = *node.inputs.first().ok_or_else(|| {
+        err(format!(
+            "output node `{}` has no input to cut at",
+            node.name
+        ))
+    })?;
     let cut_name = model.node(penultimate.node).name.clone();
-    model.set_output_outlets(&[penultimate]).map_err(|e| err(e.to_string()))?;
+    model
+        .set_output_outlets(&[penultimate])
+        .map_err(|e| err(e.to_string()))?;
     let batch = 256usize;
     let d = features.cols();
     model
-        .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), tvec!(batch, d)))
+        .set_input_fact(
+            0,
+            InferenceFact::dt_shape(f32::datum_type(), tvec!(batch, d)),
+        )
         .map_err(|e| err(e.to_string()))?;
     let plan = model
         .into_optimized()
         .and_then(|m| m.into_runnable())
-        .map_err(|e| err(format!("cannot prepare the model for {d} input features: {e}")))?;
+        .map_err(|e| {
+            err(format!(
+                "cannot prepare the model for {d} input features: {e}"
+            ))
+        })?;
     tracing::debug!(cut = %cut_name, "taking representations from the penultimate layer");
     let mut out: Vec<f64> = Vec::new();
     let mut width = 0usize;
@@ -85,9 +109,13 @@ pub fn penultimate(model_path: &Path, features: &Matrix) -> Result<Matrix> {
             }
         }
         let tensor = Tensor::from_shape(&[batch, d], &input).map_err(|e| err(e.to_string()))?;
-        let result = plan.run(tvec!(tensor.into())).map_err(|e| err(format!("inference failed: {e}")))?;
+        let result = plan
+            .run(tvec!(tensor.into()))
+            .map_err(|e| err(format!("inference failed: {e}")))?;
         let first = result.first().ok_or_else(|| err("no output".into()))?;
-        let view = first.to_array_view::<f32>().map_err(|e| err(e.to_string()))?;
+        let view = first
+            .to_array_view::<f32>()
+            .map_err(|e| err(e.to_string()))?;
         let shape = view.shape().to_vec();
         let per_row: usize = shape.iter().skip(1).product();
         width = per_row;
@@ -97,7 +125,8 @@ pub fn penultimate(model_path: &Path, features: &Matrix) -> Result<Matrix> {
         }
         start = end;
     }
-    Matrix::from_vec(features.rows(), width, out).ok_or_else(|| err("unexpected activation shape".into()))
+    Matrix::from_vec(features.rows(), width, out)
+        .ok_or_else(|| err("unexpected activation shape".into()))
 }
 
 /// Without the `onnx` feature the model cannot be run.

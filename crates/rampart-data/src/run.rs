@@ -61,7 +61,11 @@ impl Check {
     /// Findings allowed before the check fails, by default.
     pub fn default_limit(self) -> Limit {
         match self {
-            Check::Schema | Check::Leaks | Check::Duplicates | Check::Leakage | Check::Poisoning => Limit::Count(0),
+            Check::Schema
+            | Check::Leaks
+            | Check::Duplicates
+            | Check::Leakage
+            | Check::Poisoning => Limit::Count(0),
             Check::NearDuplicates => Limit::Percent(1.0),
             Check::Labels => Limit::Percent(3.0),
             Check::Outliers => Limit::Percent(2.0),
@@ -80,7 +84,12 @@ impl Limit {
     /// `"0"`, `"25"` or `"2.5%"`.
     pub fn parse(text: &str) -> Option<Self> {
         match text.strip_suffix('%') {
-            Some(p) => p.trim().parse::<f64>().ok().filter(|v| (0.0..=100.0).contains(v)).map(Limit::Percent),
+            Some(p) => p
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| (0.0..=100.0).contains(v))
+                .map(Limit::Percent),
             None => text.trim().parse::<u64>().ok().map(Limit::Count),
         }
     }
@@ -192,7 +201,11 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     let columns = source.columns().to_vec();
     let label_index = match &opts.label {
         Some(name) => Some(columns.iter().position(|c| c == name).ok_or_else(|| {
-            DataError::Invalid(format!("label column `{name}` is not in `{}`; columns are: {}", opts.data.display(), columns.join(", ")))
+            DataError::Invalid(format!(
+                "label column `{name}` is not in `{}`; columns are: {}",
+                opts.data.display(),
+                columns.join(", ")
+            ))
         })?),
         None => columns.iter().position(|c| c == "label"),
     };
@@ -209,19 +222,34 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     let mut text = Vec::new();
     for c in (0..columns.len()).filter(|&c| Some(c) != label_index) {
         let values: Vec<&str> = buffered.iter().filter_map(|r| r.get(c)).collect();
-        if !values.is_empty() && values.iter().all(|v| v.trim().parse::<f64>().is_ok_and(f64::is_finite)) {
+        if !values.is_empty()
+            && values
+                .iter()
+                .all(|v| v.trim().parse::<f64>().is_ok_and(f64::is_finite))
+        {
             numeric.push(c);
         } else if !values.is_empty() {
             text.push(c);
         }
     }
-    let feature_columns: Vec<usize> = (0..columns.len()).filter(|&c| Some(c) != label_index).collect();
+    let feature_columns: Vec<usize> = (0..columns.len())
+        .filter(|&c| Some(c) != label_index)
+        .collect();
     let against = match (&opts.against, opts.wants(Check::Leakage)) {
         (Some(path), true) => Some(load_against(path, opts.format, &columns, &feature_columns)?),
         _ => None,
     };
-    let mut schema = opts.schema.as_ref().map(|(_, s)| SchemaChecker::new(s, &columns, opts.keep));
-    let mut leaks = opts.wants(Check::Leaks).then(|| LeakScanner::new(&columns, &label_index.into_iter().collect::<Vec<_>>(), opts.keep));
+    let mut schema = opts
+        .schema
+        .as_ref()
+        .map(|(_, s)| SchemaChecker::new(s, &columns, opts.keep));
+    let mut leaks = opts.wants(Check::Leaks).then(|| {
+        LeakScanner::new(
+            &columns,
+            &label_index.into_iter().collect::<Vec<_>>(),
+            opts.keep,
+        )
+    });
     let mut exact = ExactDuplicates::new(opts.keep);
     let mut leaked: Vec<u64> = Vec::new();
     let mut leaked_count = 0u64;
@@ -256,9 +284,12 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         }
         if memory.lines.len() < opts.max_rows {
             memory.lines.push(row.line());
-            memory
-                .features
-                .extend(numeric.iter().map(|&c| row.get(c).and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite()).unwrap_or(f64::NAN)));
+            memory.features.extend(numeric.iter().map(|&c| {
+                row.get(c)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(f64::NAN)
+            }));
             memory.labels.push(label_value.map(str::to_string));
             if !text.is_empty() {
                 let joined: Vec<&str> = text.iter().filter_map(|&c| row.get(c)).collect();
@@ -289,16 +320,31 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     let mut report = Report::new(&opts.data, &columns, rows, bytes);
     report.streaming_seconds = streamed_seconds;
     report.label_column = label_index.and_then(|i| columns.get(i).cloned());
-    report.numeric_columns = numeric.iter().filter_map(|&c| columns.get(c).cloned()).collect();
-    report.text_columns = text.iter().filter_map(|&c| columns.get(c).cloned()).collect();
+    report.numeric_columns = numeric
+        .iter()
+        .filter_map(|&c| columns.get(c).cloned())
+        .collect();
+    report.text_columns = text
+        .iter()
+        .filter_map(|&c| columns.get(c).cloned())
+        .collect();
     report.in_memory_rows = memory.lines.len();
     let mut results: Vec<CheckResult> = Vec::new();
-    let limit = |check: Check| opts.limits.get(&check).copied().unwrap_or(check.default_limit());
+    let limit = |check: Check| {
+        opts.limits
+            .get(&check)
+            .copied()
+            .unwrap_or(check.default_limit())
+    };
     let mut judge = |check: Check, findings: u64, checked: u64, note: Option<String>| {
         let limit = limit(check);
         results.push(CheckResult {
             check: check.name(),
-            status: if limit.allows(findings, checked) { Status::Pass } else { Status::Fail },
+            status: if limit.allows(findings, checked) {
+                Status::Pass
+            } else {
+                Status::Fail
+            },
             findings,
             limit: limit.describe(),
             note,
@@ -315,14 +361,21 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
                 listed: s.violations.clone(),
             });
         }
-        (None, true) => not_run.push((Check::Schema, "no schema given (--schema FILE; `rampart data schema DATA` writes one)".into())),
+        (None, true) => not_run.push((
+            Check::Schema,
+            "no schema given (--schema FILE; `rampart data schema DATA` writes one)".into(),
+        )),
         _ => {}
     }
     if let Some(l) = &leaks {
         judge(Check::Leaks, l.total, rows, None);
         report.leaks = Some(report::LeakSection {
             total: l.total,
-            by_kind: l.counts.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+            by_kind: l
+                .counts
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), *v))
+                .collect(),
             listed: l.findings.clone(),
         });
     }
@@ -331,7 +384,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
             Check::Duplicates,
             exact.count,
             rows,
-            (exact.conflicting > 0).then(|| format!("{} with a different label", exact.conflicting)),
+            (exact.conflicting > 0)
+                .then(|| format!("{} with a different label", exact.conflicting)),
         );
         report.duplicates = Some(report::DuplicateSection {
             count: exact.count,
@@ -343,42 +397,76 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         (Some(a), true) => {
             judge(Check::Leakage, leaked_count, rows, None);
             report.leakage = Some(report::LeakageSection {
-                against: opts.against.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                against: opts
+                    .against
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 against_rows: a.rows,
                 count: leaked_count,
                 lines: leaked,
             });
         }
-        (None, true) if opts.explicit(Check::Leakage) => not_run.push((Check::Leakage, "no other split given (--against FILE)".into())),
+        (None, true) if opts.explicit(Check::Leakage) => not_run.push((
+            Check::Leakage,
+            "no other split given (--against FILE)".into(),
+        )),
         _ => {}
     }
 
     // Class balance and the in-memory data.
     let (classes, class_of) = classes(&memory.labels, class_counts.len());
     report.classes = classes.clone();
-    report.class_counts = classes.iter().map(|c| class_counts.get(c).copied().unwrap_or(0)).collect();
+    report.class_counts = classes
+        .iter()
+        .map(|c| class_counts.get(c).copied().unwrap_or(0))
+        .collect();
     let n = memory.lines.len();
-    let mut features = Matrix::from_vec(n, numeric.len(), std::mem::take(&mut memory.features)).unwrap_or_default();
+    let mut features = Matrix::from_vec(n, numeric.len(), std::mem::take(&mut memory.features))
+        .unwrap_or_default();
     impute_missing(&mut features);
     let sampled = (rows as usize) > n;
     report.sampled = sampled;
-    let labelled: Option<Vec<usize>> = class_of.as_ref().and_then(|c| c.iter().copied().collect::<Option<Vec<usize>>>());
+    let labelled: Option<Vec<usize>> = class_of
+        .as_ref()
+        .and_then(|c| c.iter().copied().collect::<Option<Vec<usize>>>());
 
     if opts.wants(Check::NearDuplicates) {
         let mut pairs = Vec::new();
         if !memory.texts.is_empty() {
-            pairs.extend(dedup::near_duplicate_texts(&memory.texts, opts.near_duplicate_similarity));
+            pairs.extend(dedup::near_duplicate_texts(
+                &memory.texts,
+                opts.near_duplicate_similarity,
+            ));
         }
         if features.cols() > 0 && n > 1 {
             let m = n.min(opts.max_pairwise_rows);
             let idx: Vec<usize> = (0..m).collect();
-            pairs.extend(dedup::near_duplicate_rows(&features.select(&idx), memory.lines.get(..m).unwrap_or_default(), opts.near_duplicate_distance));
+            pairs.extend(dedup::near_duplicate_rows(
+                &features.select(&idx),
+                memory.lines.get(..m).unwrap_or_default(),
+                opts.near_duplicate_distance,
+            ));
         }
         if memory.texts.is_empty() && features.cols() == 0 {
             not_run.push((Check::NearDuplicates, "no text or numeric columns".into()));
         } else {
-            let flagged_rows = pairs.iter().map(|p| p.line).collect::<std::collections::BTreeSet<_>>().len() as u64;
-            judge(Check::NearDuplicates, flagged_rows, n as u64, (n > opts.max_pairwise_rows && features.cols() > 0).then(|| format!("numeric pairs searched among the first {} rows", opts.max_pairwise_rows)));
+            let flagged_rows = pairs
+                .iter()
+                .map(|p| p.line)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len() as u64;
+            judge(
+                Check::NearDuplicates,
+                flagged_rows,
+                n as u64,
+                (n > opts.max_pairwise_rows && features.cols() > 0).then(|| {
+                    format!(
+                        "numeric pairs searched among the first {} rows",
+                        opts.max_pairwise_rows
+                    )
+                }),
+            );
             report.near_duplicates = Some(report::NearDuplicateSection {
                 rows: flagged_rows,
                 listed: pairs.into_iter().take(opts.keep).collect(),
@@ -390,7 +478,12 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         match label_audit(opts, &features, labelled.as_deref(), classes.len(), rows, n) {
             Ok(section) => {
                 let count = section.issues.len() as u64;
-                judge(Check::Labels, count, n as u64, sampled.then(|| format!("first {n} rows")));
+                judge(
+                    Check::Labels,
+                    count,
+                    n as u64,
+                    sampled.then(|| format!("first {n} rows")),
+                );
                 report.labels = Some(section.with_lines(&memory.lines, &classes));
             }
             Err(DataError::CannotRun { reason, .. }) => not_run.push((Check::Labels, reason)),
@@ -400,7 +493,10 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
 
     if opts.wants(Check::Outliers) {
         if features.cols() == 0 || n < 10 {
-            not_run.push((Check::Outliers, "needs numeric columns and at least 10 rows".into()));
+            not_run.push((
+                Check::Outliers,
+                "needs numeric columns and at least 10 rows".into(),
+            ));
         } else {
             let section = outlier_check(opts, &features, &memory.lines, &report.numeric_columns);
             judge(Check::Outliers, section.count, n as u64, None);
@@ -411,8 +507,18 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     if opts.wants(Check::Poisoning) {
         match poisoning(opts, &features, labelled.as_deref(), classes.len(), n) {
             Ok((source, result)) => {
-                judge(Check::Poisoning, result.flagged.len() as u64, n as u64, Some(format!("representations: {source}")));
-                report.poisoning = Some(report::PoisonSection::new(source, result, &memory.lines, &classes));
+                judge(
+                    Check::Poisoning,
+                    result.flagged.len() as u64,
+                    n as u64,
+                    Some(format!("representations: {source}")),
+                );
+                report.poisoning = Some(report::PoisonSection::new(
+                    source,
+                    result,
+                    &memory.lines,
+                    &classes,
+                ));
             }
             Err(DataError::CannotRun { reason, .. }) => not_run.push((Check::Poisoning, reason)),
             Err(other) => return Err(other),
@@ -421,7 +527,10 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
 
     for (check, reason) in not_run {
         if opts.explicit(check) {
-            return Err(DataError::CannotRun { check: check.name(), reason });
+            return Err(DataError::CannotRun {
+                check: check.name(),
+                reason,
+            });
         }
         results.push(CheckResult {
             check: check.name(),
@@ -438,17 +547,27 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     Ok(report)
 }
 
-fn load_against(path: &std::path::Path, format: Option<Format>, columns: &[String], features: &[usize]) -> Result<Against> {
+fn load_against(
+    path: &std::path::Path,
+    format: Option<Format>,
+    columns: &[String],
+    features: &[usize],
+) -> Result<Against> {
     let mut source = load::open(path, format)?;
     let theirs = source.columns().to_vec();
     let mapping: Vec<usize> = features
         .iter()
         .filter_map(|&c| columns.get(c))
         .map(|name| {
-            theirs.iter().position(|t| t == name).ok_or_else(|| DataError::Shape {
-                path: path.to_path_buf(),
-                message: format!("column `{name}` is missing; --against needs the same feature columns"),
-            })
+            theirs
+                .iter()
+                .position(|t| t == name)
+                .ok_or_else(|| DataError::Shape {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "column `{name}` is missing; --against needs the same feature columns"
+                    ),
+                })
         })
         .collect::<Result<_>>()?;
     let mut against = Against::default();
@@ -456,14 +575,19 @@ fn load_against(path: &std::path::Path, format: Option<Format>, columns: &[Strin
     let mut scratch = Vec::new();
     while source.next_row(&mut row)? {
         against.rows += 1;
-        against.hashes.insert(hash_cells(&row, Some(&mapping), &mut scratch));
+        against
+            .hashes
+            .insert(hash_cells(&row, Some(&mapping), &mut scratch));
     }
     Ok(against)
 }
 
 /// Class names and each row's class index. Non-negative integer labels are their own index (so that column `j` of a
 /// probabilities file is class `j`); other labels are sorted. `None` when there are too many distinct labels.
-fn classes(labels: &[Option<String>], distinct: usize) -> (Vec<String>, Option<Vec<Option<usize>>>) {
+fn classes(
+    labels: &[Option<String>],
+    distinct: usize,
+) -> (Vec<String>, Option<Vec<Option<usize>>>) {
     if labels.iter().all(Option::is_none) || distinct > 1000 {
         return (Vec::new(), None);
     }
@@ -471,7 +595,12 @@ fn classes(labels: &[Option<String>], distinct: usize) -> (Vec<String>, Option<V
         .iter()
         .map(|l| match l {
             None => Some(None),
-            Some(v) => v.trim().parse::<usize>().ok().filter(|&v| v < 1000).map(Some),
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&v| v < 1000)
+                .map(Some),
         })
         .collect();
     if let Some(ints) = ints {
@@ -481,8 +610,15 @@ fn classes(labels: &[Option<String>], distinct: usize) -> (Vec<String>, Option<V
     let mut names: Vec<String> = labels.iter().flatten().cloned().collect();
     names.sort();
     names.dedup();
-    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-    let of = labels.iter().map(|l| l.as_deref().and_then(|v| index.get(v).copied())).collect();
+    let index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let of = labels
+        .iter()
+        .map(|l| l.as_deref().and_then(|v| index.get(v).copied()))
+        .collect();
     (names, Some(of))
 }
 
@@ -498,7 +634,10 @@ fn impute_missing(x: &mut Matrix) {
             }
         }
     }
-    let means: Vec<f64> = sums.iter().map(|(s, n)| if *n > 0 { s / *n as f64 } else { 0.0 }).collect();
+    let means: Vec<f64> = sums
+        .iter()
+        .map(|(s, n)| if *n > 0 { s / *n as f64 } else { 0.0 })
+        .collect();
     for i in 0..x.rows() {
         for (v, m) in x.row_mut(i).iter_mut().zip(&means) {
             if v.is_nan() {
@@ -509,11 +648,26 @@ fn impute_missing(x: &mut Matrix) {
 }
 
 fn cannot(check: &'static str, reason: impl Into<String>) -> DataError {
-    DataError::CannotRun { check, reason: reason.into() }
+    DataError::CannotRun {
+        check,
+        reason: reason.into(),
+    }
 }
 
-fn label_audit(opts: &Options, features: &Matrix, labels: Option<&[usize]>, k: usize, rows: u64, n: usize) -> Result<report::LabelSection> {
-    let labels = labels.ok_or_else(|| cannot("labels", "needs a label column (--label NAME) with a value in every row"))?;
+fn label_audit(
+    opts: &Options,
+    features: &Matrix,
+    labels: Option<&[usize]>,
+    k: usize,
+    rows: u64,
+    n: usize,
+) -> Result<report::LabelSection> {
+    let labels = labels.ok_or_else(|| {
+        cannot(
+            "labels",
+            "needs a label column (--label NAME) with a value in every row",
+        )
+    })?;
     if k < 2 {
         return Err(cannot("labels", "needs at least two classes"));
     }
@@ -521,15 +675,30 @@ fn label_audit(opts: &Options, features: &Matrix, labels: Option<&[usize]>, k: u
         Some(path) => {
             let probs = crate::repr::read_matrix(path, None)?;
             check_probabilities(path, &probs, rows, n, k)?;
-            (probs, format!("predicted probabilities from `{}`", path.display()))
+            (
+                probs,
+                format!("predicted probabilities from `{}`", path.display()),
+            )
         }
         None => {
             if features.cols() == 0 {
-                return Err(cannot("labels", "no numeric feature columns to train on; pass --pred-probs FILE"));
+                return Err(cannot(
+                    "labels",
+                    "no numeric feature columns to train on; pass --pred-probs FILE",
+                ));
             }
             let folds = opts.folds.clamp(2, 20);
-            let probs = logreg::cross_val_proba(features, labels, k, folds, logreg::LogRegOptions::default());
-            (probs, format!("{folds}-fold cross-validated logistic regression"))
+            let probs = logreg::cross_val_proba(
+                features,
+                labels,
+                k,
+                folds,
+                logreg::LogRegOptions::default(),
+            );
+            (
+                probs,
+                format!("{folds}-fold cross-validated logistic regression"),
+            )
         }
     };
     let audit = labels::find_label_issues(labels, &probs);
@@ -537,27 +706,48 @@ fn label_audit(opts: &Options, features: &Matrix, labels: Option<&[usize]>, k: u
 }
 
 /// A probabilities file must have one row per data row, one column per class, and rows that are distributions.
-fn check_probabilities(path: &std::path::Path, probs: &Matrix, rows: u64, n: usize, k: usize) -> Result<()> {
+fn check_probabilities(
+    path: &std::path::Path,
+    probs: &Matrix,
+    rows: u64,
+    n: usize,
+    k: usize,
+) -> Result<()> {
     let shape = |message: String| DataError::Shape {
         path: path.to_path_buf(),
         message,
     };
     if probs.rows() as u64 != rows || probs.rows() < n {
-        return Err(shape(format!("has {} rows; the data has {rows}: write one row of probabilities per data row", probs.rows())));
+        return Err(shape(format!(
+            "has {} rows; the data has {rows}: write one row of probabilities per data row",
+            probs.rows()
+        )));
     }
     if probs.cols() < k {
-        return Err(shape(format!("has {} columns; the labels have {k} classes: write one column per class", probs.cols())));
+        return Err(shape(format!(
+            "has {} columns; the labels have {k} classes: write one column per class",
+            probs.cols()
+        )));
     }
     for (i, row) in probs.iter_rows().enumerate().take(n) {
         let sum: f64 = row.iter().sum();
         if row.iter().any(|p| !(0.0..=1.0).contains(p)) || (sum - 1.0).abs() > 1e-3 {
-            return Err(shape(format!("row {} (line {}) is not a probability distribution (sum {sum:.4})", i + 1, i + 2)));
+            return Err(shape(format!(
+                "row {} (line {}) is not a probability distribution (sum {sum:.4})",
+                i + 1,
+                i + 2
+            )));
         }
     }
     Ok(())
 }
 
-fn outlier_check(opts: &Options, features: &Matrix, lines: &[u64], names: &[String]) -> report::OutlierSection {
+fn outlier_check(
+    opts: &Options,
+    features: &Matrix,
+    lines: &[u64],
+    names: &[String],
+) -> report::OutlierSection {
     let scaled = dedup::scale_unit(features);
     let iforest = outliers::isolation_forest(&scaled, 100, 0x1f0e);
     let m = features.rows().min(opts.max_pairwise_rows);
@@ -565,12 +755,18 @@ fn outlier_check(opts: &Options, features: &Matrix, lines: &[u64], names: &[Stri
     let knn = outliers::knn_distance(&scaled.select(&idx), 5);
     let knn_z = outliers::robust_z(&knn);
     let flagged: Vec<usize> = match opts.outlier_method {
-        OutlierMethod::IsolationForest => (0..features.rows()).filter(|&i| iforest.get(i).is_some_and(|&s| s >= opts.iforest_threshold)).collect(),
-        OutlierMethod::Knn => (0..m).filter(|&i| knn_z.get(i).is_some_and(|&z| z >= opts.knn_z)).collect(),
+        OutlierMethod::IsolationForest => (0..features.rows())
+            .filter(|&i| iforest.get(i).is_some_and(|&s| s >= opts.iforest_threshold))
+            .collect(),
+        OutlierMethod::Knn => (0..m)
+            .filter(|&i| knn_z.get(i).is_some_and(|&z| z >= opts.knn_z))
+            .collect(),
     };
     report::OutlierSection {
         method: match opts.outlier_method {
-            OutlierMethod::IsolationForest => format!("isolation forest, score >= {}", opts.iforest_threshold),
+            OutlierMethod::IsolationForest => {
+                format!("isolation forest, score >= {}", opts.iforest_threshold)
+            }
             OutlierMethod::Knn => format!("5-NN distance, robust z >= {}", opts.knn_z),
         },
         count: flagged.len() as u64,
@@ -589,28 +785,54 @@ fn outlier_check(opts: &Options, features: &Matrix, lines: &[u64], names: &[Stri
     }
 }
 
-fn poisoning(opts: &Options, features: &Matrix, labels: Option<&[usize]>, k: usize, n: usize) -> Result<(String, poison::PoisonReport)> {
-    let labels = labels.ok_or_else(|| cannot("poisoning", "needs a label column (--label NAME) with a value in every row"))?;
+fn poisoning(
+    opts: &Options,
+    features: &Matrix,
+    labels: Option<&[usize]>,
+    k: usize,
+    n: usize,
+) -> Result<(String, poison::PoisonReport)> {
+    let labels = labels.ok_or_else(|| {
+        cannot(
+            "poisoning",
+            "needs a label column (--label NAME) with a value in every row",
+        )
+    })?;
     let (reps, source) = if let Some(path) = &opts.representations {
         let reps = crate::repr::read_matrix(path, None)?;
         if reps.rows() < n {
             return Err(DataError::Shape {
                 path: path.clone(),
-                message: format!("has {} rows; the data has at least {n}: write one representation per data row", reps.rows()),
+                message: format!(
+                    "has {} rows; the data has at least {n}: write one representation per data row",
+                    reps.rows()
+                ),
             });
         }
         let idx: Vec<usize> = (0..n).collect();
         (reps.select(&idx), format!("`{}`", path.display()))
     } else if let Some(model) = &opts.model {
         if features.cols() == 0 {
-            return Err(cannot("poisoning", "no numeric feature columns to feed the model"));
+            return Err(cannot(
+                "poisoning",
+                "no numeric feature columns to feed the model",
+            ));
         }
-        (crate::repr::penultimate(model, features)?, format!("penultimate layer of `{}`", model.display()))
+        (
+            crate::repr::penultimate(model, features)?,
+            format!("penultimate layer of `{}`", model.display()),
+        )
     } else {
         if features.cols() == 0 {
-            return Err(cannot("poisoning", "no numeric features; pass --representations FILE or --model MODEL.onnx"));
+            return Err(cannot(
+                "poisoning",
+                "no numeric features; pass --representations FILE or --model MODEL.onnx",
+            ));
         }
-        (dedup::scale_unit(features), "the numeric features (pass --model or --representations for learned ones)".to_string())
+        (
+            dedup::scale_unit(features),
+            "the numeric features (pass --model or --representations for learned ones)".to_string(),
+        )
     };
     Ok((source, poison::detect(&reps, labels, k, opts.poison)))
 }

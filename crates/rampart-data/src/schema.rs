@@ -98,7 +98,8 @@ impl Schema {
             path: path.to_path_buf(),
             message,
         };
-        let schema: Self = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
+        let schema: Self =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
         let mut names = HashSet::new();
         for column in &schema.columns {
             if !names.insert(column.name.as_str()) {
@@ -106,18 +107,29 @@ impl Schema {
             }
             if let (Some(min), Some(max)) = (column.min, column.max) {
                 if min > max {
-                    return Err(err(format!("column `{}`: min {min} is above max {max}", column.name)));
+                    return Err(err(format!(
+                        "column `{}`: min {min} is above max {max}",
+                        column.name
+                    )));
                 }
             }
             if !(0.0..=1.0).contains(&column.max_null_rate) {
-                return Err(err(format!("column `{}`: max_null_rate must be between 0 and 1", column.name)));
+                return Err(err(format!(
+                    "column `{}`: max_null_rate must be between 0 and 1",
+                    column.name
+                )));
             }
             if let Some(pattern) = &column.pattern {
-                regex::Regex::new(pattern).map_err(|e| err(format!("column `{}`: bad pattern: {e}", column.name)))?;
+                regex::Regex::new(pattern)
+                    .map_err(|e| err(format!("column `{}`: bad pattern: {e}", column.name)))?;
             }
-            if (column.min.is_some() || column.max.is_some()) && matches!(column.kind, ColumnType::String | ColumnType::Bool)
+            if (column.min.is_some() || column.max.is_some())
+                && matches!(column.kind, ColumnType::String | ColumnType::Bool)
             {
-                return Err(err(format!("column `{}`: min and max apply to int and float columns only", column.name)));
+                return Err(err(format!(
+                    "column `{}`: min and max apply to int and float columns only",
+                    column.name
+                )));
             }
         }
         Ok(schema)
@@ -125,7 +137,8 @@ impl Schema {
 
     /// The schema as TOML text with a short guide on top.
     pub fn to_toml(&self) -> Result<String> {
-        let body = toml::to_string(self).map_err(|e| DataError::Invalid(format!("cannot write schema: {e}")))?;
+        let body = toml::to_string(self)
+            .map_err(|e| DataError::Invalid(format!("cannot write schema: {e}")))?;
         Ok(format!(
             "# Rampart data schema, inferred from the data: review every rule before relying on it.\n\
              # Keys per column: name, type (int|float|string|bool), required, min, max, categories, pattern,\n\
@@ -146,7 +159,11 @@ pub struct Violation {
 /// Whether `value` parses as the declared type; returns its numeric value for int and float.
 pub(crate) fn parse_typed(kind: ColumnType, value: &str) -> Result<Option<f64>, &'static str> {
     match kind {
-        ColumnType::Int => value.trim().parse::<i64>().map(|v| Some(v as f64)).map_err(|_| "not an integer"),
+        ColumnType::Int => value
+            .trim()
+            .parse::<i64>()
+            .map(|v| Some(v as f64))
+            .map_err(|_| "not an integer"),
         ColumnType::Float => match value.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(Some(v)),
             Ok(_) => Err("not a finite number"),
@@ -184,7 +201,9 @@ pub struct SchemaChecker {
 
 impl std::fmt::Debug for SchemaChecker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchemaChecker").field("count", &self.count).finish()
+        f.debug_struct("SchemaChecker")
+            .field("count", &self.count)
+            .finish()
     }
 }
 
@@ -203,14 +222,21 @@ impl SchemaChecker {
         for spec in &schema.columns {
             let index = header.iter().position(|h| *h == spec.name);
             if index.is_none() && spec.required {
-                checker.record(0, Some(&spec.name), "required column is missing".to_string());
+                checker.record(
+                    0,
+                    Some(&spec.name),
+                    "required column is missing".to_string(),
+                );
             }
             checker.columns.push(Compiled {
                 pattern: spec
                     .pattern
                     .as_deref()
                     .and_then(|p| regex::Regex::new(&format!("^(?:{p})$")).ok()),
-                categories: spec.categories.as_ref().map(|c| c.iter().cloned().collect()),
+                categories: spec
+                    .categories
+                    .as_ref()
+                    .map(|c| c.iter().cloned().collect()),
                 spec: spec.clone(),
                 index,
                 seen: HashSet::new(),
@@ -220,7 +246,12 @@ impl SchemaChecker {
         if !schema.allow_extra_columns {
             for name in header {
                 if !schema.columns.iter().any(|c| c.name == *name) {
-                    checker.record(0, Some(name), "column not in the schema (set allow_extra_columns = true to allow)".to_string());
+                    checker.record(
+                        0,
+                        Some(name),
+                        "column not in the schema (set allow_extra_columns = true to allow)"
+                            .to_string(),
+                    );
                 }
             }
         }
@@ -250,10 +281,15 @@ impl SchemaChecker {
             };
             let spec = &column.spec;
             match parse_typed(spec.kind, value) {
-                Err(why) => found.push((spec.name.clone(), format!("{why}: {}", crate::excerpt(value)))),
+                Err(why) => found.push((
+                    spec.name.clone(),
+                    format!("{why}: {}", crate::excerpt(value)),
+                )),
                 Ok(number) => {
                     if let Some(v) = number {
-                        if spec.min.is_some_and(|min| v < min) || spec.max.is_some_and(|max| v > max) {
+                        if spec.min.is_some_and(|min| v < min)
+                            || spec.max.is_some_and(|max| v > max)
+                        {
                             found.push((
                                 spec.name.clone(),
                                 format!(
@@ -268,20 +304,41 @@ impl SchemaChecker {
             }
             if let Some(categories) = &column.categories {
                 if !categories.contains(value) {
-                    found.push((spec.name.clone(), format!("{} is not one of the categories", crate::excerpt(value))));
+                    found.push((
+                        spec.name.clone(),
+                        format!("{} is not one of the categories", crate::excerpt(value)),
+                    ));
                 }
             }
             if let Some(pattern) = &column.pattern {
                 if !pattern.is_match(value) {
-                    found.push((spec.name.clone(), format!("{} does not match the pattern", crate::excerpt(value))));
+                    found.push((
+                        spec.name.clone(),
+                        format!("{} does not match the pattern", crate::excerpt(value)),
+                    ));
                 }
             }
             let length = value.chars().count();
-            if spec.min_length.is_some_and(|m| length < m) || spec.max_length.is_some_and(|m| length > m) {
-                found.push((spec.name.clone(), format!("length {length} is outside the allowed lengths")));
+            if spec.min_length.is_some_and(|m| length < m)
+                || spec.max_length.is_some_and(|m| length > m)
+            {
+                found.push((
+                    spec.name.clone(),
+                    format!("length {length} is outside the allowed lengths"),
+                ));
             }
-            if spec.unique && !column.seen.insert(xxhash_rust::xxh3::xxh3_64(value.as_bytes())) {
-                found.push((spec.name.clone(), format!("{} repeats an earlier value (unique column)", crate::excerpt(value))));
+            if spec.unique
+                && !column
+                    .seen
+                    .insert(xxhash_rust::xxh3::xxh3_64(value.as_bytes()))
+            {
+                found.push((
+                    spec.name.clone(),
+                    format!(
+                        "{} repeats an earlier value (unique column)",
+                        crate::excerpt(value)
+                    ),
+                ));
             }
         }
         for (column, message) in found {
@@ -301,7 +358,11 @@ impl SchemaChecker {
             if rate > column.spec.max_null_rate {
                 found.push((
                     column.spec.name.clone(),
-                    format!("{:.2}% of cells are empty; max_null_rate allows {:.2}%", rate * 100.0, column.spec.max_null_rate * 100.0),
+                    format!(
+                        "{:.2}% of cells are empty; max_null_rate allows {:.2}%",
+                        rate * 100.0,
+                        column.spec.max_null_rate * 100.0
+                    ),
                 ));
             }
         }
@@ -309,10 +370,18 @@ impl SchemaChecker {
             self.record(0, Some(&column), message);
         }
         if let Some(min) = self.schema_min_rows.filter(|&m| rows < m) {
-            self.record(0, None, format!("{rows} rows; the schema requires at least {min}"));
+            self.record(
+                0,
+                None,
+                format!("{rows} rows; the schema requires at least {min}"),
+            );
         }
         if let Some(max) = self.schema_max_rows.filter(|&m| rows > m) {
-            self.record(0, None, format!("{rows} rows; the schema allows at most {max}"));
+            self.record(
+                0,
+                None,
+                format!("{rows} rows; the schema allows at most {max}"),
+            );
         }
     }
 }
@@ -380,7 +449,8 @@ impl ColumnProfile {
                 }
             }
         }
-        if self.all_bool && !matches!(value.trim().to_ascii_lowercase().as_str(), "true" | "false") {
+        if self.all_bool && !matches!(value.trim().to_ascii_lowercase().as_str(), "true" | "false")
+        {
             self.all_bool = false;
         }
         if !self.distinct_overflow {
@@ -391,7 +461,12 @@ impl ColumnProfile {
                 self.distinct.clear();
             }
         }
-        if !self.repeats && self.hashes.len() < MAX_UNIQUE_TRACK && !self.hashes.insert(xxhash_rust::xxh3::xxh3_64(value.as_bytes())) {
+        if !self.repeats
+            && self.hashes.len() < MAX_UNIQUE_TRACK
+            && !self
+                .hashes
+                .insert(xxhash_rust::xxh3::xxh3_64(value.as_bytes()))
+        {
             self.repeats = true;
             self.hashes = HashSet::new();
         }
@@ -418,12 +493,20 @@ impl ColumnProfile {
         };
         let numeric = matches!(kind, ColumnType::Int | ColumnType::Float) && self.count > 0;
         let mut categories = None;
-        if kind == ColumnType::String && !self.distinct_overflow && !self.distinct.is_empty() && self.count >= 2 * self.distinct.len() as u64 {
+        if kind == ColumnType::String
+            && !self.distinct_overflow
+            && !self.distinct.is_empty()
+            && self.count >= 2 * self.distinct.len() as u64
+        {
             let mut values: Vec<String> = self.distinct.iter().cloned().collect();
             values.sort();
             categories = Some(values);
         }
-        let null_rate = if rows == 0 { 0.0 } else { self.nulls as f64 / rows as f64 };
+        let null_rate = if rows == 0 {
+            0.0
+        } else {
+            self.nulls as f64 / rows as f64
+        };
         ColumnSpec {
             name: self.name.clone(),
             kind,
@@ -434,7 +517,11 @@ impl ColumnProfile {
             pattern: None,
             min_length: None,
             max_length: (kind == ColumnType::String).then_some(self.max_length),
-            unique: !self.repeats && self.count > 1 && self.hashes.len() < MAX_UNIQUE_TRACK && matches!(kind, ColumnType::Int | ColumnType::String) && self.nulls == 0,
+            unique: !self.repeats
+                && self.count > 1
+                && self.hashes.len() < MAX_UNIQUE_TRACK
+                && matches!(kind, ColumnType::Int | ColumnType::String)
+                && self.nulls == 0,
             // Round up to the next percent so that the data it came from passes.
             max_null_rate: ((null_rate * 100.0).ceil() / 100.0).min(1.0),
         }
@@ -444,7 +531,11 @@ impl ColumnProfile {
 /// Infer a starting schema by streaming the data once.
 pub fn infer(path: &Path, format: Option<crate::load::Format>) -> Result<Schema> {
     let mut source = crate::load::open(path, format)?;
-    let mut profiles: Vec<ColumnProfile> = source.columns().iter().map(|c| ColumnProfile::new(c)).collect();
+    let mut profiles: Vec<ColumnProfile> = source
+        .columns()
+        .iter()
+        .map(|c| ColumnProfile::new(c))
+        .collect();
     let mut row = Row::default();
     let mut rows = 0u64;
     while source.next_row(&mut row)? {

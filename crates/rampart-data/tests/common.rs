@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 pub fn digits(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/digits").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/digits")
+        .join(name)
 }
 
 /// The digits training split: header, rows of 64 pixel strings and the label.

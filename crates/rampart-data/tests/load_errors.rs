@@ -28,7 +28,10 @@ fn ragged_csv_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "a.csv", b"a,b\n1,2\n3\n");
     let err = read(&path).unwrap_err().to_string();
-    assert!(err.contains("line 3") && err.contains("ragged row"), "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("ragged row"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -36,7 +39,10 @@ fn bad_utf8_names_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "a.csv", b"a,b\n1,2\n3,\xff\xfe\n");
     let err = read(&path).unwrap_err().to_string();
-    assert!(err.contains("line 3") && err.contains("column `b`") && err.contains("UTF-8"), "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("column `b`") && err.contains("UTF-8"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -44,7 +50,10 @@ fn bad_jsonl_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "a.jsonl", b"{\"a\": 1}\n{\"a\": 2\n");
     let err = read(&path).unwrap_err().to_string();
-    assert!(err.contains("line 2") && err.contains("invalid JSON"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("invalid JSON"),
+        "{err}"
+    );
     let path = write(dir.path(), "b.jsonl", b"{\"a\": 1}\n{\"zz\": 2}\n");
     let err = read(&path).unwrap_err().to_string();
     assert!(err.contains("line 2") && err.contains("`zz`"), "{err}");
@@ -55,8 +64,14 @@ fn empty_and_unknown_files_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     assert!(read(&write(dir.path(), "e.csv", b"")).is_err());
     assert!(read(&write(dir.path(), "e.jsonl", b"\n\n")).is_err());
-    assert!(read(&write(dir.path(), "x.bin", b"abc")).unwrap_err().to_string().contains("unknown data format"));
-    assert!(read(&write(dir.path(), "d.csv", b"a,a\n1,2\n")).unwrap_err().to_string().contains("duplicate column"));
+    assert!(read(&write(dir.path(), "x.bin", b"abc"))
+        .unwrap_err()
+        .to_string()
+        .contains("unknown data format"));
+    assert!(read(&write(dir.path(), "d.csv", b"a,a\n1,2\n"))
+        .unwrap_err()
+        .to_string()
+        .contains("duplicate column"));
     assert!(read(&write(dir.path(), "p.parquet", b"PAR1 not really")).is_err());
 }
 
@@ -68,12 +83,23 @@ fn probabilities_of_the_wrong_shape_are_refused() {
     let mut opts = Options::new(data.clone());
     opts.checks = Some(vec![Check::Labels]);
     opts.pred_probs = Some(probs);
-    let err = rampart_data::run(&opts, &mut |_, _| {}).unwrap_err().to_string();
+    let err = rampart_data::run(&opts, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("has 2 rows") && err.contains("4"), "{err}");
-    let probs = write(dir.path(), "q.csv", b"p0,p1\n0.9,0.3\n0.2,0.8\n0.5,0.5\n0.5,0.5\n");
+    let probs = write(
+        dir.path(),
+        "q.csv",
+        b"p0,p1\n0.9,0.3\n0.2,0.8\n0.5,0.5\n0.5,0.5\n",
+    );
     opts.pred_probs = Some(probs);
-    let err = rampart_data::run(&opts, &mut |_, _| {}).unwrap_err().to_string();
-    assert!(err.contains("line 2") && err.contains("not a probability distribution"), "{err}");
+    let err = rampart_data::run(&opts, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("not a probability distribution"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -82,7 +108,9 @@ fn a_requested_check_that_cannot_run_is_an_error() {
     let data = write(dir.path(), "d.csv", b"x,y\n1,2\n");
     let mut opts = Options::new(data);
     opts.checks = Some(vec![Check::Labels]);
-    let err = rampart_data::run(&opts, &mut |_, _| {}).unwrap_err().to_string();
+    let err = rampart_data::run(&opts, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot run") && err.contains("label"), "{err}");
 }
 
@@ -99,20 +127,34 @@ fn parquet_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.parquet");
     let schema = Arc::new(
-        parse_message_type("message t { required int64 id; optional double x; required binary note (UTF8); }").unwrap(),
+        parse_message_type(
+            "message t { required int64 id; optional double x; required binary note (UTF8); }",
+        )
+        .unwrap(),
     );
     let file = std::fs::File::create(&path).unwrap();
-    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).unwrap();
+    let mut writer =
+        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
+            .unwrap();
     let mut group = writer.next_row_group().unwrap();
     let mut col = group.next_column().unwrap().unwrap();
-    col.typed::<Int64Type>().write_batch(&[1, 2, 3], None, None).unwrap();
+    col.typed::<Int64Type>()
+        .write_batch(&[1, 2, 3], None, None)
+        .unwrap();
     col.close().unwrap();
     let mut col = group.next_column().unwrap().unwrap();
-    col.typed::<DoubleType>().write_batch(&[0.5, 1.5], Some(&[1, 0, 1]), None).unwrap();
+    col.typed::<DoubleType>()
+        .write_batch(&[0.5, 1.5], Some(&[1, 0, 1]), None)
+        .unwrap();
     col.close().unwrap();
     let mut col = group.next_column().unwrap().unwrap();
-    let notes: Vec<ByteArray> = ["hi", "mail bob@example.com", "ok"].iter().map(|s| ByteArray::from(*s)).collect();
-    col.typed::<ByteArrayType>().write_batch(&notes, None, None).unwrap();
+    let notes: Vec<ByteArray> = ["hi", "mail bob@example.com", "ok"]
+        .iter()
+        .map(|s| ByteArray::from(*s))
+        .collect();
+    col.typed::<ByteArrayType>()
+        .write_batch(&notes, None, None)
+        .unwrap();
     col.close().unwrap();
     group.close().unwrap();
     writer.close().unwrap();
@@ -122,10 +164,21 @@ fn parquet_round_trip() {
     let mut row = Row::default();
     let mut seen = Vec::new();
     while source.next_row(&mut row).unwrap() {
-        seen.push(row.cells().map(|c| c.map(str::to_string)).collect::<Vec<_>>());
+        seen.push(
+            row.cells()
+                .map(|c| c.map(str::to_string))
+                .collect::<Vec<_>>(),
+        );
     }
     assert_eq!(seen.len(), 3);
-    assert_eq!(seen[1], vec![Some("2".to_string()), None, Some("mail bob@example.com".to_string())]);
+    assert_eq!(
+        seen[1],
+        vec![
+            Some("2".to_string()),
+            None,
+            Some("mail bob@example.com".to_string())
+        ]
+    );
 
     let mut opts = Options::new(path);
     opts.checks = Some(vec![Check::Leaks]);

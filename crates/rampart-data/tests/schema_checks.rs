@@ -16,10 +16,17 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn inferred_schema_accepts_its_own_data() {
     let dir = tempfile::tempdir().unwrap();
-    let data = write(dir.path(), "d.csv", "id,age,country,score\n1,34,DE,0.5\n2,51,FR,\n3,28,DE,0.25\n4,40,FR,0.75\n");
+    let data = write(
+        dir.path(),
+        "d.csv",
+        "id,age,country,score\n1,34,DE,0.5\n2,51,FR,\n3,28,DE,0.25\n4,40,FR,0.75\n",
+    );
     let schema = rampart_data::schema::infer(&data, None).unwrap();
     let text = schema.to_toml().unwrap();
-    assert!(text.contains("name = \"age\"") && text.contains("type = \"int\""), "{text}");
+    assert!(
+        text.contains("name = \"age\"") && text.contains("type = \"int\""),
+        "{text}"
+    );
     let schema_path = write(dir.path(), "s.toml", &text);
     let parsed = Schema::load(&schema_path).unwrap();
     let mut opts = Options::new(data);
@@ -65,7 +72,9 @@ type = "string"
     let report = rampart_data::run(&opts, &mut |_, _| {}).unwrap();
     let s = report.schema.as_ref().unwrap();
     let has = |line: u64, column: &str, words: &str| {
-        s.listed.iter().any(|v| v.line == line && v.column.as_deref() == Some(column) && v.message.contains(words))
+        s.listed.iter().any(|v| {
+            v.line == line && v.column.as_deref() == Some(column) && v.message.contains(words)
+        })
     };
     assert!(has(0, "email", "required column is missing"));
     assert!(has(0, "extra", "not in the schema"));
@@ -83,16 +92,34 @@ type = "string"
 fn bad_schemas_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[[column]]\nname = \"a\"\ntype = \"integer\"\n", "unknown variant"),
-        ("[[column]]\nname = \"a\"\ntype = \"int\"\nmaximum = 3\n", "unknown field"),
-        ("[[column]]\nname = \"a\"\ntype = \"int\"\nmin = 5\nmax = 1\n", "above max"),
-        ("[[column]]\nname = \"a\"\ntype = \"string\"\npattern = \"(\"\n", "bad pattern"),
-        ("[[column]]\nname = \"a\"\ntype = \"int\"\n[[column]]\nname = \"a\"\ntype = \"int\"\n", "declared twice"),
+        (
+            "[[column]]\nname = \"a\"\ntype = \"integer\"\n",
+            "unknown variant",
+        ),
+        (
+            "[[column]]\nname = \"a\"\ntype = \"int\"\nmaximum = 3\n",
+            "unknown field",
+        ),
+        (
+            "[[column]]\nname = \"a\"\ntype = \"int\"\nmin = 5\nmax = 1\n",
+            "above max",
+        ),
+        (
+            "[[column]]\nname = \"a\"\ntype = \"string\"\npattern = \"(\"\n",
+            "bad pattern",
+        ),
+        (
+            "[[column]]\nname = \"a\"\ntype = \"int\"\n[[column]]\nname = \"a\"\ntype = \"int\"\n",
+            "declared twice",
+        ),
         ("not toml at all [", "schema"),
     ];
     for (text, want) in cases {
         let path = write(dir.path(), "s.toml", text);
         let err = Schema::load(&path).unwrap_err().to_string();
-        assert!(err.contains(want) && err.contains("s.toml"), "{text:?} gave {err}");
+        assert!(
+            err.contains(want) && err.contains("s.toml"),
+            "{text:?} gave {err}"
+        );
     }
 }

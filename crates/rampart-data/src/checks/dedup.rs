@@ -110,7 +110,10 @@ const MAX_CANDIDATES: usize = 2_000_000;
 /// MinHash signature of a text: word 3-grams (character 5-grams for texts of fewer than three words).
 pub fn minhash(text: &str) -> Option<[u64; PERMUTATIONS]> {
     let lower = text.to_lowercase();
-    let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
     let mut shingles: Vec<u64> = Vec::new();
     if words.len() >= 3 {
         for w in words.windows(3) {
@@ -127,7 +130,9 @@ pub fn minhash(text: &str) -> Option<[u64; PERMUTATIONS]> {
     }
     let mut sig = [u64::MAX; PERMUTATIONS];
     let mut rng = crate::matrix::Rng::new(0x5eed);
-    let params: Vec<(u64, u64)> = (0..PERMUTATIONS).map(|_| (rng.next_u64() | 1, rng.next_u64())).collect();
+    let params: Vec<(u64, u64)> = (0..PERMUTATIONS)
+        .map(|_| (rng.next_u64() | 1, rng.next_u64()))
+        .collect();
     for h in shingles {
         for (slot, (a, b)) in sig.iter_mut().zip(&params) {
             let v = a.wrapping_mul(h).wrapping_add(*b);
@@ -141,13 +146,16 @@ pub fn minhash(text: &str) -> Option<[u64; PERMUTATIONS]> {
 
 /// Near-duplicate texts by MinHash LSH; pairs with estimated Jaccard of at least `threshold`.
 pub fn near_duplicate_texts(texts: &[(u64, String)], threshold: f64) -> Vec<NearDuplicate> {
-    let sigs: Vec<Option<[u64; PERMUTATIONS]>> = texts.par_iter().map(|(_, t)| minhash(t)).collect();
+    let sigs: Vec<Option<[u64; PERMUTATIONS]>> =
+        texts.par_iter().map(|(_, t)| minhash(t)).collect();
     let mut buckets: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
     for (i, sig) in sigs.iter().enumerate() {
         let Some(sig) = sig else { continue };
         for (band, chunk) in sig.chunks_exact(BAND_ROWS).enumerate() {
             let mut bytes = Vec::with_capacity(BAND_ROWS * 8);
-            chunk.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+            chunk
+                .iter()
+                .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
             let members = buckets.entry((band, xxh3_64(&bytes))).or_default();
             if members.len() < MAX_BUCKET {
                 members.push(i);
@@ -170,7 +178,9 @@ pub fn near_duplicate_texts(texts: &[(u64, String)], threshold: f64) -> Vec<Near
     let mut out: Vec<NearDuplicate> = pairs
         .into_iter()
         .filter_map(|(i, j)| {
-            let (Some(Some(a)), Some(Some(b))) = (sigs.get(i), sigs.get(j)) else { return None };
+            let (Some(Some(a)), Some(Some(b))) = (sigs.get(i), sigs.get(j)) else {
+                return None;
+            };
             let same = a.iter().zip(b.iter()).filter(|(x, y)| x == y).count();
             let similarity = same as f64 / PERMUTATIONS as f64;
             let (line, _) = texts.get(j)?;
@@ -189,7 +199,11 @@ pub fn near_duplicate_texts(texts: &[(u64, String)], threshold: f64) -> Vec<Near
 
 /// Near-duplicate numeric rows: pairs whose RMS distance, after scaling every column to [0, 1], is at most
 /// `max_distance` but not zero (exact duplicates are reported on their own).
-pub fn near_duplicate_rows(features: &Matrix, lines: &[u64], max_distance: f64) -> Vec<NearDuplicate> {
+pub fn near_duplicate_rows(
+    features: &Matrix,
+    lines: &[u64],
+    max_distance: f64,
+) -> Vec<NearDuplicate> {
     let scaled = scale_unit(features);
     let d = scaled.cols().max(1) as f64;
     let limit = max_distance * max_distance * d;
@@ -247,7 +261,10 @@ mod tests {
         let texts = vec![
             (2, base.to_string()),
             (3, format!("{base} today")),
-            (4, "completely different words about training data and models".to_string()),
+            (
+                4,
+                "completely different words about training data and models".to_string(),
+            ),
         ];
         let pairs = near_duplicate_texts(&texts, 0.7);
         assert_eq!(pairs.len(), 1);

@@ -63,7 +63,8 @@ fn round_preserving_sum(floats: &[f64]) -> Vec<i64> {
         let changes = (diff.abs() as usize).min(floats.len());
         // np.argsort(floats - ints)[::-increment][:changes]; argsort is stable for short rows.
         let mut order: Vec<usize> = (0..floats.len()).collect();
-        let remainder = |i: usize| floats.get(i).copied().unwrap_or(0.0) - ints.get(i).copied().unwrap_or(0.0);
+        let remainder =
+            |i: usize| floats.get(i).copied().unwrap_or(0.0) - ints.get(i).copied().unwrap_or(0.0);
         order.sort_by(|&a, &b| remainder(a).total_cmp(&remainder(b)));
         if increment > 0.0 {
             order.reverse();
@@ -84,7 +85,9 @@ pub fn confident_joint(labels: &[usize], probs: &Matrix) -> Vec<Vec<i64>> {
     let mut sums = vec![0.0; k];
     let mut counts = vec![0usize; k];
     for (row, &label) in probs.iter_rows().zip(labels) {
-        if let (Some(s), Some(c), Some(p)) = (sums.get_mut(label), counts.get_mut(label), row.get(label)) {
+        if let (Some(s), Some(c), Some(p)) =
+            (sums.get_mut(label), counts.get_mut(label), row.get(label))
+        {
             *s += p;
             *c += 1;
         }
@@ -93,11 +96,21 @@ pub fn confident_joint(labels: &[usize], probs: &Matrix) -> Vec<Vec<i64>> {
     let thresholds: Vec<f64> = sums
         .iter()
         .zip(&counts)
-        .map(|(&s, &c)| if c == 0 { 2.0 } else { (s / c as f64).max(THRESHOLD_FLOOR) })
+        .map(|(&s, &c)| {
+            if c == 0 {
+                2.0
+            } else {
+                (s / c as f64).max(THRESHOLD_FLOOR)
+            }
+        })
         .collect();
     let mut joint = vec![vec![0i64; k]; k];
     for (row, &label) in probs.iter_rows().zip(labels) {
-        let confident: Vec<bool> = row.iter().zip(&thresholds).map(|(&p, &t)| p >= t - EPS).collect();
+        let confident: Vec<bool> = row
+            .iter()
+            .zip(&thresholds)
+            .map(|(&p, &t)| p >= t - EPS)
+            .collect();
         let n_confident = confident.iter().filter(|&&c| c).count();
         if n_confident == 0 {
             continue;
@@ -126,13 +139,21 @@ fn calibrate(joint: &[Vec<i64>], label_counts: &[usize]) -> Vec<Vec<i64>> {
         .zip(label_counts)
         .map(|(row, &count)| {
             let total = (row.iter().sum::<i64>() as f64).max(1e-100);
-            row.iter().map(|&v| v as f64 / total * count as f64).collect()
+            row.iter()
+                .map(|&v| v as f64 / total * count as f64)
+                .collect()
         })
         .collect();
     let total: f64 = calibrated.iter().flatten().sum::<f64>().max(1e-100);
     let n: f64 = label_counts.iter().sum::<usize>() as f64;
-    calibrated.iter_mut().flatten().for_each(|v| *v = *v / total * n);
-    calibrated.iter().map(|row| round_preserving_sum(row)).collect()
+    calibrated
+        .iter_mut()
+        .flatten()
+        .for_each(|v| *v = *v / total * n);
+    calibrated
+        .iter()
+        .map(|row| round_preserving_sum(row))
+        .collect()
 }
 
 /// cleanlab's `_keep_at_least_n_per_class(confident_joint.T, n=1, frac_noise=1.0)`: `[true][given]` prune counts.
@@ -140,7 +161,11 @@ fn prune_counts(joint: &[Vec<i64>], n: i64) -> Vec<Vec<i64>> {
     let k = joint.len();
     // Transpose: m[true][given].
     let m: Vec<Vec<f64>> = (0..k)
-        .map(|t| (0..k).map(|g| joint.get(g).and_then(|r| r.get(t)).copied().unwrap_or(0) as f64).collect())
+        .map(|t| {
+            (0..k)
+                .map(|g| joint.get(g).and_then(|r| r.get(t)).copied().unwrap_or(0) as f64)
+                .collect()
+        })
         .collect();
     let at = |r: usize, c: usize| m.get(r).and_then(|row| row.get(c)).copied().unwrap_or(0.0);
     let mut out = vec![vec![0.0f64; k]; k];
@@ -151,14 +176,20 @@ fn prune_counts(joint: &[Vec<i64>], n: i64) -> Vec<Vec<i64>> {
         let nonzero = (0..k).filter(|&r| at(r, col) != 0.0).count() as f64;
         let per = (nonzero - 1.0).max(1.0);
         for row in 0..k {
-            let v = if row == col { new_diag } else { (at(row, col) - diff / per).max(0.0) };
+            let v = if row == col {
+                new_diag
+            } else {
+                (at(row, col) - diff / per).max(0.0)
+            };
             if let Some(cell) = out.get_mut(row).and_then(|r| r.get_mut(col)) {
                 *cell = v;
             }
         }
     }
     // `_reduce_prune_counts` with frac_noise = 1 truncates to integers; the final row rounding is then exact.
-    out.iter().map(|row| round_preserving_sum(&row.iter().map(|v| v.trunc()).collect::<Vec<_>>())).collect()
+    out.iter()
+        .map(|row| round_preserving_sum(&row.iter().map(|v| v.trunc()).collect::<Vec<_>>()))
+        .collect()
 }
 
 /// Find label issues from out-of-fold predicted probabilities (`probs` rows sum to 1, columns are classes).
@@ -168,12 +199,21 @@ pub fn find_label_issues(labels: &[usize], probs: &Matrix) -> LabelAudit {
     let prune = prune_counts(&joint, 1);
     let mut issue = vec![false; labels.len()];
     for given in 0..k {
-        let members: Vec<usize> = labels.iter().enumerate().filter(|(_, &l)| l == given).map(|(i, _)| i).collect();
+        let members: Vec<usize> = labels
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l == given)
+            .map(|(i, _)| i)
+            .collect();
         if members.len() <= 1 {
             continue;
         }
         for true_class in 0..k {
-            let count = prune.get(true_class).and_then(|r| r.get(given)).copied().unwrap_or(0);
+            let count = prune
+                .get(true_class)
+                .and_then(|r| r.get(given))
+                .copied()
+                .unwrap_or(0);
             if true_class == given || count <= 0 {
                 continue;
             }
@@ -202,7 +242,12 @@ pub fn find_label_issues(labels: &[usize], probs: &Matrix) -> LabelAudit {
         .zip(labels)
         .map(|(row, &l)| row.get(l).copied().unwrap_or(0.0))
         .collect();
-    let mut issues: Vec<usize> = issue.iter().enumerate().filter(|(_, &f)| f).map(|(i, _)| i).collect();
+    let mut issues: Vec<usize> = issue
+        .iter()
+        .enumerate()
+        .filter(|(_, &f)| f)
+        .map(|(i, _)| i)
+        .collect();
     issues.sort_by(|&a, &b| {
         let sa = self_confidence.get(a).copied().unwrap_or(0.0);
         let sb = self_confidence.get(b).copied().unwrap_or(0.0);
@@ -224,7 +269,10 @@ mod tests {
     fn rounding_preserves_the_sum() {
         assert_eq!(round_preserving_sum(&[0.5, 1.5, 2.0]), vec![0, 2, 2]);
         assert_eq!(round_preserving_sum(&[1.4, 1.4, 1.2]), vec![1, 2, 1]);
-        assert_eq!(round_preserving_sum(&[1.6, 1.6, 1.8]).iter().sum::<i64>(), 5);
+        assert_eq!(
+            round_preserving_sum(&[1.6, 1.6, 1.8]).iter().sum::<i64>(),
+            5
+        );
     }
 
     #[test]

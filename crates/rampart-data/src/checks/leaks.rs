@@ -23,25 +23,47 @@ pub struct Leak {
     pub excerpt: String,
 }
 
-#[expect(clippy::unwrap_used, reason = "constant patterns, exercised by the unit tests")]
-static EMAIL: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}").unwrap());
-#[expect(clippy::unwrap_used, reason = "constant patterns, exercised by the unit tests")]
+#[expect(
+    clippy::unwrap_used,
+    reason = "constant patterns, exercised by the unit tests"
+)]
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}",
+    )
+    .unwrap()
+});
+#[expect(
+    clippy::unwrap_used,
+    reason = "constant patterns, exercised by the unit tests"
+)]
 static PHONE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)\s?|\d{2,4}[\s.-])\d{2,4}[\s.-]\d{2,4}(?:[\s.-]\d{2,4})?|\+\d{9,15}").unwrap()
 });
-#[expect(clippy::unwrap_used, reason = "constant patterns, exercised by the unit tests")]
-static IBAN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b").unwrap());
-#[expect(clippy::unwrap_used, reason = "constant patterns, exercised by the unit tests")]
-static JWT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{0,1024}").unwrap());
+#[expect(
+    clippy::unwrap_used,
+    reason = "constant patterns, exercised by the unit tests"
+)]
+static IBAN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b").unwrap()
+});
+#[expect(
+    clippy::unwrap_used,
+    reason = "constant patterns, exercised by the unit tests"
+)]
+static JWT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{0,1024}").unwrap()
+});
 
 /// Access-key formats: (kind, pattern).
 const KEY_PATTERNS: &[(&str, &str)] = &[
     ("aws-access-key", r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
     ("gcp-api-key", r"\bAIza[0-9A-Za-z_-]{35}"),
     ("gcp-oauth-token", r"\bya29\.[0-9A-Za-z_-]{20,}"),
-    ("github-token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{60,})"),
+    (
+        "github-token",
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{60,})",
+    ),
     ("slack-token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
     ("stripe-key", r"\b(?:sk|rk)_live_[0-9A-Za-z]{20,}"),
     ("openai-key", r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}"),
@@ -50,10 +72,16 @@ const KEY_PATTERNS: &[(&str, &str)] = &[
     ("gcp-service-account", r#""type"\s*:\s*"service_account""#),
 ];
 
-#[expect(clippy::unwrap_used, reason = "constant patterns, exercised by the unit tests")]
+#[expect(
+    clippy::unwrap_used,
+    reason = "constant patterns, exercised by the unit tests"
+)]
 static KEYS: LazyLock<(regex::RegexSet, Vec<Regex>)> = LazyLock::new(|| {
     let set = regex::RegexSet::new(KEY_PATTERNS.iter().map(|(_, p)| *p)).unwrap();
-    let each = KEY_PATTERNS.iter().map(|(_, p)| Regex::new(p).unwrap()).collect();
+    let each = KEY_PATTERNS
+        .iter()
+        .map(|(_, p)| Regex::new(p).unwrap())
+        .collect();
     (set, each)
 });
 
@@ -217,7 +245,10 @@ fn row_is_plain_numbers(row: &Row) -> bool {
 }
 
 fn looks_like_date(text: &str) -> bool {
-    let parts: Vec<&str> = text.split(['-', '.', '/', ' ']).filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&str> = text
+        .split(['-', '.', '/', ' '])
+        .filter(|p| !p.is_empty())
+        .collect();
     matches!(parts.as_slice(), [y, m, d] if y.len() == 4 && m.len() <= 2 && d.len() <= 2)
 }
 
@@ -249,8 +280,14 @@ fn card_candidates(bytes: &[u8]) -> Vec<(usize, usize)> {
                 break;
             }
         }
-        let ends_clean = !bytes.get(last_digit_end).is_some_and(u8::is_ascii_alphanumeric);
-        if (13..=19).contains(&digits.len()) && ends_clean && luhn(&digits) && issuer_prefix(&digits) {
+        let ends_clean = !bytes
+            .get(last_digit_end)
+            .is_some_and(u8::is_ascii_alphanumeric);
+        if (13..=19).contains(&digits.len())
+            && ends_clean
+            && luhn(&digits)
+            && issuer_prefix(&digits)
+        {
             out.push((i, last_digit_end));
         }
         i = j.max(i + 1);
@@ -275,7 +312,12 @@ pub fn luhn(digits: &[u8]) -> bool {
 }
 
 fn issuer_prefix(digits: &[u8]) -> bool {
-    let n = |k: usize| digits.iter().take(k).fold(0u32, |acc, &d| acc * 10 + u32::from(d));
+    let n = |k: usize| {
+        digits
+            .iter()
+            .take(k)
+            .fold(0u32, |acc, &d| acc * 10 + u32::from(d))
+    };
     let (d1, d2, d3, d4) = (n(1), n(2), n(3), n(4));
     d1 == 4
         || (51..=55).contains(&d2)
@@ -318,7 +360,11 @@ pub fn iban_valid(text: &str) -> bool {
     if len != expected {
         return false;
     }
-    let rearranged = compact.get(4..).unwrap_or_default().chars().chain(compact.get(..4).unwrap_or_default().chars());
+    let rearranged = compact
+        .get(4..)
+        .unwrap_or_default()
+        .chars()
+        .chain(compact.get(..4).unwrap_or_default().chars());
     let mut remainder = 0u32;
     for c in rearranged {
         let value = match c {
@@ -326,7 +372,11 @@ pub fn iban_valid(text: &str) -> bool {
             'A'..='Z' => c as u32 - 'A' as u32 + 10,
             _ => return false,
         };
-        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+        remainder = if value >= 10 {
+            (remainder * 100 + value) % 97
+        } else {
+            (remainder * 10 + value) % 97
+        };
     }
     remainder == 1
 }
@@ -335,7 +385,8 @@ pub fn iban_valid(text: &str) -> bool {
 /// entropy of at least 4 bits per character. Pure hex strings (digests, ids) are not reported.
 fn high_entropy_tokens(cell: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
-    let is_token = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'_' | b'-');
+    let is_token =
+        |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'_' | b'-');
     let bytes = cell.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -387,18 +438,43 @@ pub fn mask(kind: &str, text: &str) -> String {
         "email" => {
             let (local, domain) = text.split_once('@').unwrap_or((text, ""));
             let tld = domain.rsplit('.').next().unwrap_or_default();
-            format!("{}{}@{}.{tld}", local.chars().next().unwrap_or('*'), stars(local.chars().count().saturating_sub(1)), stars(domain.len().saturating_sub(tld.len() + 1)))
+            format!(
+                "{}{}@{}.{tld}",
+                local.chars().next().unwrap_or('*'),
+                stars(local.chars().count().saturating_sub(1)),
+                stars(domain.len().saturating_sub(tld.len() + 1))
+            )
         }
         "payment-card" | "iban" | "phone" => {
-            let digits: Vec<char> = chars.iter().copied().filter(char::is_ascii_alphanumeric).collect();
-            let tail: String = digits.iter().rev().take(if kind == "phone" { 2 } else { 4 }).rev().collect();
-            let head: String = if kind == "iban" { digits.iter().take(2).collect() } else { String::new() };
-            format!("{head}{}{tail}", stars(digits.len().saturating_sub(head.len() + tail.len())))
+            let digits: Vec<char> = chars
+                .iter()
+                .copied()
+                .filter(char::is_ascii_alphanumeric)
+                .collect();
+            let tail: String = digits
+                .iter()
+                .rev()
+                .take(if kind == "phone" { 2 } else { 4 })
+                .rev()
+                .collect();
+            let head: String = if kind == "iban" {
+                digits.iter().take(2).collect()
+            } else {
+                String::new()
+            };
+            format!(
+                "{head}{}{tail}",
+                stars(digits.len().saturating_sub(head.len() + tail.len()))
+            )
         }
         "private-key" => "-----BEGIN ... PRIVATE KEY----- [redacted]".to_string(),
         _ => {
             let head: String = chars.iter().take(4).collect();
-            format!("{head}{} ({} chars)", stars(chars.len().saturating_sub(4)), chars.len())
+            format!(
+                "{head}{} ({} chars)",
+                stars(chars.len().saturating_sub(4)),
+                chars.len()
+            )
         }
     }
 }
@@ -432,12 +508,24 @@ mod tests {
         assert_eq!(kinds("GB82WEST12345698765433"), Vec::<&str>::new());
         assert_eq!(kinds("call +1 415-555-0132 now"), vec!["phone"]);
         assert_eq!(kinds("id AKIAIOSFODNN7EXAMPLE"), vec!["aws-access-key"]);
-        assert_eq!(kinds("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----"), vec!["private-key"]);
+        assert_eq!(
+            kinds("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----"),
+            vec!["private-key"]
+        );
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
         assert_eq!(kinds(jwt), vec!["jwt"]);
-        assert_eq!(kinds("token=Zk9xT2pWcUx3R1h5bE1uQjd8aQ4rS9vW"), vec!["high-entropy-token"]);
-        assert_eq!(kinds("2024-01-15 and 0.123, nothing here"), Vec::<&str>::new());
-        assert_eq!(kinds("sha d41d8cd98f00b204e9800998ecf8427e"), Vec::<&str>::new());
+        assert_eq!(
+            kinds("token=Zk9xT2pWcUx3R1h5bE1uQjd8aQ4rS9vW"),
+            vec!["high-entropy-token"]
+        );
+        assert_eq!(
+            kinds("2024-01-15 and 0.123, nothing here"),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            kinds("sha d41d8cd98f00b204e9800998ecf8427e"),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]
@@ -451,8 +539,14 @@ mod tests {
 
     #[test]
     fn plain_numeric_rows_are_skipped_only_when_safe() {
-        assert!(row_is_plain_numbers(&Row::from_cells(2, [Some("0.625"), Some("1"), None])));
-        assert!(!row_is_plain_numbers(&Row::from_cells(2, [Some("4111111111111111")])));
+        assert!(row_is_plain_numbers(&Row::from_cells(
+            2,
+            [Some("0.625"), Some("1"), None]
+        )));
+        assert!(!row_is_plain_numbers(&Row::from_cells(
+            2,
+            [Some("4111111111111111")]
+        )));
         assert!(!row_is_plain_numbers(&Row::from_cells(2, [Some("a@b.co")])));
     }
 }

@@ -67,7 +67,12 @@ fn loss_grad(x: &Matrix, y: &[usize], k: usize, params: &[f64], c: f64) -> (f64,
                 let label = y.get(i).copied().unwrap_or(0);
                 loss -= z.get(label).copied().unwrap_or(1.0).max(1e-300).ln();
                 let (gw, gb) = grad.split_at_mut(k * d);
-                for (class, ((p, gw_c), gb_c)) in z.iter().zip(gw.chunks_exact_mut(d.max(1))).zip(gb.iter_mut()).enumerate() {
+                for (class, ((p, gw_c), gb_c)) in z
+                    .iter()
+                    .zip(gw.chunks_exact_mut(d.max(1)))
+                    .zip(gb.iter_mut())
+                    .enumerate()
+                {
                     let r = p - if class == label { 1.0 } else { 0.0 };
                     for (g, v) in gw_c.iter_mut().zip(row) {
                         *g += r * v;
@@ -102,7 +107,8 @@ fn lbfgs(x: &Matrix, y: &[usize], k: usize, opts: LogRegOptions) -> Vec<f64> {
     let dim = k * x.cols() + k;
     let mut params = vec![0.0; dim];
     let (mut f, mut g) = loss_grad(x, y, k, &params, opts.c);
-    let mut history: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> = std::collections::VecDeque::new();
+    let mut history: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> =
+        std::collections::VecDeque::new();
     for _ in 0..opts.max_iter {
         if g.iter().fold(0.0f64, |m, v| m.max(v.abs())) < opts.tol {
             break;
@@ -130,10 +136,18 @@ fn lbfgs(x: &Matrix, y: &[usize], k: usize, opts: LogRegOptions) -> Vec<f64> {
             slope = dot(&direction, &g);
             history.clear();
         }
-        let mut step = if history.is_empty() { 1.0 / g.iter().map(|v| v * v).sum::<f64>().sqrt().max(1.0) } else { 1.0 };
+        let mut step = if history.is_empty() {
+            1.0 / g.iter().map(|v| v * v).sum::<f64>().sqrt().max(1.0)
+        } else {
+            1.0
+        };
         let mut accepted = None;
         for _ in 0..30 {
-            let trial: Vec<f64> = params.iter().zip(&direction).map(|(p, d)| p + step * d).collect();
+            let trial: Vec<f64> = params
+                .iter()
+                .zip(&direction)
+                .map(|(p, d)| p + step * d)
+                .collect();
             let (ft, gt) = loss_grad(x, y, k, &trial, opts.c);
             if ft <= f + 1e-4 * step * slope {
                 accepted = Some((trial, ft, gt));
@@ -141,7 +155,9 @@ fn lbfgs(x: &Matrix, y: &[usize], k: usize, opts: LogRegOptions) -> Vec<f64> {
             }
             step *= 0.5;
         }
-        let Some((trial, ft, gt)) = accepted else { break };
+        let Some((trial, ft, gt)) = accepted else {
+            break;
+        };
         let s: Vec<f64> = trial.iter().zip(&params).map(|(a, b)| a - b).collect();
         let yv: Vec<f64> = gt.iter().zip(&g).map(|(a, b)| a - b).collect();
         let sy = dot(&s, &yv);
@@ -225,7 +241,12 @@ pub fn stratified_folds(labels: &[usize], classes: usize, folds: usize, seed: u6
     let mut rng = Rng::new(seed);
     let mut next = 0;
     for class in 0..classes {
-        let mut members: Vec<usize> = labels.iter().enumerate().filter(|(_, &l)| l == class).map(|(i, _)| i).collect();
+        let mut members: Vec<usize> = labels
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l == class)
+            .map(|(i, _)| i)
+            .collect();
         rng.shuffle(&mut members);
         for i in members {
             if let Some(f) = fold.get_mut(i) {
@@ -238,14 +259,27 @@ pub fn stratified_folds(labels: &[usize], classes: usize, folds: usize, seed: u6
 }
 
 /// Out-of-fold predicted probabilities by k-fold cross-validation.
-pub fn cross_val_proba(x: &Matrix, y: &[usize], classes: usize, folds: usize, opts: LogRegOptions) -> Matrix {
+pub fn cross_val_proba(
+    x: &Matrix,
+    y: &[usize],
+    classes: usize,
+    folds: usize,
+    opts: LogRegOptions,
+) -> Matrix {
     let fold_of = stratified_folds(y, classes, folds, 0x0c1e_a41a);
     let parts: Vec<(Vec<usize>, Matrix)> = (0..folds)
         .into_par_iter()
         .map(|f| {
-            let train: Vec<usize> = (0..y.len()).filter(|&i| fold_of.get(i) != Some(&f)).collect();
-            let test: Vec<usize> = (0..y.len()).filter(|&i| fold_of.get(i) == Some(&f)).collect();
-            let labels: Vec<usize> = train.iter().map(|&i| y.get(i).copied().unwrap_or(0)).collect();
+            let train: Vec<usize> = (0..y.len())
+                .filter(|&i| fold_of.get(i) != Some(&f))
+                .collect();
+            let test: Vec<usize> = (0..y.len())
+                .filter(|&i| fold_of.get(i) == Some(&f))
+                .collect();
+            let labels: Vec<usize> = train
+                .iter()
+                .map(|&i| y.get(i).copied().unwrap_or(0))
+                .collect();
             let model = LogReg::fit(&x.select(&train), &labels, classes, opts);
             (test.clone(), model.predict_proba(&x.select(&test)))
         })
@@ -276,7 +310,9 @@ mod tests {
         }
         let x = Matrix::from_vec(200, 2, data).unwrap();
         let p = cross_val_proba(&x, &y, 2, 5, LogRegOptions::default());
-        let correct = (0..200).filter(|&i| (p.row(i)[1] > 0.5) == (y[i] == 1)).count();
+        let correct = (0..200)
+            .filter(|&i| (p.row(i)[1] > 0.5) == (y[i] == 1))
+            .count();
         assert!(correct > 190, "{correct}");
     }
 }

@@ -107,7 +107,11 @@ pub fn isolation_forest(x: &Matrix, trees: usize, seed: u64) -> Vec<f64> {
     (0..n)
         .into_par_iter()
         .map(|i| {
-            let mean = forest.iter().map(|tree| path_length(tree, x.row(i), 0.0)).sum::<f64>() / trees.max(1) as f64;
+            let mean = forest
+                .iter()
+                .map(|tree| path_length(tree, x.row(i), 0.0))
+                .sum::<f64>()
+                / trees.max(1) as f64;
             2f64.powf(-mean / c)
         })
         .collect()
@@ -151,7 +155,10 @@ pub fn robust_z(values: &[f64]) -> Vec<f64> {
     }
     let mean_ad = deviations.iter().sum::<f64>() / deviations.len().max(1) as f64;
     if mean_ad > 0.0 {
-        values.iter().map(|v| (v - med) / (1.253_314 * mean_ad)).collect()
+        values
+            .iter()
+            .map(|v| (v - med) / (1.253_314 * mean_ad))
+            .collect()
     } else {
         vec![0.0; values.len()]
     }
@@ -168,10 +175,18 @@ pub struct ColumnOutliers {
 }
 
 /// Cells with |robust z| above `threshold`, per column.
-pub fn column_outliers(x: &Matrix, names: &[String], lines: &[u64], threshold: f64) -> Vec<ColumnOutliers> {
+pub fn column_outliers(
+    x: &Matrix,
+    names: &[String],
+    lines: &[u64],
+    threshold: f64,
+) -> Vec<ColumnOutliers> {
     let mut out = Vec::new();
     for (c, name) in names.iter().enumerate().take(x.cols()) {
-        let values: Vec<f64> = x.iter_rows().map(|r| r.get(c).copied().unwrap_or(0.0)).collect();
+        let values: Vec<f64> = x
+            .iter_rows()
+            .map(|r| r.get(c).copied().unwrap_or(0.0))
+            .collect();
         let z = robust_z(&values);
         let mut count = 0;
         let mut worst = (0.0f64, 0usize);

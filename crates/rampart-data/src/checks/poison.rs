@@ -165,7 +165,14 @@ fn two_means(z: &Matrix, rng: &mut Rng) -> Vec<usize> {
             }
         }
         let inertia: f64 = (0..n)
-            .map(|i| dist2(z.row(i), centres.get(assign.get(i).copied().unwrap_or(0)).map_or(&[][..], |c| c.as_slice())))
+            .map(|i| {
+                dist2(
+                    z.row(i),
+                    centres
+                        .get(assign.get(i).copied().unwrap_or(0))
+                        .map_or(&[][..], |c| c.as_slice()),
+                )
+            })
             .sum();
         if inertia < best.0 {
             best = (inertia, assign);
@@ -209,11 +216,21 @@ fn silhouette(z: &Matrix, assign: &[usize]) -> f64 {
 }
 
 /// Run both methods on every class with at least 10 rows.
-pub fn detect(reps: &Matrix, labels: &[usize], classes: usize, opts: PoisonOptions) -> PoisonReport {
+pub fn detect(
+    reps: &Matrix,
+    labels: &[usize],
+    classes: usize,
+    opts: PoisonOptions,
+) -> PoisonReport {
     let per_class: Vec<(ClassPoison, Vec<usize>)> = (0..classes)
         .into_par_iter()
         .map(|class| {
-            let members: Vec<usize> = labels.iter().enumerate().filter(|(_, &l)| l == class).map(|(i, _)| i).collect();
+            let members: Vec<usize> = labels
+                .iter()
+                .enumerate()
+                .filter(|(_, &l)| l == class)
+                .map(|(i, _)| i)
+                .collect();
             let mut result = ClassPoison {
                 class,
                 rows: members.len(),
@@ -230,7 +247,10 @@ pub fn detect(reps: &Matrix, labels: &[usize], classes: usize, opts: PoisonOptio
             let mut r = reps.select(&members);
             let mean = r.column_means();
             for i in 0..r.rows() {
-                r.row_mut(i).iter_mut().zip(&mean).for_each(|(v, m)| *v -= m);
+                r.row_mut(i)
+                    .iter_mut()
+                    .zip(&mean)
+                    .for_each(|(v, m)| *v -= m);
             }
             let pcs = principal_components(&r, opts.components);
             let Some(top) = pcs.first() else {
@@ -257,10 +277,17 @@ pub fn detect(reps: &Matrix, labels: &[usize], classes: usize, opts: PoisonOptio
             let assign = two_means(&reduced, &mut rng);
             let ones = assign.iter().filter(|&&a| a == 1).count();
             let small = usize::from(ones * 2 < assign.len());
-            let small_count = if small == 1 { ones } else { assign.len() - ones };
+            let small_count = if small == 1 {
+                ones
+            } else {
+                assign.len() - ones
+            };
             result.cluster_share = small_count as f64 / assign.len().max(1) as f64;
             result.silhouette = silhouette(&reduced, &assign);
-            if result.cluster_share <= opts.max_cluster_share && result.silhouette >= opts.min_silhouette && small_count > 0 {
+            if result.cluster_share <= opts.max_cluster_share
+                && result.silhouette >= opts.min_silhouette
+                && small_count > 0
+            {
                 for (k, a) in assign.iter().enumerate() {
                     if *a == small {
                         result.cluster_flagged += 1;
@@ -268,7 +295,10 @@ pub fn detect(reps: &Matrix, labels: &[usize], classes: usize, opts: PoisonOptio
                     }
                 }
             }
-            let rows: Vec<usize> = flagged.iter().filter_map(|&k| members.get(k).copied()).collect();
+            let rows: Vec<usize> = flagged
+                .iter()
+                .filter_map(|&k| members.get(k).copied())
+                .collect();
             (result, rows)
         })
         .collect();

@@ -17,7 +17,9 @@ pub(crate) struct CsvSource {
 
 impl std::fmt::Debug for CsvSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CsvSource").field("path", &self.path).finish()
+        f.debug_struct("CsvSource")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -29,17 +31,38 @@ impl CsvSource {
             .has_headers(true)
             .flexible(false)
             .from_reader(BufReader::with_capacity(1 << 20, file));
-        let header = reader.byte_headers().map_err(|e| csv_error(path, e))?.clone();
+        let header = reader
+            .byte_headers()
+            .map_err(|e| csv_error(path, e))?
+            .clone();
         let mut columns = Vec::with_capacity(header.len());
         for (index, name) in header.iter().enumerate() {
             let name = std::str::from_utf8(name).map_err(|_| {
-                DataError::parse(path, 1, None, format!("column {} name is not valid UTF-8; re-encode the file as UTF-8", index + 1))
+                DataError::parse(
+                    path,
+                    1,
+                    None,
+                    format!(
+                        "column {} name is not valid UTF-8; re-encode the file as UTF-8",
+                        index + 1
+                    ),
+                )
             })?;
-            let name = if index == 0 { name.trim_start_matches('\u{feff}') } else { name };
+            let name = if index == 0 {
+                name.trim_start_matches('\u{feff}')
+            } else {
+                name
+            };
             columns.push(name.to_string());
         }
-        if header.is_empty() || (header.len() == 1 && columns.first().is_some_and(|c| c.is_empty())) {
-            return Err(DataError::parse(path, 1, None, "empty file or empty header; the first line must name the columns"));
+        if header.is_empty() || (header.len() == 1 && columns.first().is_some_and(|c| c.is_empty()))
+        {
+            return Err(DataError::parse(
+                path,
+                1,
+                None,
+                "empty file or empty header; the first line must name the columns",
+            ));
         }
         check_columns(path, 1, &columns)?;
         Ok(Self {
@@ -55,7 +78,11 @@ fn csv_error(path: &Path, err: csv::Error) -> DataError {
     let line = err.position().map_or(0, csv::Position::line);
     match err.into_kind() {
         csv::ErrorKind::Io(e) => DataError::io(path, e),
-        csv::ErrorKind::UnequalLengths { pos, expected_len, len } => DataError::parse(
+        csv::ErrorKind::UnequalLengths {
+            pos,
+            expected_len,
+            len,
+        } => DataError::parse(
             path,
             pos.map_or(line, |p| p.line()),
             None,
@@ -87,7 +114,11 @@ impl RowSource for CsvSource {
         let line = self.record.position().map_or(0, csv::Position::line);
         // One validation of the whole record; only on failure look for the column at fault.
         let Ok(text) = std::str::from_utf8(self.record.as_slice()) else {
-            let bad = self.record.iter().position(|f| std::str::from_utf8(f).is_err()).unwrap_or(0);
+            let bad = self
+                .record
+                .iter()
+                .position(|f| std::str::from_utf8(f).is_err())
+                .unwrap_or(0);
             return Err(DataError::parse(
                 &self.path,
                 line,

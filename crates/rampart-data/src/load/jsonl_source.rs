@@ -40,11 +40,21 @@ impl JsonlSource {
             cells: Vec::new(),
         };
         let Some(first) = source.read_object()? else {
-            return Err(DataError::parse(path, 1, None, "empty file; JSONL needs one object per line"));
+            return Err(DataError::parse(
+                path,
+                1,
+                None,
+                "empty file; JSONL needs one object per line",
+            ));
         };
         source.columns = first.keys().cloned().collect();
         check_columns(path, source.line, &source.columns)?;
-        source.index = source.columns.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect();
+        source.index = source
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i))
+            .collect();
         source.pending = Some(first);
         Ok(source)
     }
@@ -63,25 +73,45 @@ impl JsonlSource {
             self.line += 1;
             self.bytes += n as u64;
             if n > MAX_LINE {
-                return Err(DataError::parse(&self.path, self.line, None, "line longer than 64 MiB"));
+                return Err(DataError::parse(
+                    &self.path,
+                    self.line,
+                    None,
+                    "line longer than 64 MiB",
+                ));
             }
             let text = std::str::from_utf8(&self.buf).map_err(|e| {
                 DataError::parse(
                     &self.path,
                     self.line,
                     None,
-                    format!("byte {} is not valid UTF-8; re-encode the file as UTF-8", e.valid_up_to() + 1),
+                    format!(
+                        "byte {} is not valid UTF-8; re-encode the file as UTF-8",
+                        e.valid_up_to() + 1
+                    ),
                 )
             })?;
             if text.trim().is_empty() {
                 continue;
             }
             let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-                DataError::parse(&self.path, self.line, None, format!("invalid JSON at character {}: {e}", e.column()))
+                DataError::parse(
+                    &self.path,
+                    self.line,
+                    None,
+                    format!("invalid JSON at character {}: {e}", e.column()),
+                )
             })?;
             match value {
                 serde_json::Value::Object(map) => return Ok(Some(map)),
-                _ => return Err(DataError::parse(&self.path, self.line, None, "expected a JSON object")),
+                _ => {
+                    return Err(DataError::parse(
+                        &self.path,
+                        self.line,
+                        None,
+                        "expected a JSON object",
+                    ))
+                }
             }
         }
     }

@@ -25,7 +25,11 @@ pub enum Format {
 impl Format {
     /// Guess the format from the file name.
     pub fn from_path(path: &Path) -> Result<Self> {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let name = name.strip_suffix(".gz").unwrap_or(&name);
         if name.ends_with(".csv") {
             Ok(Self::Csv)
@@ -158,7 +162,12 @@ pub fn open(path: &Path, format: Option<Format>) -> Result<Box<dyn RowSource>> {
 /// Check that the header names are usable: non-empty and unique.
 pub(crate) fn check_columns(path: &Path, line: u64, columns: &[String]) -> Result<()> {
     if columns.is_empty() {
-        return Err(DataError::parse(path, line, None, "no columns; the file needs a header"));
+        return Err(DataError::parse(
+            path,
+            line,
+            None,
+            "no columns; the file needs a header",
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for (index, name) in columns.iter().enumerate() {
@@ -167,7 +176,10 @@ pub(crate) fn check_columns(path: &Path, line: u64, columns: &[String]) -> Resul
                 path,
                 line,
                 None,
-                format!("column {} has an empty name; name every column in the header", index + 1),
+                format!(
+                    "column {} has an empty name; name every column in the header",
+                    index + 1
+                ),
             ));
         }
         if !seen.insert(name.as_str()) {
@@ -183,7 +195,11 @@ pub(crate) fn check_columns(path: &Path, line: u64, columns: &[String]) -> Resul
 }
 
 /// Read a whole (small) file into rows, for callers that need random access.
-pub fn read_all(path: &Path, format: Option<Format>, max_rows: usize) -> Result<(Vec<String>, Vec<Row>)> {
+pub fn read_all(
+    path: &Path,
+    format: Option<Format>,
+    max_rows: usize,
+) -> Result<(Vec<String>, Vec<Row>)> {
     let mut source = open(path, format)?;
     let mut rows = Vec::new();
     loop {

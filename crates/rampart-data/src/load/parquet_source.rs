@@ -22,7 +22,9 @@ pub(crate) struct ParquetSource {
 
 impl std::fmt::Debug for ParquetSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParquetSource").field("path", &self.path).finish()
+        f.debug_struct("ParquetSource")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -30,7 +32,9 @@ impl ParquetSource {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let bad = |e: parquet::errors::ParquetError| DataError::parse(path, 0, None, format!("not a readable Parquet file: {e}"));
+        let bad = |e: parquet::errors::ParquetError| {
+            DataError::parse(path, 0, None, format!("not a readable Parquet file: {e}"))
+        };
         let reader = SerializedFileReader::new(file).map_err(bad)?;
         let metadata = reader.metadata().file_metadata();
         let total_rows = u64::try_from(metadata.num_rows()).unwrap_or(0);
@@ -64,7 +68,14 @@ impl RowSource for ParquetSource {
             return Ok(false);
         };
         self.record += 1;
-        let record = next.map_err(|e| DataError::parse(&self.path, self.record, None, format!("unreadable record: {e}")))?;
+        let record = next.map_err(|e| {
+            DataError::parse(
+                &self.path,
+                self.record,
+                None,
+                format!("unreadable record: {e}"),
+            )
+        })?;
         row.clear(self.record);
         let mut text = String::new();
         for (_, field) in record.get_column_iter() {

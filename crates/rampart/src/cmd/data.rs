@@ -138,8 +138,12 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
 }
 
 fn input_format(name: Option<&str>) -> anyhow::Result<Option<Format>> {
-    name.map(|n| Format::parse(n).with_context(|| format!("unknown --input-format `{n}`; use csv, tsv, jsonl or parquet")))
-        .transpose()
+    name.map(|n| {
+        Format::parse(n).with_context(|| {
+            format!("unknown --input-format `{n}`; use csv, tsv, jsonl or parquet")
+        })
+    })
+    .transpose()
 }
 
 /// Write to `path` through a temporary file in the same directory, or to stdout.
@@ -151,11 +155,19 @@ fn emit(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
             stdout.flush()?;
         }
         Some(path) => {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-            std::fs::write(&tmp, text).with_context(|| format!("cannot write `{}`", tmp.display()))?;
-            std::fs::rename(&tmp, path).with_context(|| format!("cannot write `{}`", path.display()))?;
+            std::fs::write(&tmp, text)
+                .with_context(|| format!("cannot write `{}`", tmp.display()))?;
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
         }
     }
     Ok(())
@@ -179,22 +191,43 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
         opts.checks = Some(checks);
     }
     for spec in &args.limits {
-        let (name, value) = spec.split_once('=').with_context(|| format!("--max `{spec}`: write CHECK=COUNT or CHECK=PERCENT%"))?;
-        let check = Check::parse(name.trim()).with_context(|| format!("--max `{spec}`: unknown check `{name}`"))?;
-        let limit = Limit::parse(value).with_context(|| format!("--max `{spec}`: the limit must be a whole number or a percentage like 2.5%"))?;
+        let (name, value) = spec
+            .split_once('=')
+            .with_context(|| format!("--max `{spec}`: write CHECK=COUNT or CHECK=PERCENT%"))?;
+        let check = Check::parse(name.trim())
+            .with_context(|| format!("--max `{spec}`: unknown check `{name}`"))?;
+        let limit = Limit::parse(value).with_context(|| {
+            format!("--max `{spec}`: the limit must be a whole number or a percentage like 2.5%")
+        })?;
         opts.limits.insert(check, limit);
     }
     for (name, value, range) in [
         ("--iforest-threshold", args.iforest_threshold, 0.0..=1.0),
         ("--cluster-share", args.cluster_share, 0.0..=0.5),
         ("--min-silhouette", args.min_silhouette, -1.0..=1.0),
-        ("--near-duplicate-similarity", args.near_duplicate_similarity, 0.0..=1.0),
-        ("--near-duplicate-distance", args.near_duplicate_distance, 0.0..=1.0),
+        (
+            "--near-duplicate-similarity",
+            args.near_duplicate_similarity,
+            0.0..=1.0,
+        ),
+        (
+            "--near-duplicate-distance",
+            args.near_duplicate_distance,
+            0.0..=1.0,
+        ),
     ] {
-        anyhow::ensure!(range.contains(&value), "{name} must be between {} and {}", range.start(), range.end());
+        anyhow::ensure!(
+            range.contains(&value),
+            "{name} must be between {} and {}",
+            range.start(),
+            range.end()
+        );
     }
     anyhow::ensure!(args.max_rows > 0, "--max-rows must be at least 1");
-    anyhow::ensure!((2..=20).contains(&args.folds), "--folds must be between 2 and 20");
+    anyhow::ensure!(
+        (2..=20).contains(&args.folds),
+        "--folds must be between 2 and 20"
+    );
     opts.against = args.against;
     opts.pred_probs = args.pred_probs;
     opts.representations = args.representations;
@@ -220,22 +253,32 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
         if !quiet && last.elapsed().as_secs_f64() >= 2.0 {
             last = Instant::now();
             let mb = bytes as f64 / 1e6;
-            let _ = writeln!(std::io::stderr(), "rampart data: read {mb:.0} MB, {rows} rows ({:.0} MB/s)", mb / started.elapsed().as_secs_f64().max(1e-9));
+            let _ = writeln!(
+                std::io::stderr(),
+                "rampart data: read {mb:.0} MB, {rows} rows ({:.0} MB/s)",
+                mb / started.elapsed().as_secs_f64().max(1e-9)
+            );
         }
     };
-    let report = rampart_data::run(&opts, &mut progress).with_context(|| format!("cannot check `{}`", args.data.display()))?;
+    let report = rampart_data::run(&opts, &mut progress)
+        .with_context(|| format!("cannot check `{}`", args.data.display()))?;
     let text = match args.format {
         ReportFormat::Text => report.to_text(args.show),
         ReportFormat::Json => format!("{}\n", serde_json::to_string_pretty(&report)?),
         ReportFormat::Html => rampart_data::html::render(&report),
     };
     emit(args.output.as_deref(), &text)?;
-    Ok(if report.has_findings() { Outcome::Findings } else { Outcome::Clean })
+    Ok(if report.has_findings() {
+        Outcome::Findings
+    } else {
+        Outcome::Clean
+    })
 }
 
 fn schema(args: SchemaArgs) -> anyhow::Result<Outcome> {
     let format = input_format(args.input_format.as_deref())?;
-    let schema = rampart_data::schema::infer(&args.data, format).with_context(|| format!("cannot infer a schema from `{}`", args.data.display()))?;
+    let schema = rampart_data::schema::infer(&args.data, format)
+        .with_context(|| format!("cannot infer a schema from `{}`", args.data.display()))?;
     emit(args.output.as_deref(), &schema.to_toml()?)?;
     Ok(Outcome::Clean)
 }
