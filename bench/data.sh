@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# rampart data check against cleanlab, and the streaming throughput on a generated CSV of at least 1 GB.
+#
+# 1. Label audit on the digits training split with 10% of labels flipped (symmetric noise):
+#    - the same out-of-fold probabilities in (scikit-learn 5-fold LogisticRegression, written to probs.csv), the
+#      issues of cleanlab's find_label_issues and of `rampart data check --pred-probs`, precision and recall of both;
+#    - end to end, probabilities included: Python (sklearn cross_val_predict + cleanlab) vs Rampart (its own 5-fold
+#      logistic regression + confident learning), wall-clock of each process.
+# 2. Throughput of the streaming checks (schema, leaks, exact duplicates) on one core, and of the whole check.
+# Environment: BENCH_CSV_MB (default 1100), RAMPART_PEERS_VENV (Python with cleanlab; default: python3 on PATH),
+# RAMPART_BIN (use this binary instead of building a release one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+py="python3"
+[ -n "${RAMPART_PEERS_VENV:-}" ] && py="$RAMPART_PEERS_VENV/bin/python"
+# RAMPART_BIN: a binary built already (any profile with optimised code) instead of a release build.
+if [ -n "${RAMPART_BIN:-}" ]; then
+  rampart="$RAMPART_BIN"
+else
+  echo "== building rampart (release)" >&2
+  cargo build --release -q -p rampart
+  rampart="$CARGO_TARGET_DIR/release/rampart"
+fi
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+now() { date +%s.%N; }
+
+echo "== label audit: digits train, 10% symmetric label noise" >&2
+t0=$(now); "$py" bench/data_labels.py prepare examples/digits/train.csv "$work"; t1=$(now)
+py_wall=$(awk -v a="$t1" -v b="$t0" "BEGIN{print a-b}")
+"$rampart" data check "$work/noisy.csv" --checks labels --pred-probs "$work/probs.csv" --format json -q -o "$work/same.json" || true
+t2=$(now)
+"$rampart" data check "$work/noisy.csv" --checks labels --format json -q -o "$work/own.json" || true
+t3=$(now)
+rs_wall=$(awk -v a="$t3" -v b="$t2" "BEGIN{print a-b}")
+same=$("$py" bench/data_labels.py score "$work" "$work/same.json")
+own=$("$py" bench/data_labels.py score "$work" "$work/own.json")
+"$py" - "$work/cleanlab.json" "$same" "$own" "$py_wall" "$rs_wall" <<'PY'
+import json, sys
+cl = json.load(open(sys.argv[1])); same = json.loads(sys.argv[2]); own = json.loads(sys.argv[3])
+py_wall, rs_wall = float(sys.argv[4]), float(sys.argv[5])
+print("label audit (same sklearn out-of-fold probabilities in):")
+print(f"  cleanlab  precision {cl['precision']:.4f} recall {cl['recall']:.4f} issues {cl['issues']}")
+print(f"  rampart   precision {same['precision']:.4f} recall {same['recall']:.4f} issues {same['issues']}")
+print(f"  difference precision {same['precision']-cl['precision']:+.4f} recall {same['recall']-cl['recall']:+.4f}")
+print("end to end, probabilities included:")
+print(f"  python (sklearn 5-fold LogisticRegression + cleanlab): {py_wall:.2f} s wall "
+      f"(imports {cl['import_s']:.2f} s, cross-validation {cl['cv_s']:.2f} s, find_label_issues {cl['cleanlab_s']:.3f} s)")
+print(f"  rampart (own 5-fold logistic regression + audit):      {rs_wall:.2f} s wall, "
+      f"precision {own['precision']:.4f} recall {own['recall']:.4f} issues {own['issues']}")
+print(f"  speed-up: {py_wall/rs_wall:.1f}x wall; {(cl['cv_s']+cl['cleanlab_s'])/rs_wall:.1f}x against Python's compute alone")
+PY
+
+mb="${BENCH_CSV_MB:-1100}"
+echo "== generating a ${mb} MB CSV" >&2
+csv="$work/big.csv"
+awk -v target="$((mb * 1000000))" 'BEGIN {
+  srand(7); split("the a model data train label image token value river cloud green fast slow north", w, " ");
+  printf "id"; for (j = 0; j < 16; j++) printf ",f%d", j; print ",category,note,label";
+  bytes = 0; i = 0;
+  while (bytes < target) {
+    line = i; for (j = 0; j < 16; j++) line = line "," sprintf("%.5f", rand());
+    note = w[int(rand()*15)+1] " " w[int(rand()*15)+1] " " w[int(rand()*15)+1] " " w[int(rand()*15)+1] " " i;
+    if (i % 100000 == 7) note = note " contact jane" i "@example.com";
+    line = line "," (i % 3 == 0 ? "red" : "blue") "," note "," (i % 10);
+    print line; bytes += length(line) + 1; i++;
+  }
+}' > "$csv"
+size=$(stat -c %s "$csv")
+"$rampart" data schema "$csv" -o "$work/big.toml"
+pin=""; command -v taskset >/dev/null && pin="taskset -c 0"
+t0=$(now)
+$pin "$rampart" data check "$csv" --schema "$work/big.toml" --checks schema,leaks,duplicates --max-rows 1 --format json -q -o "$work/stream.json" || true
+t1=$(now)
+t2=$(now)
+"$rampart" data check "$csv" --schema "$work/big.toml" --format json -q -o "$work/all.json" || true
+t3=$(now)
+"$py" - "$size" "$(awk -v a="$t1" -v b="$t0" "BEGIN{print a-b}")" "$(awk -v a="$t3" -v b="$t2" "BEGIN{print a-b}")" "$work/stream.json" <<'PY'
+import json, sys
+size, stream, whole = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+r = json.load(open(sys.argv[4]))
+print(f"streaming checks (schema, leaks, exact duplicates) on one core: {size/1e6:.0f} MB, {r['rows']} rows in {stream:.2f} s = {size/1e6/stream:.0f} MB/s (target 200 MB/s, ratio {size/1e6/stream/200:.2f})")
+print(f"  findings: " + ", ".join(f"{c['check']} {c['findings']}" for c in r['checks']))
+print(f"whole check (all checks; in-memory ones on the first 200000 rows), both cores: {whole:.2f} s = {size/1e6/whole:.0f} MB/s")
+PY

@@ -1,0 +1,283 @@
+//! Duplicates: exact (hashed rows, streaming), near duplicates (MinHash LSH over text, nearest neighbours over
+//! numeric rows) and leakage (rows of this data set that also appear in another split).
+
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::load::Row;
+use crate::matrix::{dist2, Matrix};
+
+/// Hash the cells at `columns` (all when `None`), null distinct from empty text.
+pub fn hash_cells(row: &Row, columns: Option<&[usize]>, scratch: &mut Vec<u8>) -> u64 {
+    scratch.clear();
+    let mut push = |cell: Option<&str>| {
+        match cell {
+            Some(text) => scratch.extend_from_slice(text.as_bytes()),
+            None => scratch.push(0x1e),
+        }
+        scratch.push(0x1f);
+    };
+    match columns {
+        Some(columns) => columns.iter().for_each(|&c| push(row.get(c))),
+        None => row.cells().for_each(push),
+    }
+    xxh3_64(scratch)
+}
+
+/// A repeated row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Duplicate {
+    pub line: u64,
+    /// The first row with the same content.
+    pub first_line: u64,
+    /// Same features, different label.
+    pub conflicting_label: bool,
+}
+
+/// Finds exact duplicates as rows stream by (one 64-bit hash per distinct row is kept).
+#[derive(Debug, Default)]
+pub struct ExactDuplicates {
+    seen: HashMap<u64, (u64, u64)>,
+    pub count: u64,
+    pub conflicting: u64,
+    pub findings: Vec<Duplicate>,
+    keep: usize,
+}
+
+impl ExactDuplicates {
+    pub fn new(keep: usize) -> Self {
+        Self {
+            keep,
+            ..Self::default()
+        }
+    }
+
+    /// Record a row by the hash of its features and the hash of its label.
+    pub fn observe(&mut self, line: u64, features: u64, label: u64) {
+        match self.seen.entry(features) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert((line, label));
+            }
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                let (first_line, first_label) = *slot.get();
+                self.count += 1;
+                let conflicting_label = first_label != label;
+                if conflicting_label {
+                    self.conflicting += 1;
+                }
+                if self.findings.len() < self.keep {
+                    self.findings.push(Duplicate {
+                        line,
+                        first_line,
+                        conflicting_label,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Hashes of another split's rows, to find leakage.
+#[derive(Debug, Default)]
+pub struct Against {
+    pub hashes: HashSet<u64>,
+    pub rows: u64,
+}
+
+/// A pair of rows that are nearly the same.
+#[derive(Debug, Clone, Serialize)]
+pub struct NearDuplicate {
+    pub line: u64,
+    pub other_line: u64,
+    /// Estimated Jaccard similarity (text) or 1 - RMS distance (numeric).
+    pub similarity: f64,
+    pub basis: &'static str,
+}
+
+const PERMUTATIONS: usize = 64;
+const BANDS: usize = 16;
+const BAND_ROWS: usize = PERMUTATIONS / BANDS;
+/// Largest LSH bucket compared pairwise; larger ones (boilerplate text) are cut to keep time bounded.
+const MAX_BUCKET: usize = 200;
+/// Members of a bucket each row is compared with.
+const WINDOW: usize = 16;
+/// Most candidate pairs verified in one run.
+const MAX_CANDIDATES: usize = 2_000_000;
+
+/// MinHash signature of a text: word 3-grams (character 5-grams for texts of fewer than three words).
+pub fn minhash(text: &str) -> Option<[u64; PERMUTATIONS]> {
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut shingles: Vec<u64> = Vec::new();
+    if words.len() >= 3 {
+        for w in words.windows(3) {
+            shingles.push(xxh3_64(w.join(" ").as_bytes()));
+        }
+    } else {
+        let chars: Vec<char> = lower.chars().collect();
+        if chars.len() < 5 {
+            return None;
+        }
+        for w in chars.windows(5) {
+            shingles.push(xxh3_64(w.iter().collect::<String>().as_bytes()));
+        }
+    }
+    let mut sig = [u64::MAX; PERMUTATIONS];
+    let mut rng = crate::matrix::Rng::new(0x5eed);
+    let params: Vec<(u64, u64)> = (0..PERMUTATIONS)
+        .map(|_| (rng.next_u64() | 1, rng.next_u64()))
+        .collect();
+    for h in shingles {
+        for (slot, (a, b)) in sig.iter_mut().zip(&params) {
+            let v = a.wrapping_mul(h).wrapping_add(*b);
+            if v < *slot {
+                *slot = v;
+            }
+        }
+    }
+    Some(sig)
+}
+
+/// Near-duplicate texts by MinHash LSH; pairs with estimated Jaccard of at least `threshold`.
+pub fn near_duplicate_texts(texts: &[(u64, String)], threshold: f64) -> Vec<NearDuplicate> {
+    let sigs: Vec<Option<[u64; PERMUTATIONS]>> =
+        texts.par_iter().map(|(_, t)| minhash(t)).collect();
+    let mut buckets: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
+    for (i, sig) in sigs.iter().enumerate() {
+        let Some(sig) = sig else { continue };
+        for (band, chunk) in sig.chunks_exact(BAND_ROWS).enumerate() {
+            let mut bytes = Vec::with_capacity(BAND_ROWS * 8);
+            chunk
+                .iter()
+                .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+            let members = buckets.entry((band, xxh3_64(&bytes))).or_default();
+            if members.len() < MAX_BUCKET {
+                members.push(i);
+            }
+        }
+    }
+    // Within a bucket each row is compared with the next few members only, and the candidate set is capped: text
+    // that is mostly boilerplate would otherwise make the pairs grow with the square of the rows.
+    let mut pairs: HashSet<(usize, usize)> = HashSet::new();
+    'buckets: for members in buckets.values() {
+        for (a, &i) in members.iter().enumerate() {
+            for &j in members.iter().skip(a + 1).take(WINDOW) {
+                if pairs.len() >= MAX_CANDIDATES {
+                    break 'buckets;
+                }
+                pairs.insert((i.min(j), i.max(j)));
+            }
+        }
+    }
+    let mut out: Vec<NearDuplicate> = pairs
+        .into_iter()
+        .filter_map(|(i, j)| {
+            let (Some(Some(a)), Some(Some(b))) = (sigs.get(i), sigs.get(j)) else {
+                return None;
+            };
+            let same = a.iter().zip(b.iter()).filter(|(x, y)| x == y).count();
+            let similarity = same as f64 / PERMUTATIONS as f64;
+            let (line, _) = texts.get(j)?;
+            let (other_line, _) = texts.get(i)?;
+            (similarity >= threshold).then_some(NearDuplicate {
+                line: *line,
+                other_line: *other_line,
+                similarity,
+                basis: "text-minhash",
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.line.cmp(&b.line).then(a.other_line.cmp(&b.other_line)));
+    out
+}
+
+/// Near-duplicate numeric rows: pairs whose RMS distance, after scaling every column to [0, 1], is at most
+/// `max_distance` but not zero (exact duplicates are reported on their own).
+pub fn near_duplicate_rows(
+    features: &Matrix,
+    lines: &[u64],
+    max_distance: f64,
+) -> Vec<NearDuplicate> {
+    let scaled = scale_unit(features);
+    let d = scaled.cols().max(1) as f64;
+    let limit = max_distance * max_distance * d;
+    let mut out: Vec<NearDuplicate> = (0..scaled.rows())
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            let a = scaled.row(i);
+            let scaled = &scaled;
+            (i + 1..scaled.rows()).filter_map(move |j| {
+                let d2 = dist2(a, scaled.row(j));
+                (d2 > 0.0 && d2 <= limit).then_some((i, j, d2))
+            })
+        })
+        .filter_map(|(i, j, d2)| {
+            Some(NearDuplicate {
+                line: *lines.get(j)?,
+                other_line: *lines.get(i)?,
+                similarity: 1.0 - (d2 / d).sqrt(),
+                basis: "numeric-distance",
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.line.cmp(&b.line).then(a.other_line.cmp(&b.other_line)));
+    out
+}
+
+/// Scale each column to [0, 1] by its range (constant columns become 0).
+pub fn scale_unit(features: &Matrix) -> Matrix {
+    let cols = features.cols();
+    let mut lo = vec![f64::INFINITY; cols];
+    let mut hi = vec![f64::NEG_INFINITY; cols];
+    for row in features.iter_rows() {
+        for ((l, h), v) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
+            *l = l.min(*v);
+            *h = h.max(*v);
+        }
+    }
+    let mut out = features.clone();
+    for i in 0..out.rows() {
+        for ((v, l), h) in out.row_mut(i).iter_mut().zip(&lo).zip(&hi) {
+            let range = h - l;
+            *v = if range > 0.0 { (*v - l) / range } else { 0.0 };
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minhash_finds_edited_copies_only() {
+        let base = "the quick brown fox jumps over the lazy dog near the river bank at dawn";
+        let texts = vec![
+            (2, base.to_string()),
+            (3, format!("{base} today")),
+            (
+                4,
+                "completely different words about training data and models".to_string(),
+            ),
+        ];
+        let pairs = near_duplicate_texts(&texts, 0.7);
+        assert_eq!(pairs.len(), 1);
+        assert_eq!((pairs[0].line, pairs[0].other_line), (3, 2));
+    }
+
+    #[test]
+    fn exact_duplicates_and_conflicts() {
+        let mut d = ExactDuplicates::new(10);
+        d.observe(2, 1, 7);
+        d.observe(3, 1, 7);
+        d.observe(4, 1, 8);
+        d.observe(5, 2, 8);
+        assert_eq!((d.count, d.conflicting), (2, 1));
+    }
+}
