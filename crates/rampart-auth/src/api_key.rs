@@ -262,7 +262,8 @@ impl ApiKeyStore {
         let computed = secret.hash(id, key_secret);
         match snapshot.by_id.get(id) {
             Some(entry) => {
-                let ok = computed.as_slice().ct_eq(entry.hash.as_slice()) & Choice::from(u8::from(!entry.revoked));
+                let ok = computed.as_slice().ct_eq(entry.hash.as_slice())
+                    & Choice::from(u8::from(!entry.revoked));
                 bool::from(ok).then(|| entry.principal.clone())
             }
             None => {
@@ -299,7 +300,11 @@ impl ApiKeyStore {
 
     /// Every key, active and revoked, in creation order.
     pub fn list(&self) -> Vec<KeyInfo> {
-        self.snapshot().records.iter().map(KeyRecord::info).collect()
+        self.snapshot()
+            .records
+            .iter()
+            .map(KeyRecord::info)
+            .collect()
     }
 
     /// Create a key for `principal` with `roles`, creating the state directory and server secret if needed.
@@ -500,10 +505,14 @@ fn read_server_secret(path: &Path) -> Result<Option<ServerSecret>, KeyStoreError
         Err(e) => return Err(secret_err(format!("cannot be read: {e}"))),
     };
     files::check_private_mode(path).map_err(|e| secret_err(format!("is not private: {e}")))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| secret_err("is not hex text".to_string()))?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| secret_err("is not hex text".to_string()))?;
     let raw = hex::decode(text.trim()).map_err(|_| secret_err("is not hex text".to_string()))?;
     if raw.len() < 32 {
-        return Err(secret_err(format!("holds {} bytes, at least 32 are needed", raw.len())));
+        return Err(secret_err(format!(
+            "holds {} bytes, at least 32 are needed",
+            raw.len()
+        )));
     }
     let mac = HmacSha256::new_from_slice(&raw).map_err(|e| secret_err(e.to_string()))?;
     Ok(Some(ServerSecret(mac)))
@@ -542,7 +551,8 @@ fn load(dir: &Path) -> Result<Snapshot, KeyStoreError> {
     }
     let mut by_id = HashMap::with_capacity(records.len());
     for record in &records {
-        let entry = check_record(record).map_err(|reason| malformed(format!("key `{}`: {reason}", record.id)))?;
+        let entry = check_record(record)
+            .map_err(|reason| malformed(format!("key `{}`: {reason}", record.id)))?;
         if by_id.insert(record.id.clone(), entry).is_some() {
             return Err(malformed(format!("key id `{}` appears twice", record.id)));
         }
@@ -557,7 +567,12 @@ fn load(dir: &Path) -> Result<Snapshot, KeyStoreError> {
 }
 
 fn check_record(record: &KeyRecord) -> Result<Entry, String> {
-    if record.id.len() != ID_HEX_LEN || !record.id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if record.id.len() != ID_HEX_LEN
+        || !record
+            .id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return Err("the id is not 12 lowercase hex digits".to_string());
     }
     if !valid_name(&record.principal) {

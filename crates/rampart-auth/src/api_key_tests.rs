@@ -12,10 +12,15 @@ fn add_verify_list_revoke() {
     let state = dir.path().join("state");
     let store = ApiKeyStore::open(&state).unwrap();
     assert!(store.list().is_empty());
-    let new = store.add("alice", &roles(&["user", "admin", "user"])).unwrap();
+    let new = store
+        .add("alice", &roles(&["user", "admin", "user"]))
+        .unwrap();
     assert!(new.key.starts_with("rmp_"));
     assert_eq!(new.key.len(), KEY_LEN);
-    assert!(!format!("{new:?}").contains(&new.key), "Debug must not show the key");
+    assert!(
+        !format!("{new:?}").contains(&new.key),
+        "Debug must not show the key"
+    );
 
     let principal = store.verify(&new.key).unwrap();
     assert_eq!(principal.id, "alice");
@@ -28,7 +33,11 @@ fn add_verify_list_revoke() {
     assert!(!listed[0].revoked);
 
     assert_eq!(store.revoke(&new.info.id).unwrap(), Revoked::Now);
-    assert_eq!(store.verify(&new.key), None, "a revoked key must not verify");
+    assert_eq!(
+        store.verify(&new.key),
+        None,
+        "a revoked key must not verify"
+    );
     assert_eq!(store.revoke(&new.info.id).unwrap(), Revoked::Already);
     let listed = store.list();
     assert!(listed[0].revoked);
@@ -46,7 +55,10 @@ fn files_are_private_and_hold_no_key() {
     let new = store.add("svc", &roles(&["user"])).unwrap();
     let stored = fs::read_to_string(dir.path().join(KEY_STORE_FILE)).unwrap();
     let (_, secret) = parse_key(&new.key).unwrap();
-    assert!(!stored.contains(secret), "the key's secret must not be stored");
+    assert!(
+        !stored.contains(secret),
+        "the key's secret must not be stored"
+    );
     assert!(stored.contains(HASH_PREFIX));
     files::check_private_mode(&dir.path().join(KEY_STORE_FILE)).unwrap();
     files::check_private_mode(&dir.path().join(SERVER_SECRET_FILE)).unwrap();
@@ -95,7 +107,10 @@ fn every_wrong_key_is_refused_the_same_way() {
         let _ = store.verify(&unknown);
         let _ = store.verify(&flipped);
     }
-    println!("api key verify: {:.2} µs per attempt", start.elapsed().as_secs_f64() * 1e6 / 2000.0);
+    println!(
+        "api key verify: {:.2} µs per attempt",
+        start.elapsed().as_secs_f64() * 1e6 / 2000.0
+    );
 }
 
 #[test]
@@ -122,8 +137,14 @@ fn broken_store_keeps_the_previous_keys() {
     fs::write(dir.path().join(KEY_STORE_FILE), b"{ not json").unwrap();
     let err = store.reload_if_changed().unwrap_err();
     assert!(err.to_string().contains("is malformed"), "{err}");
-    assert!(store.verify(&new.key).is_some(), "previous keys stay in force");
-    assert!(ApiKeyStore::open(dir.path()).is_err(), "a fresh open fails closed");
+    assert!(
+        store.verify(&new.key).is_some(),
+        "previous keys stay in force"
+    );
+    assert!(
+        ApiKeyStore::open(dir.path()).is_err(),
+        "a fresh open fails closed"
+    );
 }
 
 #[test]
@@ -142,14 +163,20 @@ fn malformed_stores_are_refused() {
     for (i, bad) in cases.iter().enumerate() {
         fs::write(&path, bad).unwrap();
         assert!(
-            matches!(ApiKeyStore::open(dir.path()), Err(KeyStoreError::Malformed { .. })),
+            matches!(
+                ApiKeyStore::open(dir.path()),
+                Err(KeyStoreError::Malformed { .. })
+            ),
             "case {i}"
         );
     }
     // Keys without the server secret cannot be checked: refuse to start rather than refuse every key silently.
     fs::write(&path, &good).unwrap();
     fs::remove_file(dir.path().join(SERVER_SECRET_FILE)).unwrap();
-    assert!(matches!(ApiKeyStore::open(dir.path()), Err(KeyStoreError::Secret { .. })));
+    assert!(matches!(
+        ApiKeyStore::open(dir.path()),
+        Err(KeyStoreError::Secret { .. })
+    ));
 }
 
 #[cfg(unix)]
@@ -171,20 +198,32 @@ fn names_are_validated() {
     let store = ApiKeyStore::open(dir.path()).unwrap();
     assert!(matches!(
         store.add("a b", &[]),
-        Err(KeyStoreError::InvalidName { what: "principal", .. })
+        Err(KeyStoreError::InvalidName {
+            what: "principal",
+            ..
+        })
     ));
     assert!(matches!(
         store.add("alice", &roles(&["ro\"le"])),
         Err(KeyStoreError::InvalidName { what: "role", .. })
     ));
     let many: Vec<String> = (0..=MAX_ROLES).map(|i| format!("r{i}")).collect();
-    assert!(matches!(store.add("alice", &many), Err(KeyStoreError::TooManyRoles { .. })));
-    assert!(!dir.path().join(KEY_STORE_FILE).exists(), "nothing written on a refused add");
+    assert!(matches!(
+        store.add("alice", &many),
+        Err(KeyStoreError::TooManyRoles { .. })
+    ));
+    assert!(
+        !dir.path().join(KEY_STORE_FILE).exists(),
+        "nothing written on a refused add"
+    );
 }
 
 #[test]
 fn parse_key_is_strict() {
     let key = format!("rmp_{}_{}", "a".repeat(12), "0".repeat(64));
-    assert_eq!(parse_key(&key), Some(("aaaaaaaaaaaa", "0".repeat(64).as_str())));
+    assert_eq!(
+        parse_key(&key),
+        Some(("aaaaaaaaaaaa", "0".repeat(64).as_str()))
+    );
     assert_eq!(parse_key(&key.replace("rmp_a", "rmp_g")), None);
 }

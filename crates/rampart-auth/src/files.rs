@@ -90,7 +90,10 @@ pub(crate) fn check_private_mode(path: &Path) -> io::Result<()> {
     if mode & 0o077 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!("mode {:o} lets other users read it; run `chmod 600` on it", mode & 0o777),
+            format!(
+                "mode {:o} lets other users read it; run `chmod 600` on it",
+                mode & 0o777
+            ),
         ));
     }
     Ok(())

@@ -15,7 +15,9 @@ fn config() -> JwtConfig {
 fn verifier() -> Option<&'static JwtVerifier> {
     static VERIFIER: OnceLock<Option<JwtVerifier>> = OnceLock::new();
     VERIFIER
-        .get_or_init(|| JwtVerifier::with_jwks(config(), JWKS, Arc::new(JwksFile::new("/nonexistent"))).ok())
+        .get_or_init(|| {
+            JwtVerifier::with_jwks(config(), JWKS, Arc::new(JwksFile::new("/nonexistent"))).ok()
+        })
         .as_ref()
 }
 

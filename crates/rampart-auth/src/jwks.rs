@@ -32,7 +32,11 @@ pub enum JwtAlgorithm {
 
 impl JwtAlgorithm {
     /// Every supported algorithm.
-    pub const ALL: [JwtAlgorithm; 3] = [JwtAlgorithm::ES256, JwtAlgorithm::RS256, JwtAlgorithm::EdDSA];
+    pub const ALL: [JwtAlgorithm; 3] = [
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::EdDSA,
+    ];
 
     /// The JOSE name (`ES256`, `RS256`, `EdDSA`).
     pub fn as_str(self) -> &'static str {
@@ -71,7 +75,9 @@ pub(crate) struct VerifyKey {
 
 impl fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifyKey").field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("VerifyKey")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,7 +112,8 @@ impl KeySet {
         struct Doc {
             keys: Vec<Value>,
         }
-        let doc: Doc = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let doc: Doc =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))?;
         if doc.keys.len() > MAX_KEYS {
             return Err(format!("more than {MAX_KEYS} keys"));
         }
@@ -128,7 +135,10 @@ impl KeySet {
             }
         }
         if set.len() == 0 {
-            return Err("no usable key (ES256 P-256, RS256 of 2048 bits or more, or EdDSA Ed25519)".to_string());
+            return Err(
+                "no usable key (ES256 P-256, RS256 of 2048 bits or more, or EdDSA Ed25519)"
+                    .to_string(),
+            );
         }
         Ok(set)
     }
@@ -166,12 +176,18 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             let e = b64(jwk, "e")?;
             let significant = n.iter().skip_while(|b| **b == 0).count();
             if significant < MIN_RSA_BYTES {
-                return Err(format!("RSA key of {} bits, at least 2048 are required", significant * 8));
+                return Err(format!(
+                    "RSA key of {} bits, at least 2048 are required",
+                    significant * 8
+                ));
             }
             if significant > MAX_RSA_BYTES || e.is_empty() || e.len() > 8 {
                 return Err("RSA key parameters out of range".to_string());
             }
-            (JwtAlgorithm::RS256, DecodingKey::from_rsa_raw_components(&n, &e))
+            (
+                JwtAlgorithm::RS256,
+                DecodingKey::from_rsa_raw_components(&n, &e),
+            )
         }
         "EC" => {
             if member(jwk, "crv")? != "P-256" {
@@ -243,7 +259,9 @@ mod tests {
         assert!(KeySet::parse(b"not json").is_err());
         assert!(KeySet::parse(&doc(json!([]))).is_err());
         let ed = json!({"kty": "OKP", "crv": "Ed25519", "x": X, "kid": "same"});
-        assert!(KeySet::parse(&doc(json!([ed, ed]))).unwrap_err().contains("twice"));
+        assert!(KeySet::parse(&doc(json!([ed, ed])))
+            .unwrap_err()
+            .contains("twice"));
         assert!(KeySet::parse(&vec![b' '; MAX_JWKS_BYTES + 1]).is_err());
     }
 }

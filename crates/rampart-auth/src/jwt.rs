@@ -76,7 +76,10 @@ fn default_cache_ttl() -> u64 {
 
 impl JwtConfig {
     /// A configuration with the defaults for everything but issuer and audiences.
-    pub fn new(issuer: impl Into<String>, audiences: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        issuer: impl Into<String>,
+        audiences: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         Self {
             issuer: issuer.into(),
             audiences: audiences.into_iter().map(Into::into).collect(),
@@ -243,7 +246,11 @@ impl JwtVerifier {
     }
 
     /// Start from a JWKS document already in hand (no fetch, no `.await`); `fetcher` serves later refreshes.
-    pub fn with_jwks(config: JwtConfig, jwks: &[u8], fetcher: Arc<dyn JwksFetcher>) -> Result<Self, JwtError> {
+    pub fn with_jwks(
+        config: JwtConfig,
+        jwks: &[u8],
+        fetcher: Arc<dyn JwksFetcher>,
+    ) -> Result<Self, JwtError> {
         config.check()?;
         let keys = KeySet::parse(jwks).map_err(JwtError::Jwks)?;
         let validations = config
@@ -271,7 +278,8 @@ impl JwtVerifier {
     /// Verify a token (without the `Bearer ` prefix). On an unknown `kid`, or when the cache is older than its TTL,
     /// the JWKS is fetched again, at most once per `refresh_min_interval_secs`.
     pub async fn verify(&self, token: &str) -> Result<Principal, JwtError> {
-        let stale = self.cached().fetched.elapsed() > Duration::from_secs(self.config.cache_ttl_secs);
+        let stale =
+            self.cached().fetched.elapsed() > Duration::from_secs(self.config.cache_ttl_secs);
         if stale {
             let _ = self.refresh_rate_limited().await;
         }
@@ -343,7 +351,11 @@ impl JwtVerifier {
             }
             *last = Instant::now();
         }
-        let fetched = self.fetcher.fetch().await.and_then(|bytes| KeySet::parse(&bytes));
+        let fetched = self
+            .fetcher
+            .fetch()
+            .await
+            .and_then(|bytes| KeySet::parse(&bytes));
         match fetched {
             Ok(keys) => {
                 tracing::info!(keys = keys.len(), "refreshed the JWKS");
@@ -379,10 +391,18 @@ impl JwtVerifier {
             .ok_or_else(|| JwtError::Claim("sub".to_string()))?;
         let mut node = None;
         for (i, part) in self.config.roles_claim.split('.').enumerate() {
-            node = if i == 0 { claims.get(part) } else { node.and_then(|n: &Value| n.get(part)) };
+            node = if i == 0 {
+                claims.get(part)
+            } else {
+                node.and_then(|n: &Value| n.get(part))
+            };
         }
         let roles: Vec<String> = match node {
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
             Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
             _ => Vec::new(),
         };
@@ -406,10 +426,14 @@ fn validation(config: &JwtConfig, alg: JwtAlgorithm) -> Validation {
 
 fn parse_header(token: &str) -> Result<Header, JwtError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(JwtError::Malformed);
     };
-    let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| JwtError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| JwtError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
 }
 
@@ -435,9 +459,9 @@ fn map_error(kind: &ErrorKind) -> JwtError {
         ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
             JwtError::Claim(printable(claim))
         }
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
-            JwtError::Algorithm("?".to_string())
-        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => JwtError::Algorithm("?".to_string()),
         _ => JwtError::Malformed,
     }
 }

@@ -69,7 +69,10 @@ pub(crate) fn es256(kid: &str) -> TestKey {
             "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
             "y": URL_SAFE_NO_PAD.encode(point.y().unwrap()),
         }),
-        public_pem: key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap(),
+        public_pem: key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
     }
 }
 
@@ -88,7 +91,10 @@ pub(crate) fn rs256(kid: &str) -> TestKey {
             "n": URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()),
             "e": URL_SAFE_NO_PAD.encode(key.e().to_bytes_be()),
         }),
-        public_pem: key.to_public_key().to_public_key_pem(LineEnding::LF).unwrap(),
+        public_pem: key
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
     }
 }
 
@@ -107,7 +113,10 @@ pub(crate) fn eddsa(kid: &str) -> TestKey {
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn claims() -> Value {
@@ -161,7 +170,10 @@ fn each_algorithm_verifies() {
     for _ in 0..200 {
         verifier.verify_cached(&token).unwrap();
     }
-    println!("jwt ES256 verify: {:.1} µs per token", start.elapsed().as_secs_f64() * 1e6 / 200.0);
+    println!(
+        "jwt ES256 verify: {:.1} µs per token",
+        start.elapsed().as_secs_f64() * 1e6 / 200.0
+    );
 }
 
 #[test]
@@ -170,7 +182,11 @@ fn alg_none_is_refused() {
     let (verifier, _) = verifier(vec![key.jwk.clone()]);
     for alg in ["none", "None", "NONE"] {
         let token = forge(&json!({"alg": alg, "kid": "ec"}), &claims(), b"");
-        assert_eq!(verifier.verify_cached(&token), Err(JwtError::Unsigned), "{alg}");
+        assert_eq!(
+            verifier.verify_cached(&token),
+            Err(JwtError::Unsigned),
+            "{alg}"
+        );
         let token = format!("{}.", &token[..token.len() - 1]);
         assert_eq!(verifier.verify_cached(&token), Err(JwtError::Unsigned));
     }
@@ -180,7 +196,10 @@ fn alg_none_is_refused() {
 fn hmac_with_the_public_key_as_secret_is_refused() {
     let key = rs256("rsa");
     let (verifier, _) = verifier(vec![key.jwk.clone()]);
-    for secret in [key.public_pem.as_bytes(), key.jwk["n"].as_str().unwrap().as_bytes()] {
+    for secret in [
+        key.public_pem.as_bytes(),
+        key.jwk["n"].as_str().unwrap().as_bytes(),
+    ] {
         let mut header = JwtHeader::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some("rsa".to_string());
         let token = encode(&header, &claims(), &EncodingKey::from_secret(secret)).unwrap();
@@ -230,7 +249,10 @@ fn missing_kid_needs_a_single_key() {
     let (one, _) = verifier(vec![ec.jwk.clone()]);
     assert!(one.verify_cached(&sign(&ec, None, &claims())).is_ok());
     let (two, _) = verifier(vec![ec.jwk.clone(), eddsa("ed").jwk]);
-    assert_eq!(two.verify_cached(&sign(&ec, None, &claims())), Err(JwtError::MissingKid));
+    assert_eq!(
+        two.verify_cached(&sign(&ec, None, &claims())),
+        Err(JwtError::MissingKid)
+    );
 }
 
 #[test]
@@ -243,10 +265,22 @@ fn oversized_and_malformed_tokens_are_refused() {
         verifier.verify_cached(&sign(&ec, Some("ec"), &big)),
         Err(JwtError::Oversized { max: 8192 })
     );
-    for bad in ["", "a", "a.b", "a.b.c.d", "!!.e30.", "e30.e30.", "bnVsbA.e30.sig"] {
+    for bad in [
+        "",
+        "a",
+        "a.b",
+        "a.b.c.d",
+        "!!.e30.",
+        "e30.e30.",
+        "bnVsbA.e30.sig",
+    ] {
         assert!(verifier.verify_cached(bad).is_err(), "{bad}");
     }
-    let crit = forge(&json!({"alg": "ES256", "kid": "ec", "crit": ["exp"]}), &claims(), b"x");
+    let crit = forge(
+        &json!({"alg": "ES256", "kid": "ec", "crit": ["exp"]}),
+        &claims(),
+        b"x",
+    );
     assert_eq!(verifier.verify_cached(&crit), Err(JwtError::Critical));
 }
 
@@ -265,18 +299,31 @@ fn signature_and_claims_are_checked() {
     admin["roles"] = json!(["admin"]);
     let swapped = sign(&ec, Some("ec"), &admin);
     let parts: Vec<&str> = good.split('.').collect();
-    let forged = format!("{}.{}.{}", parts[0], swapped.split('.').nth(1).unwrap(), parts[2]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        swapped.split('.').nth(1).unwrap(),
+        parts[2]
+    );
     assert_eq!(verifier.verify_cached(&forged), Err(JwtError::Signature));
 
     let mut wrong = claims();
     wrong["iss"] = json!("https://evil.example");
-    assert_eq!(verifier.verify_cached(&sign(&ec, Some("ec"), &wrong)), Err(JwtError::Issuer));
+    assert_eq!(
+        verifier.verify_cached(&sign(&ec, Some("ec"), &wrong)),
+        Err(JwtError::Issuer)
+    );
     let mut wrong = claims();
     wrong["aud"] = json!(["other", "more"]);
-    assert_eq!(verifier.verify_cached(&sign(&ec, Some("ec"), &wrong)), Err(JwtError::Audience));
+    assert_eq!(
+        verifier.verify_cached(&sign(&ec, Some("ec"), &wrong)),
+        Err(JwtError::Audience)
+    );
     let mut many = claims();
     many["aud"] = json!(["other", "rampart"]);
-    assert!(verifier.verify_cached(&sign(&ec, Some("ec"), &many)).is_ok());
+    assert!(verifier
+        .verify_cached(&sign(&ec, Some("ec"), &many))
+        .is_ok());
     for claim in ["exp", "iss", "aud", "sub"] {
         let mut missing = claims();
         missing.as_object_mut().unwrap().remove(claim);
@@ -309,8 +356,14 @@ fn expiry_and_not_before_honour_the_leeway() {
     // Leeway is 60 s.
     assert!(with(now() - 30, None).is_ok(), "expired within the skew");
     assert_eq!(with(now() - 120, None), Err(JwtError::Expired));
-    assert!(with(now() + 300, Some(now() + 30)).is_ok(), "nbf within the skew");
-    assert_eq!(with(now() + 300, Some(now() + 120)), Err(JwtError::NotYetValid));
+    assert!(
+        with(now() + 300, Some(now() + 30)).is_ok(),
+        "nbf within the skew"
+    );
+    assert_eq!(
+        with(now() + 300, Some(now() + 120)),
+        Err(JwtError::NotYetValid)
+    );
     let mut c = claims();
     c["exp"] = json!("tomorrow");
     assert_eq!(
@@ -329,7 +382,11 @@ fn roles_claim_is_configurable() {
     let mut c = claims();
     c["realm_access"] = json!({"roles": ["admin", "bad role", 7]});
     let p = verifier.verify_cached(&sign(&ec, Some("ec"), &c)).unwrap();
-    assert_eq!(p.roles, ["admin"], "roles Rampart cannot represent are dropped");
+    assert_eq!(
+        p.roles,
+        ["admin"],
+        "roles Rampart cannot represent are dropped"
+    );
     let (plain, _) = self::verifier(vec![ec.jwk.clone()]);
     let mut c = claims();
     c["roles"] = json!("user  admin");
@@ -358,7 +415,10 @@ fn unknown_kid_refreshes_at_most_once_per_interval() {
     let limited = block_on(JwtVerifier::new(self::config(), jwks.clone())).unwrap();
     for i in 0..50 {
         let token = sign(&new, Some(&format!("k{i}")), &claims());
-        assert!(matches!(block_on(limited.verify(&token)), Err(JwtError::UnknownKid(_))));
+        assert!(matches!(
+            block_on(limited.verify(&token)),
+            Err(JwtError::UnknownKid(_))
+        ));
     }
     assert_eq!(jwks.fetches(), 1);
 }
@@ -372,7 +432,9 @@ fn a_bad_refresh_keeps_the_cached_keys() {
     let verifier = block_on(JwtVerifier::new(config, jwks.clone())).unwrap();
     *jwks.doc.lock().unwrap() = b"garbage".to_vec();
     assert!(block_on(verifier.refresh_rate_limited()).is_err());
-    assert!(verifier.verify_cached(&sign(&ec, Some("ec"), &claims())).is_ok());
+    assert!(verifier
+        .verify_cached(&sign(&ec, Some("ec"), &claims()))
+        .is_ok());
 }
 
 #[test]
@@ -380,9 +442,15 @@ fn jwks_file_source_and_config_checks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
     let ed = eddsa("ed");
-    std::fs::write(&path, serde_json::to_vec(&json!({"keys": [ed.jwk]})).unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&json!({"keys": [ed.jwk]})).unwrap(),
+    )
+    .unwrap();
     let verifier = block_on(JwtVerifier::new(config(), Arc::new(JwksFile::new(&path)))).unwrap();
-    assert!(verifier.verify_cached(&sign(&ed, Some("ed"), &claims())).is_ok());
+    assert!(verifier
+        .verify_cached(&sign(&ed, Some("ed"), &claims()))
+        .is_ok());
     let missing = JwksFile::new(dir.path().join("absent.json"));
     assert!(matches!(
         block_on(JwtVerifier::new(config(), Arc::new(missing))),
@@ -391,8 +459,14 @@ fn jwks_file_source_and_config_checks() {
 
     let parsed: JwtConfig = toml_like(r#"{"issuer": "i", "audiences": ["a"]}"#);
     assert_eq!(parsed, JwtConfig::new("i", ["a"]));
-    assert!(serde_json::from_str::<JwtConfig>(r#"{"issuer": "i", "audiences": ["a"], "leway": 5}"#).is_err());
-    for broken in [JwtConfig::new("", ["a"]), JwtConfig::new("i", Vec::<String>::new())] {
+    assert!(serde_json::from_str::<JwtConfig>(
+        r#"{"issuer": "i", "audiences": ["a"], "leway": 5}"#
+    )
+    .is_err());
+    for broken in [
+        JwtConfig::new("", ["a"]),
+        JwtConfig::new("i", Vec::<String>::new()),
+    ] {
         assert!(matches!(
             block_on(JwtVerifier::new(broken, Arc::new(JwksFile::new(&path)))),
             Err(JwtError::Config(_))
@@ -402,4 +476,13 @@ fn jwks_file_source_and_config_checks() {
 
 fn toml_like(json: &str) -> JwtConfig {
     serde_json::from_str(json).unwrap()
+}
+
+#[test]
+fn verifier_is_shareable_and_its_future_is_send() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let (verifier, _) = verifier(vec![eddsa("ed").jwk]);
+    send_sync(&verifier);
+    send(verifier.verify("x.y.z"));
 }

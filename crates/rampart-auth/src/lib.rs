@@ -68,12 +68,18 @@ mod mtls;
 mod policy;
 mod principal;
 
-pub use api_key::{ApiKeyStore, KeyInfo, KeyStoreError, NewKey, Revoked, KEY_STORE_FILE, SERVER_SECRET_FILE};
+pub use api_key::{
+    ApiKeyStore, KeyInfo, KeyStoreError, NewKey, Revoked, KEY_STORE_FILE, SERVER_SECRET_FILE,
+};
 pub use files::{default_state_dir, STATE_DIR_ENV};
 #[doc(hidden)]
 pub use fuzzing::fuzz_jwt;
 pub use jwks::{JwtAlgorithm, MAX_JWKS_BYTES};
 pub use jwt::{BoxFuture, JwksFetcher, JwksFile, JwtConfig, JwtError, JwtVerifier};
-pub use mtls::{principal_from_client_cert, spiffe_id_from_der, MtlsError, SpiffeId, MAX_CERT_BYTES};
-pub use policy::{Action, Authorizer, Decision, PolicyError, PolicyFiles, DEFAULT_POLICY, DEFAULT_SCHEMA};
+pub use mtls::{
+    principal_from_client_cert, spiffe_id_from_der, MtlsError, SpiffeId, MAX_CERT_BYTES,
+};
+pub use policy::{
+    Action, Authorizer, Decision, PolicyError, PolicyFiles, DEFAULT_POLICY, DEFAULT_SCHEMA,
+};
 pub use principal::{Principal, Source};

@@ -9,9 +9,9 @@
 
 use std::fmt;
 
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
-use x509_parser::certificate::X509Certificate;
 
 use crate::principal::{Principal, Source};
 
@@ -158,7 +158,10 @@ pub fn spiffe_id_from_der(der: &[u8]) -> Result<SpiffeId, MtlsError> {
 
 /// The principal of a DER client certificate: its SPIFFE ID, if its trust domain is in `trust_domains` (an empty list
 /// accepts any trust domain the client CA vouches for).
-pub fn principal_from_client_cert(der: &[u8], trust_domains: &[String]) -> Result<Principal, MtlsError> {
+pub fn principal_from_client_cert(
+    der: &[u8],
+    trust_domains: &[String],
+) -> Result<Principal, MtlsError> {
     let id = spiffe_id_from_der(der)?;
     if !trust_domains.is_empty() && !trust_domains.iter().any(|d| d == id.trust_domain()) {
         return Err(MtlsError::TrustDomain(id.trust_domain().to_string()));
@@ -187,7 +190,13 @@ mod tests {
 
     #[test]
     fn spiffe_id_from_rcgen_certificates() {
-        let der = cert(vec![SanType::DnsName("web".try_into().unwrap()), uri("spiffe://example.org/ns/prod/sa/web")], false);
+        let der = cert(
+            vec![
+                SanType::DnsName("web".try_into().unwrap()),
+                uri("spiffe://example.org/ns/prod/sa/web"),
+            ],
+            false,
+        );
         let p = principal_from_client_cert(&der, &[]).unwrap();
         assert_eq!(p.id, "spiffe://example.org/ns/prod/sa/web");
         assert_eq!(p.source, Source::Mtls);
@@ -203,14 +212,23 @@ mod tests {
     fn certificates_that_are_not_svids_are_refused() {
         let none = cert(vec![SanType::DnsName("web".try_into().unwrap())], false);
         assert_eq!(spiffe_id_from_der(&none), Err(MtlsError::NoSpiffeId));
-        let two = cert(vec![uri("spiffe://a.org/x"), uri("spiffe://b.org/y")], false);
+        let two = cert(
+            vec![uri("spiffe://a.org/x"), uri("spiffe://b.org/y")],
+            false,
+        );
         assert_eq!(spiffe_id_from_der(&two), Err(MtlsError::SeveralUris(2)));
         let https = cert(vec![uri("https://example.org/x")], false);
-        assert!(matches!(spiffe_id_from_der(&https), Err(MtlsError::Invalid(_))));
+        assert!(matches!(
+            spiffe_id_from_der(&https),
+            Err(MtlsError::Invalid(_))
+        ));
         let ca = cert(vec![uri("spiffe://example.org/x")], true);
         assert_eq!(spiffe_id_from_der(&ca), Err(MtlsError::CaCertificate));
         let good = cert(vec![uri("spiffe://example.org/x")], false);
-        assert_eq!(spiffe_id_from_der(&good[..good.len() - 1]), Err(MtlsError::Malformed));
+        assert_eq!(
+            spiffe_id_from_der(&good[..good.len() - 1]),
+            Err(MtlsError::Malformed)
+        );
         let mut trailing = good.clone();
         trailing.push(0);
         assert_eq!(spiffe_id_from_der(&trailing), Err(MtlsError::Malformed));

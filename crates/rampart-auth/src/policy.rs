@@ -10,11 +10,11 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression,
-    Schema, ValidationMode, Validator,
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
 use crate::files::{self, FileStamp};
@@ -25,6 +25,11 @@ pub const DEFAULT_SCHEMA: &str = include_str!("default.cedarschema");
 /// The embedded default policy: `src/default.cedar`.
 pub const DEFAULT_POLICY: &str = include_str!("default.cedar");
 const MAX_POLICY_FILE_BYTES: u64 = 8 << 20;
+/// Request entities kept per (principal, roles, model); the cache is emptied when it reaches this size.
+const ENTITY_CACHE_LIMIT: usize = 4096;
+
+/// The key of one cached request-entity set.
+type CacheKey = (String, Vec<String>, String);
 
 /// What a principal asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,11 +147,12 @@ pub struct PolicyFiles {
 #[derive(Debug)]
 struct Loaded {
     stamps: Vec<Option<FileStamp>>,
-    schema: Schema,
     policies: PolicySet,
     entities: Entities,
     /// The action entities of the schema, added to every request's entities.
     actions: Vec<Entity>,
+    /// Request entities already built for this generation (a reload starts a new, empty cache).
+    cache: Mutex<HashMap<CacheKey, Arc<Entities>>>,
 }
 
 /// Entity type names, parsed once.
@@ -243,15 +249,86 @@ impl Authorizer {
         }
     }
 
-    fn decide(&self, loaded: &Loaded, principal: &Principal, action: Action, model: &str) -> Result<Decision, String> {
-        let uid = |ty: &EntityTypeName, id: &str| EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id));
+    fn decide(
+        &self,
+        loaded: &Loaded,
+        principal: &Principal,
+        action: Action,
+        model: &str,
+    ) -> Result<Decision, String> {
+        let uid = |ty: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+        };
         let principal_uid = uid(&self.types.principal, &principal.id);
         let model_uid = uid(&self.types.model, model);
         let action_uid = uid(&self.types.action, action.as_str());
+        let entities =
+            self.request_entities(loaded, principal, &principal_uid, model, &model_uid)?;
 
-        // The request's entities: the actions, the principal with its roles and all their ancestors, those roles as
-        // the file defines them, and the model as the file defines it (or bare).
-        let mut entities: HashMap<EntityUid, Entity> = HashMap::with_capacity(loaded.actions.len() + 8);
+        let context = Context::from_pairs([(
+            "source".to_string(),
+            RestrictedExpression::new_string(principal.source.as_str().to_string()),
+        )])
+        .map_err(|e| e.to_string())?;
+        // Not validated against the schema per request: Rampart builds it from the schema's own names, and the
+        // policies were validated against the schema at load.
+        let request = Request::new(principal_uid, action_uid, model_uid, context, None)
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .cedar
+            .is_authorized(&request, &loaded.policies, &entities);
+        let diagnostics = response.diagnostics();
+        let policies = diagnostics
+            .reason()
+            .map(|id| {
+                loaded
+                    .policies
+                    .annotation(id, "id")
+                    .map_or_else(|| id.to_string(), str::to_string)
+            })
+            .collect();
+        let errors = diagnostics.errors().map(|e| e.to_string()).collect();
+        Ok(Decision {
+            allowed: response.decision() == cedar_policy::Decision::Allow,
+            policies,
+            errors,
+        })
+    }
+
+    /// The entities of a request, from the cache or built once: the actions, the principal with its roles and all
+    /// their ancestors, those roles as the file defines them, and the model as the file defines it (or bare).
+    fn request_entities(
+        &self,
+        loaded: &Loaded,
+        principal: &Principal,
+        principal_uid: &EntityUid,
+        model: &str,
+        model_uid: &EntityUid,
+    ) -> Result<Arc<Entities>, String> {
+        let key: CacheKey = (
+            principal.id.clone(),
+            principal.roles.clone(),
+            model.to_string(),
+        );
+        fn lock(
+            cache: &Mutex<HashMap<CacheKey, Arc<Entities>>>,
+        ) -> MutexGuard<'_, HashMap<CacheKey, Arc<Entities>>> {
+            match cache.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            }
+        }
+        if let Some(hit) = lock(&loaded.cache).get(&key) {
+            return Ok(Arc::clone(hit));
+        }
+        let uid = |ty: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+        };
+        let principal_uid = principal_uid.clone();
+        let model_uid = model_uid.clone();
+
+        let mut entities: HashMap<EntityUid, Entity> =
+            HashMap::with_capacity(loaded.actions.len() + 8);
         for action in &loaded.actions {
             entities.insert(action.uid(), action.clone());
         }
@@ -283,32 +360,15 @@ impl Authorizer {
             .cloned()
             .unwrap_or_else(|| Entity::new_no_attrs(model_uid.clone(), HashSet::new()));
         entities.insert(model_uid.clone(), model_entity);
-        let entities = Entities::from_entities(entities.into_values(), None).map_err(|e| e.to_string())?;
-
-        let context = Context::from_pairs([(
-            "source".to_string(),
-            RestrictedExpression::new_string(principal.source.as_str().to_string()),
-        )])
-        .map_err(|e| e.to_string())?;
-        let request = Request::new(principal_uid, action_uid, model_uid, context, Some(&loaded.schema))
-            .map_err(|e| e.to_string())?;
-        let response = self.cedar.is_authorized(&request, &loaded.policies, &entities);
-        let diagnostics = response.diagnostics();
-        let policies = diagnostics
-            .reason()
-            .map(|id| {
-                loaded
-                    .policies
-                    .annotation(id, "id")
-                    .map_or_else(|| id.to_string(), str::to_string)
-            })
-            .collect();
-        let errors = diagnostics.errors().map(|e| e.to_string()).collect();
-        Ok(Decision {
-            allowed: response.decision() == cedar_policy::Decision::Allow,
-            policies,
-            errors,
-        })
+        let entities = Arc::new(
+            Entities::from_entities(entities.into_values(), None).map_err(|e| e.to_string())?,
+        );
+        let mut cache = lock(&loaded.cache);
+        if cache.len() >= ENTITY_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, Arc::clone(&entities));
+        Ok(entities)
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -347,7 +407,10 @@ fn read(path: &Path) -> Result<String, PolicyError> {
 }
 
 fn origin(path: Option<&PathBuf>) -> String {
-    path.map_or_else(|| "embedded default".to_string(), |p| p.display().to_string())
+    path.map_or_else(
+        || "embedded default".to_string(),
+        |p| p.display().to_string(),
+    )
 }
 
 fn load(files: &PolicyFiles) -> Result<Loaded, PolicyError> {
@@ -402,7 +465,8 @@ fn load(files: &PolicyFiles) -> Result<Loaded, PolicyError> {
         message,
     };
     let entities = match &files.entities {
-        Some(path) => Entities::from_json_str(&read(path)?, Some(&schema)).map_err(|e| entities_err(e.to_string()))?,
+        Some(path) => Entities::from_json_str(&read(path)?, Some(&schema))
+            .map_err(|e| entities_err(e.to_string()))?,
         None => Entities::empty(),
     };
     let actions = schema
@@ -413,10 +477,10 @@ fn load(files: &PolicyFiles) -> Result<Loaded, PolicyError> {
         .collect();
     Ok(Loaded {
         stamps,
-        schema,
         policies,
         entities,
         actions,
+        cache: Mutex::new(HashMap::new()),
     })
 }
 

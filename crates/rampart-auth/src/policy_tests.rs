@@ -15,10 +15,21 @@ fn default_policy() {
     let nobody = who("eve", &[]);
     for action in Action::ALL {
         let expect_admin = action != Action::Export;
-        assert_eq!(authz.authorize(&admin, action, "digits").allowed, expect_admin, "admin {action}");
+        assert_eq!(
+            authz.authorize(&admin, action, "digits").allowed,
+            expect_admin,
+            "admin {action}"
+        );
         let expect_user = matches!(action, Action::Infer | Action::ReadMetadata);
-        assert_eq!(authz.authorize(&user, action, "digits").allowed, expect_user, "user {action}");
-        assert!(!authz.authorize(&nobody, action, "digits").allowed, "no role {action}");
+        assert_eq!(
+            authz.authorize(&user, action, "digits").allowed,
+            expect_user,
+            "user {action}"
+        );
+        assert!(
+            !authz.authorize(&nobody, action, "digits").allowed,
+            "no role {action}"
+        );
     }
     let allowed = authz.authorize(&user, Action::Infer, "digits");
     assert_eq!(allowed.policies, ["user-may-infer-and-read-metadata"]);
@@ -34,7 +45,11 @@ fn decision_cost_printout() {
     let rounds = 2000;
     let start = std::time::Instant::now();
     for i in 0..rounds {
-        let action = if i % 2 == 0 { Action::Infer } else { Action::Export };
+        let action = if i % 2 == 0 {
+            Action::Infer
+        } else {
+            Action::Export
+        };
         let _ = authz.authorize(&user, action, "digits");
     }
     // No timing assertion (never assert a timing); printed for the report.
@@ -73,16 +88,37 @@ fn policies_and_entities_from_files() {
     })
     .unwrap();
     // An mTLS principal with no roles of its own gets `senior`, hence `analyst`, from the entities file.
-    let web = Principal::new("spiffe://example.org/ns/prod/sa/web", Vec::new(), Source::Mtls);
+    let web = Principal::new(
+        "spiffe://example.org/ns/prod/sa/web",
+        Vec::new(),
+        Source::Mtls,
+    );
     assert!(authz.authorize(&web, Action::Infer, "digits").allowed);
-    assert!(!authz.authorize(&web, Action::Infer, "secret").allowed, "model not tagged public");
-    assert!(!authz.authorize(&web, Action::Infer, "unknown").allowed, "model without tags");
-    assert!(!authz.authorize(&web, Action::ReadMetadata, "digits").allowed);
+    assert!(
+        !authz.authorize(&web, Action::Infer, "secret").allowed,
+        "model not tagged public"
+    );
+    assert!(
+        !authz.authorize(&web, Action::Infer, "unknown").allowed,
+        "model without tags"
+    );
+    assert!(
+        !authz
+            .authorize(&web, Action::ReadMetadata, "digits")
+            .allowed
+    );
     // A role given by a token inherits its parents from the file too.
     let token_user = Principal::new("bob", vec!["senior".to_string()], Source::Jwt);
-    assert!(authz.authorize(&token_user, Action::Infer, "digits").allowed);
+    assert!(
+        authz
+            .authorize(&token_user, Action::Infer, "digits")
+            .allowed
+    );
     let other = who("carol", &["user"]);
-    assert!(!authz.authorize(&other, Action::Infer, "digits").allowed, "the file replaced the default policy");
+    assert!(
+        !authz.authorize(&other, Action::Infer, "digits").allowed,
+        "the file replaced the default policy"
+    );
 }
 
 #[test]
@@ -92,12 +128,18 @@ fn invalid_files_are_refused_at_load() {
     let cases = [
         ("permit (principal, action, resource", "does not parse"),
         // Validates only against a schema that has a `Rampart::User` type.
-        (r#"permit (principal == Rampart::User::"a", action, resource);"#, "does not validate"),
+        (
+            r#"permit (principal == Rampart::User::"a", action, resource);"#,
+            "does not validate",
+        ),
         (
             r#"permit (principal, action == Rampart::Action::"infer", resource) when { resource.owner == "x" };"#,
             "does not validate",
         ),
-        (r#"permit (principal, action == Rampart::Action::"delete", resource);"#, "does not validate"),
+        (
+            r#"permit (principal, action == Rampart::Action::"delete", resource);"#,
+            "does not validate",
+        ),
     ];
     for (policy, expected) in cases {
         fs::write(&path, policy).unwrap();
@@ -107,7 +149,10 @@ fn invalid_files_are_refused_at_load() {
         })
         .unwrap_err();
         assert!(err.to_string().contains(expected), "{policy}: {err}");
-        assert!(err.to_string().contains("p.cedar"), "the message names the file: {err}");
+        assert!(
+            err.to_string().contains("p.cedar"),
+            "the message names the file: {err}"
+        );
     }
     let entities = dir.path().join("e.json");
     fs::write(&entities, r#"[{"uid": {"type": "Rampart::Model", "id": "m"}, "attrs": {"owner": "x"}, "parents": []}]"#)
@@ -135,13 +180,21 @@ fn a_reload_that_fails_keeps_the_policy_in_force() {
     assert!(authz.authorize(&user, Action::Infer, "digits").allowed);
 
     // A policy that does not validate: refused, the previous one stays.
-    fs::write(&path, r#"permit (principal in Rampart::Group::"x", action, resource);"#).unwrap();
+    fs::write(
+        &path,
+        r#"permit (principal in Rampart::Group::"x", action, resource);"#,
+    )
+    .unwrap();
     let err = authz.reload_if_changed().unwrap_err();
     assert!(matches!(err, PolicyError::Validation { .. }), "{err}");
     assert!(authz.authorize(&user, Action::Infer, "digits").allowed);
 
     // A valid policy that denies everything to users: picked up.
-    fs::write(&path, r#"permit (principal in Rampart::Role::"admin", action, resource);"#).unwrap();
+    fs::write(
+        &path,
+        r#"permit (principal in Rampart::Role::"admin", action, resource);"#,
+    )
+    .unwrap();
     assert!(authz.reload_if_changed().unwrap());
     let denied = authz.authorize(&user, Action::Infer, "digits");
     assert!(!denied.allowed);

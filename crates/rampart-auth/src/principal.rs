@@ -20,7 +20,11 @@ pub struct Principal {
 
 impl Principal {
     /// A principal with its roles sorted and deduplicated.
-    pub fn new(id: impl Into<String>, roles: impl IntoIterator<Item = String>, source: Source) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        roles: impl IntoIterator<Item = String>,
+        source: Source,
+    ) -> Self {
         let mut roles: Vec<String> = roles.into_iter().collect();
         roles.sort_unstable();
         roles.dedup();
@@ -33,7 +37,9 @@ impl Principal {
 
     /// Whether the principal holds `role`.
     pub fn has_role(&self, role: &str) -> bool {
-        self.roles.binary_search_by(|r| r.as_str().cmp(role)).is_ok()
+        self.roles
+            .binary_search_by(|r| r.as_str().cmp(role))
+            .is_ok()
     }
 }
 

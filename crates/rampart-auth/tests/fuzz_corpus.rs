@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use rampart_auth::{spiffe_id_from_der, ApiKeyStore, SpiffeId};
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/auth/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/auth/corpus")
+        .join(target);
     let mut files: Vec<_> = fs::read_dir(&dir)
         .unwrap()
         .map(|entry| {
@@ -51,9 +53,15 @@ fn spiffe_corpus() {
         let from_der = spiffe_id_from_der(&bytes);
         let from_text = std::str::from_utf8(&bytes).ok().map(SpiffeId::parse);
         match name {
-            "svid.der" => assert_eq!(from_der.unwrap().to_string(), "spiffe://example.org/ns/prod/sa/web"),
+            "svid.der" => assert_eq!(
+                from_der.unwrap().to_string(),
+                "spiffe://example.org/ns/prod/sa/web"
+            ),
             "id" => assert!(from_text.unwrap().is_ok()),
-            _ => assert!(from_der.is_err() && !from_text.is_some_and(|r| r.is_ok()), "{name}"),
+            _ => assert!(
+                from_der.is_err() && !from_text.is_some_and(|r| r.is_ok()),
+                "{name}"
+            ),
         }
     }
 }

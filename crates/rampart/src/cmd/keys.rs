@@ -32,7 +32,9 @@ pub struct StateDir {
 
 impl StateDir {
     fn path(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(rampart_auth::default_state_dir)
+        self.state_dir
+            .clone()
+            .unwrap_or_else(rampart_auth::default_state_dir)
     }
 }
 
@@ -52,7 +54,12 @@ pub struct AddArgs {
     #[arg(long, value_name = "NAME")]
     principal: String,
     /// A role of the principal; repeat or separate with commas (`--role user --role analyst`)
-    #[arg(long = "role", value_name = "ROLE", required = true, value_delimiter = ',')]
+    #[arg(
+        long = "role",
+        value_name = "ROLE",
+        required = true,
+        value_delimiter = ','
+    )]
     roles: Vec<String>,
     #[command(flatten)]
     state: StateDir,
