@@ -41,6 +41,13 @@ enum Command {
     Data(cmd::data::Command),
     /// Attack a model: adversarial robustness, membership inference, extraction
     Eval(cmd::eval::Args),
+    /// The tamper-evident audit log: init, append, verify, show, prove
+    #[command(subcommand)]
+    Audit(cmd::audit::Command),
+    /// Encrypt a file or directory at rest in the age format
+    Seal(cmd::seal::Args),
+    /// Decrypt a file sealed with `rampart seal` or `age`
+    Unseal(cmd::unseal::Args),
 }
 
 /// What a command concluded, before it becomes an exit code.
@@ -65,6 +72,9 @@ fn main() -> ExitCode {
         Command::Keys(command) => cmd::keys::run(command),
         Command::Data(command) => cmd::data::run(command),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Audit(command) => cmd::audit::run(command),
+        Command::Seal(args) => cmd::seal::run(args),
+        Command::Unseal(args) => cmd::unseal::run(args),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

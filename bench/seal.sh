@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Seal and unseal throughput: `rampart seal`/`unseal` against the `age` CLI (Go) on the same generated file.
+#   bench/seal.sh [SIZE_MIB]      (default 1024: a 1 GiB file)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mib="${1:-1024}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+cargo build -q --release -p rampart
+rampart="$CARGO_TARGET_DIR/release/rampart"
+command -v age >/dev/null || { echo "the age CLI is missing (apt-get install age)" >&2; exit 2; }
+work="$(mktemp -d "${TMPDIR:-/tmp}/rampart-seal-bench.XXXXXX")"; trap 'rm -rf "$work"' EXIT
+age-keygen -o "$work/key.txt" 2>/dev/null
+recipient="$(age-keygen -y "$work/key.txt")"
+head -c "$((size_mib * 1024 * 1024))" /dev/urandom > "$work/model.bin"
+cat "$work/model.bin" > /dev/null  # warm the page cache for both
+
+seconds() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
+rs=$(seconds "$rampart" seal "$work/model.bin" -r "$recipient" -o "$work/r.age")
+as=$(seconds age -r "$recipient" -o "$work/a.age" "$work/model.bin")
+ru=$(seconds "$rampart" unseal "$work/a.age" -i "$work/key.txt" -o "$work/r.out")
+au=$(seconds age -d -i "$work/key.txt" -o "$work/a.out" "$work/r.age")
+cmp -s "$work/model.bin" "$work/r.out" && cmp -s "$work/model.bin" "$work/a.out" || { echo "round trip differs" >&2; exit 1; }
+mbps() { echo "$size_mib / $1" | bc -l; }
+printf "seal   %5d MiB: rampart %6.2f s (%6.0f MiB/s)   age %6.2f s (%6.0f MiB/s)   ratio age/rampart %.2fx\n" \
+  "$size_mib" "$rs" "$(mbps "$rs")" "$as" "$(mbps "$as")" "$(echo "$as / $rs" | bc -l)"
+printf "unseal %5d MiB: rampart %6.2f s (%6.0f MiB/s)   age %6.2f s (%6.0f MiB/s)   ratio age/rampart %.2fx\n" \
+  "$size_mib" "$ru" "$(mbps "$ru")" "$au" "$(mbps "$au")" "$(echo "$au / $ru" | bc -l)"
