@@ -128,7 +128,9 @@ impl GateConfig {
             ))
         })?;
         if file.trusted_keys.is_empty() {
-            return Err(bad("`trusted_keys` is empty: name at least one public key".into()));
+            return Err(bad(
+                "`trusted_keys` is empty: name at least one public key".into()
+            ));
         }
         rampart_digest::ManifestPath::new(&file.signature)
             .map_err(|e| bad(format!("`signature`: {e}")))?;

@@ -88,7 +88,10 @@ impl<'a> ExportControl<'a> {
     }
 
     fn mfa_path(&self, principal: &str) -> PathBuf {
-        self.registry.dir().join("mfa").join(format!("{principal}.json"))
+        self.registry
+            .dir()
+            .join("mfa")
+            .join(format!("{principal}.json"))
     }
 
     fn roles_path(&self) -> PathBuf {
@@ -96,7 +99,10 @@ impl<'a> ExportControl<'a> {
     }
 
     fn request_path(&self, id: &str) -> PathBuf {
-        self.registry.dir().join("exports").join(format!("{id}.json"))
+        self.registry
+            .dir()
+            .join("exports")
+            .join(format!("{id}.json"))
     }
 
     /// The roles of every principal.
@@ -106,7 +112,13 @@ impl<'a> ExportControl<'a> {
 
     /// Enrols `principal` for TOTP with a fresh secret and gives it `roles` (added to any it has). Refuses to
     /// replace an existing secret unless `replace`.
-    pub fn enroll(&self, principal: &str, roles: &[String], replace: bool, actor: &str) -> Result<Enrollment> {
+    pub fn enroll(
+        &self,
+        principal: &str,
+        roles: &[String],
+        replace: bool,
+        actor: &str,
+    ) -> Result<Enrollment> {
         check_name("principal", principal)?;
         for role in roles {
             check_name("role", role)?;
@@ -120,13 +132,17 @@ impl<'a> ExportControl<'a> {
         }
         let mut secret = [0u8; totp::SECRET_BYTES];
         getrandom::getrandom(&mut secret).map_err(|e| Error::Random(e.to_string()))?;
-        let mut record = rampart_log::Record::new("mfa.enroll", actor).subject("principal", principal);
+        let mut record =
+            rampart_log::Record::new("mfa.enroll", actor).subject("principal", principal);
         if !roles.is_empty() {
             record.details.insert("roles".into(), roles.to_vec().into());
         }
         self.registry.audit(&record)?;
         // A replaced secret keeps the last step: old codes stay unusable.
-        let last_step = read_json::<MfaRecord>(&path).ok().flatten().and_then(|r| r.last_step);
+        let last_step = read_json::<MfaRecord>(&path)
+            .ok()
+            .flatten()
+            .and_then(|r| r.last_step);
         write_json(
             &path,
             &MfaRecord {
@@ -191,7 +207,9 @@ impl<'a> ExportControl<'a> {
         let mut record = rampart_log::Record::new(action, actor)
             .subject("request", id)
             .outcome("denied");
-        record.details.insert("reason".into(), reason.clone().into());
+        record
+            .details
+            .insert("reason".into(), reason.clone().into());
         self.registry.audit(&record)?;
         tracing::warn!(action, actor, request = id, %reason, "export control denied");
         Ok(Error::Denied(reason))
@@ -203,25 +221,53 @@ impl<'a> ExportControl<'a> {
     }
 
     /// [`Self::approve`] at a given Unix time.
-    pub fn approve_at(&self, id: &str, approver: &str, code: &str, time: u64) -> Result<ExportRequest> {
+    pub fn approve_at(
+        &self,
+        id: &str,
+        approver: &str,
+        code: &str,
+        time: u64,
+    ) -> Result<ExportRequest> {
         check_name("principal", approver)?;
         let _lock = self.registry.lock()?;
         let mut request = self.get(id)?;
         let action = "export.approve";
         if request.requester == approver {
-            return Err(self.deny(action, approver, id, format!("`{approver}` cannot approve its own request"))?);
+            return Err(self.deny(
+                action,
+                approver,
+                id,
+                format!("`{approver}` cannot approve its own request"),
+            )?);
         }
         let roles = self.roles()?;
-        if !roles.get(approver).is_some_and(|r| r.iter().any(|r| r == APPROVER)) {
-            return Err(self.deny(action, approver, id, format!("`{approver}` does not have the `{APPROVER}` role"))?);
+        if !roles
+            .get(approver)
+            .is_some_and(|r| r.iter().any(|r| r == APPROVER))
+        {
+            return Err(self.deny(
+                action,
+                approver,
+                id,
+                format!("`{approver}` does not have the `{APPROVER}` role"),
+            )?);
         }
         if request.status != RequestStatus::Pending || request.expires_at <= time {
-            let state = if request.status == RequestStatus::Pending { "expired" } else { "already approved" };
+            let state = if request.status == RequestStatus::Pending {
+                "expired"
+            } else {
+                "already approved"
+            };
             return Err(self.deny(action, approver, id, format!("request `{id}` is {state}"))?);
         }
         let path = self.mfa_path(approver);
         let Some(mut mfa) = read_json::<MfaRecord>(&path)? else {
-            return Err(self.deny(action, approver, id, format!("`{approver}` has no TOTP enrolled; run `rampart mfa enroll`"))?);
+            return Err(self.deny(
+                action,
+                approver,
+                id,
+                format!("`{approver}` has no TOTP enrolled; run `rampart mfa enroll`"),
+            )?);
         };
         let secret = totp::base32_decode(&mfa.secret).ok_or_else(|| Error::Corrupt {
             path: path.clone(),
@@ -250,17 +296,33 @@ impl<'a> ExportControl<'a> {
     }
 
     /// Exports `model`/`version` to `out` for `requester`, consuming one live grant. Denied without one.
-    pub fn export(&self, model: &str, version: &str, requester: &str, out: &Path) -> Result<ExportRequest> {
+    pub fn export(
+        &self,
+        model: &str,
+        version: &str,
+        requester: &str,
+        out: &Path,
+    ) -> Result<ExportRequest> {
         self.export_at(model, version, requester, out, now())
     }
 
     /// [`Self::export`] at a given Unix time.
-    pub fn export_at(&self, model: &str, version: &str, requester: &str, out: &Path, time: u64) -> Result<ExportRequest> {
+    pub fn export_at(
+        &self,
+        model: &str,
+        version: &str,
+        requester: &str,
+        out: &Path,
+        time: u64,
+    ) -> Result<ExportRequest> {
         check_name("principal", requester)?;
         check_name("model name", model)?;
         check_name("version", version)?;
         if out.exists() {
-            return Err(Error::Exists(format!("`{}` already exists; choose a new output path", out.display())));
+            return Err(Error::Exists(format!(
+                "`{}` already exists; choose a new output path",
+                out.display()
+            )));
         }
         let _lock = self.registry.lock()?;
         let mut grant = None;
@@ -308,7 +370,11 @@ fn list_ids(dir: &Path) -> Result<Vec<String>> {
     let mut ids = Vec::new();
     for entry in entries {
         let entry = entry.map_err(Error::io("read", dir))?;
-        if let Some(id) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".json"))
+        {
             if check_name("request id", id).is_ok() {
                 ids.push(id.to_owned());
             }

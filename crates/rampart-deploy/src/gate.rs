@@ -82,10 +82,19 @@ impl GateReport {
         record
     }
 
-    fn new(model: String, signature: Check, scan: Check, policy: Check, signed: Option<(String, &SignedManifest)>) -> GateReport {
+    fn new(
+        model: String,
+        signature: Check,
+        scan: Check,
+        policy: Check,
+        signed: Option<(String, &SignedManifest)>,
+    ) -> GateReport {
         let passed = signature.passed && scan.passed && policy.passed;
         let (signer, root_digest) = match signed {
-            Some((name, s)) => (Some(name), Some(format!("sha256:{}", s.manifest.root_digest()))),
+            Some((name, s)) => (
+                Some(name),
+                Some(format!("sha256:{}", s.manifest.root_digest())),
+            ),
             None => (None, None),
         };
         GateReport {
@@ -109,7 +118,10 @@ fn check_result(name: &'static str, problems: Vec<String>) -> Check {
 }
 
 /// The first trusted key whose signature verifies, with the verified manifest.
-fn verify_signature(bundle_bytes: &[u8], config: &GateConfig) -> std::result::Result<(String, SignedManifest), String> {
+fn verify_signature(
+    bundle_bytes: &[u8],
+    config: &GateConfig,
+) -> std::result::Result<(String, SignedManifest), String> {
     let bundle = Bundle::parse(bundle_bytes).map_err(|e| format!("unreadable signature: {e}"))?;
     let mut last = String::from("no trusted key is configured");
     for trusted in &config.trusted_keys {
@@ -128,7 +140,9 @@ pub fn check(model_dir: &Path, config: &GateConfig) -> GateReport {
     let mut sig_problems = Vec::new();
     let mut signed = None;
     match crate::state::read_limited(&sig_path, MAX_BUNDLE_BYTES as u64) {
-        Err(_) if !sig_path.exists() => sig_problems.push(format!("unsigned: no `{}` in the model", config.signature)),
+        Err(_) if !sig_path.exists() => {
+            sig_problems.push(format!("unsigned: no `{}` in the model", config.signature))
+        }
         Err(e) => sig_problems.push(e.to_string()),
         Ok(bytes) => match verify_signature(&bytes, config) {
             Err(e) => sig_problems.push(e),
@@ -138,7 +152,8 @@ pub fn check(model_dir: &Path, config: &GateConfig) -> GateReport {
                     ..CheckOptions::default()
                 };
                 match check_dir(model_dir, &manifest, &options) {
-                    Ok(verdict) => sig_problems.extend(verdict.findings.iter().map(|f| format!("tampered: {f}"))),
+                    Ok(verdict) => sig_problems
+                        .extend(verdict.findings.iter().map(|f| format!("tampered: {f}"))),
                     Err(e) => sig_problems.push(format!("cannot check the files: {e}")),
                 }
                 signed = Some((signer, manifest));
@@ -157,9 +172,18 @@ pub fn check(model_dir: &Path, config: &GateConfig) -> GateReport {
         },
     ) {
         Ok(listing) => {
-            let list: Vec<(String, u64)> = listing.files.iter().map(|f| (f.path.to_string(), f.size)).collect();
+            let list: Vec<(String, u64)> = listing
+                .files
+                .iter()
+                .map(|f| (f.path.to_string(), f.size))
+                .collect();
             let mut problems = policy_problems(&list, &config.policy, &config.signature);
-            problems.extend(listing.symlinks.iter().map(|p| format!("symlink `{p}` is not allowed")));
+            problems.extend(
+                listing
+                    .symlinks
+                    .iter()
+                    .map(|p| format!("symlink `{p}` is not allowed")),
+            );
             (problems, list.len() as u64, listing.total_bytes())
         }
         Err(e) => (vec![format!("cannot list the files: {e}")], 0, 0),
@@ -181,7 +205,9 @@ pub fn check(model_dir: &Path, config: &GateConfig) -> GateReport {
 pub fn check_files(model: &str, files: &[MemoryFile], config: &GateConfig) -> GateReport {
     let mut sig_problems = Vec::new();
     let mut signed = None;
-    let sig = files.iter().find(|f| f.path == Path::new(&config.signature));
+    let sig = files
+        .iter()
+        .find(|f| f.path == Path::new(&config.signature));
     match sig {
         None => sig_problems.push(format!("unsigned: no `{}` in the model", config.signature)),
         Some(sig) => match verify_signature(&sig.data, config) {
@@ -229,10 +255,17 @@ fn policy_problems(files: &[(String, u64)], policy: &Policy, signature: &str) ->
     let mut problems = Vec::new();
     let total: u64 = files.iter().map(|(_, n)| n).sum();
     if total > policy.max_bytes {
-        problems.push(format!("{total} bytes exceed the policy's max_bytes = {}", policy.max_bytes));
+        problems.push(format!(
+            "{total} bytes exceed the policy's max_bytes = {}",
+            policy.max_bytes
+        ));
     }
     if files.len() as u64 > policy.max_files {
-        problems.push(format!("{} files exceed the policy's max_files = {}", files.len(), policy.max_files));
+        problems.push(format!(
+            "{} files exceed the policy's max_files = {}",
+            files.len(),
+            policy.max_files
+        ));
     }
     if !policy.allowed_extensions.is_empty() {
         for (path, _) in files.iter().filter(|(p, _)| p != signature) {
@@ -241,8 +274,14 @@ fn policy_problems(files: &[(String, u64)], policy: &Policy, signature: &str) ->
                 .and_then(|e| e.to_str())
                 .unwrap_or("")
                 .to_ascii_lowercase();
-            if !policy.allowed_extensions.iter().any(|a| a.eq_ignore_ascii_case(&ext)) {
-                problems.push(format!("`{path}`: extension `{ext}` is not in allowed_extensions"));
+            if !policy
+                .allowed_extensions
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&ext))
+            {
+                problems.push(format!(
+                    "`{path}`: extension `{ext}` is not in allowed_extensions"
+                ));
             }
         }
     }
@@ -278,8 +317,12 @@ fn compare_memory(files: &[MemoryFile], signed: &SignedManifest, signature: &str
     }
     for (path, expected) in signed.manifest.iter() {
         match actual.get(path) {
-            None => problems.push(format!("tampered: missing: `{path}` is signed but not present")),
-            Some(d) if d != expected => problems.push(format!("tampered: changed: `{path}` (signed {expected}, now {d})")),
+            None => problems.push(format!(
+                "tampered: missing: `{path}` is signed but not present"
+            )),
+            Some(d) if d != expected => problems.push(format!(
+                "tampered: changed: `{path}` (signed {expected}, now {d})"
+            )),
             Some(_) => {}
         }
     }
@@ -300,7 +343,12 @@ pub fn read_dir(model_dir: &Path, max_bytes: u64) -> Result<Vec<MemoryFile>> {
             follow_symlinks: false,
         },
     )
-    .map_err(|e| Error::NotFound(format!("cannot read the model `{}`: {e}", model_dir.display())))?;
+    .map_err(|e| {
+        Error::NotFound(format!(
+            "cannot read the model `{}`: {e}",
+            model_dir.display()
+        ))
+    })?;
     if listing.total_bytes() > max_bytes {
         return Err(Error::Denied(format!(
             "`{}` holds {} bytes, more than the policy's max_bytes = {max_bytes}",

@@ -83,7 +83,11 @@ impl Registry {
         let log = if dir.join("checkpoint").exists() {
             rampart_log::Log::open(&dir, rampart_log::Options::default())?
         } else {
-            rampart_log::Log::create(&dir, &rampart_log::random_origin()?, rampart_log::Options::default())?
+            rampart_log::Log::create(
+                &dir,
+                &rampart_log::random_origin()?,
+                rampart_log::Options::default(),
+            )?
         };
         log.append_json(record)?;
         log.close()?;
@@ -219,9 +223,10 @@ impl Registry {
         config: &GateConfig,
     ) -> Result<Vec<MemoryFile>> {
         let mut ids = rampart_seal::Identities::new();
-        ids.extend(vec![Box::new(identity.clone())]);
+        ids.extend(vec![Box::new(identity.clone()) as Box<dyn age::Identity>]);
         let file = std::fs::File::open(sealed).map_err(Error::io("read", sealed))?;
-        let files = rampart_seal::unseal_to_memory(file, &ids, Path::new(model), config.policy.max_bytes)?;
+        let files =
+            rampart_seal::unseal_to_memory(file, &ids, Path::new(model), config.policy.max_bytes)?;
         Ok(files)
     }
 
@@ -238,7 +243,9 @@ impl Registry {
         let mut out = Vec::new();
         for m in models {
             for v in dir_names(&root.join(&m))? {
-                if let Some(info) = read_json::<VersionInfo>(&root.join(&m).join(&v).join("meta.json"))? {
+                if let Some(info) =
+                    read_json::<VersionInfo>(&root.join(&m).join(&v).join("meta.json"))?
+                {
                     out.push(info);
                 }
             }
@@ -259,7 +266,13 @@ impl Registry {
     }
 
     /// Unseals a version into memory, gates it, and returns its files. Plaintext never touches the disk.
-    pub fn load(&self, model: &str, version: &str, actor: &str, config: &GateConfig) -> Result<Vec<MemoryFile>> {
+    pub fn load(
+        &self,
+        model: &str,
+        version: &str,
+        actor: &str,
+        config: &GateConfig,
+    ) -> Result<Vec<MemoryFile>> {
         self.info(model, version)?;
         let identity = self.identity()?;
         let sealed = self.version_dir(model, version).join("model.age");
@@ -276,10 +289,15 @@ impl Registry {
     }
 
     /// Unseals a version to `out` on disk. Only export control calls this, after consuming a grant.
-    pub(crate) fn unseal_to(&self, model: &str, version: &str, out: &Path) -> Result<rampart_seal::Unsealed> {
+    pub(crate) fn unseal_to(
+        &self,
+        model: &str,
+        version: &str,
+        out: &Path,
+    ) -> Result<rampart_seal::Unsealed> {
         let identity = self.identity()?;
         let mut ids = rampart_seal::Identities::new();
-        ids.extend(vec![Box::new(identity)]);
+        ids.extend(vec![Box::new(identity) as Box<dyn age::Identity>]);
         Ok(rampart_seal::unseal(
             &self.version_dir(model, version).join("model.age"),
             &ids,

@@ -42,7 +42,11 @@ impl<T> std::fmt::Debug for ModelSlot<T> {
 
 impl<T> ModelSlot<T> {
     /// An empty slot gating with `config`, recording decisions in `log` (if any) as `actor`.
-    pub fn new(config: GateConfig, log: Option<Arc<rampart_log::Log>>, actor: impl Into<String>) -> Self {
+    pub fn new(
+        config: GateConfig,
+        log: Option<Arc<rampart_log::Log>>,
+        actor: impl Into<String>,
+    ) -> Self {
         ModelSlot {
             current: ArcSwapOption::empty(),
             config,
@@ -91,7 +95,10 @@ impl<T> ModelSlot<T> {
         let report = check_files(name, &files, &self.config);
         if !report.passed {
             self.audit(report.record(&self.actor))?;
-            tracing::warn!(model = name, "deployment gate refused the model; the previous version keeps serving");
+            tracing::warn!(
+                model = name,
+                "deployment gate refused the model; the previous version keeps serving"
+            );
             return Err(Error::Refused(Box::new(report)));
         }
         let model = match build(&files) {
@@ -100,7 +107,9 @@ impl<T> ModelSlot<T> {
                 let mut record = report.record(&self.actor).outcome("error");
                 record.action = "deploy.load".into();
                 self.audit(record)?;
-                return Err(Error::Denied(format!("`{name}` passed the gate but does not load: {e}")));
+                return Err(Error::Denied(format!(
+                    "`{name}` passed the gate but does not load: {e}"
+                )));
             }
         };
         // Recorded before the swap: if the log cannot take it, the new version does not serve.

@@ -53,7 +53,12 @@ pub enum TotpError {
 }
 
 /// Checks `code` at `unix_time` (±1 step) and returns the matching step, which must be later than `last_used`.
-pub fn verify(secret: &[u8], code: &str, unix_time: u64, last_used: Option<u64>) -> Result<u64, TotpError> {
+pub fn verify(
+    secret: &[u8],
+    code: &str,
+    unix_time: u64,
+    last_used: Option<u64>,
+) -> Result<u64, TotpError> {
     if code.len() != DIGITS as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(TotpError::Malformed);
     }
@@ -154,8 +159,14 @@ mod tests {
         let code = code_at(seed, t);
         assert_eq!(verify(seed, &code, t, None), Ok(step_at(t)));
         assert_eq!(verify(seed, &code, t + STEP, None), Ok(step_at(t)));
-        assert_eq!(verify(seed, &code, t + 3 * STEP, None), Err(TotpError::Wrong));
-        assert_eq!(verify(seed, &code, t, Some(step_at(t))), Err(TotpError::Replayed));
+        assert_eq!(
+            verify(seed, &code, t + 3 * STEP, None),
+            Err(TotpError::Wrong)
+        );
+        assert_eq!(
+            verify(seed, &code, t, Some(step_at(t))),
+            Err(TotpError::Replayed)
+        );
         assert_eq!(verify(seed, "12345", t, None), Err(TotpError::Malformed));
         assert_eq!(verify(seed, "abcdef", t, None), Err(TotpError::Malformed));
     }
@@ -164,7 +175,10 @@ mod tests {
     fn base32_round_trip() {
         assert_eq!(base32_encode(b"foobar"), "MZXW6YTBOI");
         assert_eq!(base32_decode("MZXW6YTBOI").as_deref(), Some(&b"foobar"[..]));
-        assert_eq!(base32_decode("mzxw6ytboi======").as_deref(), Some(&b"foobar"[..]));
+        assert_eq!(
+            base32_decode("mzxw6ytboi======").as_deref(),
+            Some(&b"foobar"[..])
+        );
         assert_eq!(base32_decode("1"), None);
     }
 }

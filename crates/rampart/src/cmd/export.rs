@@ -98,7 +98,12 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::Fetch(a) => {
             let registry = Registry::open(&a.common.state_dir);
-            let r = ExportControl::new(&registry).export(&a.name, &a.version, &a.common.principal, &a.output);
+            let r = ExportControl::new(&registry).export(
+                &a.name,
+                &a.version,
+                &a.common.principal,
+                &a.output,
+            );
             (a.common, r)
         }
     };

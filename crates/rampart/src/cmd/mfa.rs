@@ -39,7 +39,12 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
     let registry = Registry::open(&args.state_dir);
     let control = ExportControl::new(&registry);
     let enrollment = control
-        .enroll(&args.principal, &args.roles, args.replace, &crate::cmd::push::principal_from_env())
+        .enroll(
+            &args.principal,
+            &args.roles,
+            args.replace,
+            &crate::cmd::push::principal_from_env(),
+        )
         .context("cannot enrol")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", enrollment.uri)?;

@@ -38,9 +38,15 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let config = GateConfig::load(&args.config).context("cannot load the gate configuration")?;
-    let principal = args.principal.clone().unwrap_or_else(|| principal_from_env());
+    let principal = args.principal.clone().unwrap_or_else(principal_from_env);
     let registry = Registry::open(&args.state_dir);
-    match registry.push(&args.model_dir, &args.name, &args.version, &principal, &config) {
+    match registry.push(
+        &args.model_dir,
+        &args.name,
+        &args.version,
+        &principal,
+        &config,
+    ) {
         Ok(info) => {
             let mut out = std::io::stdout().lock();
             match args.format {

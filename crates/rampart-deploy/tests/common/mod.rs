@@ -1,4 +1,11 @@
 //! Shared fixtures: a signing key, a gate configuration trusting it, and model directories.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::path::{Path, PathBuf};
 
@@ -43,7 +50,10 @@ pub fn sign(dir: &Path, key: &SigningKey) {
 pub fn good_model(dir: &Path, key: &SigningKey, tag: &str) {
     let onnx = std::fs::read(onnx()).unwrap();
     let config = format!("{{\"version\": \"{tag}\"}}");
-    write_model(dir, &[("model.onnx", &onnx), ("config.json", config.as_bytes())]);
+    write_model(
+        dir,
+        &[("model.onnx", &onnx), ("config.json", config.as_bytes())],
+    );
     sign(dir, key);
 }
 
