@@ -8,7 +8,7 @@ use crate::gate::GateReport;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("cannot {action} `{path}`: {source}")]
+    #[error("cannot {action} `{path}`")]
     Io {
         action: &'static str,
         path: PathBuf,

@@ -211,7 +211,7 @@ impl<'a> ExportControl<'a> {
             .details
             .insert("reason".into(), reason.clone().into());
         self.registry.audit(&record)?;
-        tracing::warn!(action, actor, request = id, %reason, "export control denied");
+        tracing::info!(action, actor, request = id, %reason, "export control denied");
         Ok(Error::Denied(reason))
     }
 

@@ -40,6 +40,7 @@ pub struct Common {
 
 /// Arguments of `rampart export request`.
 #[derive(Debug, clap::Args)]
+#[command(disable_version_flag = true)]
 pub struct RequestArgs {
     /// Model name
     #[arg(long)]
@@ -68,6 +69,7 @@ pub struct ApproveArgs {
 
 /// Arguments of `rampart export fetch`.
 #[derive(Debug, clap::Args)]
+#[command(disable_version_flag = true)]
 pub struct FetchArgs {
     /// Model name
     #[arg(long)]

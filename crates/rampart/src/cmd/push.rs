@@ -13,6 +13,7 @@ use crate::Outcome;
 
 /// Arguments of `rampart push`.
 #[derive(Debug, clap::Args)]
+#[command(disable_version_flag = true)]
 pub struct Args {
     /// The signed model directory
     pub model_dir: PathBuf,
