@@ -48,6 +48,17 @@ enum Command {
     Seal(cmd::seal::Args),
     /// Decrypt a file sealed with `rampart seal` or `age`
     Unseal(cmd::unseal::Args),
+    /// The deployment gate (check a model before it serves) and the registry's versions
+    #[command(subcommand)]
+    Deploy(cmd::deploy::Command),
+    /// Store a signed model version in the registry, sealed, after the deployment gate
+    Push(cmd::push::Args),
+    /// Enrol an approver's TOTP authenticator
+    #[command(subcommand)]
+    Mfa(cmd::mfa::Command),
+    /// Export control: request, approve (with TOTP) and fetch one export of a model version
+    #[command(subcommand)]
+    Export(cmd::export::Command),
 }
 
 /// What a command concluded, before it becomes an exit code.
@@ -75,6 +86,10 @@ fn main() -> ExitCode {
         Command::Audit(command) => cmd::audit::run(command),
         Command::Seal(args) => cmd::seal::run(args),
         Command::Unseal(args) => cmd::unseal::run(args),
+        Command::Deploy(command) => cmd::deploy::run(command),
+        Command::Push(args) => cmd::push::run(args),
+        Command::Mfa(command) => cmd::mfa::run(command),
+        Command::Export(command) => cmd::export::run(command),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

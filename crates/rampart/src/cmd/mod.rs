@@ -2,10 +2,14 @@
 
 pub mod audit;
 pub mod data;
+pub mod deploy;
 pub mod diff;
 pub mod eval;
+pub mod export;
 pub mod keygen;
 pub mod keys;
+pub mod mfa;
+pub mod push;
 pub mod scan;
 pub mod seal;
 pub mod serve;
