@@ -31,16 +31,9 @@ enum Command {
     Diff(cmd::diff::Args),
     /// Scan model files for malicious content without loading them
     Scan(cmd::scan::Args),
-    /// Run the secure inference gateway
-    Serve(cmd::serve::Args),
-    /// Manage the gateway's API keys
-    #[command(subcommand)]
-    Keys(cmd::keys::Command),
     /// Validate a training data set: schema, leaks, duplicates, labels, outliers, poisoning
     #[command(subcommand)]
     Data(cmd::data::Command),
-    /// Attack a model: adversarial robustness, membership inference, extraction
-    Eval(cmd::eval::Args),
     /// The tamper-evident audit log: init, append, verify, show, prove
     #[command(subcommand)]
     Audit(cmd::audit::Command),
@@ -79,10 +72,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::verify::run(args),
         Command::Diff(args) => cmd::diff::run(args),
         Command::Scan(args) => cmd::scan::run(args),
-        Command::Serve(args) => cmd::serve::run(args),
-        Command::Keys(command) => cmd::keys::run(command),
         Command::Data(command) => cmd::data::run(command),
-        Command::Eval(args) => cmd::eval::run(args),
         Command::Audit(command) => cmd::audit::run(command),
         Command::Seal(args) => cmd::seal::run(args),
         Command::Unseal(args) => cmd::unseal::run(args),
