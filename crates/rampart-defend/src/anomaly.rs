@@ -186,9 +186,13 @@ fn roll(
         let values = std::mem::take(&mut track.current).values();
         let mut alerting = false;
         if track.learned >= config.warmup_windows {
-            for (i, metric) in METRICS.iter().enumerate() {
-                let (mean, var, value) = (track.mean[i], track.var[i], values[i]);
-                let sd = var.sqrt().max(FLOORS[i]);
+            for (((metric, floor), value), (mean, var)) in METRICS
+                .iter()
+                .zip(FLOORS)
+                .zip(values)
+                .zip(track.mean.iter().zip(&track.var))
+            {
+                let sd = var.sqrt().max(floor);
                 let z = (value - mean) / sd;
                 if z > config.z {
                     alerting = true;
@@ -199,21 +203,22 @@ fn roll(
                         window_start: track.start,
                         metric: *metric,
                         value,
-                        baseline: mean,
+                        baseline: *mean,
                         z,
                     });
                 }
             }
         }
         if !alerting {
-            for i in 0..4 {
+            for ((mean, var), value) in track.mean.iter_mut().zip(track.var.iter_mut()).zip(values)
+            {
                 if track.learned == 0 {
-                    track.mean[i] = values[i];
+                    *mean = value;
                 } else {
-                    let diff = values[i] - track.mean[i];
+                    let diff = value - *mean;
                     let incr = config.alpha * diff;
-                    track.mean[i] += incr;
-                    track.var[i] = (1.0 - config.alpha) * (track.var[i] + diff * incr);
+                    *mean += incr;
+                    *var = (1.0 - config.alpha) * (*var + diff * incr);
                 }
             }
             track.learned = track.learned.saturating_add(1);

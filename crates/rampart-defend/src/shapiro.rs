@@ -82,9 +82,8 @@ pub fn shapiro_wilk(sample: &[f64]) -> Option<ShapiroWilk> {
 fn p_value(w: f64, n: usize) -> f64 {
     let an = n as f64;
     if n == 3 {
-        let pi6 = 1.909_859_317_102_74;
-        let stqr = 1.047_197_551_196_6;
-        return (pi6 * (w.sqrt().asin() - stqr)).max(0.0);
+        let pi6 = 6.0 / std::f64::consts::PI;
+        return (pi6 * (w.sqrt().asin() - std::f64::consts::FRAC_PI_3)).max(0.0);
     }
     let w1 = 1.0 - w;
     if w1 <= 0.0 {
