@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Inference-time defences on the digits MLP, against the anchors the issue names: the classic feature-squeezing
+# detector (numpy/scipy, bench/defend_attacks.py) and PRADA alone. Attacks at eps 0.1 (FGSM, PGD-40 step 0.01,
+# Square 1,000 iterations) are generated in numpy with exact gradients of the ONNX MLP. Inputs are generated under
+# $WORK (default: a temporary directory), nothing is committed.
+#
+#   bench/defend.sh            # about 10-20 minutes on two busy cores
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK="${WORK:-$(mktemp -d)}"
+mkdir -p "$WORK"
+BIN="$(scripts/setup-test-env.sh | tail -n1)"
+PY="$BIN/python"
+DIGITS=examples/digits
+MODEL=$DIGITS/model/model.onnx
+# The harness in the dev profile (dependencies are optimised there) with this crate optimised too.
+CARGO=(cargo --config 'profile.dev.package.rampart-defend.opt-level=2')
+"${CARGO[@]}" build -q -p rampart -p rampart-defend --example defend_bench
+TARGET="${CARGO_TARGET_DIR:-target}/debug"
+RAMPART="$TARGET/rampart"
+HARNESS="$TARGET/examples/defend_bench"
+
+echo "== profile" >&2
+"$RAMPART" profile $DIGITS/train.csv --label-column label -o "$WORK/profile.json"
+
+echo "== attacks (numpy)" >&2
+[ -f "$WORK/attacks/square.csv" ] || "$PY" bench/defend_attacks.py attacks $MODEL $DIGITS/test.csv "$WORK/attacks"
+
+echo "== detection: Rampart's combined detector vs the classic feature squeezer" >&2
+"$HARNESS" detect "$WORK/profile.json" $MODEL $DIGITS/test.csv "$WORK/attacks"
+"$PY" bench/defend_attacks.py squeeze-baseline $MODEL $DIGITS/test.csv "$WORK/attacks"
+
+echo "== sanitisers: clean and robust accuracy" >&2
+"$HARNESS" sanitise $MODEL $DIGITS/test.csv "$WORK/attacks"
+
+echo "== extraction" >&2
+"$PY" bench/defend_attacks.py jbda $MODEL $DIGITS/test.csv "$WORK/jbda.csv" --seeds 100 --rounds 3
+"$HARNESS" extraction "$WORK/profile.json" $MODEL $DIGITS/test.csv "$WORK/jbda.csv"
+
+echo "== watermark" >&2
+rm -f "$WORK/wm.key"
+"$RAMPART" watermark keygen -o "$WORK/wm.key" >/dev/null
+"$PY" bench/defend_attacks.py thief-queries $DIGITS/train.csv "$WORK/thief.csv" --count 5000
+"$HARNESS" serve-watermarked $MODEL "$WORK/wm.key" "$WORK/thief.csv" "$WORK/served.csv" "$WORK/log.csv"
+"$PY" bench/defend_attacks.py train "$WORK/served.csv" "$WORK/surrogate.onnx" --seed 1 --hidden 256 --max-iter 1000 2>/dev/null
+set +e
+"$RAMPART" watermark verify --model "$WORK/surrogate.onnx" --key "$WORK/wm.key" --queries "$WORK/log.csv" --format json \
+  | sed 's/^/watermark: surrogate (5,000 watermarked answers): /'
+identified=0
+for seed in 0 1 2 3 4 5 6 7 8 9; do
+  "$PY" bench/defend_attacks.py train $DIGITS/train.csv "$WORK/indep$seed.onnx" --seed $seed --hidden $((64 + 16 * seed)) 2>/dev/null
+  out="$("$RAMPART" watermark verify --model "$WORK/indep$seed.onnx" --key "$WORK/wm.key" --queries "$WORK/log.csv" --format json)"
+  [ $? -eq 1 ] && identified=$((identified + 1))
+  echo "watermark: independent model $seed: $out"
+done
+set -e
+echo "watermark: independent models identified: $identified of 10"
+
+echo "== per-request cost" >&2
+"$HARNESS" cost "$WORK/profile.json" $MODEL $DIGITS/test.csv
+echo "work files in $WORK" >&2

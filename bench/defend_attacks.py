@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Attacks and baselines for bench/defend.sh, in numpy only (no torch): FGSM, PGD-40 (step 0.01) and the
+Square Attack (L-inf, 1,000 iterations) at eps 0.1 against the digits MLP, whose Gemm/Relu weights are read from the
+ONNX file so the gradients are exact. Also trains the surrogates and independent models for the watermark benchmark.
+
+Usage: defend_attacks.py attacks MODEL.onnx TEST.csv OUTDIR
+       defend_attacks.py jbda MODEL.onnx TEST.csv OUT.csv [--seeds N] [--rounds R]
+       defend_attacks.py train IN.csv OUT.onnx --label-column COL --seed S [--hidden H]
+       defend_attacks.py squeeze-baseline MODEL.onnx TEST.csv ATTACKDIR
+       defend_attacks.py thief-queries TRAIN.csv OUT.csv [--count N]
+"""
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+EPS = 0.1
+
+
+def load_csv(path, label_column="label"):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    li = header.index(label_column) if label_column in header else None
+    feats = [i for i, h in enumerate(header) if i != li and h != "answer"]
+    x = np.array([[float(r[i]) for i in feats] for r in body], dtype=np.float32)
+    y = np.array([int(r[li]) for r in body]) if li is not None else None
+    return x, y
+
+
+def write_csv(path, x, y=None, label="label"):
+    with open(path + ".tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([f"px{i}" for i in range(x.shape[1])] + ([label] if y is not None else []))
+        for i, row in enumerate(x):
+            w.writerow([repr(float(v)) for v in row] + ([int(y[i])] if y is not None else []))
+    os.replace(path + ".tmp", path)
+
+
+class Mlp:
+    """Gemm(transB=1)/Relu chain read from the ONNX graph."""
+
+    def __init__(self, path):
+        m = onnx.load(path)
+        init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        self.layers = []
+        for node in m.graph.node:
+            if node.op_type == "Gemm":
+                self.layers.append((init[node.input[1]].astype(np.float64), init[node.input[2]].astype(np.float64)))
+
+    def forward(self, x, keep=False):
+        acts, h = [], x.astype(np.float64)
+        for i, (w, b) in enumerate(self.layers):
+            z = h @ w.T + b
+            if i < len(self.layers) - 1:
+                acts.append((h, z))
+                h = np.maximum(z, 0)
+            else:
+                acts.append((h, z))
+                h = z
+        return (h, acts) if keep else h
+
+    def grad_ce(self, x, y):
+        logits, acts = self.forward(x, keep=True)
+        p = softmax(logits)
+        g = p.copy()
+        g[np.arange(len(y)), y] -= 1.0
+        for i in range(len(self.layers) - 1, -1, -1):
+            w, _ = self.layers[i]
+            g = g @ w
+            if i > 0:
+                g = g * (acts[i - 1][1] > 0)
+        return g
+
+    def grad_class(self, x, cls):
+        """Jacobian row of the logit of `cls` (for JBDA)."""
+        logits, acts = self.forward(x, keep=True)
+        g = np.zeros_like(logits)
+        g[np.arange(len(cls)), cls] = 1.0
+        for i in range(len(self.layers) - 1, -1, -1):
+            w, _ = self.layers[i]
+            g = g @ w
+            if i > 0:
+                g = g * (acts[i - 1][1] > 0)
+        return g
+
+
+def softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fgsm(m, x, y):
+    return np.clip(x + EPS * np.sign(m.grad_ce(x, y)), 0, 1)
+
+
+def pgd(m, x, y, steps=40, step=0.01, seed=0):
+    rng = np.random.default_rng(seed)
+    adv = np.clip(x + rng.uniform(-EPS, EPS, x.shape), 0, 1)
+    for _ in range(steps):
+        adv = adv + step * np.sign(m.grad_ce(adv, y))
+        adv = np.clip(np.clip(adv, x - EPS, x + EPS), 0, 1)
+    return adv
+
+
+def margin_loss(m, x, y):
+    logits = m.forward(x)
+    true = logits[np.arange(len(y)), y]
+    other = logits.copy()
+    other[np.arange(len(y)), y] = -np.inf
+    return true - other.max(axis=1)
+
+
+def square(m, x, y, iters=1000, p_init=0.3, seed=0):
+    """Square Attack (Andriushchenko et al. 2020), L-inf, on 8x8 single-channel images, score-based."""
+    rng = np.random.default_rng(seed)
+    n, h = len(x), 8
+    img = x.reshape(n, h, h)
+    adv = np.clip(img + EPS * rng.choice([-1, 1], size=(n, 1, h)), 0, 1)
+    loss = margin_loss(m, adv.reshape(n, -1), y)
+    for it in range(iters):
+        active = loss > 0
+        if not active.any():
+            break
+        p = p_init * (0.5 ** int(np.log2(1 + it * 10 / iters * 2)))
+        s = max(1, int(round(np.sqrt(p * h * h))))
+        s = min(s, h - 1)
+        idx = np.where(active)[0]
+        cand = adv[idx].copy()
+        for j, k in enumerate(idx):
+            r, c = rng.integers(0, h - s + 1, size=2)
+            cand[j, r:r + s, c:c + s] = np.clip(img[k, r:r + s, c:c + s] + EPS * rng.choice([-1, 1]), 0, 1)
+        new_loss = margin_loss(m, cand.reshape(len(idx), -1), y[idx])
+        better = new_loss < loss[idx]
+        adv[idx[better]] = cand[better]
+        loss[idx[better]] = new_loss[better]
+    return adv.reshape(n, -1)
+
+
+def cmd_attacks(a):
+    m = Mlp(a.model)
+    x, y = load_csv(a.test)
+    os.makedirs(a.out, exist_ok=True)
+    clean_pred = m.forward(x).argmax(1)
+    print(f"clean accuracy {np.mean(clean_pred == y):.4f}", file=sys.stderr)
+    for name, fn in [("fgsm", fgsm), ("pgd", pgd), ("square", square)]:
+        adv = fn(m, x, y).astype(np.float32)
+        acc = np.mean(m.forward(adv).argmax(1) == y)
+        print(f"{name}: robust accuracy {acc:.4f}", file=sys.stderr)
+        write_csv(os.path.join(a.out, f"{name}.csv"), adv, y)
+
+
+def cmd_jbda(a):
+    """Papernot's Jacobian-based augmentation against the label-only oracle (the original model), recording every
+    query in order: seeds first, then each augmentation round."""
+    m = Mlp(a.model)
+    x, y = load_csv(a.test)
+    rng = np.random.default_rng(a.seed)
+    seeds = []
+    for c in range(10):
+        idx = np.where(y == c)[0]
+        seeds.extend(rng.choice(idx, a.seeds // 10, replace=False))
+    sub = x[np.array(seeds)]
+    queries = [sub]
+    for r in range(a.rounds):
+        labels = m.forward(sub).argmax(1)
+        # Substitute = the oracle here (an upper bound on the attacker's Jacobian quality).
+        new = np.clip(sub + 0.1 * np.sign(m.grad_class(sub, labels)), 0, 1)
+        queries.append(new)
+        sub = np.concatenate([sub, new])
+    q = np.concatenate(queries)[: a.limit]
+    write_csv(a.out, q.astype(np.float32))
+
+
+def mlp_onnx(layers, path):
+    nodes, inits, prev = [], [], "input"
+    for i, (w, b) in enumerate(layers):
+        wn, bn = f"fc{i}.weight", f"fc{i}.bias"
+        inits.append(numpy_helper.from_array(w.T.astype(np.float32), wn))
+        inits.append(numpy_helper.from_array(b.astype(np.float32), bn))
+        last = i == len(layers) - 1
+        out = "logits" if last else f"fc{i}"
+        nodes.append(helper.make_node("Gemm", [prev, wn, bn], [out], transB=1))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"relu{i}"]))
+            out = f"relu{i}"
+        prev = out
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def cmd_train(a):
+    from sklearn.neural_network import MLPClassifier
+    x, y = load_csv(a.data, a.label_column)
+    clf = MLPClassifier(hidden_layer_sizes=(a.hidden,), max_iter=a.max_iter, random_state=a.seed)
+    clf.fit(x, y)
+    # Pad to 10 classes if some class never appeared.
+    w_last, b_last = clf.coefs_[-1], clf.intercepts_[-1]
+    if len(clf.classes_) != 10 or w_last.shape[1] == 1:
+        full_w = np.zeros((w_last.shape[0], 10))
+        full_b = np.full(10, -1e3)
+        for j, c in enumerate(clf.classes_):
+            full_w[:, c], full_b[c] = w_last[:, j], b_last[j]
+        clf.coefs_[-1], clf.intercepts_[-1] = full_w, full_b
+    mlp_onnx(list(zip(clf.coefs_, clf.intercepts_)), a.out)
+    print(f"train accuracy {clf.score(x, y):.4f}", file=sys.stderr)
+
+
+def cmd_squeeze_baseline(a):
+    """The classic feature-squeezing detector (Xu et al. 2018: max L1 over a bit-depth and a median squeezer,
+    threshold from clean data), the peer the issue names, on the same split as the Rust harness."""
+    from scipy import ndimage
+    m = Mlp(a.model)
+    x, y = load_csv(a.test)
+    n = len(y)
+    order = xorshift_order(n, 0x9E3779B97F4A7C15)
+    cal, held = order[: n // 2], order[n // 2:]
+
+    def probs(z):
+        return softmax(m.forward(z))
+
+    def score(z):
+        p = probs(z)
+        bit = np.round(z * 3) / 3
+        med = np.stack([ndimage.median_filter(r.reshape(8, 8), size=2).reshape(64) for r in z])
+        return np.maximum(np.abs(p - probs(bit)).sum(1), np.abs(p - probs(med)).sum(1))
+
+    s_cal, s_held = score(x[cal]), score(x[held])
+    for fpr in (0.02, 0.05):
+        t = np.quantile(s_cal, 1 - fpr)
+        line = f"feature squeezing (classic, peer) at {fpr:.0%} target: held-out FPR {np.mean(s_held > t):.4f}"
+        for name in ("fgsm", "pgd", "square"):
+            adv, labels = load_csv(os.path.join(a.attacks, f"{name}.csv"))
+            succ = [i for i in held if m.forward(adv[i:i + 1]).argmax(1)[0] != labels[i]]
+            line += f"  {name} {np.mean(score(adv[succ]) > t):.4f}"
+        print(line)
+
+
+def xorshift_order(n, seed):
+    """The same deterministic shuffle as the Rust harness."""
+    order = list(range(n))
+    mask = (1 << 64) - 1
+    for i in range(n - 1, 0, -1):
+        seed ^= (seed << 13) & mask
+        seed ^= seed >> 7
+        seed ^= (seed << 17) & mask
+        j = seed % (i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def cmd_thief_queries(a):
+    """5,000 natural-looking queries: training rows with small noise (distinct inputs, as a thief with data has)."""
+    x, _ = load_csv(a.data)
+    rng = np.random.default_rng(a.seed)
+    idx = rng.integers(0, len(x), size=a.count)
+    q = np.clip(x[idx] + rng.normal(0, 0.05, size=(a.count, x.shape[1])), 0, 1).astype(np.float32)
+    write_csv(a.out, q)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("attacks"); s.add_argument("model"); s.add_argument("test"); s.add_argument("out")
+    s = sub.add_parser("jbda"); s.add_argument("model"); s.add_argument("test"); s.add_argument("out")
+    s.add_argument("--seeds", type=int, default=100); s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--limit", type=int, default=1000); s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("train"); s.add_argument("data"); s.add_argument("out")
+    s.add_argument("--label-column", default="label"); s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--hidden", type=int, default=128); s.add_argument("--max-iter", type=int, default=400)
+    s = sub.add_parser("squeeze-baseline"); s.add_argument("model"); s.add_argument("test"); s.add_argument("attacks")
+    s = sub.add_parser("thief-queries"); s.add_argument("data"); s.add_argument("out")
+    s.add_argument("--count", type=int, default=5000); s.add_argument("--seed", type=int, default=1)
+    a = p.parse_args()
+    {"attacks": cmd_attacks, "jbda": cmd_jbda, "train": cmd_train, "squeeze-baseline": cmd_squeeze_baseline,
+     "thief-queries": cmd_thief_queries}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

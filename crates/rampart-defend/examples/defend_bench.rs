@@ -1,0 +1,399 @@
+//! The measuring harness of `bench/defend.sh`: runs the defences of this crate on the digits example as the gateway
+//! would (one stage after another, per request) and prints what the targets ask for. Not a test: a tool.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "a benchmark harness over trusted, generated files"
+)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use rampart_defend::anomaly::{AnomalyConfig, AnomalyMonitor};
+use rampart_defend::detect::{Detector, DetectorConfig};
+use rampart_defend::extraction::{Action, ExtractionConfig, ExtractionMonitor};
+use rampart_defend::harden::OutputPolicy;
+use rampart_defend::profile::Profile;
+use rampart_defend::sanitise::{ImageShape, Sanitiser};
+use rampart_defend::watermark::{WatermarkKey, Watermarker};
+use rampart_defend::{argmax, predict};
+use rampart_infer::{OnnxModel, Tensor, TensorData};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const SHAPE: ImageShape = ImageShape {
+    height: 8,
+    width: 8,
+    channels: 1,
+};
+
+fn read_csv(path: &str) -> Res<(Vec<f32>, Vec<i64>)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().ok_or("empty csv")?.split(',').collect();
+    let label_at = header.iter().position(|h| *h == "label");
+    let (mut rows, mut labels) = (Vec::new(), Vec::new());
+    for line in lines {
+        for (i, f) in line.split(',').enumerate() {
+            if Some(i) == label_at {
+                labels.push(f.parse()?);
+            } else {
+                rows.push(f.parse::<f32>()?);
+            }
+        }
+    }
+    Ok((rows, labels))
+}
+
+fn labels_of(model: &OnnxModel, values: &[f32]) -> Res<Vec<usize>> {
+    let out = predict(model, "input", values.len() / 64, 64, values.to_vec())?;
+    Ok(out.iter().map(|r| argmax(r).unwrap()).collect())
+}
+
+fn accuracy(model: &OnnxModel, values: &[f32], labels: &[i64]) -> Res<f64> {
+    let got = labels_of(model, values)?;
+    Ok(got
+        .iter()
+        .zip(labels)
+        .filter(|(g, l)| **g as i64 == **l)
+        .count() as f64
+        / labels.len() as f64)
+}
+
+/// A deterministic shuffle (xorshift), so every run splits the same way.
+fn shuffle<T>(v: &mut [T], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
+fn rows(values: &[f32], idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| values[i * 64..(i + 1) * 64].to_vec())
+        .collect()
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    match arg(1).as_str() {
+        "detect" => detect(&arg(2), &arg(3), &arg(4), &arg(5)),
+        "sanitise" => sanitise(&arg(2), &arg(3), &arg(4)),
+        "extraction" => extraction(&arg(2), &arg(3), &arg(4), &arg(5)),
+        "serve-watermarked" => serve_watermarked(&arg(2), &arg(3), &arg(4), &arg(5), &arg(6)),
+        "cost" => cost(&arg(2), &arg(3), &arg(4)),
+        _ => {
+            Err("usage: defend_bench detect|sanitise|extraction|serve-watermarked|cost ...".into())
+        }
+    }
+}
+
+/// Detection rate on successful attacks and false-positive rate on held-out clean rows.
+fn detect(profile: &str, model: &str, test: &str, attacks: &str) -> Res<()> {
+    let profile = Profile::from_json(&std::fs::read_to_string(profile)?)?;
+    let model = OnnxModel::from_path("digits", Path::new(model))?;
+    let (x, y) = read_csv(test)?;
+    let n = y.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    shuffle(&mut order, 0x9e37_79b9_7f4a_7c15);
+    let (cal, held) = order.split_at(n / 2);
+    let mut detector = Detector::new(
+        DetectorConfig::for_shape(SHAPE),
+        profile.reference.clone(),
+        "input",
+    )?;
+    detector.calibrate(&model, &rows(&x, cal))?;
+    let clean = detector.assess(&model, &rows(&x, held))?;
+    let fpr = clean.iter().filter(|a| a.adversarial).count() as f64 / clean.len() as f64;
+    println!(
+        "detector: calibrated on {} clean rows to 2% FPR; held-out FPR {:.4} ({} rows)",
+        cal.len(),
+        fpr,
+        held.len()
+    );
+    for attack in ["fgsm", "pgd", "square"] {
+        let (adv, labels) = read_csv(&format!("{attacks}/{attack}.csv"))?;
+        let predicted = labels_of(&model, &adv)?;
+        // Successful examples among the held-out half (the calibration half is not scored).
+        let successful: Vec<usize> = held
+            .iter()
+            .copied()
+            .filter(|&i| predicted[i] as i64 != labels[i])
+            .collect();
+        let verdicts = detector.assess(&model, &rows(&adv, &successful))?;
+        let caught = verdicts.iter().filter(|a| a.adversarial).count();
+        println!(
+            "detector: {attack}: detected {caught}/{} successful = {:.4}",
+            successful.len(),
+            caught as f64 / successful.len().max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+fn sanitisers() -> Vec<(&'static str, Sanitiser)> {
+    vec![
+        ("bit-depth 2", Sanitiser::BitDepth { bits: 2 }),
+        ("bit-depth 3", Sanitiser::BitDepth { bits: 3 }),
+        ("median 2x2", Sanitiser::Median { size: 2 }),
+        ("median 3x3", Sanitiser::Median { size: 3 }),
+        ("gaussian 0.5", Sanitiser::Gaussian { sigma: 0.5 }),
+        ("low-pass 0.3", Sanitiser::LowPass { cutoff: 0.3 }),
+        ("jpeg q75", Sanitiser::Jpeg { quality: 75 }),
+    ]
+}
+
+/// Clean and robust accuracy behind each sanitiser.
+fn sanitise(model: &str, test: &str, attacks: &str) -> Res<()> {
+    let model = OnnxModel::from_path("digits", Path::new(model))?;
+    let (x, y) = read_csv(test)?;
+    let attacked: Vec<(&str, Vec<f32>)> = ["fgsm", "pgd", "square"]
+        .iter()
+        .map(|a| Ok((*a, read_csv(&format!("{attacks}/{a}.csv"))?.0)))
+        .collect::<Res<_>>()?;
+    let mut line = format!(
+        "sanitiser: {:<14} clean {:.4}",
+        "none",
+        accuracy(&model, &x, &y)?
+    );
+    for (name, adv) in &attacked {
+        line += &format!("  {name} {:.4}", accuracy(&model, adv, &y)?);
+    }
+    println!("{line}");
+    for (label, s) in sanitisers() {
+        let mut clean = x.clone();
+        s.apply_batch(&mut clean, SHAPE)?;
+        let mut line = format!(
+            "sanitiser: {label:<14} clean {:.4}",
+            accuracy(&model, &clean, &y)?
+        );
+        for (name, adv) in &attacked {
+            let mut a = adv.clone();
+            s.apply_batch(&mut a, SHAPE)?;
+            line += &format!("  {name} {:.4}", accuracy(&model, &a, &y)?);
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Queries before extraction is flagged, per client kind, and false alarms on benign clients.
+fn extraction(profile: &str, model: &str, test: &str, jbda: &str) -> Res<()> {
+    let profile = Profile::from_json(&std::fs::read_to_string(profile)?)?;
+    let model = OnnxModel::from_path("digits", Path::new(model))?;
+    let mut monitor =
+        ExtractionMonitor::new(ExtractionConfig::default(), profile.reference.clone())?;
+    let (x, _) = read_csv(test)?;
+    let n = x.len() / 64;
+    let predicted = labels_of(&model, &x)?;
+    let mut alarms = 0;
+    for client in 0..20_u64 {
+        let mut order: Vec<usize> = (0..1000).map(|i| i % n).collect();
+        shuffle(&mut order, client + 1);
+        let mut alarmed = false;
+        for &i in &order {
+            let d = monitor.observe(
+                &format!("benign-{client}"),
+                &x[i * 64..(i + 1) * 64],
+                predicted[i],
+            )?;
+            if d.action != Action::Allow && !alarmed {
+                alarmed = true;
+                println!(
+                    "extraction: benign client {client} alarmed at {} ({:?})",
+                    d.queries, d.signals
+                );
+            }
+        }
+        alarms += usize::from(alarmed);
+    }
+    println!("extraction: benign clients (20 x 1000 test-row replays): {alarms} false alarms");
+    let mut report = |name: &str, queries: &[f32], monitor: &mut ExtractionMonitor| -> Res<()> {
+        let labels = labels_of(&model, queries)?;
+        for (i, row) in queries.chunks_exact(64).enumerate() {
+            let d = monitor.observe(name, row, labels[i])?;
+            if d.action != Action::Allow {
+                println!(
+                    "extraction: {name}: flagged after {} queries ({:?}, PRADA W {:?})",
+                    i + 1,
+                    d.signals,
+                    d.prada_w.map(|w| (w * 1000.0).round() / 1000.0)
+                );
+                return Ok(());
+            }
+        }
+        println!(
+            "extraction: {name}: not flagged in {} queries",
+            queries.len() / 64
+        );
+        Ok(())
+    };
+    let mut seed = 42_u64;
+    let noise: Vec<f32> = (0..64 * 1000)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    report("random-noise client", &noise, &mut monitor)?;
+    let (jbda_rows, _) = read_csv(jbda)?;
+    report("JBDA client", &jbda_rows, &mut monitor)?;
+    // PRADA alone (the other signals off) for comparison with the anchor.
+    let prada_only = ExtractionConfig {
+        alpha: 1e-300,
+        ..ExtractionConfig::default()
+    };
+    let mut prada = ExtractionMonitor::new(prada_only, profile.reference.clone())?;
+    report("random-noise client, PRADA alone", &noise, &mut prada)?;
+    report("JBDA client, PRADA alone", &jbda_rows, &mut prada)?;
+    let (train, _) = read_csv("examples/digits/train.csv")?;
+    let mut natural: Vec<usize> = (0..train.len() / 64).collect();
+    shuffle(&mut natural, 7);
+    report(
+        "natural-data client (train rows)",
+        &rows(&train, &natural),
+        &mut monitor,
+    )?;
+    Ok(())
+}
+
+/// Answers `queries` through the watermark stage (as the gateway would) and writes the served labels (what a thief
+/// trains on) and the log (the model's own labels, as the audit records them).
+fn serve_watermarked(model: &str, key: &str, queries: &str, served: &str, log: &str) -> Res<()> {
+    let model = OnnxModel::from_path("digits", Path::new(model))?;
+    let key = WatermarkKey::from_hex(&std::fs::read_to_string(key)?)?;
+    let marker = Watermarker::new(key, 0.05)?;
+    let (x, _) = read_csv(queries)?;
+    let scores = predict(&model, "input", x.len() / 64, 64, x.clone())?;
+    let header = (0..64)
+        .map(|i| format!("px{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (mut s_out, mut l_out) = (format!("{header},label\n"), format!("{header},label\n"));
+    let mut marked = 0;
+    for (row, sc) in x.chunks_exact(64).zip(scores) {
+        let mut sc = sc.clone();
+        let truth = argmax(&sc).unwrap();
+        let served_label = match marker.apply(row, &mut sc) {
+            Some(w) => {
+                marked += 1;
+                w
+            }
+            None => truth,
+        };
+        let text = row
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        s_out += &format!("{text},{served_label}\n");
+        l_out += &format!("{text},{truth}\n");
+    }
+    std::fs::write(served, s_out)?;
+    std::fs::write(log, l_out)?;
+    println!(
+        "watermark: served {} queries, {marked} watermarked (key {})",
+        x.len() / 64,
+        marker.key_id()
+    );
+    Ok(())
+}
+
+/// Per-request cost of each stage (one row per request, as clients send), next to the model's own inference.
+fn cost(profile: &str, model: &str, test: &str) -> Res<()> {
+    let profile = Profile::from_json(&std::fs::read_to_string(profile)?)?;
+    let model = OnnxModel::from_path("digits", Path::new(model))?;
+    let (x, y) = read_csv(test)?;
+    let n = y.len().min(300);
+    let mut detector = Detector::new(
+        DetectorConfig::for_shape(SHAPE),
+        profile.reference.clone(),
+        "input",
+    )?;
+    detector.calibrate(&model, &x[..200 * 64])?;
+    let mut monitor =
+        ExtractionMonitor::new(ExtractionConfig::default(), profile.reference.clone())?;
+    let mut anomaly = AnomalyMonitor::new(AnomalyConfig::default())?;
+    let marker = Watermarker::new(WatermarkKey::from_bytes([7; 32]), 0.05)?;
+    let schema = rampart_defend::schema::SchemaCheck::new(&profile, 0.0)?;
+    let mut times: HashMap<&str, f64> = HashMap::new();
+    let mut time = |name: &'static str, f: &mut dyn FnMut() -> Res<()>| -> Res<()> {
+        let t = Instant::now();
+        f()?;
+        *times.entry(name).or_default() += t.elapsed().as_secs_f64();
+        Ok(())
+    };
+    for i in 0..n {
+        let row = x[i * 64..(i + 1) * 64].to_vec();
+        let tensor = Tensor::new("input", vec![1, 64], TensorData::Fp32(row.clone()))?;
+        time("model inference", &mut || {
+            rampart_infer::Model::infer(&model, std::slice::from_ref(&tensor))?;
+            Ok(())
+        })?;
+        time("schema check", &mut || Ok(schema.check(&tensor)?))?;
+        time("sanitise bit-depth 2", &mut || {
+            Ok(Sanitiser::BitDepth { bits: 2 }.apply(&mut row.clone(), SHAPE)?)
+        })?;
+        time("sanitise median 2x2", &mut || {
+            Ok(Sanitiser::Median { size: 2 }.apply(&mut row.clone(), SHAPE)?)
+        })?;
+        time("sanitise gaussian", &mut || {
+            Ok(Sanitiser::Gaussian { sigma: 0.5 }.apply(&mut row.clone(), SHAPE)?)
+        })?;
+        time("sanitise low-pass", &mut || {
+            Ok(Sanitiser::LowPass { cutoff: 0.3 }.apply(&mut row.clone(), SHAPE)?)
+        })?;
+        time("sanitise jpeg", &mut || {
+            Ok(Sanitiser::Jpeg { quality: 75 }.apply(&mut row.clone(), SHAPE)?)
+        })?;
+        time("adversarial detector", &mut || {
+            detector.assess(&model, &row)?;
+            Ok(())
+        })?;
+        time("extraction monitor", &mut || {
+            monitor.observe(&format!("client-{}", i % 20), &row, (y[i]) as usize)?;
+            Ok(())
+        })?;
+        let scores = Tensor::new(
+            "logits",
+            vec![1, 10],
+            TensorData::Fp32((0..10).map(|c| c as f32 * 0.1).collect()),
+        )?;
+        time("output hardening top-3", &mut || {
+            OutputPolicy::TopK {
+                k: 3,
+                decimals: Some(2),
+            }
+            .apply(&scores)?;
+            Ok(())
+        })?;
+        time("watermark", &mut || {
+            let mut s: Vec<f32> = (0..10).map(|c| c as f32).collect();
+            marker.apply(&row, &mut s);
+            Ok(())
+        })?;
+        time("anomaly monitor", &mut || {
+            anomaly.record(i as u64, "client", "digits", 1, false, "10.0.0.1");
+            Ok(())
+        })?;
+    }
+    let model_us = times["model inference"] / n as f64 * 1e6;
+    let mut names: Vec<_> = times.keys().copied().collect();
+    names.sort_unstable();
+    for name in names {
+        let us = times[name] / n as f64 * 1e6;
+        println!(
+            "cost: {name:<24} {us:>9.1} us/request  ({:.2}x the model's inference)",
+            us / model_us
+        );
+    }
+    Ok(())
+}

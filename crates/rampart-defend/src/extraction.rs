@@ -1,0 +1,449 @@
+//! Extraction detection per principal: PRADA plus the signals PRADA misses, escalating to throttling and bans.
+//!
+//! - **PRADA** (Juuti et al. 2019): each query's minimum distance to the principal's earlier queries of the same
+//!   predicted class joins a set `D` (the query joins the class's growing set when that distance exceeds
+//!   `mean(D) - std(D)`); natural queries give a roughly normal `D`, synthetic ones (JBDA) do not, so a Shapiro–Wilk
+//!   `W` below `prada_w` flags the principal. Exact repeats (distance 0: retries, caches) are not new information and
+//!   are left out of `D`.
+//! - **off-manifold**: a query whose distance to the training data's reference sample exceeds the reference's own
+//!   leave-one-out 99th percentile is unlike any training row (noise, synthetic probes). Each signal below is a
+//!   binomial test of the principal's count against a base rate measured on the reference, flagged at `alpha`.
+//! - **near-duplicates**: a query within the reference's 1st-percentile neighbour distance of an earlier distinct
+//!   query (augmentation around seeds).
+//! - **grid**: a query that differs from the previous distinct one in at most `width / 16` (at least 1) features
+//!   (coordinate sweeps, lattice probing).
+//! - **volume and coverage** are reported; volume past `max_queries` throttles.
+//!
+//! A flagged principal is throttled; after `ban_after` more flagged queries (or two signals at once) it is banned.
+//! In shadow mode the decision is recorded but the action is always allow.
+
+use std::collections::HashMap;
+
+use crate::knn::{euclidean, Reference};
+use crate::shapiro::shapiro_wilk;
+use crate::stats::{binomial_sf, quantile_sorted};
+use crate::DefendError;
+
+/// Settings of the extraction monitor.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractionConfig {
+    /// PRADA flags when Shapiro–Wilk's `W` falls below this.
+    pub prada_w: f64,
+    /// Distances needed before PRADA tests.
+    pub prada_min: usize,
+    /// Significance of the binomial signals.
+    pub alpha: f64,
+    /// Queries needed before the binomial signals test.
+    pub min_queries: usize,
+    /// Queries after which the principal is throttled for volume alone (0: no limit).
+    pub max_queries: u64,
+    /// Flagged queries after the first before a ban.
+    pub ban_after: u64,
+    /// Record decisions without acting on them.
+    pub shadow: bool,
+    /// Most principals tracked (the least recently seen are forgotten past this).
+    pub max_principals: usize,
+    /// Most queries remembered per principal (PRADA's growing sets are capped at this).
+    pub max_history: usize,
+}
+
+impl Default for ExtractionConfig {
+    fn default() -> Self {
+        ExtractionConfig {
+            prada_w: 0.90,
+            prada_min: 50,
+            alpha: 1e-6,
+            min_queries: 20,
+            max_queries: 0,
+            ban_after: 100,
+            shadow: false,
+            max_principals: 10_000,
+            max_history: 4096,
+        }
+    }
+}
+
+/// What the gateway does with a principal's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Serve it.
+    Allow,
+    /// Slow the principal down (the gateway's rate stage applies a stricter limit).
+    Throttle,
+    /// Refuse the principal (403) until an operator lifts the ban.
+    Ban,
+}
+
+/// A reason to suspect extraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// PRADA's normality test failed.
+    Prada,
+    /// Too many queries unlike the training data.
+    OffManifold,
+    /// Too many near-duplicates of earlier queries.
+    NearDuplicate,
+    /// Too many queries on a grid or sweep.
+    Grid,
+    /// Past the query quota.
+    Volume,
+}
+
+/// The decision for one query.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Decision {
+    /// What to do (always allow in shadow mode).
+    pub action: Action,
+    /// What would have been done outside shadow mode.
+    pub would: Action,
+    /// The signals raised so far for the principal.
+    pub signals: Vec<Signal>,
+    /// Queries seen from the principal.
+    pub queries: u64,
+    /// PRADA's latest `W`, when tested.
+    pub prada_w: Option<f64>,
+    /// Distinct reference rows that were some query's nearest neighbour, as a fraction of the reference.
+    pub coverage: f64,
+}
+
+/// Base rates measured on the reference sample.
+#[derive(Debug, Clone, PartialEq)]
+struct Baseline {
+    far: f64,
+    far_rate: f64,
+    near: f64,
+    near_rate: f64,
+    grid_rate: f64,
+}
+
+#[derive(Debug, Default)]
+struct Principal {
+    last_seen: u64,
+    queries: u64,
+    distinct: u64,
+    history: Vec<Vec<f32>>,
+    growing: HashMap<usize, Vec<Vec<f32>>>,
+    distances: Vec<f64>,
+    off_manifold: u64,
+    near_duplicates: u64,
+    grid: u64,
+    covered: std::collections::HashSet<usize>,
+    signals: Vec<Signal>,
+    flagged_queries: u64,
+    prada_w: Option<f64>,
+}
+
+/// The per-principal monitor.
+#[derive(Debug)]
+pub struct ExtractionMonitor {
+    config: ExtractionConfig,
+    reference: Reference,
+    baseline: Baseline,
+    principals: HashMap<String, Principal>,
+    clock: u64,
+}
+
+impl ExtractionMonitor {
+    /// Builds the monitor and measures the base rates on `reference` (leave-one-out).
+    pub fn new(
+        config: ExtractionConfig,
+        reference: Reference,
+    ) -> Result<ExtractionMonitor, DefendError> {
+        if reference.len() < 20 {
+            return Err(DefendError::Config(
+                "extraction detection needs a reference sample of at least 20 rows; build a profile of the training data".into(),
+            ));
+        }
+        if !(config.alpha > 0.0
+            && config.alpha < 0.5
+            && config.prada_w > 0.0
+            && config.prada_w < 1.0)
+            || config.prada_min < 3
+            || config.max_principals == 0
+            || config.max_history == 0
+        {
+            return Err(DefendError::Config(
+                "extraction settings out of range".into(),
+            ));
+        }
+        let width = reference.width;
+        let rows: Vec<&[f32]> = reference.rows.chunks_exact(width).collect();
+        let mut nn: Vec<f64> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                reference
+                    .nearest(r, 1, Some(i))
+                    .first()
+                    .map_or(0.0, |n| n.distance)
+            })
+            .collect();
+        nn.sort_by(f64::total_cmp);
+        let far = quantile_sorted(&nn, 0.99).unwrap_or(f64::INFINITY);
+        let near = quantile_sorted(&nn, 0.01).unwrap_or(0.0);
+        let grid_limit = (width / 16).max(1);
+        let grid_hits = rows
+            .windows(2)
+            .filter(|pair| match pair {
+                [a, b] => differing(a, b) <= grid_limit,
+                _ => false,
+            })
+            .count();
+        // Rates are at least 1% so a small reference cannot make the tests trigger-happy.
+        let baseline = Baseline {
+            far,
+            far_rate: 0.02,
+            near,
+            near_rate: 0.02,
+            grid_rate: (grid_hits as f64 / rows.len() as f64).max(0.01),
+        };
+        tracing::debug!(far, near, "extraction baseline measured");
+        Ok(ExtractionMonitor {
+            config,
+            reference,
+            baseline,
+            principals: HashMap::new(),
+            clock: 0,
+        })
+    }
+
+    /// Records one query from `principal` that the model classed as `predicted`, and decides.
+    pub fn observe(
+        &mut self,
+        principal: &str,
+        query: &[f32],
+        predicted: usize,
+    ) -> Result<Decision, DefendError> {
+        if query.len() != self.reference.width || query.iter().any(|v| !v.is_finite()) {
+            return Err(DefendError::Input(format!(
+                "a query must have {} finite values",
+                self.reference.width
+            )));
+        }
+        self.clock += 1;
+        if !self.principals.contains_key(principal)
+            && self.principals.len() >= self.config.max_principals
+        {
+            if let Some(oldest) = self
+                .principals
+                .iter()
+                .min_by_key(|(_, p)| p.last_seen)
+                .map(|(k, _)| k.clone())
+            {
+                self.principals.remove(&oldest);
+            }
+        }
+        let config = &self.config;
+        let baseline = &self.baseline;
+        let nearest = self.reference.nearest(query, 1, None);
+        let state = self.principals.entry(principal.to_string()).or_default();
+        state.last_seen = self.clock;
+        state.queries += 1;
+        if let Some(n) = nearest.first() {
+            state.covered.insert(n.index);
+            if n.distance > baseline.far {
+                state.off_manifold += 1;
+            }
+        }
+        let repeat = state.history.iter().any(|h| h.as_slice() == query);
+        if !repeat {
+            state.distinct += 1;
+            let closest = state
+                .history
+                .iter()
+                .map(|h| euclidean(h, query))
+                .fold(f64::INFINITY, f64::min);
+            if closest <= baseline.near {
+                state.near_duplicates += 1;
+            }
+            if let Some(last) = state.history.last() {
+                if differing(last, query) <= (query.len() / 16).max(1) {
+                    state.grid += 1;
+                }
+            }
+            prada_step(state, query, predicted, config.max_history);
+            if state.history.len() < config.max_history {
+                state.history.push(query.to_vec());
+            }
+        }
+        let mut raised = Vec::new();
+        if state.distances.len() >= config.prada_min {
+            let window = state.distances.len().saturating_sub(5000);
+            if let Some(sw) = state.distances.get(window..).and_then(shapiro_wilk) {
+                state.prada_w = Some(sw.w);
+                if sw.w < config.prada_w {
+                    raised.push(Signal::Prada);
+                }
+            }
+        }
+        if state.queries >= config.min_queries as u64 {
+            let n = state.queries;
+            let d = state.distinct.max(1);
+            if binomial_sf(state.off_manifold, n, baseline.far_rate) < config.alpha {
+                raised.push(Signal::OffManifold);
+            }
+            if binomial_sf(state.near_duplicates, d, baseline.near_rate) < config.alpha {
+                raised.push(Signal::NearDuplicate);
+            }
+            if binomial_sf(state.grid, d, baseline.grid_rate) < config.alpha {
+                raised.push(Signal::Grid);
+            }
+        }
+        if config.max_queries > 0 && state.queries > config.max_queries {
+            raised.push(Signal::Volume);
+        }
+        for s in &raised {
+            if !state.signals.contains(s) {
+                tracing::info!(principal, signal = ?s, queries = state.queries, "extraction signal raised");
+                state.signals.push(*s);
+            }
+        }
+        let would = if state.signals.is_empty() {
+            Action::Allow
+        } else {
+            state.flagged_queries += 1;
+            let extraction_signals = state
+                .signals
+                .iter()
+                .filter(|s| **s != Signal::Volume)
+                .count();
+            if extraction_signals >= 2 || state.flagged_queries > config.ban_after {
+                Action::Ban
+            } else {
+                Action::Throttle
+            }
+        };
+        Ok(Decision {
+            action: if config.shadow { Action::Allow } else { would },
+            would,
+            signals: state.signals.clone(),
+            queries: state.queries,
+            prada_w: state.prada_w,
+            coverage: state.covered.len() as f64 / self.reference.len() as f64,
+        })
+    }
+
+    /// Forgets a principal (after an operator lifts a ban).
+    pub fn forget(&mut self, principal: &str) {
+        self.principals.remove(principal);
+    }
+}
+
+/// PRADA's update: the minimum distance to the class's growing set joins `D`; the query joins the growing set when
+/// that distance exceeds `mean(D) - std(D)` (or the set is empty).
+fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize) {
+    let set = state.growing.entry(class).or_default();
+    let Some(min) = set.iter().map(|g| euclidean(g, query)).reduce(f64::min) else {
+        set.push(query.to_vec());
+        return;
+    };
+    state.distances.push(min);
+    if state.distances.len() > 10_000 {
+        // Bounded memory: PRADA tests the latest 5,000 distances anyway.
+        state.distances.drain(..5_000);
+    }
+    let n = state.distances.len() as f64;
+    let mean = state.distances.iter().sum::<f64>() / n;
+    let std = (state
+        .distances
+        .iter()
+        .map(|d| (d - mean) * (d - mean))
+        .sum::<f64>()
+        / n)
+        .sqrt();
+    if min > mean - std && set.len() < cap {
+        set.push(query.to_vec());
+    }
+}
+
+/// How many features differ between two rows.
+fn differing(a: &[f32], b: &[f32]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{digits, digits_model};
+    use crate::{argmax, predict};
+
+    fn monitor(config: ExtractionConfig) -> ExtractionMonitor {
+        let (rows, labels) = digits("train.csv");
+        ExtractionMonitor::new(
+            config,
+            Reference {
+                width: 64,
+                rows,
+                labels,
+            },
+        )
+        .unwrap()
+    }
+
+    fn classes(values: &[f32]) -> Vec<usize> {
+        let model = digits_model();
+        predict(&model, "input", values.len() / 64, 64, values.to_vec())
+            .unwrap()
+            .iter()
+            .map(|r| argmax(r).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_benign_replay_raises_nothing_and_noise_is_banned_quickly() {
+        let mut m = monitor(ExtractionConfig::default());
+        let (test, _) = digits("test.csv");
+        let predicted = classes(&test);
+        // Replay every test row twice (repeats are not suspicious).
+        for round in 0..2 {
+            for (row, &c) in test.chunks_exact(64).zip(&predicted) {
+                let d = m.observe("benign", row, c).unwrap();
+                assert_eq!(d.action, Action::Allow, "round {round}: {d:?}");
+            }
+        }
+        // Pseudo-random uniform noise.
+        let mut seed = 12345_u64;
+        let mut flagged_at = None;
+        for i in 0..200 {
+            let row: Vec<f32> = (0..64)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (seed >> 40) as f32 / (1u64 << 24) as f32
+                })
+                .collect();
+            let c = classes(&row)[0];
+            let d = m.observe("thief", &row, c).unwrap();
+            if d.action != Action::Allow && flagged_at.is_none() {
+                flagged_at = Some(i + 1);
+                assert!(d.signals.contains(&Signal::OffManifold));
+            }
+        }
+        let at = flagged_at.unwrap();
+        assert!(at <= 25, "flagged after {at} queries");
+    }
+
+    #[test]
+    fn sweeps_are_grid_flagged_and_shadow_mode_only_records() {
+        let mut m = monitor(ExtractionConfig {
+            shadow: true,
+            ..ExtractionConfig::default()
+        });
+        let (test, _) = digits("test.csv");
+        let mut row = test.get(..64).unwrap().to_vec();
+        let mut last = None;
+        for i in 0..64 {
+            row[i] = 1.0 - row[i];
+            last = Some(m.observe("sweeper", &row, 0).unwrap());
+        }
+        let d = last.unwrap();
+        assert!(d.signals.contains(&Signal::Grid), "{d:?}");
+        assert_eq!(d.action, Action::Allow);
+        assert_ne!(d.would, Action::Allow);
+        assert!(m.observe("x", &[0.0; 3], 0).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! Rampart's inference-time defences, as pure components over [`rampart_infer`] tensors and models.
+//!
+//! Each module is one decision the gateway makes about a request or a response; the gateway wraps each in a stage
+//! (config, metrics, audit record) with a small adapter. Nothing here does I/O beyond reading the files it is given.
+//!
+//! - [`image_input`]: PNG and JPEG images in KServe v2 `BYTES` tensors decoded to `FP32` within limits.
+//! - [`sanitise`]: JPEG re-encoding, median and Gaussian filters, frequency-domain low-pass, bit-depth reduction.
+//! - [`profile`] and [`schema`]: a profile of the training data and the value-range checks built on it.
+//! - [`detect`]: adversarial-input detection: feature squeezing plus neighbour-based scores against the profile,
+//!   combined into one score whose threshold is calibrated on clean data to a target false-positive rate.
+//! - [`extraction`]: per-principal extraction detection: PRADA ([`shapiro`]) plus off-manifold, near-duplicate and
+//!   grid signals, escalating to throttling and bans, with a shadow mode.
+//! - [`harden`]: output hardening (label only, top-k, rounding) per role.
+//! - [`watermark`]: DAWN output watermarking and its verification (binomial tail).
+//! - [`anomaly`]: access-pattern monitoring against EWMA baselines.
+
+pub mod anomaly;
+pub mod detect;
+mod error;
+pub mod extraction;
+pub mod harden;
+pub mod image_input;
+pub mod knn;
+pub mod profile;
+pub mod sanitise;
+pub mod schema;
+pub mod shapiro;
+pub mod stats;
+pub mod watermark;
+
+pub use error::DefendError;
+
+use rampart_infer::{Tensor, TensorData};
+
+/// The rows of a 2-D (or N-D, flattened per row) floating-point tensor: `(rows, width, values)`.
+pub fn rows_of(tensor: &Tensor) -> Result<(usize, usize, Vec<f32>), DefendError> {
+    let values: Vec<f32> = match &tensor.data {
+        TensorData::Fp32(v) => v.clone(),
+        TensorData::Fp64(v) => v.iter().map(|&x| x as f32).collect(),
+        _ => {
+            return Err(DefendError::Input(format!(
+                "tensor `{}` must be FP32 or FP64, not {}",
+                tensor.name,
+                tensor.datatype().as_str()
+            )))
+        }
+    };
+    let rows = tensor.shape.first().copied().unwrap_or(0);
+    if tensor.shape.len() < 2 || rows == 0 {
+        return Err(DefendError::Input(format!(
+            "tensor `{}` must have a batch dimension and at least one feature dimension, not shape {:?}",
+            tensor.name, tensor.shape
+        )));
+    }
+    let width = values.len() / rows;
+    Ok((rows, width, values))
+}
+
+/// Softmax of one row of scores; a row that already is a probability vector is returned as is.
+pub fn to_probabilities(row: &[f32]) -> Vec<f32> {
+    let sum: f32 = row.iter().sum();
+    if row.iter().all(|&v| (0.0..=1.0).contains(&v)) && (sum - 1.0).abs() < 1e-3 {
+        return row.to_vec();
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+    let total: f32 = exps.iter().sum();
+    exps.iter().map(|&e| e / total).collect()
+}
+
+/// The index of the largest value (the first on ties); `None` for an empty row or one with NaN.
+pub fn argmax(row: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in row.iter().enumerate() {
+        if v.is_nan() {
+            return None;
+        }
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Runs `model` on a batch of rows given as one FP32 tensor named `input_name`, returning the first output's rows.
+pub fn predict(
+    model: &dyn rampart_infer::Model,
+    input_name: &str,
+    rows: usize,
+    width: usize,
+    values: Vec<f32>,
+) -> Result<Vec<Vec<f32>>, DefendError> {
+    let tensor = Tensor::new(input_name, vec![rows, width], TensorData::Fp32(values))
+        .map_err(|e| DefendError::Model(e.to_string()))?;
+    let outputs = model
+        .infer(std::slice::from_ref(&tensor))
+        .map_err(|e| DefendError::Model(e.to_string()))?;
+    let first = outputs
+        .into_iter()
+        .next()
+        .ok_or_else(|| DefendError::Model("the model returned no output".into()))?;
+    let (n, k, out) = rows_of(&first)?;
+    if n != rows || k == 0 {
+        return Err(DefendError::Model(format!(
+            "the model returned {n} rows for {rows} inputs"
+        )));
+    }
+    Ok(out.chunks(k).map(<[f32]>::to_vec).collect())
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! The digits example, for the tests.
+
+    /// Rows and labels of `examples/digits/<file>`.
+    pub fn digits(file: &str) -> (Vec<f32>, Vec<i64>) {
+        let path = format!(
+            "{}/../../examples/digits/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let (mut rows, mut labels) = (Vec::new(), Vec::new());
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split(',').collect();
+            let (label, pixels) = fields.split_last().unwrap();
+            rows.extend(pixels.iter().map(|p| p.parse::<f32>().unwrap()));
+            labels.push(label.parse().unwrap());
+        }
+        (rows, labels)
+    }
+
+    /// The digits MLP.
+    pub fn digits_model() -> rampart_infer::OnnxModel {
+        let path = format!(
+            "{}/../../examples/digits/model/model.onnx",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        rampart_infer::OnnxModel::from_path("digits", std::path::Path::new(&path)).unwrap()
+    }
+}

@@ -1,0 +1,428 @@
+//! DAWN output watermarking (Szyller et al. 2021): a keyed hash of each input picks a small fraction of queries,
+//! which are answered with a keyed, deterministic wrong label. A model trained on those answers reproduces the wrong
+//! labels far more often than chance; [`verify`] measures that and the probability of so many matches by chance.
+//!
+//! The choice is `HMAC-SHA256(key, input bytes)`: its first 8 bytes, as a fraction of 2^64, below `fraction` select
+//! the query; the next 8 bytes pick the wrong label `(true + 1 + h mod (K - 1)) mod K`. The same input always gets
+//! the same answer, so repeating a query reveals nothing.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::stats::binomial_sf;
+use crate::DefendError;
+
+/// A watermarking key: 32 secret bytes and a public id for the audit log.
+#[derive(Clone)]
+pub struct WatermarkKey {
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for WatermarkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatermarkKey")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WatermarkKey {
+    /// A key from 32 secret bytes.
+    pub fn from_bytes(secret: [u8; 32]) -> WatermarkKey {
+        WatermarkKey { secret }
+    }
+
+    /// Parses a key file: 64 hex digits (surrounding whitespace ignored).
+    pub fn from_hex(text: &str) -> Result<WatermarkKey, DefendError> {
+        let text = text.trim();
+        let bad = || DefendError::Read {
+            what: "the watermark key".into(),
+            reason: "it must be 64 hex digits; create one with `rampart watermark keygen`".into(),
+        };
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut secret = [0u8; 32];
+        for (i, byte) in secret.iter_mut().enumerate() {
+            *byte = text
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(bad)?;
+        }
+        Ok(WatermarkKey { secret })
+    }
+
+    /// The key file's text.
+    pub fn to_hex(&self) -> String {
+        self.secret.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The public id: the first 16 hex digits of SHA-256 over a domain tag and the key.
+    pub fn id(&self) -> String {
+        let digest = Sha256::new()
+            .chain_update(b"rampart-watermark-key-id\0")
+            .chain_update(self.secret)
+            .finalize();
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn hash(&self, input: &[f32]) -> [u8; 32] {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
+            return [0; 32];
+        };
+        for v in input {
+            // -0.0 and 0.0 are the same input.
+            let v = if *v == 0.0 { 0.0_f32 } else { *v };
+            mac.update(&v.to_le_bytes());
+        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// The watermarking stage of one classifier.
+#[derive(Debug, Clone)]
+pub struct Watermarker {
+    key: WatermarkKey,
+    fraction: f64,
+}
+
+impl Watermarker {
+    /// Watermarks `fraction` of the queries (DAWN suggests at most a few percent; 0 < fraction <= 0.2).
+    pub fn new(key: WatermarkKey, fraction: f64) -> Result<Watermarker, DefendError> {
+        if !(fraction > 0.0 && fraction <= 0.2) {
+            return Err(DefendError::Config(format!(
+                "watermark fraction `{fraction}` must be in (0, 0.2]"
+            )));
+        }
+        Ok(Watermarker { key, fraction })
+    }
+
+    /// The key's public id, for the audit record.
+    pub fn key_id(&self) -> String {
+        self.key.id()
+    }
+
+    /// The label to answer for `input` whose true label is `label` of `classes`: `Some(wrong)` when the input is
+    /// watermarked, `None` when it is answered truthfully.
+    pub fn wrong_label(&self, input: &[f32], label: usize, classes: usize) -> Option<usize> {
+        if classes < 2 || label >= classes {
+            return None;
+        }
+        let h = self.key.hash(input);
+        let (pick, choose) = h.split_at(8);
+        let pick = u64::from_le_bytes(pick.try_into().ok()?);
+        if (pick as f64) / 18_446_744_073_709_551_616.0 >= self.fraction {
+            return None;
+        }
+        let choose = u64::from_le_bytes(choose.get(..8)?.try_into().ok()?);
+        let shift = 1 + (choose % (classes as u64 - 1)) as usize;
+        Some((label + shift) % classes)
+    }
+
+    /// Applies the watermark to one row of scores in place: when selected, the true label's score and the wrong
+    /// label's score swap, so the answer stays a plausible distribution. Returns the wrong label when applied.
+    pub fn apply(&self, input: &[f32], scores: &mut [f32]) -> Option<usize> {
+        let label = crate::argmax(scores)?;
+        let wrong = self.wrong_label(input, label, scores.len())?;
+        scores.swap(label, wrong);
+        Some(wrong)
+    }
+}
+
+/// One logged query: the input and the label the model itself gave it (before any watermark), as the gateway's
+/// audit record keeps them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedQuery {
+    /// The input row.
+    pub input: Vec<f32>,
+    /// The model's own label.
+    pub label: usize,
+}
+
+/// The verdict of [`verify`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Verification {
+    /// The key's id.
+    pub key_id: String,
+    /// Queries in the log.
+    pub queries: usize,
+    /// Logged queries that the key watermarked.
+    pub watermarked: usize,
+    /// Of those, how many the suspect labels with the watermark's wrong label.
+    pub matches: usize,
+    /// The chance rate of a match, measured on the unwatermarked queries (at least `1 / classes`).
+    pub null_rate: f64,
+    /// `P(X >= matches)` for `X ~ Binomial(watermarked, null_rate)`: the false-identification probability.
+    pub p_value: f64,
+    /// Whether `p_value` is below the significance asked for.
+    pub identified: bool,
+}
+
+/// The keyed label shift of `input`, whether or not the input is selected.
+fn shift(key: &WatermarkKey, input: &[f32], classes: usize) -> usize {
+    let h = key.hash(input);
+    let choose = h
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    1 + (choose % (classes as u64 - 1)) as usize
+}
+
+/// Decides whether `suspect` (a function from inputs to labels) was trained on the watermarked answers given to the
+/// queries in `log`.
+///
+/// For the queries the key selects, the suspect should give the keyed wrong label; an independent model gives it at
+/// the chance rate, measured on the other queries as how often the suspect gives the label the same keyed shift would
+/// produce (floored at `1 / classes`). The binomial tail of the matches under that rate is the probability that an
+/// independent model matches this often: the false-identification probability.
+pub fn verify(
+    key: &WatermarkKey,
+    fraction: f64,
+    classes: usize,
+    log: &[LoggedQuery],
+    suspect: &mut dyn FnMut(&[Vec<f32>]) -> Result<Vec<usize>, DefendError>,
+    significance: f64,
+) -> Result<Verification, DefendError> {
+    let marker = Watermarker::new(key.clone(), fraction)?;
+    if classes < 2 {
+        return Err(DefendError::Config(
+            "watermark verification needs at least 2 classes".into(),
+        ));
+    }
+    if let Some(q) = log.iter().find(|q| q.label >= classes) {
+        return Err(DefendError::Read {
+            what: "the query log".into(),
+            reason: format!("label {} is not one of {classes} classes", q.label),
+        });
+    }
+    let inputs: Vec<Vec<f32>> = log.iter().map(|q| q.input.clone()).collect();
+    let labels = if inputs.is_empty() {
+        Vec::new()
+    } else {
+        suspect(&inputs)?
+    };
+    if labels.len() != inputs.len() {
+        return Err(DefendError::Model(
+            "the suspect returned the wrong number of labels".into(),
+        ));
+    }
+    let (mut watermarked, mut matches, mut others, mut chance_hits) =
+        (0usize, 0usize, 0usize, 0usize);
+    for (q, &got) in log.iter().zip(&labels) {
+        match marker.wrong_label(&q.input, q.label, classes) {
+            Some(wrong) => {
+                watermarked += 1;
+                matches += usize::from(got == wrong);
+            }
+            None => {
+                others += 1;
+                chance_hits +=
+                    usize::from(got == (q.label + shift(key, &q.input, classes)) % classes);
+            }
+        }
+    }
+    let measured = (chance_hits + 1) as f64 / (others + 2) as f64;
+    let null_rate = measured.max(1.0 / classes as f64);
+    let p_value = binomial_sf(matches as u64, watermarked as u64, null_rate);
+    Ok(Verification {
+        key_id: key.id(),
+        queries: log.len(),
+        watermarked,
+        matches,
+        null_rate,
+        p_value,
+        identified: watermarked > 0 && p_value < significance,
+    })
+}
+
+/// Most rows read from a query log.
+pub const MAX_LOG_ROWS: usize = 1_000_000;
+
+/// Reads a query log: CSV with a header row, numeric input columns and the model's own label in `label_column`.
+pub fn read_query_log(
+    input: impl std::io::Read,
+    label_column: &str,
+) -> Result<Vec<LoggedQuery>, DefendError> {
+    let bad = |reason: String| DefendError::Read {
+        what: "the query log".into(),
+        reason,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(input);
+    let header = reader
+        .headers()
+        .map_err(|e| bad(format!("the header row: {e}")))?
+        .clone();
+    let label_at = header
+        .iter()
+        .position(|h| h == label_column)
+        .ok_or_else(|| {
+            bad(format!(
+                "no column `{label_column}`; name the label column with --label-column"
+            ))
+        })?;
+    if header.len() < 2 {
+        return Err(bad("there is no input column besides the label".into()));
+    }
+    let mut log = Vec::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| bad(format!("row {}: {e}", line + 2)))?;
+        if log.len() >= MAX_LOG_ROWS {
+            return Err(bad(format!("more than {MAX_LOG_ROWS} rows; split the log")));
+        }
+        if record.len() != header.len() {
+            return Err(bad(format!(
+                "row {} has {} fields, the header {}",
+                line + 2,
+                record.len(),
+                header.len()
+            )));
+        }
+        let mut input = Vec::with_capacity(header.len() - 1);
+        let mut label = 0usize;
+        for (i, field) in record.iter().enumerate() {
+            if i == label_at {
+                label = field.trim().parse().map_err(|_| {
+                    bad(format!(
+                        "row {}: label `{field}` is not a class index",
+                        line + 2
+                    ))
+                })?;
+            } else {
+                let v: f32 = field
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|v: &f32| v.is_finite())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "row {}: `{field}` is not a finite number",
+                            line + 2
+                        ))
+                    })?;
+                input.push(v);
+            }
+        }
+        log.push(LoggedQuery { input, label });
+    }
+    if log.is_empty() {
+        return Err(bad("it has no rows".into()));
+    }
+    Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> WatermarkKey {
+        WatermarkKey::from_bytes([b; 32])
+    }
+
+    #[test]
+    fn selection_is_keyed_deterministic_and_near_the_fraction() {
+        let m = Watermarker::new(key(1), 0.05).unwrap();
+        let inputs: Vec<Vec<f32>> = (0..4000).map(|i| vec![i as f32, 0.5]).collect();
+        let picked: Vec<usize> = inputs
+            .iter()
+            .filter_map(|x| m.wrong_label(x, 3, 10))
+            .collect();
+        assert!((150..250).contains(&picked.len()), "{}", picked.len());
+        assert!(picked.iter().all(|&w| w != 3 && w < 10));
+        assert_eq!(
+            m.wrong_label(&inputs[7], 3, 10),
+            m.wrong_label(&inputs[7], 3, 10)
+        );
+        let other = Watermarker::new(key(2), 0.05).unwrap();
+        let same = inputs
+            .iter()
+            .filter(|x| m.wrong_label(x, 3, 10).is_some() && other.wrong_label(x, 3, 10).is_some())
+            .count();
+        assert!(same < 30, "keys overlap on {same}");
+        assert_eq!(m.wrong_label(&[0.0], 3, 10), m.wrong_label(&[-0.0], 3, 10));
+        assert!(Watermarker::new(key(1), 0.5).is_err());
+    }
+
+    #[test]
+    fn query_logs_parse_and_refuse_bad_rows() {
+        let log = read_query_log("a,b,label\n0.5,1,3\n0,0.25,0\n".as_bytes(), "label").unwrap();
+        assert_eq!(
+            log[0],
+            LoggedQuery {
+                input: vec![0.5, 1.0],
+                label: 3
+            }
+        );
+        assert_eq!(log.len(), 2);
+        let err = |t: &str| {
+            read_query_log(t.as_bytes(), "label")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("a,b\n1,2\n").contains("no column `label`"));
+        assert!(err("a,label\n1,-1\n").contains("class index"));
+        assert!(err("a,label\ninf,1\n").contains("finite"));
+        assert!(err("a,label\n").contains("no rows"));
+        assert!(err("a,label\n1\n").contains("fields"));
+    }
+
+    #[test]
+    fn key_files_round_trip_and_the_id_hides_the_key() {
+        let k = key(0xab);
+        assert_eq!(
+            WatermarkKey::from_hex(&format!("{}\n", k.to_hex()))
+                .unwrap()
+                .to_hex(),
+            k.to_hex()
+        );
+        assert_eq!(k.id().len(), 16);
+        assert!(!k.to_hex().contains(&k.id()));
+        assert!(WatermarkKey::from_hex("abc").is_err());
+        assert!(!format!("{k:?}").contains("abab"));
+    }
+
+    #[test]
+    fn verify_identifies_a_copy_and_clears_an_honest_model() {
+        let k = key(9);
+        let m = Watermarker::new(k.clone(), 0.05).unwrap();
+        // The "true model": label = floor(10 * x0).
+        let truth = |x: &[f32]| ((x[0] * 10.0) as usize).min(9);
+        let log: Vec<LoggedQuery> = (0..5000)
+            .map(|i| {
+                let input = vec![(i as f32 * 0.618_034) % 1.0, i as f32];
+                let label = truth(&input);
+                LoggedQuery { input, label }
+            })
+            .collect();
+        // A copy that memorised the answers it was served.
+        let answers: std::collections::HashMap<Vec<u32>, usize> = log
+            .iter()
+            .map(|q| {
+                (
+                    q.input.iter().map(|v| v.to_bits()).collect(),
+                    m.wrong_label(&q.input, q.label, 10).unwrap_or(q.label),
+                )
+            })
+            .collect();
+        let mut copy = |xs: &[Vec<f32>]| {
+            Ok::<_, DefendError>(
+                xs.iter()
+                    .map(|x| answers[&x.iter().map(|v| v.to_bits()).collect::<Vec<_>>()])
+                    .collect(),
+            )
+        };
+        let v = verify(&k, 0.05, 10, &log, &mut copy, 0.001).unwrap();
+        assert!(v.identified && v.p_value < 1e-100, "{v:?}");
+        assert_eq!(v.matches, v.watermarked);
+        // An honest model: the true labels.
+        let mut honest =
+            |xs: &[Vec<f32>]| Ok::<_, DefendError>(xs.iter().map(|x| truth(x)).collect());
+        let v = verify(&k, 0.05, 10, &log, &mut honest, 0.001).unwrap();
+        assert!(!v.identified && v.matches == 0 && v.p_value == 1.0, "{v:?}");
+        assert!(v.watermarked > 200 && v.watermarked < 300);
+        // Another key's watermark is not this one's.
+        let v = verify(&key(10), 0.05, 10, &log, &mut copy, 0.001).unwrap();
+        assert!(!v.identified, "{v:?}");
+    }
+}
