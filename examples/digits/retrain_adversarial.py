@@ -3,7 +3,7 @@
 
     pip install numpy onnx onnxruntime torch
     cargo build --release -p rampart
-    python3 examples/digits/retrain_adversarial.py [--rampart target/release/rampart] [--rounds 3]
+    python3 examples/digits/retrain_adversarial.py [--rampart target/release/rampart] [--rounds 2]
 
 Each round: `rampart eval` runs PGD-40 (L-inf, eps 0.1, step 0.01) on the training rows against the current model
 and writes the adversarial rows with their true labels; the CNN is retrained from scratch (same seed, same
@@ -45,7 +45,7 @@ def emit(rampart, model, path):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rampart", default=os.environ.get("RAMPART", "target/release/rampart"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
     x_train, y_train = make_cnn.load("train.csv")
