@@ -180,7 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         min: args.clip_min,
         max: args.clip_max,
     };
-    if !(bounds.min < bounds.max) {
+    if bounds.min.partial_cmp(&bounds.max) != Some(std::cmp::Ordering::Less) {
         bail!("--clip-min must be below --clip-max");
     }
     let mut data =

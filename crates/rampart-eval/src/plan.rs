@@ -99,6 +99,12 @@ pub struct Target<'a> {
     pub name: String,
 }
 
+impl std::fmt::Debug for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("name", &self.name).field("white_box", &self.engine.is_some()).finish()
+    }
+}
+
 /// The result of an evaluation.
 #[derive(Debug, Clone)]
 pub struct Outcome {

@@ -78,7 +78,7 @@ impl PgdConfig {
                 "steps must be in 1..=100000 and restarts in 1..=1000".into(),
             ));
         }
-        if !(self.bounds.min < self.bounds.max) {
+        if self.bounds.min.partial_cmp(&self.bounds.max) != Some(std::cmp::Ordering::Less) {
             return Err(EvalError::Setting(
                 "--clip-min must be below --clip-max".into(),
             ));
