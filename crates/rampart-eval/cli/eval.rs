@@ -15,10 +15,17 @@ use rampart_eval::Engine;
 
 use crate::Outcome;
 
-/// Arguments of `rampart eval`.
+/// Arguments of `rampart eval` (boxed: they are many, and `Command` should stay small).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    options: Box<Options>,
+}
+
+/// The options of `rampart eval`.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["model", "url"])))]
-pub struct Args {
+pub struct Options {
     /// The ONNX model file to attack (white-box and black-box attacks)
     #[arg(long, value_name = "MODEL.onnx")]
     model: Option<PathBuf>,
@@ -154,6 +161,7 @@ fn fraction(name: &str, v: Option<f64>) -> anyhow::Result<()> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let args = *args.options;
     for (name, v) in [
         ("min-robust-accuracy", args.min_robust_accuracy),
         ("min-clean-accuracy", args.min_clean_accuracy),
@@ -347,7 +355,7 @@ fn image_shape(given: &[usize], input: &[usize], features: usize) -> anyhow::Res
     Ok(shape)
 }
 
-fn plan(args: &Args, attacks: Vec<Attack>, image: [usize; 3], bounds: Bounds) -> Plan {
+fn plan(args: &Options, attacks: Vec<Attack>, image: [usize; 3], bounds: Bounds) -> Plan {
     Plan {
         attacks,
         norm: match args.norm {

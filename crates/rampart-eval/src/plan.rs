@@ -101,7 +101,10 @@ pub struct Target<'a> {
 
 impl std::fmt::Debug for Target<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target").field("name", &self.name).field("white_box", &self.engine.is_some()).finish()
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("white_box", &self.engine.is_some())
+            .finish()
     }
 }
 
