@@ -31,6 +31,8 @@ enum Command {
     Diff(cmd::diff::Args),
     /// Scan model files for malicious content without loading them
     Scan(cmd::scan::Args),
+    /// Attack a model (white-box and black-box adversarial examples, membership inference, extraction); fail when it is too weak
+    Eval(cmd::eval::Args),
     /// Validate a training data set: schema, leaks, duplicates, labels, outliers, poisoning
     #[command(subcommand)]
     Data(cmd::data::Command),
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::verify::run(args),
         Command::Diff(args) => cmd::diff::run(args),
         Command::Scan(args) => cmd::scan::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
         Command::Data(command) => cmd::data::run(command),
         Command::Audit(command) => cmd::audit::run(command),
         Command::Seal(args) => cmd::seal::run(args),

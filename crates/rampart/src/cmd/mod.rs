@@ -4,6 +4,7 @@ pub mod audit;
 pub mod data;
 pub mod deploy;
 pub mod diff;
+pub mod eval;
 pub mod export;
 pub mod keygen;
 pub mod mfa;
