@@ -184,3 +184,44 @@ fn seal_and_unseal_record_into_the_log() {
         .unwrap()
         .starts_with("sha256:"));
 }
+
+#[test]
+fn sign_records_into_the_log_and_fails_closed_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    assert!(rampart(&["audit", "init", "log"], cwd).status.success());
+    let o = rampart(&["keygen", "--out", "keys"], cwd);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::create_dir(cwd.join("model")).unwrap();
+    std::fs::write(cwd.join("model/weights.bin"), vec![7u8; 4096]).unwrap();
+    let sign = |log: &str, signature: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .args([
+                "sign",
+                "model",
+                "--key",
+                "keys/private.pem",
+                "--signature",
+                signature,
+            ])
+            .current_dir(cwd)
+            .env("RAMPART_AUDIT_LOG", cwd.join(log))
+            .output()
+            .unwrap()
+    };
+    let o = sign("log", "model.sig");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = rampart(&["audit", "show", "log", "--format", "json"], cwd);
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let entry = &shown["entries"][0]["entry"];
+    assert_eq!(entry["action"], "sign");
+    assert!(entry["subject"]["manifest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+
+    // A named log that cannot take the record: the command fails and leaves no signature behind.
+    let o = sign("no-such-log", "other.sig");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!cwd.join("other.sig").exists());
+}

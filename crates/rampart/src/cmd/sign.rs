@@ -107,6 +107,21 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let json = bundle.to_json()?;
     write_atomically(&args.signature, &json, false)
         .with_context(|| format!("cannot write the signature `{}`", args.signature.display()))?;
+    if crate::cmd::audit::enabled() {
+        let record = rampart_log::Record::new("sign", crate::cmd::audit::actor())
+            .subject("path", args.path.display().to_string())
+            .subject(
+                "manifest",
+                format!("sha256:{}", signed.manifest.root_digest()),
+            )
+            .subject("signature", args.signature.display().to_string())
+            .subject("key", bundle.hint.clone().unwrap_or_default());
+        // Fail closed: a signature whose making was not recorded is not handed out.
+        if let Err(e) = crate::cmd::audit::record(&record) {
+            let _ = std::fs::remove_file(&args.signature);
+            return Err(e);
+        }
+    }
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Text => writeln!(
