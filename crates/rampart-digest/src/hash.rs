@@ -91,26 +91,45 @@ pub fn hash_listing(
     Ok(manifest)
 }
 
-/// Files at least this large are hashed with BLAKE3 through a memory map spread over the pool.
-const BLAKE3_MMAP_MIN: u64 = 4 * 1024 * 1024;
+/// Files at least this large are memory-mapped rather than copied through a buffer.
+const MMAP_MIN: u64 = 4 * 1024 * 1024;
 
-/// Hashes one file. Large files under BLAKE3 go through `blake3`'s own memory map and rayon (no copy into a
-/// buffer, all cores on one file); the `unsafe` of the mapping stays inside `blake3`. A file truncated by another
-/// process while mapped makes the process die of SIGBUS: it fails closed, with no signature and no verdict written.
-/// Everything else streams through [`hash_reader`].
+/// How much of a mapped file SHA-256 takes at a time (progress granularity).
+const SHA256_MAPPED_CHUNK: usize = 8 * 1024 * 1024;
+
+/// Hashes one file. Large files are memory-mapped, so the bytes go from the page cache to the hash without a copy:
+/// BLAKE3 through `blake3`'s own map spread over the pool (all cores on one file), SHA-256 through `filebuffer`.
+/// The `unsafe` of the mapping stays inside those crates. A file truncated by another process while mapped makes
+/// the process die of SIGBUS: it fails closed, with no signature and no verdict written. Everything else streams
+/// through [`hash_reader`].
 fn hash_entry(
     path: &std::path::Path,
     size: u64,
     algorithm: HashAlgorithm,
     mut progress: impl FnMut(u64),
 ) -> std::io::Result<Digest> {
-    if algorithm == HashAlgorithm::Blake3 && size >= BLAKE3_MMAP_MIN {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap_rayon(path)?;
-        progress(size);
-        return Ok(Digest(*hasher.finalize().as_bytes()));
+    if size < MMAP_MIN {
+        return hash_reader(File::open(path)?, algorithm, progress);
     }
-    hash_reader(File::open(path)?, algorithm, progress)
+    match algorithm {
+        HashAlgorithm::Blake3 => {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_mmap_rayon(path)?;
+            progress(size);
+            Ok(Digest(*hasher.finalize().as_bytes()))
+        }
+        HashAlgorithm::Sha256 => {
+            use sha2::Digest as _;
+            let mapped = filebuffer::FileBuffer::open(path)?;
+            mapped.prefetch(0, mapped.len());
+            let mut hasher = sha2::Sha256::new();
+            for chunk in mapped.chunks(SHA256_MAPPED_CHUNK) {
+                hasher.update(chunk);
+                progress(chunk.len() as u64);
+            }
+            Ok(Digest(hasher.finalize().into()))
+        }
+    }
 }
 
 fn progress_bar(wanted: bool, total: u64) -> Option<ProgressBar> {
