@@ -12,9 +12,12 @@
 mod archive;
 mod error;
 mod keys;
+mod pipe;
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
+
+use pipe::{ReadAhead, WriteBehind};
 use std::path::Path;
 
 pub use age::secrecy::SecretString;
@@ -83,8 +86,13 @@ pub fn seal(input: &Path, to: &SealTo, output: &Path) -> Result<Sealed> {
         .prefix(".rampart-seal-")
         .tempfile_in(dir)
         .map_err(Error::io("create a temporary file in", dir))?;
+    let out = tmp
+        .as_file()
+        .try_clone()
+        .and_then(WriteBehind::new)
+        .map_err(Error::io("write", output))?;
     let mut writer = encryptor
-        .wrap_output(BufWriter::with_capacity(CHUNK * 4, tmp.as_file()))
+        .wrap_output(out)
         .map_err(Error::io("write", output))?;
     let sealed = if meta.is_dir() {
         let (bytes, files) = archive::write_tar(input, &mut writer)?;
@@ -95,10 +103,10 @@ pub fn seal(input: &Path, to: &SealTo, output: &Path) -> Result<Sealed> {
         }
     } else if meta.is_file() {
         let file = File::open(input).map_err(Error::io("read", input))?;
-        let bytes = copy(
-            &mut BufReader::with_capacity(CHUNK * 4, file),
+        let bytes = copy_buffered(
+            &mut ReadAhead::new(file).map_err(Error::io("read", input))?,
             &mut writer,
-            input,
+            |e| Error::io("read", input)(e),
             output,
         )?;
         Sealed {
@@ -111,9 +119,10 @@ pub fn seal(input: &Path, to: &SealTo, output: &Path) -> Result<Sealed> {
             path: input.to_owned(),
         });
     };
-    let mut inner = writer.finish().map_err(Error::io("write", output))?;
-    inner.flush().map_err(Error::io("write", output))?;
-    drop(inner);
+    writer
+        .finish()
+        .and_then(WriteBehind::finish)
+        .map_err(Error::io("write", output))?;
     tmp.as_file()
         .sync_all()
         .map_err(Error::io("sync", output))?;
@@ -122,18 +131,25 @@ pub fn seal(input: &Path, to: &SealTo, output: &Path) -> Result<Sealed> {
     Ok(sealed)
 }
 
-fn copy(from: &mut impl Read, to: &mut impl Write, input: &Path, output: &Path) -> Result<u64> {
-    let mut buf = vec![0u8; CHUNK * 4];
+/// Copies from a buffered reader straight out of its buffer (no intermediate copy); `read_error` says what
+/// a failed read means (an I/O error for plaintext, a decryption failure for a sealed stream).
+fn copy_buffered(
+    from: &mut impl std::io::BufRead,
+    to: &mut impl Write,
+    read_error: impl Fn(std::io::Error) -> Error,
+    output: &Path,
+) -> Result<u64> {
     let mut total = 0u64;
     loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
+        let data = match from.fill_buf() {
+            Ok([]) => return Ok(total),
+            Ok(data) => data,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("read", input)(e)),
+            Err(e) => return Err(read_error(e)),
         };
-        to.write_all(buf.get(..n).unwrap_or(&[]))
-            .map_err(Error::io("write", output))?;
+        let n = data.len();
+        to.write_all(data).map_err(Error::io("write", output))?;
+        from.consume(n);
         total += n as u64;
     }
 }
@@ -175,11 +191,10 @@ pub fn unseal(input: &Path, keys: &Identities, output: &Path) -> Result<Unsealed
             path: output.to_owned(),
         });
     }
-    let file = File::open(input).map_err(Error::io("read", input))?;
-    let mut reader = BufReader::with_capacity(
-        CHUNK * 4,
-        open(BufReader::with_capacity(CHUNK, file), keys, input)?,
-    );
+    let file = File::open(input)
+        .and_then(ReadAhead::new)
+        .map_err(Error::io("read", input))?;
+    let mut reader = BufReader::with_capacity(CHUNK * 4, open(file, keys, input)?);
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -196,10 +211,18 @@ pub fn unseal(input: &Path, keys: &Identities, output: &Path) -> Result<Unsealed
         .prefix(".rampart-unseal-")
         .tempfile_in(dir)
         .map_err(Error::io("create a temporary file in", dir))?;
-    let mut out = BufWriter::with_capacity(CHUNK * 4, tmp.as_file());
-    let bytes = copy_stream(&mut reader, &mut out, input, output)?;
-    out.flush().map_err(Error::io("write", output))?;
-    drop(out);
+    let mut out = tmp
+        .as_file()
+        .try_clone()
+        .and_then(WriteBehind::new)
+        .map_err(Error::io("write", output))?;
+    let bytes = copy_buffered(
+        &mut reader,
+        &mut out,
+        |e| Error::from_stream(e, input),
+        output,
+    )?;
+    out.finish().map_err(Error::io("write", output))?;
     tmp.as_file()
         .sync_all()
         .map_err(Error::io("sync", output))?;
