@@ -52,6 +52,9 @@ enum Command {
     /// Export control: request, approve (with TOTP) and fetch one export of a model version
     #[command(subcommand)]
     Export(cmd::export::Command),
+    /// The gateway's API keys: add, list, revoke
+    #[command(subcommand)]
+    Keys(cmd::keys::Command),
 }
 
 /// What a command concluded, before it becomes an exit code.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Push(args) => cmd::push::run(args),
         Command::Mfa(command) => cmd::mfa::run(command),
         Command::Export(command) => cmd::export::run(command),
+        Command::Keys(command) => cmd::keys::run(command),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod diff;
 pub mod export;
 pub mod keygen;
+pub mod keys;
 pub mod mfa;
 pub mod push;
 pub mod scan;
