@@ -11,6 +11,7 @@ pub mod mfa;
 pub mod push;
 pub mod scan;
 pub mod seal;
+pub mod serve;
 pub mod sign;
 pub mod unseal;
 pub mod verify;
