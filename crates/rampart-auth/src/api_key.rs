@@ -462,7 +462,7 @@ fn check_name(what: &'static str, value: &str) -> Result<(), KeyStoreError> {
 
 fn random<const N: usize>() -> Result<[u8; N], KeyStoreError> {
     let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|e| KeyStoreError::Io {
+    getrandom::getrandom(&mut bytes).map_err(|e| KeyStoreError::Io {
         action: "draw random bytes for",
         path: PathBuf::from("the key"),
         source: std::io::Error::other(e.to_string()),

@@ -35,14 +35,14 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Write `bytes` to `path` atomically: a temporary file with mode 0600 in the same directory, synced, then renamed.
-pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("rampart");
     let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
+    getrandom::getrandom(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
     let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(suffix)));
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);

@@ -100,7 +100,9 @@ pub(crate) fn rs256(kid: &str) -> TestKey {
 
 pub(crate) fn eddsa(kid: &str) -> TestKey {
     use ed25519_dalek::pkcs8::EncodePrivateKey;
-    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut secret = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+    let key = ed25519_dalek::SigningKey::from_bytes(&secret);
     TestKey {
         alg: jsonwebtoken::Algorithm::EdDSA,
         encoding: EncodingKey::from_ed_der(key.to_pkcs8_der().unwrap().as_bytes()),

@@ -1,6 +1,8 @@
 //! Replays the committed cargo-fuzz corpus (`fuzz/auth/corpus/`) through the same entry points as the fuzz targets,
 //! so CI exercises every parser of hostile input on it.
 
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -59,7 +61,7 @@ fn spiffe_corpus() {
             ),
             "id" => assert!(from_text.unwrap().is_ok()),
             _ => assert!(
-                from_der.is_err() && !from_text.is_some_and(|r| r.is_ok()),
+                from_der.is_err() && from_text.is_none_or(|r| r.is_err()),
                 "{name}"
             ),
         }

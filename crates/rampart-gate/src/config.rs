@@ -51,6 +51,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Who may call and how they prove it.
     pub auth: AuthConfig,
+    /// Who may do what (Cedar).
+    pub policy: PolicyConfig,
     /// Rate limits, quotas, connection caps, timeouts and size bounds.
     pub limits: LimitsConfig,
     /// Automatic temporary bans.
@@ -73,6 +75,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            policy: PolicyConfig::default(),
             limits: LimitsConfig::default(),
             bans: BanConfig::default(),
             audit: AuditConfig::default(),
@@ -165,23 +168,57 @@ pub enum ClientAuth {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Accept API keys (`Authorization: Bearer rk_...` or `X-API-Key`).
+    /// Accept API keys (`Authorization: Bearer rmp_...` or `X-API-Key`), managed with `rampart keys` in the state dir.
     pub api_keys: bool,
-    /// The API key store (default: `keys.json` in the state dir).
-    pub key_store: Option<PathBuf>,
-    /// Create a key and print it when the store is empty at start.
+    /// Create an API key (principal `admin`, role `admin`) and print it once when the state dir has none at start.
     pub create_first_key: bool,
-    /// Accept the SPIFFE ID of a verified client certificate as the principal.
+    /// Accept the SPIFFE ID (URI SAN `spiffe://...`) of a client certificate verified against `tls.client_ca`.
     pub mtls: bool,
+    /// SPIFFE trust domains accepted from client certificates; empty: any the client CA vouches for.
+    pub mtls_trust_domains: Vec<String>,
+    /// JWT bearer tokens: issuer, audiences, leeway, roles claim, algorithms (`[auth.jwt]`); off without it.
+    pub jwt: Option<rampart_auth::JwtConfig>,
+    /// The JWKS as a file (re-read on refresh); with `jwt`, exactly one of `jwks_file` and `jwks_url`.
+    pub jwks_file: Option<PathBuf>,
+    /// The JWKS as a URL (`https://`, or `http://` on a loopback address), fetched with a timeout and a size limit.
+    pub jwks_url: Option<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             api_keys: true,
-            key_store: None,
             create_first_key: true,
             mtls: true,
+            mtls_trust_domains: Vec::new(),
+            jwt: None,
+            jwks_file: None,
+            jwks_url: None,
+        }
+    }
+}
+
+/// `[policy]`: Cedar files; each one not given is the embedded default (see `rampart-auth`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A Cedar schema (`.cedarschema`, or JSON when the name ends in `.json`).
+    pub schema: Option<PathBuf>,
+    /// A Cedar policy file.
+    pub policies: Option<PathBuf>,
+    /// A Cedar entities file (JSON): roles of SPIFFE principals, role hierarchies, model tags.
+    pub entities: Option<PathBuf>,
+    /// How often the policy files and the API key store are checked for changes, in seconds.
+    pub reload_secs: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            schema: None,
+            policies: None,
+            entities: None,
+            reload_secs: 2,
         }
     }
 }
@@ -362,9 +399,7 @@ fn default_queue() -> usize {
 /// The state directory when the config names none: `$RAMPART_STATE_DIR` when set and not empty, else `./.rampart`
 /// (shared with `rampart keys`, so keys made there are the ones the gateway accepts).
 pub fn default_state_dir() -> PathBuf {
-    std::env::var_os("RAMPART_STATE_DIR")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(".rampart"), PathBuf::from)
+    rampart_auth::default_state_dir()
 }
 
 impl Config {
@@ -444,7 +479,7 @@ impl Config {
 
     /// The checks serde cannot make: relations between keys and ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.plain_http && !self.server.listen.ip().is_loopback() {
+        if self.server.plain_http && !is_loopback(self.server.listen.ip()) {
             return Err(self.invalid(
                 "server.plain_http",
                 "plain HTTP is allowed only on a loopback address; use TLS or listen on 127.0.0.1",
@@ -457,7 +492,7 @@ impl Config {
             ));
         }
         if let Some(admin) = self.server.admin_listen {
-            if !admin.ip().is_loopback() && !self.server.admin_public {
+            if !is_loopback(admin.ip()) && !self.server.admin_public {
                 return Err(self.invalid(
                     "server.admin_listen",
                     "the admin listener is plain HTTP; put it on a loopback address or set `server.admin_public = true`",
@@ -484,6 +519,7 @@ impl Config {
         if self.tls.reload_secs == 0 {
             return Err(self.invalid("tls.reload_secs", "must be at least 1"));
         }
+        self.validate_auth()?;
         self.validate_limits()?;
         if self.bans.enabled
             && (self.bans.strikes == 0 || self.bans.window_secs == 0 || self.bans.base_secs == 0)
@@ -547,6 +583,78 @@ impl Config {
             if model.queue == 0 {
                 return Err(self.invalid(&key("queue"), "must be at least 1"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        match (&auth.jwt, &auth.jwks_file, &auth.jwks_url) {
+            (Some(_), None, None) => {
+                return Err(self.invalid(
+                    "auth.jwt",
+                    "JWTs need their keys: set `auth.jwks_file` or `auth.jwks_url`",
+                ))
+            }
+            (Some(_), Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    "auth.jwks_url",
+                    "set one of `auth.jwks_file` and `auth.jwks_url`, not both",
+                ))
+            }
+            (None, Some(_), _) | (None, _, Some(_)) => {
+                return Err(self.invalid(
+                    "auth.jwt",
+                    "a JWKS is set but `[auth.jwt]` (issuer, audiences) is missing",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(url) = &auth.jwks_url {
+            let loopback_http = url
+                .strip_prefix("http://")
+                .and_then(|rest| rest.split(['/', '?']).next())
+                .is_some_and(|host| {
+                    host.starts_with("127.")
+                        || host.starts_with("localhost")
+                        || host.starts_with("[::1]")
+                });
+            if !url.starts_with("https://") && !loopback_http {
+                return Err(self.invalid(
+                    "auth.jwks_url",
+                    format!("`{url}` must be an https:// URL (http:// only on a loopback address)"),
+                ));
+            }
+        }
+        if let Some(jwt) = &auth.jwt {
+            if jwt.issuer.is_empty() || jwt.audiences.is_empty() {
+                return Err(self.invalid(
+                    "auth.jwt",
+                    "`issuer` must not be empty and `audiences` must name at least one audience",
+                ));
+            }
+            if jwt.algorithms.is_empty() {
+                return Err(self.invalid("auth.jwt.algorithms", "name at least one algorithm"));
+            }
+        }
+        if auth
+            .mtls_trust_domains
+            .iter()
+            .any(|d| d.is_empty() || d.contains('/'))
+        {
+            return Err(self.invalid(
+                "auth.mtls_trust_domains",
+                "a trust domain is a host name such as `example.org`",
+            ));
+        }
+        if !auth.api_keys && auth.jwt.is_none() && !(auth.mtls && self.tls.client_ca.is_some()) {
+            return Err(self.invalid(
+                "auth",
+                "no authentication method is on: enable `api_keys`, set `[auth.jwt]`, or `mtls` with `tls.client_ca`",
+            ));
+        }
+        if self.policy.reload_secs == 0 {
+            return Err(self.invalid("policy.reload_secs", "must be at least 1"));
         }
         Ok(())
     }
@@ -665,6 +773,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bans.allow"), "{err}");
+    }
+
+    #[test]
+    fn jwt_needs_a_jwks_and_a_remote_one_needs_https() {
+        let jwt = "[auth.jwt]\nissuer = \"https://id.example\"\naudiences = [\"rampart\"]\n";
+        let err = parse(&format!("{jwt}{MODEL}")).unwrap_err().to_string();
+        assert!(err.contains("auth.jwt"), "{err}");
+        let err = parse(&format!(
+            "[auth]\njwks_url = \"http://id.example/jwks\"\n{jwt}{MODEL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("auth.jwks_url"), "{err}");
+        let config = parse(&format!(
+            "[auth]\njwks_url = \"http://127.0.0.1:9/jwks\"\n{jwt}{MODEL}"
+        ))
+        .unwrap();
+        assert!(config.auth.jwt.is_some());
+        let err = parse(&format!("{jwt}wat = 1\n{MODEL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wat"), "{err}");
+    }
+
+    #[test]
+    fn the_embedded_defaults_are_safe() {
+        let config = parse(MODEL).unwrap();
+        assert!(!config.server.plain_http);
+        assert!(is_loopback(config.server.listen.ip()));
+        assert!(config.auth.api_keys);
+        assert!(!config.server.disable_security_stages);
+        assert!(config.audit.enabled);
+        assert!(config
+            .server
+            .public_routes
+            .iter()
+            .all(|r| r.starts_with("/v2/health/")));
     }
 
     #[test]

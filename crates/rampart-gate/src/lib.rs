@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod jwks;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
@@ -18,11 +19,12 @@ pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rampart_auth::{ApiKeyStore, Authorizer, JwksFetcher, JwksFile, JwtVerifier, PolicyFiles};
 use rampart_infer::{Model, OnnxModel, UpstreamModel};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -30,11 +32,9 @@ use tokio::sync::watch;
 use crate::audit::{AuditSink, Auditor, JsonLinesSink};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::stages::authn::api_key::{ApiKeys, KeyStore};
-use crate::stages::authn::Authenticator;
+use crate::stages::authn::Authn;
 use crate::stages::ban::Bans;
 use crate::stages::infer::ModelPool;
-use crate::stages::policy::{Policy, RolePolicy};
 use crate::stages::rate::{Concurrency, DailyQuota, Gcra};
 
 pub use crate::pipeline::{ConnInfo, Reply};
@@ -52,9 +52,15 @@ pub enum GateError {
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
-    /// The key store could not be used.
+    /// The API key store could not be used.
     #[error(transparent)]
-    Keys(#[from] stages::authn::api_key::KeyStoreError),
+    Keys(#[from] rampart_auth::KeyStoreError),
+    /// The Cedar schema, policies or entities are invalid.
+    #[error(transparent)]
+    Policy(#[from] rampart_auth::PolicyError),
+    /// The JWT configuration or its JWKS is unusable.
+    #[error("JWT: {0}")]
+    Jwt(#[from] rampart_auth::JwtError),
     /// A listener could not be bound, or a file written.
     #[error("{what}: {source}")]
     Io {
@@ -142,8 +148,8 @@ impl Limits {
 #[derive(Debug)]
 pub struct Gate {
     models: HashMap<String, ModelPool>,
-    authenticators: Vec<Box<dyn Authenticator>>,
-    policy: Box<dyn Policy>,
+    authn: Authn,
+    authorizer: Arc<Authorizer>,
     /// The limits in force.
     pub limits: Limits,
     /// The ban list.
@@ -159,10 +165,10 @@ pub struct Gate {
 /// The parts of a gate that are chosen by the embedding program rather than the config file.
 #[derive(Debug, Default)]
 pub struct Parts {
-    /// Authentication methods, asked in order; empty: those the config names (API keys).
-    pub authenticators: Vec<Box<dyn Authenticator>>,
-    /// The policy; `None`: [`RolePolicy`].
-    pub policy: Option<Box<dyn Policy>>,
+    /// Authentication; `None`: the methods the config turns on.
+    pub authn: Option<Authn>,
+    /// The Cedar authorizer; `None`: the config's `[policy]` files (or the embedded defaults).
+    pub authorizer: Option<Arc<Authorizer>>,
     /// The audit sink; `None`: the config's JSON-lines file.
     pub audit_sink: Option<Arc<dyn AuditSink>>,
 }
@@ -199,6 +205,10 @@ impl Gate {
         models: HashMap<String, ModelPool>,
         parts: Parts,
     ) -> Result<(Gate, Option<tokio::task::JoinHandle<()>>), GateError> {
+        let authorizer = match parts.authorizer {
+            Some(authorizer) => authorizer,
+            None => Arc::new(Authorizer::load(policy_files(config))?),
+        };
         let metrics = Arc::new(Metrics::new());
         let (audit, audit_task) = if config.audit.enabled {
             let sink: Arc<dyn AuditSink> = match parts.audit_sink {
@@ -227,8 +237,8 @@ impl Gate {
         }
         let gate = Gate {
             models,
-            authenticators: parts.authenticators,
-            policy: parts.policy.unwrap_or_else(|| Box::new(RolePolicy)),
+            authn: parts.authn.unwrap_or_default(),
+            authorizer,
             limits: Limits::from_config(config),
             bans: Bans::new(&config.bans, config.limits.max_tracked_clients),
             metrics,
@@ -244,6 +254,73 @@ impl Gate {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
+
+    /// Picks up changed API keys and Cedar files; a bad new file is logged and the one in force kept.
+    pub fn reload_auth(&self) {
+        if let Some(store) = &self.authn.api_keys {
+            if let Err(err) = store.reload_if_changed() {
+                tracing::error!(error = %err, "cannot reload the API keys; keeping those in force");
+            }
+        }
+        // The authorizer logs its own failures and keeps the policy in force.
+        let _ = self.authorizer.reload_if_changed();
+    }
+}
+
+fn policy_files(config: &Config) -> PolicyFiles {
+    let resolve = |p: &Option<PathBuf>| p.as_deref().map(|p| config.resolve(p));
+    PolicyFiles {
+        schema: resolve(&config.policy.schema),
+        policies: resolve(&config.policy.policies),
+        entities: resolve(&config.policy.entities),
+    }
+}
+
+/// Builds the authentication methods the config turns on: opens (and, when empty and asked, seeds) the API key
+/// store, loads the JWKS once. Returns the methods and a key created now, if any.
+async fn build_authn(
+    config: &Config,
+    state_dir: &Path,
+) -> Result<(Authn, Option<String>), GateError> {
+    let mut new_key = None;
+    let api_keys = if config.auth.api_keys {
+        let store = ApiKeyStore::open(state_dir)?;
+        if store.list().iter().all(|k| k.revoked) && config.auth.create_first_key {
+            new_key = Some(store.add("admin", &["admin".to_owned()])?.key);
+        }
+        Some(Arc::new(store))
+    } else {
+        None
+    };
+    let jwt = match &config.auth.jwt {
+        None => None,
+        Some(jwt) => {
+            let fetcher: Arc<dyn JwksFetcher> =
+                match (&config.auth.jwks_file, &config.auth.jwks_url) {
+                    (Some(file), _) => Arc::new(JwksFile::new(config.resolve(file))),
+                    (None, Some(url)) => Arc::new(jwks::JwksUrl::new(url)),
+                    (None, None) => {
+                        return Err(config::ConfigError::Invalid {
+                            path: config.source.clone(),
+                            key: "auth.jwt".into(),
+                            message: "set `auth.jwks_file` or `auth.jwks_url`".into(),
+                        }
+                        .into())
+                    }
+                };
+            Some(Arc::new(JwtVerifier::new(jwt.clone(), fetcher).await?))
+        }
+    };
+    let mtls = (config.auth.mtls && config.tls.client_ca.is_some() && !config.server.plain_http)
+        .then(|| config.auth.mtls_trust_domains.clone());
+    Ok((
+        Authn {
+            api_keys,
+            jwt,
+            mtls,
+        },
+        new_key,
+    ))
 }
 
 fn audit_path(config: &Config) -> PathBuf {
@@ -261,6 +338,7 @@ pub struct Prepared {
     admin: Option<TcpListener>,
     tls: Option<(Arc<tls::ServerCert>, tokio_rustls::TlsAcceptor)>,
     reload_every: Duration,
+    auth_reload_every: Duration,
     grace: Duration,
     /// Where clients connect.
     pub address: SocketAddr,
@@ -270,9 +348,11 @@ pub struct Prepared {
     pub fingerprint: Option<String>,
     /// Whether the certificate was generated.
     pub self_signed: bool,
-    /// An API key created at this start (the store was empty), shown once.
+    /// The certificate's file (TLS only): what a client trusts for a self-signed one.
+    pub cert_path: Option<PathBuf>,
+    /// An API key created at this start (the store had no active key), shown once.
     pub new_api_key: Option<String>,
-    /// The API key store.
+    /// The API key store's file, when API keys are on.
     pub key_store: Option<PathBuf>,
     /// The audit trail, if it is a file.
     pub audit_path: Option<PathBuf>,
@@ -292,17 +372,14 @@ pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, Gate
     })?;
     let mut new_api_key = None;
     let mut key_store = None;
-    if parts.authenticators.is_empty() && config.auth.api_keys {
-        let path = match &config.auth.key_store {
-            Some(path) => config.resolve(path),
-            None => state_dir.join("keys.json"),
-        };
-        let mut store = KeyStore::open(&path)?;
-        if store.keys().is_empty() && config.auth.create_first_key {
-            new_api_key = Some(store.add("admin", &["admin".to_owned()])?);
-        }
-        parts.authenticators.push(Box::new(ApiKeys::new(store)));
-        key_store = Some(path);
+    if parts.authn.is_none() {
+        let (authn, new_key) = build_authn(config, &state_dir).await?;
+        new_api_key = new_key;
+        key_store = authn
+            .api_keys
+            .as_ref()
+            .map(|store| store.dir().join(rampart_auth::KEY_STORE_FILE));
+        parts.authn = Some(authn);
     }
     let config_models = config.clone();
     let models = tokio::task::spawn_blocking(move || load_models(&config_models))
@@ -350,10 +427,12 @@ pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, Gate
         admin_address,
         fingerprint: tls.as_ref().map(|(cert, _)| cert.fingerprint()),
         self_signed: tls.as_ref().is_some_and(|(cert, _)| cert.self_signed),
+        cert_path: tls.as_ref().map(|(cert, _)| cert.cert_path.clone()),
         tls,
         listener,
         admin,
         reload_every: Duration::from_secs(config.tls.reload_secs),
+        auth_reload_every: Duration::from_secs(config.policy.reload_secs),
         grace: Duration::from_secs(config.server.shutdown_grace_secs),
         new_api_key,
         key_store,
@@ -387,9 +466,21 @@ impl Prepared {
             admin,
             tls,
             reload_every,
+            auth_reload_every,
             grace,
             ..
         } = self;
+        let reload_gate = Arc::clone(&gate);
+        let auth_watcher = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(auth_reload_every);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let gate = Arc::clone(&reload_gate);
+                // File reads and Cedar validation are blocking work.
+                let _ = tokio::task::spawn_blocking(move || gate.reload_auth()).await;
+            }
+        });
         let (acceptor, watcher) = match tls {
             Some((cert, acceptor)) => (
                 Some(acceptor),
@@ -413,6 +504,7 @@ impl Prepared {
         let server = Arc::new(listener::Listener::new(Arc::clone(&gate), acceptor));
         server.serve(listener, shutdown, grace).await;
         ready_task.abort();
+        auth_watcher.abort();
         if let Some(watcher) = watcher {
             watcher.abort();
         }

@@ -24,12 +24,11 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{rfc3339, AuditRecord};
 use crate::metrics::{RefusalLabels, RequestLabels};
-use crate::stages::authn::{self, Credentials, Principal};
 use crate::stages::ban::Strike;
 use crate::stages::infer::JobError;
-use crate::stages::policy::Action;
 use crate::stages::rate::{RateDecision, Slot};
 use crate::Gate;
+use rampart_auth::{Action, Principal};
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -345,9 +344,12 @@ impl Gate {
         let route = Route::parse(request.method(), request.uri().path())?;
         trace.route = Some(route.clone());
         let public = self.public_routes.contains(request.uri().path());
-        let _slot: Option<Slot> = if self.security && !public {
+        if self.security {
+            // Public routes too: the per-IP limit is what keeps an unauthenticated flood cheap.
             self.stage_rate_ip(conn, trace)?;
-            let principal = self.stage_authn(conn, request.headers())?;
+        }
+        let _slot: Option<Slot> = if self.security && !public {
+            let principal = self.stage_authn(conn, request.headers()).await?;
             trace.principal = Some(principal.clone());
             self.stage_policy(&principal, &route)?;
             self.stage_rate_principal(&principal, trace)?;
@@ -453,34 +455,42 @@ impl Gate {
         }
     }
 
-    fn stage_authn(
+    async fn stage_authn(
         &self,
         conn: &ConnInfo,
         headers: &hyper::HeaderMap,
     ) -> Result<Principal, Refusal> {
-        let credentials = Credentials {
-            headers,
-            client_certs: &conn.client_certs,
-        };
-        authn::authenticate(&self.authenticators, &credentials).map_err(|err| {
-            tracing::info!(client_ip = %conn.ip, reason = %err, "authentication failed");
-            let mut refusal = Refusal::new(
-                "authn",
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "unauthorized",
-            )
-            .strike();
-            refusal.headers.push((
-                hyper::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            ));
-            refusal
-        })
+        self.authn
+            .authenticate(headers, &conn.client_certs)
+            .await
+            .map_err(|err| {
+                tracing::info!(client_ip = %conn.ip, reason = %err, "authentication failed");
+                let mut refusal = Refusal::new(
+                    "authn",
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "unauthorized",
+                )
+                .strike();
+                refusal.headers.push((
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                ));
+                refusal
+            })
     }
 
+    /// Cedar decides on model routes. An unknown model is answered 404 before the policy runs (the caller is
+    /// authenticated by then), so that only served models reach Cedar's caches. Server-level routes (`/v2`) need
+    /// authentication only: they name no model and reveal nothing about one.
     fn stage_policy(&self, principal: &Principal, route: &Route) -> Result<(), Refusal> {
-        if self.policy.allows(principal, route.action(), route.model()) {
+        let Some(model) = route.model() else {
+            return Ok(());
+        };
+        if !self.models.contains_key(model) {
+            return Err(unknown_model());
+        }
+        if crate::stages::policy::allows(&self.authorizer, principal, route.action(), model) {
             Ok(())
         } else {
             Err(Refusal::new(

@@ -163,16 +163,10 @@ fn generate_self_signed(
     if let Some(dir) = key_path.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let key_tmp = key_path.with_extension("pem.tmp");
-    crate::stages::authn::api_key::write_file_private(
-        &key_tmp,
-        generated.key_pair.serialize_pem().as_bytes(),
-    )
-    .map_err(io(&key_tmp))?;
-    std::fs::rename(&key_tmp, key_path).map_err(io(key_path))?;
-    let cert_tmp = cert_path.with_extension("pem.tmp");
-    std::fs::write(&cert_tmp, generated.cert.pem()).map_err(io(&cert_tmp))?;
-    std::fs::rename(&cert_tmp, cert_path).map_err(io(cert_path))?;
+    rampart_auth::write_private_atomic(key_path, generated.key_pair.serialize_pem().as_bytes())
+        .map_err(io(key_path))?;
+    rampart_auth::write_private_atomic(cert_path, generated.cert.pem().as_bytes())
+        .map_err(io(cert_path))?;
     tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate");
     Ok(())
 }

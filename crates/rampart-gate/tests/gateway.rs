@@ -237,8 +237,11 @@ async fn pipeline_answers_each_case_with_its_status() {
     // 401 with no detail, for a missing and for a wrong key alike.
     let (status, _, missing) = call(&gate, post(None, infer_body(1))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _, wrong) =
-        call(&gate, post(Some("rk_000000000000_deadbeef"), infer_body(1))).await;
+    let (status, _, wrong) = call(
+        &gate,
+        post(Some("rmp_000000000000_deadbeef"), infer_body(1)),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(missing, wrong);
 
@@ -340,26 +343,68 @@ async fn pipeline_refuses_a_body_over_the_limit_on_length_and_on_chunks() {
 }
 
 #[tokio::test]
-async fn policy_denies_a_role_without_the_action() {
+async fn cedar_denies_what_the_policy_does_not_permit() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "", true);
-    let mut store =
-        rampart_gate::stages::authn::api_key::KeyStore::open(&dir.path().join("keys.json"))
-            .unwrap();
-    let reader = store.add("reader", &["read".to_owned()]).unwrap();
+    // Keys made by `rampart keys` (the same store) are the keys the gateway accepts.
+    let store = rampart_auth::ApiKeyStore::open(dir.path()).unwrap();
+    let auditor = store.add("auditor", &["auditor".to_owned()]).unwrap().key;
+    let user = store.add("ci", &["user".to_owned()]).unwrap().key;
+    let reader = store.add("dashboard", &["reader".to_owned()]).unwrap().key;
+    let policies = dir.path().join("policy.cedar");
+    std::fs::write(
+        &policies,
+        "permit (principal in Rampart::Role::\"reader\", action == Rampart::Action::\"read_metadata\", resource);\n\
+         permit (principal in Rampart::Role::\"user\", action, resource) when { resource == Rampart::Model::\"digits\" };\n\
+         forbid (principal, action == Rampart::Action::\"export\", resource);\n",
+    )
+    .unwrap();
+    let config = config(
+        dir.path(),
+        &format!("[policy]\npolicies = \"{}\"\n", policies.display()),
+        true,
+    );
     let prepared = rampart_gate::prepare(&config, Parts::default())
         .await
         .unwrap();
+    assert!(
+        prepared.new_api_key.is_none(),
+        "no first key while the store has active keys"
+    );
     let gate = Arc::clone(prepared.gate());
+    let meta = |key: &str| {
+        Request::get("/v2/models/digits")
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // A role no policy permits: 403 on everything; the body says no more than "forbidden".
+    let (status, _, body) = call(&gate, post(Some(&auditor), infer_body(1))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body, r#"{"error":"forbidden"}"#);
+    assert_eq!(call(&gate, meta(&auditor)).await.0, StatusCode::FORBIDDEN);
+    // `reader` may read metadata only.
     assert_eq!(
         call(&gate, post(Some(&reader), infer_body(1))).await.0,
         StatusCode::FORBIDDEN
     );
-    let meta = Request::get("/v2/models/digits")
-        .header("x-api-key", &reader)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(call(&gate, meta).await.0, StatusCode::OK);
+    assert_eq!(call(&gate, meta(&reader)).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&gate, post(Some(&user), infer_body(1))).await.0,
+        StatusCode::OK
+    );
+    // A revoked key stops working at the next reload, without a restart.
+    let id = store
+        .list()
+        .into_iter()
+        .find(|k| k.principal == "ci")
+        .unwrap()
+        .id;
+    store.revoke(&id).unwrap();
+    gate.reload_auth();
+    assert_eq!(
+        call(&gate, post(Some(&user), infer_body(1))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 // ---------- over sockets ----------

@@ -21,7 +21,8 @@ const CLIENT: &str = r#"
 import sys, numpy as np, tritonclient.http as http
 url, key, model = sys.argv[1], sys.argv[2], sys.argv[3]
 auth = {"Authorization": "Bearer " + key}
-client = http.InferenceServerClient(url=url, ssl=True, insecure=True)
+# The certificate is verified: the gateway's self-signed one is the only trusted root.
+client = http.InferenceServerClient(url=url, ssl=True, ssl_options={"ca_certs": sys.argv[5]})
 assert client.is_server_live(headers=auth)
 assert client.is_model_ready(model, headers=auth)
 meta = client.get_model_metadata(model, headers=auth)
@@ -32,13 +33,14 @@ for binary in (True, False):
     inp = http.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
     out = http.InferRequestedOutput("logits", binary_data=False)
-    result = client.infer(model, [inp], outputs=[out], headers=auth)
+    # A fresh dict each call: tritonclient writes Inference-Header-Content-Length into the one it is given.
+    result = client.infer(model, [inp], outputs=[out], headers=dict(auth))
     logits = result.as_numpy("logits")
     assert logits.shape == (50, 10), logits.shape
     accuracy = float((logits.argmax(axis=1) == labels).mean())
     assert accuracy > 0.9, accuracy
 try:
-    client.infer(model, [inp], headers={"Authorization": "Bearer rk_wrong_key"})
+    client.infer(model, [inp], headers={"Authorization": "Bearer rmp_000000000000_wrong"})
     print("unauthenticated call succeeded"); sys.exit(1)
 except Exception as err:
     assert "401" in str(err) or "unauthorized" in str(err).lower(), err
@@ -76,9 +78,11 @@ async fn tritonclient_http_works_unmodified() {
         .unwrap();
     let url = format!("localhost:{}", prepared.address.port());
     let key = prepared.new_api_key.clone().unwrap();
+    let prepared_cert = prepared.cert_path.clone().unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(prepared.serve(shutdown));
     let test_csv = root.join("test.csv");
+    let cert = prepared_cert;
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .args([
@@ -88,6 +92,7 @@ async fn tritonclient_http_works_unmodified() {
                 &key,
                 "digits",
                 &test_csv.to_string_lossy(),
+                &cert.to_string_lossy(),
             ])
             .output()
             .unwrap()

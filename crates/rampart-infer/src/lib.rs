@@ -4,15 +4,21 @@
 //! and returns named tensors. Implementations:
 //!
 //! - [`OnnxModel`]: an ONNX file run in process by tract (the embedded default);
-//! - an upstream KServe v2 HTTP server (added by the gateway work).
+//! - [`UpstreamModel`]: a model behind an upstream KServe v2 HTTP server (Triton, KServe, MLServer, another Rampart).
+//!
+//! [`kserve`] is the protocol's JSON codec, bounded for hostile input: the gateway parses client requests with it,
+//! the upstream client parses the upstream's answers with it.
 //!
 //! Inference is synchronous and CPU-bound; async callers run it on a blocking pool.
 
+pub mod kserve;
 mod onnx;
 mod tensor;
+mod upstream;
 
 pub use onnx::OnnxModel;
 pub use tensor::{DataType, Tensor, TensorData, TensorSpec};
+pub use upstream::UpstreamModel;
 
 /// What a model declares about itself: the KServe v2 model metadata.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

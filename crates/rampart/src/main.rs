@@ -54,6 +54,11 @@ enum Command {
     /// Export control: request, approve (with TOTP) and fetch one export of a model version
     #[command(subcommand)]
     Export(cmd::export::Command),
+    /// Serve a model behind the secure inference gateway (TLS 1.3, auth, policy, limits, KServe v2)
+    Serve(cmd::serve::Args),
+    /// The gateway's API keys: add, list, revoke
+    #[command(subcommand)]
+    Keys(cmd::keys::Command),
 }
 
 /// What a command concluded, before it becomes an exit code.
@@ -83,6 +88,8 @@ fn main() -> ExitCode {
         Command::Push(args) => cmd::push::run(args),
         Command::Mfa(command) => cmd::mfa::run(command),
         Command::Export(command) => cmd::export::run(command),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Keys(command) => cmd::keys::run(command),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

@@ -1,50 +1,20 @@
-//! Authorization: may this principal do this action on this model? A [`Policy`] decides; a denial is a 403.
-//!
-//! The built-in [`RolePolicy`] maps roles to actions. The Cedar engine plugs in behind the same trait.
+//! Authorization: may this principal do this action on this model? Cedar decides, through `rampart-auth`'s
+//! [`Authorizer`] (schema, policies and entities from files or the embedded defaults, validated at start and on
+//! reload). Anything not permitted is denied with 403.
 
-use std::fmt::Debug;
+use rampart_auth::{Action, Authorizer, Principal};
 
-use crate::stages::authn::Principal;
-
-/// What a request wants to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// Run inference.
-    Infer,
-    /// Read health, readiness and metadata.
-    ReadMetadata,
-    /// Administer the gateway.
-    Admin,
-}
-
-impl Action {
-    /// The action's name in policies and audit records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Infer => "infer",
-            Action::ReadMetadata => "read_metadata",
-            Action::Admin => "admin",
-        }
+/// Whether `principal` may perform `action` on `model`; a denial is logged with the principal and the action (never a
+/// credential).
+pub fn allows(authorizer: &Authorizer, principal: &Principal, action: Action, model: &str) -> bool {
+    let decision = authorizer.authorize(principal, action, model);
+    if !decision.allowed {
+        tracing::info!(
+            principal = %principal.id,
+            action = action.as_str(),
+            model,
+            "denied by policy"
+        );
     }
-}
-
-/// Decides whether a principal may act on a model (`None`: the server itself).
-pub trait Policy: Send + Sync + Debug {
-    /// `true` to allow.
-    fn allows(&self, principal: &Principal, action: Action, model: Option<&str>) -> bool;
-}
-
-/// Roles to actions: `admin` may do everything, `infer` may infer and read metadata, `read` may read metadata.
-#[derive(Debug, Default)]
-pub struct RolePolicy;
-
-impl Policy for RolePolicy {
-    fn allows(&self, principal: &Principal, action: Action, _model: Option<&str>) -> bool {
-        principal.roles.iter().any(|role| match role.as_str() {
-            "admin" => true,
-            "infer" => matches!(action, Action::Infer | Action::ReadMetadata),
-            "read" => action == Action::ReadMetadata,
-            _ => false,
-        })
-    }
+    decision.allowed
 }

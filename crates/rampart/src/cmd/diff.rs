@@ -90,7 +90,7 @@ fn hash_now(old: &SignedManifest, args: &Args) -> anyhow::Result<Manifest> {
 fn render(args: &Args, diff: &ManifestDiff, verified: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if args.format == Format::Json {
-        let report = serde_json::json!({
+        let mut report = serde_json::json!({
             "old": args.old,
             "new": args.new,
             "verified": verified,
@@ -99,6 +99,8 @@ fn render(args: &Args, diff: &ManifestDiff, verified: bool) -> anyhow::Result<()
             "removed": diff.removed,
             "changed": diff.changed,
         });
+        // Sorted keys whatever serde_json's features (cedar-policy turns on `preserve_order`).
+        report.sort_all_objects();
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }

@@ -68,18 +68,22 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     match args.format {
         Format::Text => write_text(&mut out, &report, threshold, verdict)?,
         Format::Json => {
-            let doc = json!({
+            let mut doc = json!({
                 "verdict": verdict,
                 "fail_on": threshold,
                 "max_severity": report.max_severity(),
                 "files": report.files,
                 "findings": report.findings,
             });
+            // Sorted keys whatever serde_json's features (cedar-policy turns on `preserve_order`).
+            doc.sort_all_objects();
             serde_json::to_writer_pretty(&mut out, &doc)?;
             writeln!(out)?;
         }
         Format::Sarif => {
-            serde_json::to_writer_pretty(&mut out, &sarif(&report))?;
+            let mut doc = sarif(&report);
+            doc.sort_all_objects();
+            serde_json::to_writer_pretty(&mut out, &doc)?;
             writeln!(out)?;
         }
     }

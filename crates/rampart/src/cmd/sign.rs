@@ -135,12 +135,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             signed.manifest.root_digest()
         )?,
         Format::Json => {
-            let report = serde_json::json!({
+            let mut report = serde_json::json!({
                 "signature": args.signature,
                 "model_name": signed.model_name,
                 "key_hint": bundle.hint,
                 "manifest": manifest_json(&signed),
             });
+            // Sorted keys whatever serde_json's features (cedar-policy turns on `preserve_order`).
+            report.sort_all_objects();
             writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
         }
     }

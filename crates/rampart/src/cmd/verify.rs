@@ -95,7 +95,7 @@ fn report(
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
-            let report = serde_json::json!({
+            let mut report = serde_json::json!({
                 "verified": verified,
                 "path": args.path,
                 "signature": args.signature,
@@ -104,6 +104,8 @@ fn report(
                 "findings": findings,
                 "manifest": signed.map(manifest_json),
             });
+            // Sorted keys whatever serde_json's features (cedar-policy turns on `preserve_order`).
+            report.sort_all_objects();
             writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
         }
         Format::Text => match (&rejection, signed) {

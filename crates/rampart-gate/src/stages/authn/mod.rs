@@ -1,61 +1,152 @@
-//! Authentication: who is calling. Each method is an [`Authenticator`]; the stage asks them in order and the first
-//! that recognises a credential decides. A credential that is presented but wrong is a failure, never a fall-through
-//! to the next method, and every failure is answered with the same bare 401.
+//! Authentication: who is calling. The stage asks the methods the config turns on, through `rampart-auth`:
+//!
+//! 1. a bearer token (`Authorization: Bearer ...`): an API key when it starts with `rmp_`, else a JWT;
+//! 2. an `X-API-Key` header;
+//! 3. the SPIFFE ID of a verified client certificate (mTLS).
+//!
+//! A credential that is presented but wrong is a failure, never a fall-through to the next method; every failure is
+//! answered with the same bare 401, and the detail goes only to the log (never the credential itself).
 
-pub mod api_key;
-
-use std::fmt::Debug;
+use std::sync::Arc;
 
 use hyper::HeaderMap;
+use rampart_auth::{ApiKeyStore, JwtVerifier, Principal};
 use rustls::pki_types::CertificateDer;
 
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The identity: a key's principal name, a token's subject, a SPIFFE ID.
-    pub id: String,
-    /// Roles the policy may use.
-    pub roles: Vec<String>,
-    /// How the caller proved it.
-    pub method: &'static str,
-}
-
-/// What a request offers as proof.
-#[derive(Debug, Clone, Copy)]
-pub struct Credentials<'a> {
-    /// The request's headers (`Authorization`, `X-API-Key`).
-    pub headers: &'a HeaderMap,
-    /// The client certificate chain, already verified against `tls.client_ca` by the TLS layer (leaf first).
-    pub client_certs: &'a [CertificateDer<'static>],
-}
+/// The prefix every API key starts with.
+const API_KEY_PREFIX: &str = "rmp_";
 
 /// Why authentication failed. The detail is logged, never sent to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct AuthnError(pub String);
 
-/// One way of proving identity.
-pub trait Authenticator: Send + Sync + Debug {
-    /// `Ok(None)`: this method's credential is absent; `Ok(Some)`: valid; `Err`: presented and invalid.
-    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Option<Principal>, AuthnError>;
+/// The authentication methods in force.
+#[derive(Debug, Default)]
+pub struct Authn {
+    /// API keys, managed by `rampart keys`.
+    pub api_keys: Option<Arc<ApiKeyStore>>,
+    /// JWT bearer tokens.
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// mTLS: `Some(trust domains)` (empty: any the client CA vouches for) when client certificates authenticate.
+    pub mtls: Option<Vec<String>>,
 }
 
-/// Asks each method in turn.
-pub fn authenticate(
-    methods: &[Box<dyn Authenticator>],
-    credentials: &Credentials<'_>,
-) -> Result<Principal, AuthnError> {
-    for method in methods {
-        if let Some(principal) = method.authenticate(credentials)? {
-            return Ok(principal);
+impl Authn {
+    /// Whether no method is turned on (every protected request would get 401).
+    pub fn is_empty(&self) -> bool {
+        self.api_keys.is_none() && self.jwt.is_none() && self.mtls.is_none()
+    }
+
+    /// Authenticates one request from its headers and its connection's verified client certificates (leaf first).
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client_certs: &[CertificateDer<'static>],
+    ) -> Result<Principal, AuthnError> {
+        if let Some(token) = bearer(headers)? {
+            if token.starts_with(API_KEY_PREFIX) {
+                return self.api_key(token);
+            }
+            let Some(jwt) = &self.jwt else {
+                return Err(AuthnError(
+                    "a bearer token, and JWTs are not accepted".into(),
+                ));
+            };
+            return jwt
+                .verify(token)
+                .await
+                .map_err(|err| AuthnError(format!("JWT refused: {err}")));
+        }
+        if let Some(value) = headers.get("x-api-key") {
+            let key = value
+                .to_str()
+                .map_err(|_| AuthnError("a non-ASCII `X-API-Key`".into()))?;
+            return self.api_key(key.trim());
+        }
+        if let (Some(trust_domains), Some(leaf)) = (&self.mtls, client_certs.first()) {
+            return rampart_auth::principal_from_client_cert(leaf.as_ref(), trust_domains)
+                .map_err(|err| AuthnError(format!("client certificate refused: {err}")));
+        }
+        Err(AuthnError("no credential presented".into()))
+    }
+
+    fn api_key(&self, key: &str) -> Result<Principal, AuthnError> {
+        let store = self
+            .api_keys
+            .as_ref()
+            .ok_or_else(|| AuthnError("an API key, and API keys are not accepted".into()))?;
+        store
+            .verify(key)
+            .ok_or_else(|| AuthnError("an unknown, revoked or malformed API key".into()))
+    }
+}
+
+/// The bearer token of an `Authorization` header: `Ok(None)` without the header, `Err` when it is there but is not
+/// a bearer token (another scheme, not ASCII, empty).
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthnError> {
+    let Some(value) = headers.get(hyper::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthnError("a non-ASCII `Authorization` header".into()))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| AuthnError("an `Authorization` header without a scheme".into()))?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthnError(
+            "an `Authorization` header that is not `Bearer`".into(),
+        ));
+    }
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[tokio::test]
+    async fn keys_verify_and_everything_else_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ApiKeyStore::open(dir.path()).unwrap();
+        let new = store.add("ci", &["user".to_string()]).unwrap();
+        let authn = Authn {
+            api_keys: Some(Arc::new(store)),
+            ..Authn::default()
+        };
+        let bearer = format!("Bearer {}", new.key);
+        let ok = authn
+            .authenticate(&headers(&[("authorization", &bearer)]), &[])
+            .await
+            .unwrap();
+        assert_eq!(ok.id, "ci");
+        let ok = authn
+            .authenticate(&headers(&[("x-api-key", &new.key)]), &[])
+            .await
+            .unwrap();
+        assert_eq!(ok.id, "ci");
+        for bad in [
+            vec![],
+            vec![("authorization", "Basic YTpi")],
+            vec![("authorization", "Bearer")],
+            vec![("authorization", "Bearer eyJhbGciOiJub25lIn0.e30.")],
+            vec![("authorization", "Bearer rmp_000000000000_00")],
+            vec![("x-api-key", "rmp_nope")],
+        ] {
+            assert!(
+                authn.authenticate(&headers(&bad), &[]).await.is_err(),
+                "{bad:?}"
+            );
         }
     }
-    Err(AuthnError("no credential presented".into()))
-}
-
-/// The bearer token of an `Authorization` header, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

@@ -110,10 +110,20 @@ async fn serve(config: Config, check: bool) -> anyhow::Result<Outcome> {
     match (&prepared.new_api_key, &prepared.key_store) {
         (Some(key), _) => println!("  API key    {key}  (new, role admin; shown once: keep it)"),
         (None, Some(store)) => println!(
-            "  API keys   {} (`rampart keys add` makes another)",
+            "  API keys   {} (`rampart keys add --principal NAME --role user` makes one)",
             store.display()
         ),
         (None, None) => {}
+    }
+    if let (Some(model), Some(_)) = (prepared.models.first(), &prepared.key_store) {
+        let ca = match (&prepared.cert_path, prepared.self_signed) {
+            (Some(cert), true) => format!("--cacert {} ", cert.display()),
+            _ => String::new(),
+        };
+        println!(
+            "  try        curl {ca}-H \"Authorization: Bearer $KEY\" {scheme}://{}/v2/models/{model}",
+            prepared.address
+        );
     }
     if check {
         return Ok(Outcome::Clean);
