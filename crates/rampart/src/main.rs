@@ -54,6 +54,11 @@ enum Command {
     /// Export control: request, approve (with TOTP) and fetch one export of a model version
     #[command(subcommand)]
     Export(cmd::export::Command),
+    /// Profile training data for the gateway's range checks and detectors
+    Profile(cmd::profile::Args),
+    /// Output watermarking: create keys, verify a suspect model
+    #[command(subcommand)]
+    Watermark(cmd::watermark::Command),
 }
 
 /// What a command concluded, before it becomes an exit code.
@@ -83,6 +88,8 @@ fn main() -> ExitCode {
         Command::Push(args) => cmd::push::run(args),
         Command::Mfa(command) => cmd::mfa::run(command),
         Command::Export(command) => cmd::export::run(command),
+        Command::Profile(args) => cmd::profile::run(args),
+        Command::Watermark(command) => cmd::watermark::run(command),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
