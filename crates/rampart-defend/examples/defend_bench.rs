@@ -480,7 +480,11 @@ fn cost(profile: &str, model: &str, test: &str) -> Res<()> {
             rampart_infer::Model::infer(&model, std::slice::from_ref(&tensor))?;
             Ok(())
         })?;
-        time("schema check", &mut || Ok(schema.check(&tensor)?))?;
+        // Timed whatever the verdict: some test rows do fall outside the training range.
+        time("schema check", &mut || {
+            let _in_range = schema.check(&tensor).is_ok();
+            Ok(())
+        })?;
         time("sanitise bit-depth 2", &mut || {
             Ok(Sanitiser::BitDepth { bits: 2 }.apply(&mut row.clone(), SHAPE)?)
         })?;
