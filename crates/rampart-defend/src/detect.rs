@@ -1,27 +1,71 @@
-//! Adversarial-input detection: feature squeezing plus two scores against the training data's reference sample,
-//! combined into one score whose threshold is calibrated on clean data to a target false-positive rate.
+//! Adversarial-input detection: feature squeezing plus scores against the training data's profile, combined into one
+//! score whose threshold is calibrated on clean data to a target false-positive rate.
 //!
-//! The components of a row `x` with predicted class `c`:
+//! The components of a row `x` with predicted class `c` (each larger = more suspicious):
 //! 1. **squeeze**: the largest L1 distance between the model's probabilities on `x` and on each squeezed copy
 //!    (Xu et al., feature squeezing);
 //! 2. **disagreement**: the fraction of `x`'s `k` nearest reference rows whose label is not `c` (an adversarial
 //!    example sits among rows of its true class);
 //! 3. **class distance**: the mean distance to the `k` nearest reference rows of class `c` over that to the `k`
-//!    nearest of the other classes.
+//!    nearest of the other classes;
+//! 4. **low margin**: one minus the gap between the two largest probabilities (attacks that stop once they win
+//!    leave the input just across a decision boundary);
+//! 5. **off-support**: how far `x` lies, feature by feature, outside the values the training data takes (its range,
+//!    and the lattice of quantised features such as 8-bit pixels); see [`FeatureProfile::off_support`].
 //!
-//! Each component becomes an empirical tail probability `p_i` among the clean calibration rows; the score is Fisher's
-//! `-Σ ln p_i`, and the threshold is the clean scores' `1 - target_fpr` quantile. A detector without calibration
-//! refuses to decide ([`DefendError::Uncalibrated`]); the stage then fails closed.
+//! Each enabled component becomes a tail probability `p_i` among the clean calibration rows (extrapolated beyond the
+//! largest clean value, [`extrapolated_tail`]); the score is Fisher's `-Σ ln p_i`, and the threshold is the clean
+//! scores' `1 - target_fpr` quantile. A detector without calibration refuses to decide
+//! ([`DefendError::Uncalibrated`]); the stage then fails closed.
+//!
+//! The off-support component is only as strong as the attacker is naive: one who rounds the perturbation onto the
+//! data's lattice zeroes it. The others still apply; the benchmark reports both.
 
 use rampart_infer::Model;
 
 use crate::knn::Reference;
+use crate::profile::{FeatureProfile, Profile};
 use crate::sanitise::{ImageShape, Sanitiser};
-use crate::stats::{quantile_sorted, tail_probability};
+use crate::stats::{extrapolated_tail, quantile_sorted};
 use crate::{argmax, predict, to_probabilities, DefendError};
 
 /// Components per row.
-pub const COMPONENTS: usize = 3;
+pub const COMPONENTS: usize = 5;
+
+/// One of the detector's scores, in the order of [`Assessment::components`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    /// Feature squeezing: the largest L1 change of the probabilities under a squeezer.
+    Squeeze,
+    /// The share of the nearest reference rows with another label.
+    Disagreement,
+    /// Distance to the predicted class over distance to the others.
+    ClassDistance,
+    /// One minus the top-two probability gap.
+    LowMargin,
+    /// Distance outside the training data's per-feature support.
+    OffSupport,
+}
+
+impl Component {
+    /// All components, in order.
+    pub const ALL: [Component; COMPONENTS] = [
+        Component::Squeeze,
+        Component::Disagreement,
+        Component::ClassDistance,
+        Component::LowMargin,
+        Component::OffSupport,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+fn all_components() -> Vec<Component> {
+    Component::ALL.to_vec()
+}
 
 /// What the gateway does with a row the detector flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,10 +91,14 @@ pub struct DetectorConfig {
     pub target_fpr: f64,
     /// What happens to a flagged row.
     pub action: Action,
+    /// The components combined into the score (all by default).
+    #[serde(default = "all_components")]
+    pub components: Vec<Component>,
 }
 
 impl DetectorConfig {
-    /// The defaults tuned on the digits example: 2-bit depth and a 2×2 median as squeezers, `k = 5`, 2% FPR.
+    /// The defaults tuned on the digits example: 2-bit depth and a 2×2 median as squeezers, `k = 5`, 2% FPR,
+    /// every component.
     pub fn for_shape(shape: ImageShape) -> DetectorConfig {
         DetectorConfig {
             squeezers: vec![
@@ -61,6 +109,7 @@ impl DetectorConfig {
             k: 5,
             target_fpr: 0.02,
             action: Action::Reject,
+            components: all_components(),
         }
     }
 
@@ -69,9 +118,11 @@ impl DetectorConfig {
         if self.squeezers.is_empty()
             || self.k == 0
             || !(self.target_fpr > 0.0 && self.target_fpr < 0.5)
+            || self.components.is_empty()
         {
             return Err(DefendError::Config(
-                "the detector needs at least one squeezer, k >= 1 and 0 < target_fpr < 0.5".into(),
+                "the detector needs at least one squeezer, at least one component, k >= 1 and 0 < target_fpr < 0.5"
+                    .into(),
             ));
         }
         Ok(())
@@ -88,6 +139,9 @@ pub struct Calibration {
     pub threshold: f64,
     /// The false-positive rate it was calibrated to.
     pub target_fpr: f64,
+    /// The components the threshold was calibrated for.
+    #[serde(default = "all_components")]
+    pub enabled: Vec<Component>,
 }
 
 /// One row's verdict.
@@ -95,7 +149,7 @@ pub struct Calibration {
 pub struct Assessment {
     /// The predicted class on the original input.
     pub predicted: usize,
-    /// The raw components (squeeze, disagreement, class distance).
+    /// The raw components, in the order of [`Component::ALL`].
     pub components: [f64; COMPONENTS],
     /// The combined score.
     pub score: f64,
@@ -103,33 +157,39 @@ pub struct Assessment {
     pub adversarial: bool,
 }
 
-/// The detector: configuration, the reference sample and (once calibrated) the threshold.
+/// The detector: configuration, the profile's reference sample and features, and (once calibrated) the threshold.
 #[derive(Debug, Clone)]
 pub struct Detector {
     config: DetectorConfig,
     reference: Reference,
+    features: Vec<FeatureProfile>,
     input_name: String,
     calibration: Option<Calibration>,
 }
 
 impl Detector {
-    /// A detector over `reference` (a profile's sample) for a model whose input is named `input_name`.
+    /// A detector over a training-data `profile` for a model whose input is named `input_name`.
     pub fn new(
         config: DetectorConfig,
-        reference: Reference,
+        profile: &Profile,
         input_name: &str,
     ) -> Result<Detector, DefendError> {
         config.validate()?;
-        if reference.is_empty() || reference.width != config.shape.len() {
+        let reference = &profile.reference;
+        if reference.is_empty()
+            || reference.width != config.shape.len()
+            || profile.features.len() != reference.width
+        {
             return Err(DefendError::Config(format!(
-                "the reference sample has rows of {} values, the configured image shape {}",
+                "the profile has rows of {} values, the configured image shape {}",
                 reference.width,
                 config.shape.len()
             )));
         }
         Ok(Detector {
             config,
-            reference,
+            reference: reference.clone(),
+            features: profile.features.clone(),
             input_name: input_name.to_string(),
             calibration: None,
         })
@@ -150,9 +210,16 @@ impl Detector {
         if calibration.components.len() != COMPONENTS
             || calibration.components.iter().any(|c| c.len() < 10)
             || !calibration.threshold.is_finite()
+            || calibration.components.iter().any(|c| !c.is_sorted())
         {
             return Err(DefendError::Uncalibrated(
                 "the saved calibration is incomplete; recalibrate on clean data".into(),
+            ));
+        }
+        if calibration.enabled != self.config.components {
+            return Err(DefendError::Uncalibrated(
+                "the saved calibration was made for other components; recalibrate on clean data"
+                    .into(),
             ));
         }
         self.calibration = Some(calibration);
@@ -220,7 +287,26 @@ impl Detector {
             } else {
                 same / other.max(1e-9)
             };
-            result.push((predicted, [s, disagree, ratio]));
+            let mut top = probs.iter().map(|&p| f64::from(p));
+            let (mut first, mut second) = (top.next().unwrap_or(0.0), 0.0_f64);
+            if let Some(p) = top.next() {
+                (first, second) = (first.max(p), first.min(p));
+            }
+            for p in top {
+                if p > first {
+                    (first, second) = (p, first);
+                } else if p > second {
+                    second = p;
+                }
+            }
+            let low_margin = 1.0 - (first - second);
+            let off_support: f64 = self
+                .features
+                .iter()
+                .zip(row)
+                .map(|(f, &v)| f.off_support(f64::from(v)))
+                .sum();
+            result.push((predicted, [s, disagree, ratio, low_margin, off_support]));
         }
         Ok(result)
     }
@@ -252,7 +338,11 @@ impl Detector {
         components
             .iter_mut()
             .for_each(|c| c.sort_by(f64::total_cmp));
-        let mut scores: Vec<f64> = comps.iter().map(|(_, c)| fisher(&components, c)).collect();
+        let enabled = &self.config.components;
+        let mut scores: Vec<f64> = comps
+            .iter()
+            .map(|(_, c)| fisher(&components, enabled, c))
+            .collect();
         scores.sort_by(f64::total_cmp);
         let threshold = quantile_sorted(&scores, 1.0 - self.config.target_fpr)
             .ok_or_else(|| DefendError::Uncalibrated("no clean scores".into()))?;
@@ -260,6 +350,7 @@ impl Detector {
             components,
             threshold,
             target_fpr: self.config.target_fpr,
+            enabled: self.config.components.clone(),
         }))
     }
 
@@ -276,7 +367,11 @@ impl Detector {
             .components(model, values)?
             .into_iter()
             .map(|(predicted, components)| {
-                let score = fisher(&calibration.components, &components);
+                let score = fisher(
+                    &calibration.components,
+                    &self.config.components,
+                    &components,
+                );
                 Assessment {
                     predicted,
                     components,
@@ -288,12 +383,15 @@ impl Detector {
     }
 }
 
-/// Fisher's combination of the components' empirical tail probabilities.
-fn fisher(clean: &[Vec<f64>], components: &[f64; COMPONENTS]) -> f64 {
-    clean
+/// Fisher's combination of the enabled components' tail probabilities among the clean rows.
+fn fisher(clean: &[Vec<f64>], enabled: &[Component], components: &[f64; COMPONENTS]) -> f64 {
+    enabled
         .iter()
-        .zip(components)
-        .map(|(sorted, &v)| -tail_probability(sorted, v).ln())
+        .filter_map(|c| {
+            let sorted = clean.get(c.index())?;
+            let value = components.get(c.index())?;
+            Some(-extrapolated_tail(sorted, *value).ln())
+        })
         .sum()
 }
 
@@ -307,18 +405,15 @@ mod tests {
         let model = digits_model();
         let (train, train_labels) = digits("train.csv");
         let (test, _) = digits("test.csv");
-        let reference = Reference {
-            width: 64,
-            rows: train,
-            labels: train_labels,
-        };
+        let names: Vec<String> = (0..64).map(|i| format!("px{i}")).collect();
+        let profile = Profile::from_rows(&names, "label", &train, &train_labels, 5000).unwrap();
         let shape = ImageShape {
             height: 8,
             width: 8,
             channels: 1,
         };
         let mut detector =
-            Detector::new(DetectorConfig::for_shape(shape), reference, "input").unwrap();
+            Detector::new(DetectorConfig::for_shape(shape), &profile, "input").unwrap();
         assert!(
             detector.assess(&model, test.get(..64).unwrap()).is_err(),
             "uncalibrated must fail closed"
@@ -340,5 +435,24 @@ mod tests {
             .filter(|a| a.adversarial)
             .count();
         assert!(flagged >= 40, "only {flagged} of 50 noise rows flagged");
+        // Clean digits are sixteenths inside the training range: no off-support mass. Nudging every pixel by 0.02
+        // (far less than the attacks' 0.1) leaves the lattice, which clean data never does.
+        let first = held.get(..64).unwrap();
+        let clean_row = detector.assess(&model, first).unwrap();
+        assert_eq!(clean_row[0].components[Component::OffSupport.index()], 0.0);
+        let nudged: Vec<f32> = first.iter().map(|v| (v + 0.02).min(1.0)).collect();
+        let verdict = detector.assess(&model, &nudged).unwrap();
+        assert!(verdict[0].components[Component::OffSupport.index()] > 0.5);
+        assert!(verdict[0].adversarial, "{verdict:?}");
+        // The margin component is one minus the top-two gap of the probabilities.
+        let margin = clean_row[0].components[Component::LowMargin.index()];
+        assert!((0.0..=1.0).contains(&margin));
+        // A calibration made for all components does not fit a detector of fewer.
+        let saved = detector.calibration().unwrap().clone();
+        let mut config = DetectorConfig::for_shape(shape);
+        config.components = vec![Component::Squeeze];
+        let mut squeeze_only = Detector::new(config, &profile, "input").unwrap();
+        assert!(squeeze_only.set_calibration(saved.clone()).is_err());
+        assert!(detector.clone().set_calibration(saved).is_ok());
     }
 }

@@ -49,6 +49,61 @@ pub struct FeatureProfile {
     pub variance: f64,
     /// Values at [`QUANTILES`].
     pub quantiles: Vec<f64>,
+    /// The quantisation step, when every value is `min + k × step` (pixels stored as 8-bit or as sixteenths,
+    /// counts); absent for continuous features and for those with fewer than two distinct values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<f64>,
+}
+
+impl FeatureProfile {
+    /// How far `value` lies from the values this feature takes in the training data: the distance outside
+    /// `[min, max]` plus, for a quantised feature, the distance to the nearest step. Zero for a value the data could
+    /// hold.
+    pub fn off_support(&self, value: f64) -> f64 {
+        if !value.is_finite() {
+            return f64::INFINITY;
+        }
+        let inside = value.clamp(self.min, self.max);
+        let outside = (value - inside).abs();
+        let off_step = match self.step {
+            Some(step) if step > 0.0 => {
+                let k = ((inside - self.min) / step).round();
+                let nearest = (self.min + k * step).min(self.max);
+                (inside - nearest).abs()
+            }
+            _ => 0.0,
+        };
+        outside + off_step
+    }
+}
+
+/// The largest number of steps a quantised feature may span (beyond it the feature is treated as continuous).
+const MAX_STEPS: f64 = 65_536.0;
+
+/// The quantisation step of a sorted column, if every value sits on `min + k × step` for the smallest gap `step`.
+fn quantisation_step(sorted: &[f64]) -> Option<f64> {
+    let (min, max) = (*sorted.first()?, *sorted.last()?);
+    let span = max - min;
+    if span <= 0.0 || !span.is_finite() {
+        return None;
+    }
+    // Values read as f32: differences below this are representation error, not distinct values.
+    let noise = span * 1e-6;
+    let step = sorted
+        .windows(2)
+        .filter_map(|w| match w {
+            [a, b] if b - a > noise => Some(b - a),
+            _ => None,
+        })
+        .reduce(f64::min)?;
+    if span / step > MAX_STEPS {
+        return None;
+    }
+    let on_lattice = sorted.iter().all(|&v| {
+        let k = (v - min) / step;
+        (k - k.round()).abs() <= 1e-3
+    });
+    on_lattice.then_some(step)
 }
 
 /// One class's statistics.
@@ -186,6 +241,7 @@ impl Profile {
                 mean,
                 variance,
                 quantiles,
+                step: quantisation_step(&column),
             });
         }
         let mut distinct: Vec<i64> = labels.to_vec();
@@ -278,6 +334,15 @@ impl Profile {
         {
             return Err(bad("a feature has no finite range"));
         }
+        if self
+            .features
+            .iter()
+            .any(|f| f.step.is_some_and(|s| !(s.is_finite() && s > 0.0)))
+        {
+            return Err(bad(
+                "a feature's quantisation step is not a positive number",
+            ));
+        }
         if self.classes.iter().any(|c| c.centroid.len() != width) {
             return Err(bad("a class centroid has the wrong width"));
         }
@@ -340,5 +405,27 @@ mod tests {
         assert_eq!((p.features[0].min, p.features[0].max), (0.0, 0.0));
         assert_eq!((p.features[36].min, p.features[36].max), (0.0, 1.0));
         assert_eq!(p.classes.iter().map(|c| c.count).sum::<usize>(), 1347);
+        // The pixels are sixteenths: a blank column has no step, the others step by 1/16.
+        assert_eq!(p.features[0].step, None);
+        assert_eq!(p.features[36].step, Some(0.0625));
+        assert_eq!(p.features[36].off_support(0.5), 0.0);
+        assert!((p.features[36].off_support(0.52) - 0.02).abs() < 1e-6);
+        assert!((p.features[36].off_support(0.55) - 0.0125).abs() < 1e-6);
+        assert!((p.features[36].off_support(1.1) - 0.1).abs() < 1e-9);
+        assert!((p.features[0].off_support(0.1) - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn finds_the_quantisation_step_only_on_a_lattice() {
+        assert_eq!(quantisation_step(&[0.0, 0.25, 0.75, 1.0]), Some(0.25));
+        assert_eq!(quantisation_step(&[2.0, 2.0, 5.0, 11.0]), Some(3.0));
+        assert_eq!(quantisation_step(&[0.0, 0.25, 0.6, 1.0]), None);
+        assert_eq!(quantisation_step(&[3.0, 3.0]), None);
+        let bytes: Vec<f64> = (0..=255).map(|b| f64::from(b as f32 / 255.0)).collect();
+        assert!(quantisation_step(&bytes).is_some_and(|s| (s - 1.0 / 255.0).abs() < 1e-7));
+        let continuous: Vec<f64> = (0..1000)
+            .map(|i| f64::from(i) * 0.001 + (f64::from(i) * 0.37).sin() * 1e-4)
+            .collect();
+        assert_eq!(quantisation_step(&continuous), None);
     }
 }

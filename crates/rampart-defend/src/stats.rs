@@ -100,6 +100,39 @@ pub fn tail_probability(sorted: &[f64], value: f64) -> f64 {
     (1 + at_or_above) as f64 / (1 + sorted.len()) as f64
 }
 
+/// Smallest tail probability [`extrapolated_tail`] returns: caps one component's `-ln p` at about 27.6.
+pub const MIN_TAIL: f64 = 1e-12;
+
+/// The upper-tail probability of `value` among `sorted` calibration values, extrapolated beyond the largest one.
+///
+/// Up to the calibration maximum this is [`tail_probability`]. Beyond it the empirical estimate is stuck at
+/// `1 / (n + 1)`, so the tail is modelled as exponential above the 90th percentile `q`: `P(X > v) = 0.1 ×
+/// exp(-(v - q) / β)`, with `β` chosen so that the expected maximum of `n` draws is the observed one,
+/// `β = (max - q) / ln(0.1 n)`. A component that never moved on clean data (`β = 0`) gives [`MIN_TAIL`] to any value
+/// above it.
+pub fn extrapolated_tail(sorted: &[f64], value: f64) -> f64 {
+    let empirical = tail_probability(sorted, value);
+    let (Some(&max), Some(q)) = (sorted.last(), quantile_sorted(sorted, 0.9)) else {
+        return empirical;
+    };
+    if value.is_nan() {
+        return MIN_TAIL;
+    }
+    if value <= max {
+        return empirical;
+    }
+    let draws = 0.1 * sorted.len() as f64;
+    let beta = if draws > 1.0 {
+        (max - q) / draws.ln()
+    } else {
+        max - q
+    };
+    if beta <= 0.0 || !beta.is_finite() {
+        return MIN_TAIL;
+    }
+    (0.1 * (-(value - q) / beta).exp()).clamp(MIN_TAIL, empirical)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +160,25 @@ mod tests {
         assert_eq!(quantile_sorted(&v, 1.0), Some(4.0));
         assert_eq!(quantile_sorted(&[], 0.5), None);
         assert!((tail_probability(&v, 3.0) - 3.0 / 5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn extrapolated_tail_agrees_inside_and_decays_outside() {
+        let sorted: Vec<f64> = (0..100).map(f64::from).collect();
+        assert_eq!(
+            extrapolated_tail(&sorted, 50.0),
+            tail_probability(&sorted, 50.0)
+        );
+        assert_eq!(extrapolated_tail(&sorted, 99.0), 2.0 / 101.0);
+        // q90 = 89.1, beta = 9.9 / ln 10: one beta past the maximum is e^-1 of 0.1 x e^-ln10.
+        let beta = 9.9 / 10.0_f64.ln();
+        let p = extrapolated_tail(&sorted, 99.0 + beta);
+        assert!((p - 0.01 * (-1.0_f64).exp()).abs() < 1e-12, "{p}");
+        assert!(extrapolated_tail(&sorted, 1e9) == MIN_TAIL);
+        // A component that was zero on every clean row: anything above it is as unlikely as it gets.
+        let zeros = vec![0.0; 50];
+        assert_eq!(extrapolated_tail(&zeros, 0.0), 1.0);
+        assert_eq!(extrapolated_tail(&zeros, 1e-6), MIN_TAIL);
+        assert_eq!(extrapolated_tail(&zeros, f64::NAN), MIN_TAIL);
     }
 }

@@ -168,6 +168,9 @@ fn shift(key: &WatermarkKey, input: &[f32], classes: usize) -> usize {
     1 + (choose % (classes as u64 - 1)) as usize
 }
 
+/// A suspect model as a function from a batch of inputs to its labels.
+pub type Suspect<'a> = dyn FnMut(&[Vec<f32>]) -> Result<Vec<usize>, DefendError> + 'a;
+
 /// Decides whether `suspect` (a function from inputs to labels) was trained on the watermarked answers given to the
 /// queries in `log`.
 ///
@@ -180,7 +183,7 @@ pub fn verify(
     fraction: f64,
     classes: usize,
     log: &[LoggedQuery],
-    suspect: &mut dyn FnMut(&[Vec<f32>]) -> Result<Vec<usize>, DefendError>,
+    suspect: &mut Suspect<'_>,
     significance: f64,
 ) -> Result<Verification, DefendError> {
     let marker = Watermarker::new(key.clone(), fraction)?;

@@ -1,5 +1,13 @@
 //! Runs the parsers over the committed fuzz corpus (`fuzz/defend/corpus/`), so CI exercises what the fuzzers found.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test helpers: a failure here is a test failure"
+)]
+
 use std::path::Path;
 
 use rampart_defend::image_input::{decode_one, ImageLimits};

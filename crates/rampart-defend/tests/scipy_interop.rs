@@ -2,6 +2,14 @@
 //! pseudo-random inputs go to `python3` with scipy (from PATH) and to Rampart, and the outputs are compared.
 //! Without scipy the test skips, unless `RAMPART_REQUIRE_PEERS=1`, when it fails.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test helpers: a failure here is a test failure"
+)]
+
 use std::process::Command;
 
 use rampart_defend::sanitise::{gaussian, median, ImageShape};

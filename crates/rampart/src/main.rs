@@ -59,6 +59,11 @@ enum Command {
     /// The gateway's API keys: add, list, revoke
     #[command(subcommand)]
     Keys(cmd::keys::Command),
+    /// Profile training data for the gateway's range checks and detectors
+    Profile(cmd::profile::Args),
+    /// Output watermarking: create keys, verify a suspect model
+    #[command(subcommand)]
+    Watermark(cmd::watermark::Command),
 }
 
 /// What a command concluded, before it becomes an exit code.
@@ -90,6 +95,8 @@ fn main() -> ExitCode {
         Command::Export(command) => cmd::export::run(command),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Keys(command) => cmd::keys::run(command),
+        Command::Profile(args) => cmd::profile::run(args),
+        Command::Watermark(command) => cmd::watermark::run(command),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

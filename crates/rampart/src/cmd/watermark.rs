@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rampart_defend::watermark::{read_query_log, verify, Verification, WatermarkKey};
 use rampart_defend::DefendError;
-use rampart_infer::{Model, OnnxModel, Tensor, TensorData};
+use rampart_infer::{Model, OnnxModel};
 
 use crate::Outcome;
 
