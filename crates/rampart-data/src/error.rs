@@ -24,10 +24,13 @@ pub enum DataError {
         feature: &'static str,
     },
     /// A malformed record, with its place.
-    #[error("`{path}` line {line}{column}: {message}")]
+    #[error("`{path}`{place}{column}: {message}")]
     Parse {
         path: PathBuf,
+        /// The line (CSV, JSONL) or record number (Parquet); 0 for the file as a whole.
         line: u64,
+        /// Empty, ` line N` or ` record N`.
+        place: String,
         /// Empty, or `, column `name``.
         column: String,
         message: String,
@@ -63,9 +66,35 @@ impl DataError {
         column: Option<&str>,
         message: impl Into<String>,
     ) -> Self {
+        Self::located(path, "line", line, column, message)
+    }
+
+    /// A malformed Parquet record (numbered from 1), or the file as a whole (0).
+    #[cfg(feature = "parquet")]
+    pub(crate) fn record(
+        path: &std::path::Path,
+        record: u64,
+        column: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::located(path, "record", record, column, message)
+    }
+
+    fn located(
+        path: &std::path::Path,
+        unit: &str,
+        line: u64,
+        column: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::Parse {
             path: path.to_path_buf(),
             line,
+            place: if line == 0 {
+                String::new()
+            } else {
+                format!(" {unit} {line}")
+            },
             column: column
                 .map(|c| format!(", column `{c}`"))
                 .unwrap_or_default(),

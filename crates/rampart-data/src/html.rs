@@ -151,7 +151,7 @@ pub fn render(report: &Report) -> String {
         report.verdict
     );
     out.push_str(
-        "<table><tr><th>check</th><th>status</th><th>findings</th><th>limit</th><th>note</th></tr>",
+        "<table><tr><th>check</th><th>status</th><th>findings</th><th>rows checked</th><th>limit</th><th>note</th></tr>",
     );
     for c in &report.checks {
         let (class, label) = match c.status {
@@ -161,9 +161,10 @@ pub fn render(report: &Report) -> String {
         };
         let _ = write!(
             out,
-            "<tr><td>{}</td><td class=\"{class}\">{label}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=\"{class}\">{label}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             c.check,
             c.findings,
+            c.checked,
             escape(&c.limit),
             escape(c.note.as_deref().unwrap_or(""))
         );
@@ -259,6 +260,30 @@ pub fn render(report: &Report) -> String {
             );
             out.push_str(&histogram(&title, &clean, &marked, 30));
         }
+        table(
+            &mut out,
+            &[
+                "class",
+                "rows",
+                "spectral flagged",
+                "smaller cluster share",
+                "silhouette",
+                "neighbours agree",
+                "cluster flagged",
+            ],
+            p.classes.iter().map(|c| {
+                vec![
+                    report.classes.get(c.class).cloned().unwrap_or_default(),
+                    c.rows.to_string(),
+                    c.spectral_flagged.to_string(),
+                    format!("{:.2}", c.cluster_share),
+                    format!("{:.2}", c.silhouette),
+                    c.label_agreement
+                        .map_or_else(|| "-".to_string(), |a| format!("{a:.2}")),
+                    c.cluster_flagged.to_string(),
+                ]
+            }),
+        );
         table(
             &mut out,
             &["line", "label"],

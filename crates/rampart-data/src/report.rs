@@ -26,6 +26,8 @@ pub struct CheckResult {
     pub check: &'static str,
     pub status: Status,
     pub findings: u64,
+    /// Rows the check looked at (the in-memory rows for the in-memory checks).
+    pub checked: u64,
     /// Findings allowed (a count or a percentage of rows).
     pub limit: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,11 +311,28 @@ impl Report {
                 Status::Fail => "FAIL",
                 Status::NotRun => "not run",
             };
+            let noun = if c.findings == 1 {
+                "finding "
+            } else {
+                "findings"
+            };
             let _ = write!(
                 out,
-                "  {status:<8} {:<16} {:>7} findings (limit {})",
-                c.check, c.findings, c.limit
+                "  {status:<8} {:<16} {:>7} {noun}",
+                c.check, c.findings
             );
+            if c.status == Status::NotRun {
+                let _ = write!(out, " (limit {})", c.limit);
+            } else if c.limit.ends_with('%') {
+                let share = 100.0 * c.findings as f64 / c.checked.max(1) as f64;
+                let _ = write!(
+                    out,
+                    " ({share:.1}% of {} rows; limit {})",
+                    c.checked, c.limit
+                );
+            } else {
+                let _ = write!(out, " in {} rows (limit {})", c.checked, c.limit);
+            }
             if let Some(note) = &c.note {
                 let _ = write!(out, "  [{note}]");
             }
@@ -420,9 +439,13 @@ impl Report {
                 .filter(|c| c.spectral_flagged + c.cluster_flagged > 0)
             {
                 let name = self.classes.get(c.class).cloned().unwrap_or_default();
+                let agreement = c
+                    .label_agreement
+                    .map(|a| format!(", {a:.2} agree with their input-space neighbours"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "    class {name}: {} spectral, {} in a small cluster (share {:.2}, silhouette {:.2})",
+                    "    class {name}: {} spectral, {} in a small cluster (share {:.2}, silhouette {:.2}{agreement})",
                     c.spectral_flagged, c.cluster_flagged, c.cluster_share, c.silhouette
                 );
             }

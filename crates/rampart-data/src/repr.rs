@@ -7,15 +7,26 @@ use crate::error::{DataError, Result};
 use crate::load::{self, Format};
 use crate::matrix::Matrix;
 
-/// Read a matrix of numbers (CSV with header, JSONL, Parquet): every cell must be a finite number.
-pub fn read_matrix(path: &Path, format: Option<Format>) -> Result<Matrix> {
+/// Read a matrix of numbers (CSV with header, JSONL, Parquet): every cell must be a finite number. Keeps the first
+/// `keep` rows and returns them with the number of rows in the file, which the caller checks against the data.
+pub fn read_matrix(path: &Path, format: Option<Format>, keep: usize) -> Result<(Matrix, u64)> {
     let mut source = load::open(path, format)?;
     let cols = source.columns().len();
     let names = source.columns().to_vec();
     let mut data = Vec::new();
     let mut rows = 0usize;
+    let mut total = 0u64;
     let mut row = load::Row::default();
     while source.next_row(&mut row)? {
+        total += 1;
+        if row.len() != cols {
+            return Err(DataError::parse(
+                path,
+                row.line(),
+                None,
+                format!("{} values where the header has {cols}", row.len()),
+            ));
+        }
         for (c, cell) in row.cells().enumerate() {
             let value = cell
                 .and_then(|v| v.trim().parse::<f64>().ok())
@@ -28,14 +39,19 @@ pub fn read_matrix(path: &Path, format: Option<Format>) -> Result<Matrix> {
                         "expected a finite number",
                     )
                 })?;
-            data.push(value);
+            if rows < keep {
+                data.push(value);
+            }
         }
-        rows += 1;
+        if rows < keep {
+            rows += 1;
+        }
     }
-    Matrix::from_vec(rows, cols, data).ok_or_else(|| DataError::Shape {
+    let matrix = Matrix::from_vec(rows, cols, data).ok_or_else(|| DataError::Shape {
         path: path.to_path_buf(),
         message: "rows of unequal width".into(),
-    })
+    })?;
+    Ok((matrix, total))
 }
 
 /// Activations of the layer before the model's output (softmax and identity outputs are looked through).
@@ -82,11 +98,9 @@ pub fn penultimate(model_path: &Path, features: &Matrix) -> Result<Matrix> {
         .map_err(|e| err(e.to_string()))?;
     let batch = 256usize;
     let d = features.cols();
+    let shape = input_shape(&model, batch, d).map_err(err)?;
     model
-        .set_input_fact(
-            0,
-            InferenceFact::dt_shape(f32::datum_type(), tvec!(batch, d)),
-        )
+        .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape.clone()))
         .map_err(|e| err(e.to_string()))?;
     let plan = model
         .into_optimized()
@@ -108,16 +122,15 @@ pub fn penultimate(model_path: &Path, features: &Matrix) -> Result<Matrix> {
                 *dst = *src as f32;
             }
         }
-        let tensor = Tensor::from_shape(&[batch, d], &input).map_err(|e| err(e.to_string()))?;
+        let tensor = Tensor::from_shape(&shape, &input).map_err(|e| err(e.to_string()))?;
         let result = plan
             .run(tvec!(tensor.into()))
             .map_err(|e| err(format!("inference failed: {e}")))?;
         let first = result.first().ok_or_else(|| err("no output".into()))?;
         let view = first
-            .to_array_view::<f32>()
+            .to_plain_array_view::<f32>()
             .map_err(|e| err(e.to_string()))?;
-        let shape = view.shape().to_vec();
-        let per_row: usize = shape.iter().skip(1).product();
+        let per_row: usize = view.shape().iter().skip(1).product();
         width = per_row;
         let flat: Vec<f32> = view.iter().copied().collect();
         for row in flat.chunks_exact(per_row.max(1)).take(end - start) {
@@ -127,6 +140,41 @@ pub fn penultimate(model_path: &Path, features: &Matrix) -> Result<Matrix> {
     }
     Matrix::from_vec(features.rows(), width, out)
         .ok_or_else(|| err("unexpected activation shape".into()))
+}
+
+/// The input shape to run `batch` rows of `d` features: `[batch, d]`, or the model's own shape with the batch first
+/// when it declares one of `d` values per row (an image model's `[N, 1, 8, 8]` for 64 pixels).
+#[cfg(feature = "onnx")]
+fn input_shape(
+    model: &tract_onnx::prelude::InferenceModel,
+    batch: usize,
+    d: usize,
+) -> std::result::Result<Vec<usize>, String> {
+    use tract_onnx::tract_hir::infer::Factoid;
+    let fact = model.input_fact(0).map_err(|e| e.to_string())?;
+    let declared: Option<Vec<usize>> = fact
+        .shape
+        .dims()
+        .skip(1)
+        .map(|dim| {
+            dim.concretize()
+                .and_then(|v| v.to_i64().ok())
+                .and_then(|v| usize::try_from(v).ok())
+        })
+        .collect();
+    match declared {
+        Some(dims) if fact.shape.rank().concretize().is_some() && !dims.is_empty() => {
+            let per_row: usize = dims.iter().product();
+            if per_row != d {
+                return Err(format!(
+                    "its input takes {per_row} values per row ({}); the data has {d} numeric feature columns",
+                    dims.iter().map(usize::to_string).collect::<Vec<_>>().join(" x ")
+                ));
+            }
+            Ok(std::iter::once(batch).chain(dims).collect())
+        }
+        _ => Ok(vec![batch, d]),
+    }
 }
 
 /// Without the `onnx` feature the model cannot be run.

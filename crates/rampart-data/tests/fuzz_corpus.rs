@@ -19,7 +19,11 @@ fn corpus(target: &str) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn loaders_and_checks_survive_the_corpus() {
-    for (target, ext) in [("load_csv", "csv"), ("load_jsonl", "jsonl")] {
+    let mut targets = vec![("load_csv", "csv"), ("load_jsonl", "jsonl")];
+    if cfg!(feature = "parquet") {
+        targets.push(("load_parquet", "parquet"));
+    }
+    for (target, ext) in targets {
         for file in corpus(target) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(format!("input.{ext}"));

@@ -187,3 +187,37 @@ fn parquet_round_trip() {
     assert_eq!(leaks.total, 1);
     assert_eq!(leaks.listed[0].line, 2);
 }
+
+#[test]
+fn gzip_files_read_like_plain_ones() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let text = b"a,b\n1,x\n2,y\n3,z\n";
+    let plain = write(dir.path(), "a.csv", text);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text).unwrap();
+    let packed = gz.finish().unwrap();
+    // By name, and by the magic bytes alone.
+    for name in ["a.csv.gz", "b.csv"] {
+        let path = write(dir.path(), name, &packed);
+        assert_eq!(read(&path).unwrap(), read(&plain).unwrap(), "{name}");
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b"{\"a\": 1}\n{\"a\": 2}\n").unwrap();
+    let path = write(dir.path(), "a.jsonl.gz", &gz.finish().unwrap());
+    assert_eq!(read(&path).unwrap(), 2);
+    // A damaged stream is an error naming the file.
+    let path = write(dir.path(), "bad.csv.gz", &packed[..packed.len() / 2]);
+    let err = read(&path).unwrap_err().to_string();
+    assert!(err.contains("bad.csv.gz"), "{err}");
+}
+
+#[test]
+fn an_unclosed_quote_cannot_take_all_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = b"a,b\n1,\"".to_vec();
+    bytes.extend(std::iter::repeat_n(b"x\n".as_slice(), 36 << 20).flatten());
+    let path = write(dir.path(), "open.csv", &bytes);
+    let err = read(&path).unwrap_err().to_string();
+    assert!(err.contains("longer than 64 MiB"), "{err}");
+}

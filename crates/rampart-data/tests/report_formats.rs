@@ -57,3 +57,41 @@ fn html_escapes_what_the_data_says() {
         "&lt;img src=x onerror=&quot;a&quot;&gt;"
     );
 }
+
+/// Regression: the label audit's verdict counted the issues before they were attached to the report, so it always
+/// saw 0 findings and passed whatever the audit found.
+#[test]
+fn label_issues_are_counted_against_the_limit() {
+    let (header, mut rows) = common::read_digits();
+    for i in common::choose(rows.len(), rows.len() / 10, 5) {
+        rows[i].1 = (rows[i].1 + 1 + i % 9) % 10;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noisy.csv");
+    common::write_digits(&path, &header, &rows);
+    let mut opts = Options::new(path);
+    opts.checks = Some(vec![rampart_data::Check::Labels]);
+    let report = rampart_data::run(&opts, &mut |_, _| {}).unwrap();
+    let found = report.labels.as_ref().unwrap().count as u64;
+    let verdict = report.checks.iter().find(|c| c.check == "labels").unwrap();
+    assert!(found > 80, "{found} label issues in 10% noise");
+    assert_eq!(verdict.findings, found);
+    assert_eq!(verdict.checked, 1347);
+    assert_eq!(verdict.status, rampart_data::report::Status::Fail);
+    assert!(report.has_findings());
+
+    // Within a looser limit the check passes, and still says how many it found.
+    opts.limits.insert(
+        rampart_data::Check::Labels,
+        rampart_data::Limit::Percent(20.0),
+    );
+    let report = rampart_data::run(&opts, &mut |_, _| {}).unwrap();
+    let verdict = report.checks.iter().find(|c| c.check == "labels").unwrap();
+    assert_eq!(verdict.status, rampart_data::report::Status::Pass);
+    assert_eq!(verdict.findings, found);
+    let text = report.to_text(3);
+    assert!(
+        text.contains(&format!(" {found} findings (")) && text.contains("limit 20%)"),
+        "{text}"
+    );
+}

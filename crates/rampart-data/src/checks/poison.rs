@@ -5,8 +5,17 @@
 //!   median in robust units (`0.6745 |p - median| / MAD`), rather than a fixed share of every class, so that clean
 //!   classes keep few false alarms.
 //! - Activation clustering (Chen et al. 2018): reduce the class to its top principal components, split it in two
-//!   with k-means; a small cluster (relative size at most `max_cluster_share`) that is well separated (silhouette at
-//!   least `min_silhouette`) is flagged whole.
+//!   with k-means; the smaller cluster is a candidate when it is small (relative size at most `max_cluster_share`)
+//!   and separated (silhouette at least `min_silhouette`). Separation alone cannot tell poison from a natural
+//!   sub-style of a class: on the digits' backdoored model a clean class of 9s splits as cleanly (silhouette 0.42) as
+//!   the class of 0s holding the backdoor (0.41). So a candidate is then tested in the *input* space, where a
+//!   backdoor's triggered rows still look like what they really are: for each of its rows, do its 10 nearest rows
+//!   (on the input features scaled to [0, 1]) mostly carry the same label? When less than `max_agreement` of the
+//!   cluster's rows agree with their neighbours, the cluster is flagged whole (a backdoor's triggered rows, or rows
+//!   relabelled wholesale). A sub-style's rows have neighbours of their own style and class (agreement 0.85-1.0 on the
+//!   digits; the backdoor's cluster 0.20). This is the idea of the paper's exclusionary reclassification (does the
+//!   rest of the data support the cluster's label?) with a nearest-neighbour vote instead of retraining: a model
+//!   retrained without a sub-style misclassifies it as readily as it does poison.
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -21,8 +30,11 @@ pub struct PoisonOptions {
     pub spectral_z: f64,
     /// Largest share of a class the smaller activation cluster may have to be flagged.
     pub max_cluster_share: f64,
-    /// Smallest silhouette score of the two-cluster split to flag it.
+    /// Smallest silhouette score of the two-cluster split to test its smaller cluster.
     pub min_silhouette: f64,
+    /// A candidate cluster is flagged when less than this share of its rows agree with the labels of their nearest
+    /// rows in the input space.
+    pub max_agreement: f64,
     /// Principal components kept for clustering.
     pub components: usize,
 }
@@ -32,7 +44,8 @@ impl Default for PoisonOptions {
         Self {
             spectral_z: 5.0,
             max_cluster_share: 0.35,
-            min_silhouette: 0.45,
+            min_silhouette: 0.25,
+            max_agreement: 0.5,
             components: 10,
         }
     }
@@ -52,6 +65,9 @@ pub struct ClassPoison {
     /// Share of the class in the smaller activation cluster.
     pub cluster_share: f64,
     pub silhouette: f64,
+    /// Share of the candidate cluster whose nearest rows in the input space mostly carry its label (when tested).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_agreement: Option<f64>,
     pub cluster_flagged: usize,
 }
 
@@ -215,9 +231,55 @@ fn silhouette(z: &Matrix, assign: &[usize]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
-/// Run both methods on every class with at least 10 rows.
+/// Neighbours that vote on a row's label.
+const NEIGHBOURS: usize = 10;
+/// Rows the neighbours are searched among, and cluster rows tested, at most (strided samples beyond), for bounded time.
+const REFERENCE_ROWS: usize = 10_000;
+const TESTED_ROWS: usize = 2_000;
+
+/// The share of `cluster` (row indices) whose nearest rows in `inputs` mostly carry label `class` (a tie counts as
+/// agreement, so that only a clear disagreement can flag).
+fn neighbours_agree(inputs: &Matrix, labels: &[usize], cluster: &[usize], class: usize) -> f64 {
+    let n = inputs.rows();
+    let reference: Vec<usize> = (0..n).step_by(n.div_ceil(REFERENCE_ROWS).max(1)).collect();
+    let tested: Vec<usize> = cluster
+        .iter()
+        .copied()
+        .step_by(cluster.len().div_ceil(TESTED_ROWS).max(1))
+        .collect();
+    let agree = tested
+        .par_iter()
+        .filter(|&&i| {
+            // The NEIGHBOURS nearest, as (distance, label), kept sorted.
+            let mut nearest: Vec<(f64, usize)> = Vec::with_capacity(NEIGHBOURS + 1);
+            for &j in &reference {
+                if j == i {
+                    continue;
+                }
+                let d = dist2(inputs.row(i), inputs.row(j));
+                if nearest.len() < NEIGHBOURS || nearest.last().is_some_and(|l| d < l.0) {
+                    let at = nearest.partition_point(|e| e.0 <= d);
+                    nearest.insert(at, (d, labels.get(j).copied().unwrap_or(usize::MAX)));
+                    nearest.truncate(NEIGHBOURS);
+                }
+            }
+            let mut votes: std::collections::HashMap<usize, usize> =
+                std::collections::HashMap::new();
+            for (_, label) in &nearest {
+                *votes.entry(*label).or_default() += 1;
+            }
+            let own = votes.get(&class).copied().unwrap_or(0);
+            votes.values().all(|&v| v <= own)
+        })
+        .count();
+    agree as f64 / tested.len().max(1) as f64
+}
+
+/// Run both methods on every class with at least 10 rows. `reps` are the representations the clusters are found
+/// in; `inputs` the input features (one row per row of `reps`, scaled) a candidate cluster's labels are tested in.
 pub fn detect(
     reps: &Matrix,
+    inputs: &Matrix,
     labels: &[usize],
     classes: usize,
     opts: PoisonOptions,
@@ -239,6 +301,7 @@ pub fn detect(
                 spectral_flagged: 0,
                 cluster_share: 0.0,
                 silhouette: 0.0,
+                label_agreement: None,
                 cluster_flagged: 0,
             };
             if members.len() < 10 {
@@ -288,10 +351,20 @@ pub fn detect(
                 && result.silhouette >= opts.min_silhouette
                 && small_count > 0
             {
-                for (k, a) in assign.iter().enumerate() {
-                    if *a == small {
-                        result.cluster_flagged += 1;
-                        flagged.push(k);
+                let cluster: Vec<usize> = assign
+                    .iter()
+                    .zip(&members)
+                    .filter(|(a, _)| **a == small)
+                    .map(|(_, &m)| m)
+                    .collect();
+                let agreement = neighbours_agree(inputs, labels, &cluster, class);
+                result.label_agreement = Some(agreement);
+                if agreement < opts.max_agreement {
+                    for (k, a) in assign.iter().enumerate() {
+                        if *a == small {
+                            result.cluster_flagged += 1;
+                            flagged.push(k);
+                        }
                     }
                 }
             }

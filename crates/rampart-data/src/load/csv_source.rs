@@ -1,8 +1,9 @@
 //! CSV and TSV: RFC 4180 quoting, a header line, every record as wide as the header.
 
-use std::fs::File;
-use std::io::BufReader;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::{check_columns, Row, RowSource};
 use crate::error::{DataError, Result};
@@ -10,7 +11,8 @@ use crate::error::{DataError, Result};
 /// Streams a delimited text file.
 pub(crate) struct CsvSource {
     path: PathBuf,
-    reader: csv::Reader<BufReader<File>>,
+    reader: csv::Reader<Box<dyn Read + Send>>,
+    since_record: Arc<AtomicU64>,
     columns: Vec<String>,
     record: csv::ByteRecord,
 }
@@ -25,12 +27,13 @@ impl std::fmt::Debug for CsvSource {
 
 impl CsvSource {
     pub(crate) fn open(path: &Path, delimiter: u8) -> Result<Self> {
-        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let (input, since_record) = super::open_text(path)?;
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(true)
             .flexible(false)
-            .from_reader(BufReader::with_capacity(1 << 20, file));
+            .buffer_capacity(1 << 20)
+            .from_reader(input);
         let header = reader
             .byte_headers()
             .map_err(|e| csv_error(path, e))?
@@ -68,6 +71,7 @@ impl CsvSource {
         Ok(Self {
             path: path.to_path_buf(),
             reader,
+            since_record,
             columns,
             record: csv::ByteRecord::new(),
         })
@@ -111,6 +115,7 @@ impl RowSource for CsvSource {
         if !more {
             return Ok(false);
         }
+        self.since_record.store(0, Ordering::Relaxed);
         let line = self.record.position().map_or(0, csv::Position::line);
         // One validation of the whole record; only on failure look for the column at fault.
         let Ok(text) = std::str::from_utf8(self.record.as_slice()) else {

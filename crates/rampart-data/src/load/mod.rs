@@ -8,9 +8,16 @@ mod jsonl_source;
 #[cfg(feature = "parquet")]
 mod parquet_source;
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::error::{DataError, Result};
+
+/// Longest record (line, or CSV record with quoted newlines) accepted, so that a file without record breaks cannot
+/// exhaust memory.
+pub(crate) const MAX_RECORD: u64 = 64 << 20;
 
 /// The file formats Rampart reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -156,6 +163,50 @@ pub fn open(path: &Path, format: Option<Format>) -> Result<Box<dyn RowSource>> {
             format: "Parquet",
             feature: "parquet",
         }),
+    }
+}
+
+/// The bytes of a text data file (CSV, TSV, JSONL), decompressed on the fly when it is gzip (`.gz` or not: the magic
+/// bytes decide), and the counter of bytes read since the caller last reset it (the record-length guard).
+pub(crate) fn open_text(path: &Path) -> Result<(Box<dyn Read + Send>, Arc<AtomicU64>)> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let gzip = reader
+        .fill_buf()
+        .map_err(|e| DataError::io(path, e))?
+        .starts_with(&[0x1f, 0x8b]);
+    let since_record = Arc::new(AtomicU64::new(0));
+    let inner: Box<dyn Read + Send> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    };
+    Ok((
+        Box::new(Capped {
+            inner,
+            since_record: Arc::clone(&since_record),
+        }),
+        since_record,
+    ))
+}
+
+/// Fails a read once more than [`MAX_RECORD`] bytes have passed since the reader last finished a record.
+struct Capped {
+    inner: Box<dyn Read + Send>,
+    since_record: Arc<AtomicU64>,
+}
+
+impl Read for Capped {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.since_record.load(Ordering::Relaxed) > MAX_RECORD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a record longer than 64 MiB; check the format (a CSV quote left open runs to the end of the file)",
+            ));
+        }
+        let n = self.inner.read(buf)?;
+        self.since_record.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 

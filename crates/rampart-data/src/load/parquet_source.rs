@@ -33,9 +33,9 @@ impl ParquetSource {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         let bad = |e: parquet::errors::ParquetError| {
-            DataError::parse(path, 0, None, format!("not a readable Parquet file: {e}"))
+            DataError::record(path, 0, None, format!("not a readable Parquet file: {e}"))
         };
-        let reader = SerializedFileReader::new(file).map_err(bad)?;
+        let reader = guarded(path, 0, || SerializedFileReader::new(file))?.map_err(bad)?;
         let metadata = reader.metadata().file_metadata();
         let total_rows = u64::try_from(metadata.num_rows()).unwrap_or(0);
         let columns: Vec<String> = metadata
@@ -64,12 +64,13 @@ impl RowSource for ParquetSource {
     }
 
     fn next_row(&mut self, row: &mut Row) -> Result<bool> {
-        let Some(next) = self.rows.next() else {
+        let rows = &mut self.rows;
+        let Some(next) = guarded(&self.path, self.record + 1, || rows.next())? else {
             return Ok(false);
         };
         self.record += 1;
         let record = next.map_err(|e| {
-            DataError::parse(
+            DataError::record(
                 &self.path,
                 self.record,
                 None,
@@ -79,15 +80,12 @@ impl RowSource for ParquetSource {
         row.clear(self.record);
         let mut text = String::new();
         for (_, field) in record.get_column_iter() {
-            match field {
-                Field::Null => row.push_null(),
-                Field::Str(value) => row.push(Some(value)),
-                other => {
-                    text.clear();
-                    use std::fmt::Write;
-                    let _ = write!(text, "{other}");
-                    row.push(Some(&text));
-                }
+            if matches!(field, Field::Null) {
+                row.push_null();
+            } else {
+                text.clear();
+                cell_text(field, &mut text);
+                row.push(Some(&text));
             }
         }
         Ok(true)
@@ -104,5 +102,59 @@ impl RowSource for ParquetSource {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Run a call into the `parquet` crate, turning a panic on a malformed file into an error: its decoders are not
+/// hardened against hostile input everywhere, and a data check must fail with a message, not abort.
+fn guarded<T>(path: &Path, record: u64, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        DataError::record(
+            path,
+            record,
+            None,
+            "malformed Parquet data (the decoder gave up); the file is corrupt or not Parquet",
+        )
+    })
+}
+
+/// A field as the text the checks see: numbers in their shortest round-trip form (the parquet crate's `Display`
+/// writes `0E0` for zero), strings without quotes, binary as UTF-8 when it is, else as hex.
+fn cell_text(field: &Field, out: &mut String) {
+    use std::fmt::Write;
+    let _ = match field {
+        Field::Str(value) => {
+            out.push_str(value);
+            Ok(())
+        }
+        Field::Double(value) => write!(out, "{}", Float(*value)),
+        Field::Float(value) => write!(out, "{}", Float(f64::from(*value))),
+        Field::Float16(value) => write!(out, "{}", Float(f64::from(*value))),
+        Field::Bytes(bytes) => match std::str::from_utf8(bytes.data()) {
+            Ok(value) => {
+                out.push_str(value);
+                Ok(())
+            }
+            Err(_) => {
+                out.push_str("0x");
+                bytes.data().iter().try_for_each(|b| write!(out, "{b:02x}"))
+            }
+        },
+        other => write!(out, "{other}"),
+    };
+}
+
+/// Shortest decimal that reads back to the same value; exponent form only for very small or large magnitudes.
+struct Float(f64);
+
+impl std::fmt::Display for Float {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        let magnitude = v.abs();
+        if v == 0.0 || !v.is_finite() || (1e-6..1e16).contains(&magnitude) {
+            write!(f, "{v}")
+        } else {
+            write!(f, "{v:e}")
+        }
     }
 }

@@ -60,10 +60,12 @@ pub struct CheckArgs {
     /// (CSV with a header). Without it Rampart cross-validates its own logistic regression.
     #[arg(long, value_name = "FILE")]
     pub pred_probs: Option<PathBuf>,
-    /// Representations (embeddings) for the poisoning check: one row per data row (CSV with a header)
+    /// Representations (embeddings) for the outlier and poisoning checks: one row per data row (CSV, JSONL or
+    /// Parquet with a header)
     #[arg(long, value_name = "FILE", conflicts_with = "model")]
     pub representations: Option<PathBuf>,
-    /// ONNX model whose penultimate layer gives the representations for the poisoning check
+    /// ONNX model whose penultimate layer gives the representations for the outlier and poisoning checks (fed the
+    /// numeric feature columns in order; a model trained on this data shows its backdoors there)
     #[arg(long, value_name = "MODEL.onnx")]
     pub model: Option<PathBuf>,
     /// Findings allowed per check before it fails, as CHECK=COUNT or CHECK=PERCENT% (repeatable).
@@ -100,9 +102,13 @@ pub struct CheckArgs {
     /// Largest share of a class that a separate activation cluster may have to be flagged as poisoned
     #[arg(long, default_value_t = 0.35)]
     pub cluster_share: f64,
-    /// Smallest silhouette score of a class's two-cluster split to flag its smaller cluster
-    #[arg(long, default_value_t = 0.45)]
+    /// Smallest silhouette score of a class's two-cluster split for its smaller cluster to be tested
+    #[arg(long, default_value_t = 0.25)]
     pub min_silhouette: f64,
+    /// A tested cluster is flagged as poisoned when less than this share of its rows have nearest neighbours (in the
+    /// input features) mostly of their own label
+    #[arg(long, default_value_t = 0.5)]
+    pub max_label_agreement: f64,
     /// MinHash similarity (estimated Jaccard of word 3-grams) from which two texts are near duplicates
     #[arg(long, default_value_t = 0.8)]
     pub near_duplicate_similarity: f64,
@@ -205,6 +211,7 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
         ("--iforest-threshold", args.iforest_threshold, 0.0..=1.0),
         ("--cluster-share", args.cluster_share, 0.0..=0.5),
         ("--min-silhouette", args.min_silhouette, -1.0..=1.0),
+        ("--max-label-agreement", args.max_label_agreement, 0.0..=1.0),
         (
             "--near-duplicate-similarity",
             args.near_duplicate_similarity,
@@ -243,6 +250,7 @@ fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     opts.poison.spectral_z = args.spectral_z;
     opts.poison.max_cluster_share = args.cluster_share;
     opts.poison.min_silhouette = args.min_silhouette;
+    opts.poison.max_agreement = args.max_label_agreement;
     opts.near_duplicate_similarity = args.near_duplicate_similarity;
     opts.near_duplicate_distance = args.near_duplicate_distance;
 

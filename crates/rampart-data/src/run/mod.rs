@@ -9,12 +9,15 @@ use std::time::Instant;
 use crate::checks::dedup::{self, hash_cells, Against, ExactDuplicates};
 use crate::checks::leaks::LeakScanner;
 use crate::checks::poison::PoisonOptions;
-use crate::checks::{labels, logreg, outliers, poison};
 use crate::error::{DataError, Result};
 use crate::load::{self, Format, Row};
 use crate::matrix::Matrix;
 use crate::report::{self, CheckResult, Report, Status};
 use crate::schema::{Schema, SchemaChecker};
+
+mod in_memory;
+
+use in_memory::{label_audit, outlier_check, poisoning, representations};
 
 /// The checks, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -346,6 +349,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
                 Status::Fail
             },
             findings,
+            checked,
             limit: limit.describe(),
             note,
         });
@@ -477,7 +481,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     if opts.wants(Check::Labels) {
         match label_audit(opts, &features, labelled.as_deref(), classes.len(), rows, n) {
             Ok(section) => {
-                let count = section.issues.len() as u64;
+                let count = section.count as u64;
                 judge(
                     Check::Labels,
                     count,
@@ -491,21 +495,49 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         }
     }
 
+    // Learned representations (a file or the model's penultimate layer), computed once for outliers and poisoning.
+    let learned = if opts.wants(Check::Outliers) || opts.wants(Check::Poisoning) {
+        match representations(opts, &features, rows, n) {
+            Ok(learned) => learned,
+            Err(DataError::CannotRun { reason, .. }) => {
+                not_run.push((Check::Poisoning, reason));
+                None
+            }
+            Err(other) => return Err(other),
+        }
+    } else {
+        None
+    };
+
     if opts.wants(Check::Outliers) {
-        if features.cols() == 0 || n < 10 {
+        let (basis, names, described) = match &learned {
+            Some((reps, source)) => (
+                reps,
+                (1..=reps.cols()).map(|i| format!("dim{i}")).collect(),
+                Some(format!("on the representations from {source}")),
+            ),
+            None => (&features, report.numeric_columns.clone(), None),
+        };
+        if basis.cols() == 0 || n < 10 {
             not_run.push((
                 Check::Outliers,
-                "needs numeric columns and at least 10 rows".into(),
+                "needs numeric columns (or --representations) and at least 10 rows".into(),
             ));
         } else {
-            let section = outlier_check(opts, &features, &memory.lines, &report.numeric_columns);
-            judge(Check::Outliers, section.count, n as u64, None);
+            let section = outlier_check(opts, basis, &memory.lines, &names);
+            judge(Check::Outliers, section.count, n as u64, described);
             report.outliers = Some(section);
         }
     }
 
-    if opts.wants(Check::Poisoning) {
-        match poisoning(opts, &features, labelled.as_deref(), classes.len(), n) {
+    if opts.wants(Check::Poisoning) && !not_run.iter().any(|(c, _)| *c == Check::Poisoning) {
+        match poisoning(
+            opts,
+            &features,
+            learned.as_ref(),
+            labelled.as_deref(),
+            classes.len(),
+        ) {
             Ok((source, result)) => {
                 judge(
                     Check::Poisoning,
@@ -536,6 +568,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
             check: check.name(),
             status: Status::NotRun,
             findings: 0,
+            checked: 0,
             limit: limit(check).describe(),
             note: Some(reason),
         });
@@ -645,194 +678,4 @@ fn impute_missing(x: &mut Matrix) {
             }
         }
     }
-}
-
-fn cannot(check: &'static str, reason: impl Into<String>) -> DataError {
-    DataError::CannotRun {
-        check,
-        reason: reason.into(),
-    }
-}
-
-fn label_audit(
-    opts: &Options,
-    features: &Matrix,
-    labels: Option<&[usize]>,
-    k: usize,
-    rows: u64,
-    n: usize,
-) -> Result<report::LabelSection> {
-    let labels = labels.ok_or_else(|| {
-        cannot(
-            "labels",
-            "needs a label column (--label NAME) with a value in every row",
-        )
-    })?;
-    if k < 2 {
-        return Err(cannot("labels", "needs at least two classes"));
-    }
-    let (probs, source) = match &opts.pred_probs {
-        Some(path) => {
-            let probs = crate::repr::read_matrix(path, None)?;
-            check_probabilities(path, &probs, rows, n, k)?;
-            (
-                probs,
-                format!("predicted probabilities from `{}`", path.display()),
-            )
-        }
-        None => {
-            if features.cols() == 0 {
-                return Err(cannot(
-                    "labels",
-                    "no numeric feature columns to train on; pass --pred-probs FILE",
-                ));
-            }
-            let folds = opts.folds.clamp(2, 20);
-            let probs = logreg::cross_val_proba(
-                features,
-                labels,
-                k,
-                folds,
-                logreg::LogRegOptions::default(),
-            );
-            (
-                probs,
-                format!("{folds}-fold cross-validated logistic regression"),
-            )
-        }
-    };
-    let audit = labels::find_label_issues(labels, &probs);
-    Ok(report::LabelSection::from_audit(source, audit, labels))
-}
-
-/// A probabilities file must have one row per data row, one column per class, and rows that are distributions.
-fn check_probabilities(
-    path: &std::path::Path,
-    probs: &Matrix,
-    rows: u64,
-    n: usize,
-    k: usize,
-) -> Result<()> {
-    let shape = |message: String| DataError::Shape {
-        path: path.to_path_buf(),
-        message,
-    };
-    if probs.rows() as u64 != rows || probs.rows() < n {
-        return Err(shape(format!(
-            "has {} rows; the data has {rows}: write one row of probabilities per data row",
-            probs.rows()
-        )));
-    }
-    if probs.cols() < k {
-        return Err(shape(format!(
-            "has {} columns; the labels have {k} classes: write one column per class",
-            probs.cols()
-        )));
-    }
-    for (i, row) in probs.iter_rows().enumerate().take(n) {
-        let sum: f64 = row.iter().sum();
-        if row.iter().any(|p| !(0.0..=1.0).contains(p)) || (sum - 1.0).abs() > 1e-3 {
-            return Err(shape(format!(
-                "row {} (line {}) is not a probability distribution (sum {sum:.4})",
-                i + 1,
-                i + 2
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn outlier_check(
-    opts: &Options,
-    features: &Matrix,
-    lines: &[u64],
-    names: &[String],
-) -> report::OutlierSection {
-    let scaled = dedup::scale_unit(features);
-    let iforest = outliers::isolation_forest(&scaled, 100, 0x1f0e);
-    let m = features.rows().min(opts.max_pairwise_rows);
-    let idx: Vec<usize> = (0..m).collect();
-    let knn = outliers::knn_distance(&scaled.select(&idx), 5);
-    let knn_z = outliers::robust_z(&knn);
-    let flagged: Vec<usize> = match opts.outlier_method {
-        OutlierMethod::IsolationForest => (0..features.rows())
-            .filter(|&i| iforest.get(i).is_some_and(|&s| s >= opts.iforest_threshold))
-            .collect(),
-        OutlierMethod::Knn => (0..m)
-            .filter(|&i| knn_z.get(i).is_some_and(|&z| z >= opts.knn_z))
-            .collect(),
-    };
-    report::OutlierSection {
-        method: match opts.outlier_method {
-            OutlierMethod::IsolationForest => {
-                format!("isolation forest, score >= {}", opts.iforest_threshold)
-            }
-            OutlierMethod::Knn => format!("5-NN distance, robust z >= {}", opts.knn_z),
-        },
-        count: flagged.len() as u64,
-        listed: flagged
-            .iter()
-            .take(opts.keep)
-            .map(|&i| report::OutlierRow {
-                line: lines.get(i).copied().unwrap_or(0),
-                iforest: iforest.get(i).copied().unwrap_or(0.0),
-                knn_distance: knn.get(i).copied(),
-            })
-            .collect(),
-        columns: outliers::column_outliers(features, names, lines, opts.column_z),
-        iforest_scores: iforest,
-        knn_scores: knn,
-    }
-}
-
-fn poisoning(
-    opts: &Options,
-    features: &Matrix,
-    labels: Option<&[usize]>,
-    k: usize,
-    n: usize,
-) -> Result<(String, poison::PoisonReport)> {
-    let labels = labels.ok_or_else(|| {
-        cannot(
-            "poisoning",
-            "needs a label column (--label NAME) with a value in every row",
-        )
-    })?;
-    let (reps, source) = if let Some(path) = &opts.representations {
-        let reps = crate::repr::read_matrix(path, None)?;
-        if reps.rows() < n {
-            return Err(DataError::Shape {
-                path: path.clone(),
-                message: format!(
-                    "has {} rows; the data has at least {n}: write one representation per data row",
-                    reps.rows()
-                ),
-            });
-        }
-        let idx: Vec<usize> = (0..n).collect();
-        (reps.select(&idx), format!("`{}`", path.display()))
-    } else if let Some(model) = &opts.model {
-        if features.cols() == 0 {
-            return Err(cannot(
-                "poisoning",
-                "no numeric feature columns to feed the model",
-            ));
-        }
-        (
-            crate::repr::penultimate(model, features)?,
-            format!("penultimate layer of `{}`", model.display()),
-        )
-    } else {
-        if features.cols() == 0 {
-            return Err(cannot(
-                "poisoning",
-                "no numeric features; pass --representations FILE or --model MODEL.onnx",
-            ));
-        }
-        (
-            dedup::scale_unit(features),
-            "the numeric features (pass --model or --representations for learned ones)".to_string(),
-        )
-    };
-    Ok((source, poison::detect(&reps, labels, k, opts.poison)))
 }
