@@ -66,6 +66,9 @@ http {
     }
 }
 CONF
+# nginx's workers drop root for an unprivileged user: let them read the static file.
+chmod a+x "$WORK"
+chmod -R a+rX "$WORK/www"
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
