@@ -130,21 +130,7 @@ impl Profile {
             what: "the data set".into(),
             reason,
         };
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .from_reader(input);
-        let header = reader
-            .headers()
-            .map_err(|e| bad(format!("the header row: {e}")))?
-            .clone();
-        let label_at = header
-            .iter()
-            .position(|h| h == label_column)
-            .ok_or_else(|| {
-                bad(format!(
-                    "no column `{label_column}`; pass the label column's name with --label-column"
-                ))
-            })?;
+        let (mut reader, header, label_at) = labelled_csv(input, label_column, &bad)?;
         let names: Vec<String> = header
             .iter()
             .enumerate()
@@ -353,6 +339,31 @@ impl Profile {
     pub fn width(&self) -> usize {
         self.features.len()
     }
+}
+
+/// Opens a CSV with a header row and finds its label column: the reader, the header and the label's index.
+/// `bad` says what is being read in the error.
+pub(crate) fn labelled_csv<R: Read>(
+    input: R,
+    label_column: &str,
+    bad: &impl Fn(String) -> DefendError,
+) -> Result<(csv::Reader<R>, csv::StringRecord, usize), DefendError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(input);
+    let header = reader
+        .headers()
+        .map_err(|e| bad(format!("the header row: {e}")))?
+        .clone();
+    let label_at = header
+        .iter()
+        .position(|h| h == label_column)
+        .ok_or_else(|| {
+            bad(format!(
+                "no column `{label_column}`; pass the label column's name with --label-column"
+            ))
+        })?;
+    Ok((reader, header, label_at))
 }
 
 #[cfg(test)]

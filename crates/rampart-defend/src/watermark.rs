@@ -250,21 +250,7 @@ pub fn read_query_log(
         what: "the query log".into(),
         reason,
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(input);
-    let header = reader
-        .headers()
-        .map_err(|e| bad(format!("the header row: {e}")))?
-        .clone();
-    let label_at = header
-        .iter()
-        .position(|h| h == label_column)
-        .ok_or_else(|| {
-            bad(format!(
-                "no column `{label_column}`; name the label column with --label-column"
-            ))
-        })?;
+    let (mut reader, header, label_at) = crate::profile::labelled_csv(input, label_column, &bad)?;
     if header.len() < 2 {
         return Err(bad("there is no input column besides the label".into()));
     }

@@ -161,18 +161,7 @@ fn emit(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
             stdout.flush()?;
         }
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-            std::fs::write(&tmp, text)
-                .with_context(|| format!("cannot write `{}`", tmp.display()))?;
-            std::fs::rename(&tmp, path)
+            crate::cmd::sign::write_atomically(path, text.as_bytes(), false)
                 .with_context(|| format!("cannot write `{}`", path.display()))?;
         }
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use rampart_defend::profile::Profile;
 
+use crate::cmd::sign::write_atomically;
 use crate::Outcome;
 
 /// Arguments of `rampart profile`.
@@ -45,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         args.max_reference,
     )
     .with_context(|| format!("cannot profile `{}`", args.data.display()))?;
-    write_atomically(&args.output, profile.to_json().as_bytes())?;
+    write_atomically(&args.output, profile.to_json().as_bytes(), false)?;
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => writeln!(
@@ -72,23 +73,4 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Clean)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .context("the output path has no file name")?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write `{}`", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write `{}`", path.display()))?;
-    Ok(())
 }

@@ -75,8 +75,11 @@ fn keygen(args: &KeygenArgs) -> anyhow::Result<Outcome> {
             args.output.display()
         )
     })?;
-    writeln!(file, "{}", key.to_hex())
-        .with_context(|| format!("cannot write `{}`", args.output.display()))?;
+    if let Err(e) = writeln!(file, "{}", key.to_hex()).and_then(|()| file.sync_all()) {
+        // No half-written key is left behind to block the next attempt.
+        let _ = std::fs::remove_file(&args.output);
+        return Err(e).with_context(|| format!("cannot write `{}`", args.output.display()));
+    }
     writeln!(
         std::io::stdout(),
         "wrote watermark key {} to {}",
