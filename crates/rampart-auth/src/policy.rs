@@ -4,10 +4,14 @@
 //! ([`DEFAULT_SCHEMA`], [`DEFAULT_POLICY`], no entities). Policies are validated against the schema (strict mode) and
 //! entities conform to it, at load and on every reload; a reload that fails keeps the policy in force and returns
 //! the error. Each decision builds a handful of entities (the principal with its roles, the model, the actions) and
-//! evaluates the policy set: a few microseconds.
+//! evaluates the policy set, once per generation: a decision depends only on the principal (id, roles, how it
+//! authenticated), the action and the model, so it is kept until the next reload and a repeated request costs one
+//! hash lookup.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -30,6 +34,29 @@ const ENTITY_CACHE_LIMIT: usize = 4096;
 
 /// The key of one cached request-entity set.
 type CacheKey = (String, Vec<String>, String);
+/// Decisions kept per generation; the cache is emptied when it reaches this size.
+const DECISION_CACHE_LIMIT: usize = 16_384;
+
+/// One cached decision with the exact request it answers (a hash collision is then a miss, never a wrong answer).
+#[derive(Debug)]
+struct CachedDecision {
+    principal: String,
+    roles: Vec<String>,
+    source: crate::principal::Source,
+    action: Action,
+    model: String,
+    decision: Decision,
+}
+
+impl CachedDecision {
+    fn answers(&self, principal: &Principal, action: Action, model: &str) -> bool {
+        self.action == action
+            && self.source == principal.source
+            && self.model == model
+            && self.principal == principal.id
+            && self.roles == principal.roles
+    }
+}
 
 /// What a principal asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,6 +180,10 @@ struct Loaded {
     actions: Vec<Entity>,
     /// Request entities already built for this generation (a reload starts a new, empty cache).
     cache: Mutex<HashMap<CacheKey, Arc<Entities>>>,
+    /// Decisions already taken in this generation, by a keyed hash of the request.
+    decisions: RwLock<HashMap<u64, CachedDecision>>,
+    /// The `@id` annotation of each policy that has one.
+    ids: HashMap<cedar_policy::PolicyId, String>,
 }
 
 /// Entity type names, parsed once.
@@ -171,6 +202,7 @@ pub struct Authorizer {
     state: RwLock<Arc<Loaded>>,
     types: Types,
     cedar: cedar_policy::Authorizer,
+    hasher: RandomState,
 }
 
 impl Authorizer {
@@ -199,6 +231,7 @@ impl Authorizer {
             state: RwLock::new(Arc::new(loaded)),
             types,
             cedar: cedar_policy::Authorizer::new(),
+            hasher: RandomState::new(),
         })
     }
 
@@ -235,8 +268,43 @@ impl Authorizer {
     /// May `principal` perform `action` on `model`? Anything not permitted, and any failure to build the request,
     /// is denied.
     pub fn authorize(&self, principal: &Principal, action: Action, model: &str) -> Decision {
+        self.with_decision(principal, action, model, Decision::clone)
+    }
+
+    /// Whether `principal` may perform `action` on `model`: [`authorize`](Self::authorize) without copying the
+    /// decision, for the gateway's hot path.
+    pub fn is_allowed(&self, principal: &Principal, action: Action, model: &str) -> bool {
+        self.with_decision(principal, action, model, |d| d.allowed)
+    }
+
+    /// Looks the decision up in this generation's cache, or takes it and keeps it; errors are never cached.
+    fn with_decision<T>(
+        &self,
+        principal: &Principal,
+        action: Action,
+        model: &str,
+        read: impl FnOnce(&Decision) -> T,
+    ) -> T {
         let loaded = self.current();
-        match self.decide(&loaded, principal, action, model) {
+        let key = self.hasher.hash_one((
+            &principal.id,
+            &principal.roles,
+            principal.source,
+            action,
+            model,
+        ));
+        {
+            let decisions = match loaded.decisions.read() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Some(hit) = decisions.get(&key) {
+                if hit.answers(principal, action, model) {
+                    return read(&hit.decision);
+                }
+            }
+        }
+        let decision = match self.decide(&loaded, principal, action, model) {
             Ok(decision) => decision,
             Err(error) => {
                 tracing::warn!(%error, action = action.as_str(), "authorization request failed; denied");
@@ -246,7 +314,29 @@ impl Authorizer {
                     errors: vec![error],
                 }
             }
+        };
+        let answer = read(&decision);
+        if decision.errors.is_empty() {
+            let mut decisions = match loaded.decisions.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if decisions.len() >= DECISION_CACHE_LIMIT {
+                decisions.clear();
+            }
+            decisions.insert(
+                key,
+                CachedDecision {
+                    principal: principal.id.clone(),
+                    roles: principal.roles.clone(),
+                    source: principal.source,
+                    action,
+                    model: model.to_string(),
+                    decision,
+                },
+            );
         }
+        answer
     }
 
     fn decide(
@@ -282,9 +372,9 @@ impl Authorizer {
             .reason()
             .map(|id| {
                 loaded
-                    .policies
-                    .annotation(id, "id")
-                    .map_or_else(|| id.to_string(), str::to_string)
+                    .ids
+                    .get(id)
+                    .map_or_else(|| id.to_string(), String::clone)
             })
             .collect();
         let errors = diagnostics.errors().map(|e| e.to_string()).collect();
@@ -475,12 +565,18 @@ fn load(files: &PolicyFiles) -> Result<Loaded, PolicyError> {
         .iter()
         .cloned()
         .collect();
+    let ids = policies
+        .policies()
+        .filter_map(|p| Some((p.id().clone(), p.annotation("id")?.to_string())))
+        .collect();
     Ok(Loaded {
         stamps,
         policies,
         entities,
         actions,
         cache: Mutex::new(HashMap::new()),
+        decisions: RwLock::new(HashMap::new()),
+        ids,
     })
 }
 

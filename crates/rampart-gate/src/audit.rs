@@ -1,4 +1,8 @@
-//! The audit trail: one record per decision, written by a background task in batches behind [`AuditSink`].
+//! The audit trail: one record per decision, written by a dedicated thread in batches behind [`AuditSink`].
+//!
+//! Requests hand their record to a bounded queue and go on. The writer thread sleeps until a record comes, then
+//! lingers [`LINGER`] so that a batch gathers, and writes the batch with one call: under load it wakes a few hundred
+//! times a second, not once per request. A full queue makes requests wait (back-pressure): a record is never dropped.
 //!
 //! A record holds who, what, which model, the outcome and a SHA-256 digest of the input, never the input itself, a
 //! key or a token. The JSON-lines file is the embedded sink; the tamper-evident log implements the same trait.
@@ -7,11 +11,11 @@ use std::fmt::Debug;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 
@@ -103,10 +107,13 @@ impl AuditSink for JsonLinesSink {
     }
 }
 
+/// How long the writer waits after the first record of a batch for more to arrive.
+pub const LINGER: Duration = Duration::from_millis(2);
+
 /// The handle stages record through; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Auditor {
-    tx: Option<mpsc::Sender<AuditRecord>>,
+    tx: Option<SyncSender<AuditRecord>>,
 }
 
 impl Auditor {
@@ -115,67 +122,116 @@ impl Auditor {
         Auditor { tx: None }
     }
 
-    /// Starts the writer task: records are appended in batches of up to `batch` and synced every `sync_every`.
-    /// The task ends, after writing everything queued, when every [`Auditor`] clone is dropped.
+    /// Starts the writer thread: records are appended in batches of up to `batch` and synced every `sync_every`.
+    /// The returned task ends, after the thread wrote and synced everything queued, when every [`Auditor`] clone is
+    /// dropped. Must be called inside a Tokio runtime.
     pub fn start(
         sink: Arc<dyn AuditSink>,
         batch: usize,
         sync_every: Duration,
         metrics: Arc<Metrics>,
     ) -> (Auditor, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<AuditRecord>(batch.saturating_mul(8).max(64));
+        let batch = batch.max(1);
+        let (tx, rx) = sync_channel::<AuditRecord>(batch.saturating_mul(8).max(64));
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("rampart-audit".into())
+            .spawn(move || {
+                write_loop(&*sink, &rx, batch, sync_every, &metrics);
+                let _ = done.send(());
+            });
+        if let Err(err) = spawned {
+            // Without a writer every record would wait forever: refuse to audit rather than hang requests.
+            tracing::error!(error = %err, "cannot start the audit writer thread");
+            return (Auditor::disabled(), tokio::spawn(async {}));
+        }
         let task = tokio::spawn(async move {
-            let mut buffer = Vec::with_capacity(batch);
-            let mut last_sync = tokio::time::Instant::now();
-            loop {
-                let got = tokio::select! {
-                    n = rx.recv_many(&mut buffer, batch) => n,
-                    () = tokio::time::sleep(sync_every) => 0,
-                };
-                let records = std::mem::take(&mut buffer);
-                let closed = got == 0 && rx.is_closed() && rx.is_empty();
-                let due = last_sync.elapsed() >= sync_every || closed;
-                if records.is_empty() && !due {
-                    continue;
-                }
-                let sink = Arc::clone(&sink);
-                let count = records.len() as u64;
-                let result = tokio::task::spawn_blocking(move || {
-                    if !records.is_empty() {
-                        sink.append(&records)?;
-                    }
-                    if due {
-                        sink.sync()?;
-                    }
-                    Ok::<_, std::io::Error>(())
-                })
-                .await;
-                if due {
-                    last_sync = tokio::time::Instant::now();
-                }
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => {
-                        metrics.audit_errors.inc_by(count.max(1));
-                        tracing::error!(error = %err, "cannot write the audit trail");
-                    }
-                    Err(err) => {
-                        metrics.audit_errors.inc_by(count.max(1));
-                        tracing::error!(error = %err, "the audit writer failed");
-                    }
-                }
-                if closed {
-                    break;
-                }
-            }
+            let _ = finished.await;
         });
         (Auditor { tx: Some(tx) }, task)
     }
 
     /// Queues a record; waits when the writer is behind (back-pressure rather than lost records).
     pub async fn record(&self, record: AuditRecord) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(record).await;
+        let Some(tx) = &self.tx else { return };
+        let mut record = record;
+        loop {
+            match tx.try_send(record) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The writer thread: batches, writes, syncs; returns when every sender is gone and everything is written.
+fn write_loop(
+    sink: &dyn AuditSink,
+    rx: &Receiver<AuditRecord>,
+    batch: usize,
+    sync_every: Duration,
+    metrics: &Metrics,
+) {
+    let mut buffer: Vec<AuditRecord> = Vec::with_capacity(batch);
+    let mut dirty = false;
+    let mut last_sync = Instant::now();
+    let mut open = true;
+    while open {
+        let first = if dirty {
+            match rx.recv_timeout(sync_every.saturating_sub(last_sync.elapsed())) {
+                Ok(record) => Some(record),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    None
+                }
+            }
+        } else {
+            match rx.recv() {
+                Ok(record) => Some(record),
+                Err(_) => {
+                    open = false;
+                    None
+                }
+            }
+        };
+        if let Some(record) = first {
+            buffer.push(record);
+            std::thread::sleep(LINGER);
+        }
+        loop {
+            while buffer.len() < batch {
+                match rx.try_recv() {
+                    Ok(record) => buffer.push(record),
+                    Err(_) => break,
+                }
+            }
+            if buffer.is_empty() {
+                break;
+            }
+            let count = buffer.len() as u64;
+            match sink.append(&buffer) {
+                Ok(()) => dirty = true,
+                Err(err) => {
+                    metrics.audit_errors.inc_by(count);
+                    tracing::error!(error = %err, "cannot write the audit trail");
+                }
+            }
+            buffer.clear();
+            if open {
+                break;
+            }
+        }
+        if dirty && (!open || last_sync.elapsed() >= sync_every) {
+            if let Err(err) = sink.sync() {
+                metrics.audit_errors.inc();
+                tracing::error!(error = %err, "cannot sync the audit trail");
+            }
+            dirty = false;
+            last_sync = Instant::now();
         }
     }
 }

@@ -386,6 +386,9 @@ pub struct ModelConfig {
     /// Requests waiting for a thread; when full, new requests get 503.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// How requests run: `auto` (inline when the model answers within 100 µs, else threads), `inline`, `threads`.
+    #[serde(default)]
+    pub execution: crate::stages::infer::Execution,
 }
 
 fn default_workers() -> usize {
@@ -447,6 +450,7 @@ impl Config {
             upstream_model: None,
             workers: default_workers(),
             queue: default_queue(),
+            execution: crate::stages::infer::Execution::Auto,
         });
         config.validate()?;
         Ok(config)

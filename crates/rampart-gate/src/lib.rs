@@ -187,11 +187,12 @@ pub fn load_models(config: &Config) -> Result<HashMap<String, ModelPool>, GateEr
             )?),
             (None, None) => continue,
         };
-        let pool =
-            ModelPool::start(model, spec.workers, spec.queue).map_err(|source| GateError::Io {
+        let pool = ModelPool::start(model, spec.workers, spec.queue, spec.execution).map_err(
+            |source| GateError::Io {
                 what: format!("cannot start the inference threads of `{}`", spec.name),
                 source,
-            })?;
+            },
+        )?;
         models.insert(spec.name.clone(), pool);
     }
     Ok(models)

@@ -68,7 +68,7 @@ pub struct InferRequest {
 }
 
 #[derive(Deserialize)]
-struct RawRequest {
+struct RawRequest<'a> {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
@@ -77,20 +77,22 @@ struct RawRequest {
         reason = "accepted for compatibility; no request parameter changes inference"
     )]
     parameters: Option<serde_json::Map<String, Value>>,
-    inputs: Vec<RawTensor>,
+    #[serde(borrow)]
+    inputs: Vec<RawTensor<'a>>,
     #[serde(default)]
     outputs: Vec<RawOutput>,
 }
 
 #[derive(Deserialize)]
-struct RawTensor {
+struct RawTensor<'a> {
     name: String,
     shape: Vec<u64>,
     datatype: String,
     #[serde(default)]
     parameters: Option<serde_json::Map<String, Value>>,
-    #[serde(default)]
-    data: Option<Value>,
+    /// Kept as text until the datatype is known: flat FP32 data then parses straight into floats.
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -184,7 +186,11 @@ fn element_count(name: &str, shape: &[u64], max: usize) -> Result<usize, CodecEr
     Ok(count)
 }
 
-fn decode_tensor(raw: RawTensor, binary: &mut &[u8], bounds: Bounds) -> Result<Tensor, CodecError> {
+fn decode_tensor(
+    raw: RawTensor<'_>,
+    binary: &mut &[u8],
+    bounds: Bounds,
+) -> Result<Tensor, CodecError> {
     let name = raw.name;
     let bad = |reason: String| CodecError::Tensor {
         name: name.clone(),
@@ -216,11 +222,15 @@ fn decode_tensor(raw: RawTensor, binary: &mut &[u8], bounds: Bounds) -> Result<T
             *binary = rest;
             decode_binary(datatype, bytes, count).map_err(bad)?
         }
-        (None, Some(value)) => {
-            let mut flat = Vec::with_capacity(count.min(1 << 16));
-            flatten(value, &mut flat, count).map_err(bad)?;
-            decode_json(datatype, flat).map_err(bad)?
-        }
+        (None, Some(raw)) => match fast_fp32(datatype, raw.get()) {
+            Some(data) => data,
+            None => {
+                let value: Value = serde_json::from_str(raw.get()).map_err(|e| bad(short(&e)))?;
+                let mut flat = Vec::with_capacity(count.min(1 << 16));
+                flatten(value, &mut flat, count).map_err(bad)?;
+                decode_json(datatype, flat).map_err(bad)?
+            }
+        },
     };
     if data.len() != count {
         return Err(bad(format!(
@@ -231,6 +241,19 @@ fn decode_tensor(raw: RawTensor, binary: &mut &[u8], bounds: Bounds) -> Result<T
     }
     let shape = raw.shape.iter().map(|&d| d as usize).collect();
     Tensor::new(name.clone(), shape, data).map_err(|err| bad(err.to_string()))
+}
+
+/// The common case, flat FP32 data, parsed without building a JSON tree; `None` sends anything else (nested arrays,
+/// a bad element, a value out of FP32's range) to the general path, which also words the error.
+fn fast_fp32(datatype: DataType, text: &str) -> Option<TensorData> {
+    if datatype != DataType::Fp32 || !text.starts_with('[') {
+        return None;
+    }
+    let values: Vec<f32> = serde_json::from_str(text).ok()?;
+    values
+        .iter()
+        .all(|v| v.is_finite())
+        .then_some(TensorData::Fp32(values))
 }
 
 /// Flattens nested arrays (row-major), refusing more than `max` elements.
@@ -375,23 +398,84 @@ fn json_f64(x: f64) -> Value {
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
-/// Encodes an inference response.
+/// Encodes an inference response, written straight from the tensors (no intermediate JSON tree). Floats are
+/// written in their shortest exact form (`0.1` for the FP32 nearest 0.1); NaN and infinity become `null`.
 pub fn encode_response(model: &str, id: Option<&str>, outputs: &[Tensor]) -> Vec<u8> {
-    let mut body = serde_json::json!({
-        "model_name": model,
-        "outputs": tensors_json(outputs),
-    });
-    if let (Some(id), Some(map)) = (id, body.as_object_mut()) {
-        map.insert("id".into(), Value::from(id));
+    #[derive(serde::Serialize)]
+    struct Response<'a> {
+        model_name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        outputs: Vec<Output<'a>>,
     }
-    body.to_string().into_bytes()
+    #[derive(serde::Serialize)]
+    struct Output<'a> {
+        name: &'a str,
+        datatype: &'static str,
+        shape: &'a [usize],
+        data: Data<'a>,
+    }
+    struct Data<'a>(&'a TensorData);
+    impl serde::Serialize for Data<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            fn floats<S: serde::Serializer, T: Copy + Into<f64> + serde::Serialize>(
+                serializer: S,
+                values: &[T],
+            ) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(values.len()))?;
+                for &v in values {
+                    if v.into().is_finite() {
+                        seq.serialize_element(&v)?;
+                    } else {
+                        seq.serialize_element(&())?;
+                    }
+                }
+                seq.end()
+            }
+            match self.0 {
+                TensorData::Bool(v) => v.serialize(serializer),
+                TensorData::Uint8(v) => v.serialize(serializer),
+                TensorData::Int32(v) => v.serialize(serializer),
+                TensorData::Int64(v) => v.serialize(serializer),
+                TensorData::Fp32(v) => floats(serializer, v),
+                TensorData::Fp64(v) => floats(serializer, v),
+                TensorData::Bytes(v) => {
+                    let mut seq = serializer.serialize_seq(Some(v.len()))?;
+                    for b in v {
+                        seq.serialize_element(&String::from_utf8_lossy(b))?;
+                    }
+                    seq.end()
+                }
+            }
+        }
+    }
+    let response = Response {
+        model_name: model,
+        id,
+        outputs: outputs
+            .iter()
+            .map(|t| Output {
+                name: &t.name,
+                datatype: t.datatype().as_str(),
+                shape: &t.shape,
+                data: Data(&t.data),
+            })
+            .collect(),
+    };
+    let mut body =
+        Vec::with_capacity(96 + outputs.iter().map(|t| t.data.len() * 12).sum::<usize>());
+    // Writing into a Vec cannot fail, and every value here is serialisable.
+    let _ = serde_json::to_writer(&mut body, &response);
+    body
 }
 
 /// Parses the `outputs` of a response body (used by the upstream client).
 pub fn parse_response(body: &[u8], bounds: Bounds) -> Result<Vec<Tensor>, CodecError> {
     #[derive(Deserialize)]
-    struct RawResponse {
-        outputs: Vec<RawTensor>,
+    struct RawResponse<'a> {
+        #[serde(borrow)]
+        outputs: Vec<RawTensor<'a>>,
     }
     check_depth(body, bounds.max_depth)?;
     let raw: RawResponse =
@@ -465,6 +549,51 @@ mod tests {
         let t = Tensor::new("y", vec![1, 2], TensorData::Fp32(vec![0.25, 3.0])).unwrap();
         let body = encode_response("m", Some("1"), std::slice::from_ref(&t));
         assert_eq!(parse_response(&body, Bounds::default()).unwrap(), vec![t]);
+    }
+
+    #[test]
+    fn fp32_data_takes_the_fast_path_or_the_general_one_alike() {
+        let parse = |data: &str| {
+            let body = format!(
+                r#"{{"inputs":[{{"name":"x","shape":[2,2],"datatype":"FP32","data":{data}}}]}}"#
+            );
+            parse_request(body.as_bytes(), None, Bounds::default())
+                .map(|r| r.inputs[0].data.clone())
+        };
+        let want = TensorData::Fp32(vec![0.5, 1.0, -2.0, 3.25]);
+        assert_eq!(parse("[0.5,1,-2,3.25]").unwrap(), want);
+        assert_eq!(parse("[[0.5,1],[-2,3.25]]").unwrap(), want);
+        let err = parse("[0.5,1,-2,1e39]").unwrap_err().to_string();
+        assert!(err.contains("not an FP32 number"), "{err}");
+        assert!(parse(r#"[0.5,1,-2,"3"]"#).is_err());
+        assert!(parse("[0.5,1,-2]").is_err());
+    }
+
+    #[test]
+    fn a_response_writes_shortest_floats_and_null_for_non_finite() {
+        let outputs = [
+            Tensor::new(
+                "p",
+                vec![3],
+                TensorData::Fp32(vec![0.1, f32::NAN, f32::INFINITY]),
+            )
+            .unwrap(),
+            Tensor::new("l", vec![2], TensorData::Int64(vec![-3, 7])).unwrap(),
+            Tensor::new("s", vec![1], TensorData::Bytes(vec![b"cat".to_vec()])).unwrap(),
+        ];
+        let body = encode_response("m", None, &outputs);
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["model_name"], "m");
+        assert!(value.get("id").is_none());
+        assert_eq!(value["outputs"][0]["datatype"], "FP32");
+        assert_eq!(value["outputs"][0]["shape"], serde_json::json!([3]));
+        assert_eq!(
+            value["outputs"][0]["data"],
+            serde_json::json!([0.1, null, null])
+        );
+        assert!(String::from_utf8(body).unwrap().contains("[0.1,null,null]"));
+        assert_eq!(value["outputs"][1]["data"], serde_json::json!([-3, 7]));
+        assert_eq!(value["outputs"][2]["data"], serde_json::json!(["cat"]));
     }
 
     #[test]

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::{
     tvec, DatumType, Framework, InferenceModelExt, IntoRunnable, IntoTValue, TDim, TValue, TVec,
-    TypedModel, TypedRunnableModel,
+    TypedModel, TypedRunnableModel, TypedSimpleState,
 };
 
 use crate::{DataType, InferError, Model, ModelMetadata, Tensor, TensorData, TensorSpec};
@@ -18,7 +18,13 @@ type Plan = Arc<TypedRunnableModel>;
 pub struct OnnxModel {
     metadata: ModelMetadata,
     plan: Plan,
+    /// Run states kept between requests: a fresh state per run costs more than a small model's arithmetic (its
+    /// session, its per-op states and its matrix scratch space). A state whose run failed is dropped, not kept.
+    states: Mutex<Vec<TypedSimpleState>>,
 }
+
+/// States kept at most; more concurrent runs than this make (and then drop) their own.
+const MAX_IDLE_STATES: usize = 16;
 
 impl OnnxModel {
     /// Loads an ONNX file. `name` is the name clients use for the model.
@@ -63,7 +69,11 @@ impl OnnxModel {
             inputs,
             outputs,
         };
-        Ok(OnnxModel { metadata, plan })
+        Ok(OnnxModel {
+            metadata,
+            plan,
+            states: Mutex::new(Vec::new()),
+        })
     }
 }
 
@@ -213,10 +223,19 @@ impl Model for OnnxModel {
                 inputs.len()
             )));
         }
-        let outputs = self
-            .plan
-            .run(values)
-            .map_err(|err| InferError::Runtime(format!("{err:#}")))?;
+        let runtime =
+            |err: tract_onnx::prelude::TractError| InferError::Runtime(format!("{err:#}"));
+        let idle = self.states.lock().ok().and_then(|mut states| states.pop());
+        let mut state = match idle {
+            Some(state) => state,
+            None => self.plan.spawn().map_err(runtime)?,
+        };
+        let outputs = state.run(values).map_err(runtime)?;
+        if let Ok(mut states) = self.states.lock() {
+            if states.len() < MAX_IDLE_STATES {
+                states.push(state);
+            }
+        }
         self.metadata
             .outputs
             .iter()

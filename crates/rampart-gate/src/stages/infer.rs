@@ -1,15 +1,39 @@
-//! Running the model: a bounded queue in front of dedicated inference threads per model.
+//! Running the model: a bounded queue in front of the model, per model, executed one of two ways.
 //!
-//! Inference is CPU-bound and synchronous, so it never runs on the async runtime's threads. A full queue is answered
-//! at once with 503 (load shedding) instead of letting latency grow without bound, and a job whose deadline passed
-//! while it waited is dropped without running.
+//! - **Threads**: dedicated inference threads take jobs from a bounded channel. Inference is CPU-bound and
+//!   synchronous, so a model that takes long never runs on the async runtime's threads.
+//! - **Inline**: a model that answers in microseconds (the digits MLP takes ~10 µs) runs on the runtime's thread that
+//!   handled the request, under a semaphore of `workers` permits. Handing such a job to another thread and back costs
+//!   more than running it (two futex wake-ups and two context switches per request).
+//!
+//! `execution = "auto"` (the default) times the model on a zero input at start and runs it inline when it answers
+//! within [`INLINE_BUDGET`]; an upstream (network) model always gets threads. Either way a full queue is answered at
+//! once with 503 (load shedding) instead of letting latency grow without bound, and a job whose deadline passed while
+//! it waited is dropped without running.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use rampart_infer::{InferError, Model, Tensor};
-use tokio::sync::oneshot;
+use rampart_infer::{InferError, Model, Tensor, TensorData};
+use tokio::sync::{oneshot, Semaphore};
+
+/// A model whose median time on a probe input is below this runs inline on the runtime's threads.
+pub const INLINE_BUDGET: Duration = Duration::from_micros(100);
+
+/// How a model's requests are executed (`execution` in a model's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Execution {
+    /// Inline when a probe shows the model answers within [`INLINE_BUDGET`], else threads.
+    #[default]
+    Auto,
+    /// On the runtime's threads, at most `workers` at once.
+    Inline,
+    /// On `workers` dedicated threads.
+    Threads,
+}
 
 /// Why a job did not produce outputs.
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +58,30 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Tensor>, JobError>>,
 }
 
-/// A model with its queue and threads.
+/// A model with its queue and its way of running.
 #[derive(Debug)]
 pub struct ModelPool {
     model: Arc<dyn Model>,
-    queue: SyncSender<Job>,
+    mode: Mode,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Threads(SyncSender<Job>),
+    Inline {
+        permits: Semaphore,
+        waiting: AtomicUsize,
+        queue: usize,
+    },
+}
+
+/// Takes a place in the inline queue; gives it back when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -50,15 +93,43 @@ impl std::fmt::Debug for Job {
 }
 
 impl ModelPool {
-    /// Starts `workers` threads taking jobs from a queue of `queue` places.
+    /// Starts the model with `workers` at once (threads or inline permits) and a queue of `queue` places.
     pub fn start(
         model: Arc<dyn Model>,
         workers: usize,
         queue: usize,
+        execution: Execution,
     ) -> std::io::Result<ModelPool> {
+        let name = model.metadata().name.clone();
+        let inline = match execution {
+            Execution::Inline => true,
+            Execution::Threads => false,
+            Execution::Auto => match probe(&*model) {
+                Some(median) => {
+                    let inline = median < INLINE_BUDGET;
+                    tracing::info!(
+                        model = %name,
+                        probe_us = median.as_micros() as u64,
+                        execution = if inline { "inline" } else { "threads" },
+                        "chose how to run the model"
+                    );
+                    inline
+                }
+                None => false,
+            },
+        };
+        if inline {
+            return Ok(ModelPool {
+                model,
+                mode: Mode::Inline {
+                    permits: Semaphore::new(workers.max(1)),
+                    waiting: AtomicUsize::new(0),
+                    queue,
+                },
+            });
+        }
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
-        let name = model.metadata().name.clone();
         for i in 0..workers {
             let rx = Arc::clone(&rx);
             let model = Arc::clone(&model);
@@ -66,12 +137,20 @@ impl ModelPool {
                 .name(format!("infer-{name}-{i}"))
                 .spawn(move || work(&*model, &rx))?;
         }
-        Ok(ModelPool { model, queue: tx })
+        Ok(ModelPool {
+            model,
+            mode: Mode::Threads(tx),
+        })
     }
 
     /// The model.
     pub fn model(&self) -> &dyn Model {
         &*self.model
+    }
+
+    /// Whether the model runs on the runtime's threads.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.mode, Mode::Inline { .. })
     }
 
     /// Queues a job and waits for its outputs, no later than `deadline`.
@@ -80,8 +159,39 @@ impl ModelPool {
         inputs: Vec<Tensor>,
         deadline: Instant,
     ) -> Result<Vec<Tensor>, JobError> {
+        let queue = match &self.mode {
+            Mode::Threads(queue) => queue,
+            Mode::Inline {
+                permits,
+                waiting,
+                queue,
+            } => {
+                // Without a free permit the request takes a place in the queue while it waits, as a job in the
+                // channel would.
+                let _permit = match permits.try_acquire() {
+                    Ok(permit) => permit,
+                    Err(tokio::sync::TryAcquireError::Closed) => return Err(JobError::Closed),
+                    Err(tokio::sync::TryAcquireError::NoPermits) => {
+                        if waiting.fetch_add(1, Ordering::AcqRel) >= *queue {
+                            waiting.fetch_sub(1, Ordering::AcqRel);
+                            return Err(JobError::QueueFull);
+                        }
+                        let _place = Waiting(waiting);
+                        match tokio::time::timeout_at(deadline.into(), permits.acquire()).await {
+                            Ok(Ok(permit)) => permit,
+                            Ok(Err(_)) => return Err(JobError::Closed),
+                            Err(_) => return Err(JobError::Deadline),
+                        }
+                    }
+                };
+                if Instant::now() >= deadline {
+                    return Err(JobError::Deadline);
+                }
+                return self.model.infer(&inputs).map_err(JobError::from);
+            }
+        };
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Job {
+        match queue.try_send(Job {
             inputs,
             deadline,
             reply,
@@ -96,6 +206,48 @@ impl ModelPool {
             Err(_) => Err(JobError::Deadline),
         }
     }
+}
+
+/// The median time of a few runs on an all-zero input shaped as the model declares (any-size dimensions as 1), after
+/// one warm-up run; `None` when the model is not in process or does not take such an input.
+fn probe(model: &dyn Model) -> Option<Duration> {
+    let metadata = model.metadata();
+    if metadata.platform != "onnx" {
+        return None;
+    }
+    let mut inputs = Vec::with_capacity(metadata.inputs.len());
+    for spec in &metadata.inputs {
+        let shape: Vec<usize> = spec
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(1))
+            .collect();
+        let count = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+        if count > 1 << 24 {
+            return None;
+        }
+        let data = match spec.datatype {
+            rampart_infer::DataType::Bool => TensorData::Bool(vec![false; count]),
+            rampart_infer::DataType::Uint8 => TensorData::Uint8(vec![0; count]),
+            rampart_infer::DataType::Int32 => TensorData::Int32(vec![0; count]),
+            rampart_infer::DataType::Int64 => TensorData::Int64(vec![0; count]),
+            rampart_infer::DataType::Fp32 => TensorData::Fp32(vec![0.0; count]),
+            rampart_infer::DataType::Fp64 => TensorData::Fp64(vec![0.0; count]),
+            rampart_infer::DataType::Bytes => return None,
+        };
+        inputs.push(Tensor::new(spec.name.clone(), shape, data).ok()?);
+    }
+    model.infer(&inputs).ok()?;
+    let mut times = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let started = Instant::now();
+        model.infer(&inputs).ok()?;
+        times.push(started.elapsed());
+    }
+    times.sort_unstable();
+    times.get(times.len() / 2).copied()
 }
 
 fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>) {
@@ -116,5 +268,115 @@ fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>) {
         }
         let result = model.infer(&job.inputs).map_err(JobError::from);
         let _ = job.reply.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_infer::{DataType, ModelMetadata, TensorSpec};
+
+    /// A model that takes `delay` per call and echoes its input.
+    #[derive(Debug)]
+    struct Slow {
+        metadata: ModelMetadata,
+        delay: Duration,
+    }
+
+    fn slow(delay: Duration) -> Arc<dyn Model> {
+        let spec = TensorSpec {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 2],
+        };
+        Arc::new(Slow {
+            metadata: ModelMetadata {
+                name: "slow".into(),
+                versions: Vec::new(),
+                platform: "onnx".into(),
+                inputs: vec![spec.clone()],
+                outputs: vec![spec],
+            },
+            delay,
+        })
+    }
+
+    impl Model for Slow {
+        fn metadata(&self) -> &ModelMetadata {
+            &self.metadata
+        }
+        fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferError> {
+            std::thread::sleep(self.delay);
+            Ok(inputs.to_vec())
+        }
+    }
+
+    fn input() -> Vec<Tensor> {
+        vec![Tensor::new("x", vec![1, 2], TensorData::Fp32(vec![1.0, 2.0])).unwrap()]
+    }
+
+    #[test]
+    fn auto_runs_fast_models_inline_and_slow_ones_on_threads() {
+        let fast = ModelPool::start(slow(Duration::ZERO), 1, 4, Execution::Auto).unwrap();
+        assert!(fast.is_inline());
+        let slow = ModelPool::start(slow(Duration::from_millis(2)), 1, 4, Execution::Auto).unwrap();
+        assert!(!slow.is_inline());
+        let forced = ModelPool::start(slow_model(), 1, 4, Execution::Threads).unwrap();
+        assert!(!forced.is_inline());
+    }
+
+    fn slow_model() -> Arc<dyn Model> {
+        slow(Duration::ZERO)
+    }
+
+    /// One request runs, `queue` wait, the rest are shed at once; every mode behaves alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_full_queue_sheds_load_in_both_modes() {
+        for execution in [Execution::Inline, Execution::Threads] {
+            let pool = Arc::new(
+                ModelPool::start(slow(Duration::from_millis(300)), 1, 1, execution).unwrap(),
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut tasks = Vec::new();
+            for _ in 0..4 {
+                let pool = Arc::clone(&pool);
+                tasks.push(tokio::spawn(
+                    async move { pool.run(input(), deadline).await },
+                ));
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            let mut ok = 0;
+            let mut full = 0;
+            for task in tasks {
+                match task.await.unwrap() {
+                    Ok(outputs) => {
+                        assert_eq!(outputs, input());
+                        ok += 1;
+                    }
+                    Err(JobError::QueueFull) => full += 1,
+                    Err(other) => panic!("{execution:?}: unexpected {other}"),
+                }
+            }
+            assert_eq!((ok, full), (2, 2), "{execution:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_request_whose_deadline_passes_while_waiting_is_not_run() {
+        for execution in [Execution::Inline, Execution::Threads] {
+            let pool = Arc::new(
+                ModelPool::start(slow(Duration::from_millis(300)), 1, 4, execution).unwrap(),
+            );
+            let long = Instant::now() + Duration::from_secs(10);
+            let first = {
+                let pool = Arc::clone(&pool);
+                tokio::spawn(async move { pool.run(input(), long).await })
+            };
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let short = Instant::now() + Duration::from_millis(50);
+            let err = pool.run(input(), short).await.unwrap_err();
+            assert!(matches!(err, JobError::Deadline), "{execution:?}: {err}");
+            assert!(first.await.unwrap().is_ok());
+        }
     }
 }

@@ -7,8 +7,8 @@ use rampart_auth::{Action, Authorizer, Principal};
 /// Whether `principal` may perform `action` on `model`; a denial is logged with the principal and the action (never a
 /// credential).
 pub fn allows(authorizer: &Authorizer, principal: &Principal, action: Action, model: &str) -> bool {
-    let decision = authorizer.authorize(principal, action, model);
-    if !decision.allowed {
+    let allowed = authorizer.is_allowed(principal, action, model);
+    if !allowed {
         tracing::info!(
             principal = %principal.id,
             action = action.as_str(),
@@ -16,5 +16,5 @@ pub fn allows(authorizer: &Authorizer, principal: &Principal, action: Action, mo
             "denied by policy"
         );
     }
-    decision.allowed
+    allowed
 }
