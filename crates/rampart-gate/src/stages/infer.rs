@@ -3,11 +3,15 @@
 //! Inference is CPU-bound and synchronous, so it never runs on the async runtime's threads. A full queue is answered
 //! at once with 503 (load shedding) instead of letting latency grow without bound, and a job whose deadline passed
 //! while it waited is dropped without running.
+//!
+//! A reload ([`ModelPool::swap`]) starts the new version's threads, then swaps it in atomically: requests already
+//! queued finish on the old version, whose threads end when its last job is done.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use rampart_infer::{InferError, Model, Tensor};
 use tokio::sync::oneshot;
 
@@ -34,9 +38,17 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Tensor>, JobError>>,
 }
 
-/// A model with its queue and threads.
+/// A model with its queue and threads; the version served can be swapped.
 #[derive(Debug)]
 pub struct ModelPool {
+    current: ArcSwap<Version>,
+    workers: usize,
+    queue: usize,
+}
+
+/// One version of the model and the queue its threads take jobs from.
+#[derive(Debug)]
+struct Version {
     model: Arc<dyn Model>,
     queue: SyncSender<Job>,
 }
@@ -56,22 +68,23 @@ impl ModelPool {
         workers: usize,
         queue: usize,
     ) -> std::io::Result<ModelPool> {
-        let (tx, rx) = sync_channel::<Job>(queue);
-        let rx = Arc::new(Mutex::new(rx));
-        let name = model.metadata().name.clone();
-        for i in 0..workers {
-            let rx = Arc::clone(&rx);
-            let model = Arc::clone(&model);
-            std::thread::Builder::new()
-                .name(format!("infer-{name}-{i}"))
-                .spawn(move || work(&*model, &rx))?;
-        }
-        Ok(ModelPool { model, queue: tx })
+        Ok(ModelPool {
+            current: ArcSwap::from_pointee(Version::start(model, workers, queue)?),
+            workers,
+            queue,
+        })
     }
 
-    /// The model.
-    pub fn model(&self) -> &dyn Model {
-        &*self.model
+    /// Serves `model` from now on: starts its threads, then swaps it in. In-flight jobs finish on the old version.
+    pub fn swap(&self, model: Arc<dyn Model>) -> std::io::Result<()> {
+        self.current
+            .store(Arc::new(Version::start(model, self.workers, self.queue)?));
+        Ok(())
+    }
+
+    /// The model served now.
+    pub fn model(&self) -> Arc<dyn Model> {
+        Arc::clone(&self.current.load().model)
     }
 
     /// Queues a job and waits for its outputs, no later than `deadline`.
@@ -81,7 +94,8 @@ impl ModelPool {
         deadline: Instant,
     ) -> Result<Vec<Tensor>, JobError> {
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Job {
+        let queue = self.current.load().queue.clone();
+        match queue.try_send(Job {
             inputs,
             deadline,
             reply,
@@ -95,6 +109,22 @@ impl ModelPool {
             Ok(Err(_)) => Err(JobError::Closed),
             Err(_) => Err(JobError::Deadline),
         }
+    }
+}
+
+impl Version {
+    fn start(model: Arc<dyn Model>, workers: usize, queue: usize) -> std::io::Result<Version> {
+        let (tx, rx) = sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        let name = model.metadata().name.clone();
+        for i in 0..workers {
+            let rx = Arc::clone(&rx);
+            let model = Arc::clone(&model);
+            std::thread::Builder::new()
+                .name(format!("infer-{name}-{i}"))
+                .spawn(move || work(&*model, &rx))?;
+        }
+        Ok(Version { model, queue: tx })
     }
 }
 
