@@ -35,11 +35,14 @@ impl LogSink {
 
 impl AuditSink for LogSink {
     fn append(&self, records: &[AuditRecord]) -> std::io::Result<()> {
-        let mut last = None;
-        for record in records {
-            let entry = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-            last = Some(self.log.submit(entry).map_err(std::io::Error::other)?);
-        }
+        let entries = records
+            .iter()
+            .map(|record| serde_json::to_vec(record).map_err(std::io::Error::other))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let last = self
+            .log
+            .submit_all(entries)
+            .map_err(std::io::Error::other)?;
         if last.is_some() {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = last;
         }

@@ -61,7 +61,7 @@ fn workspace() -> (tempfile::TempDir, SigningKey) {
 
 fn config(dir: &Path, deploy: &str, model: &str) -> Config {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplain_http = true\nstate_dir = \"state\"\nshutdown_grace_secs = 2\n[audit]\nflush_ms = 20\n[deploy]\ntrusted_keys = [\"release.pub\"]\nreload_secs = 1\n{deploy}\n[[models]]\nname = \"digits\"\nworkers = 1\nqueue = 8\n{model}\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplain_http = true\nstate_dir = \"state\"\nshutdown_grace_secs = 2\n[auth]\ncreate_first_key = false\n[audit]\nflush_ms = 20\n[deploy]\ntrusted_keys = [\"release.pub\"]\nreload_secs = 1\n{deploy}\n[[models]]\nname = \"digits\"\nworkers = 1\nqueue = 8\n{model}\n"
     );
     Config::parse(&text, &dir.join("rampart.toml"), dir).unwrap()
 }
@@ -73,14 +73,21 @@ struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Starts a gateway with a fresh `admin` API key (the state dir may hold keys of an earlier start).
 async fn start(config: &Config) -> Server {
+    std::fs::create_dir_all(config.state_dir()).unwrap();
+    let key = rampart_auth::ApiKeyStore::open(config.state_dir())
+        .unwrap()
+        .add("tester", &["admin".to_owned()])
+        .unwrap()
+        .key;
     let prepared = rampart_gate::prepare(config, Parts::default())
         .await
         .unwrap();
     let (stop, shutdown) = watch::channel(false);
     Server {
         addr: prepared.address,
-        key: prepared.new_api_key.clone().unwrap(),
+        key,
         stop,
         task: tokio::spawn(prepared.serve(shutdown)),
     }
