@@ -80,6 +80,10 @@ listen = "127.0.0.1:$1"
 admin_listen = "127.0.0.1:$2"
 state_dir = "$WORK/state"
 disable_security_stages = $3
+[audit]
+dir = "$WORK/audit-$1"
+[deploy]
+trusted_keys = ["$ROOT/examples/digits/release.pub"]
 [limits]
 rate_per_principal = { per_second = 1000000.0, burst = 1000000 }
 rate_per_ip = { per_second = 1000000.0, burst = 1000000 }

@@ -325,6 +325,37 @@ impl<'a> ExportControl<'a> {
             )));
         }
         let _lock = self.registry.lock()?;
+        let grant =
+            self.consume_grant(model, version, requester, &out.display().to_string(), time)?;
+        self.registry.unseal_to(model, version, out)?;
+        Ok(grant)
+    }
+
+    /// Consumes one live grant of `model`/`version` for `requester` (recorded, with `destination`, before it is
+    /// spent), for an export made by the caller: the gateway sends the model over TLS instead of writing it to
+    /// disk. Denied (and recorded) without one.
+    pub fn take_grant(
+        &self,
+        model: &str,
+        version: &str,
+        requester: &str,
+        destination: &str,
+    ) -> Result<ExportRequest> {
+        check_name("principal", requester)?;
+        check_name("model name", model)?;
+        check_name("version", version)?;
+        let _lock = self.registry.lock()?;
+        self.consume_grant(model, version, requester, destination, now())
+    }
+
+    fn consume_grant(
+        &self,
+        model: &str,
+        version: &str,
+        requester: &str,
+        destination: &str,
+        time: u64,
+    ) -> Result<ExportRequest> {
         let mut grant = None;
         for id in list_ids(&self.registry.dir().join("exports"))? {
             let request = self.get(&id)?;
@@ -353,10 +384,9 @@ impl<'a> ExportControl<'a> {
                 .subject("request", grant.id.clone())
                 .subject("model", model)
                 .subject("version", version)
-                .subject("output", out.display().to_string()),
+                .subject("output", destination),
         )?;
         write_json(&self.request_path(&grant.id), &grant, false)?;
-        self.registry.unseal_to(model, version, out)?;
         Ok(grant)
     }
 }

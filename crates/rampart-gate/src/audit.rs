@@ -5,7 +5,8 @@
 //! times a second, not once per request. A full queue makes requests wait (back-pressure): a record is never dropped.
 //!
 //! A record holds who, what, which model, the outcome and a SHA-256 digest of the input, never the input itself, a
-//! key or a token. The JSON-lines file is the embedded sink; the tamper-evident log implements the same trait.
+//! key or a token. The tamper-evident log (`crate::trail::LogSink`) is the default sink; a JSON-lines file is the
+//! other (`[audit] sink = "jsonl"`).
 
 use std::fmt::Debug;
 use std::fs::File;
@@ -88,6 +89,15 @@ impl JsonLinesSink {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Appends one event that is not a request (a model load, a policy reload) and makes it durable.
+    pub fn append_event<T: Serialize>(&self, event: &T) -> std::io::Result<()> {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_writer(&mut *file, event).map_err(std::io::Error::other)?;
+        file.write_all(b"\n")?;
+        file.flush()?;
+        file.get_ref().sync_data()
     }
 }
 

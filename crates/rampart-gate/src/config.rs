@@ -59,6 +59,8 @@ pub struct Config {
     pub bans: BanConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// The deployment gate every model passes before it is served (`crate::deploy`).
+    pub deploy: crate::deploy::DeployConfig,
     /// The models served.
     pub models: Vec<ModelConfig>,
     /// The directory relative paths are resolved against (the config file's directory); not a key.
@@ -79,6 +81,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             bans: BanConfig::default(),
             audit: AuditConfig::default(),
+            deploy: crate::deploy::DeployConfig::default(),
             models: Vec::new(),
             base_dir: PathBuf::from("."),
             source: PathBuf::from("<embedded defaults>"),
@@ -349,6 +352,12 @@ impl Default for BanConfig {
 pub struct AuditConfig {
     /// Write the audit trail.
     pub enabled: bool,
+    /// `log`: the tamper-evident log (`rampart audit verify`); `jsonl`: a JSON-lines file.
+    pub sink: AuditSinkKind,
+    /// The tamper-evident log's directory (default: `audit` in the state dir).
+    pub dir: Option<PathBuf>,
+    /// The origin (and key name) of a log created at start (default: a random one).
+    pub origin: Option<String>,
     /// The JSON-lines file (default: `audit.jsonl` in the state dir).
     pub path: Option<PathBuf>,
     /// Records written together at most.
@@ -361,11 +370,24 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             enabled: true,
+            sink: AuditSinkKind::Log,
+            dir: None,
+            origin: None,
             path: None,
             batch: 512,
             flush_ms: 200,
         }
     }
+}
+
+/// Where the audit trail goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSinkKind {
+    /// The tamper-evident log (`rampart-log`).
+    Log,
+    /// A JSON-lines file.
+    Jsonl,
 }
 
 /// `[[models]]`: one served model.
@@ -374,8 +396,14 @@ impl Default for AuditConfig {
 pub struct ModelConfig {
     /// The name clients use in `/v2/models/{name}`.
     pub name: String,
-    /// An ONNX file run in process.
+    /// An ONNX file run in process; its directory is the model that is signed and gated.
     pub onnx: Option<PathBuf>,
+    /// Or an age-sealed model (`rampart seal` of the signed model directory), decrypted in memory only.
+    pub sealed: Option<PathBuf>,
+    /// The age identity file of a sealed model, mode 0600 (default: `$RAMPART_AGE_IDENTITY`).
+    pub identity: Option<PathBuf>,
+    /// The ONNX file inside a sealed model (default: its only `.onnx` file).
+    pub entry: Option<PathBuf>,
     /// Or the base URL of an upstream KServe v2 HTTP server.
     pub upstream: Option<String>,
     /// The model's name upstream (default: `name`).
@@ -443,9 +471,17 @@ impl Config {
             source: dir.join("<embedded defaults>"),
             ..Config::default()
         };
+        // The signer's key shipped beside the model is trusted: the directory and its key travel together. A
+        // config file naming keys kept apart from the models is the stronger set-up (see `crate::deploy`).
+        if dir.join("release.pub").is_file() {
+            config.deploy.trusted_keys = vec![PathBuf::from("release.pub")];
+        }
         config.models.push(ModelConfig {
             name,
             onnx: Some(PathBuf::from("model/model.onnx")),
+            sealed: None,
+            identity: None,
+            entry: None,
             upstream: None,
             upstream_model: None,
             workers: default_workers(),
@@ -570,8 +606,21 @@ impl Config {
             if !names.insert(model.name.as_str()) {
                 return Err(self.invalid(&key("name"), format!("`{}` is served twice", model.name)));
             }
-            if model.onnx.is_some() == model.upstream.is_some() {
-                return Err(self.invalid(&key("onnx"), "set exactly one of `onnx` and `upstream`"));
+            let runtimes = [&model.onnx, &model.sealed]
+                .iter()
+                .filter(|p| p.is_some())
+                .count()
+                + usize::from(model.upstream.is_some());
+            if runtimes != 1 {
+                return Err(self.invalid(
+                    &key("onnx"),
+                    "set exactly one of `onnx`, `sealed` and `upstream`",
+                ));
+            }
+            if model.sealed.is_none() && (model.identity.is_some() || model.entry.is_some()) {
+                return Err(
+                    self.invalid(&key("identity"), "`identity` and `entry` go with `sealed`")
+                );
             }
             if let Some(url) = &model.upstream {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -588,6 +637,7 @@ impl Config {
                 return Err(self.invalid(&key("queue"), "must be at least 1"));
             }
         }
+        self.deploy.validate(self)?;
         Ok(())
     }
 
@@ -743,7 +793,8 @@ mod tests {
         Config::parse(text, Path::new("rampart.toml"), Path::new("."))
     }
 
-    const MODEL: &str = "[[models]]\nname = \"digits\"\nonnx = \"m.onnx\"\n";
+    const MODEL: &str =
+        "[deploy]\nverify = false\n[[models]]\nname = \"digits\"\nonnx = \"m.onnx\"\n";
 
     #[test]
     fn a_minimal_file_takes_the_defaults() {
@@ -814,6 +865,36 @@ mod tests {
             .public_routes
             .iter()
             .all(|r| r.starts_with("/v2/health/")));
+    }
+
+    #[test]
+    fn models_are_verified_unless_the_config_says_not() {
+        let model = "[[models]]\nname = \"digits\"\nonnx = \"m.onnx\"\n";
+        let err = parse(model).unwrap_err().to_string();
+        assert!(err.contains("deploy.trusted_keys"), "{err}");
+        let config = parse(&format!("[deploy]\ntrusted_keys = [\"k.pub\"]\n{model}")).unwrap();
+        assert!(config.deploy.verify);
+        assert_eq!(config.audit.sink, AuditSinkKind::Log);
+        let err = parse(&format!(
+            "[deploy]\nverify = false\nfail_on = \"bad\"\n{model}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("deploy.fail_on"), "{err}");
+    }
+
+    #[test]
+    fn a_sealed_model_takes_an_identity_and_nothing_else() {
+        let ok = parse("[deploy]\nverify = false\n[[models]]\nname = \"m\"\nsealed = \"m.age\"\nidentity = \"k.txt\"\n");
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = parse("[deploy]\nverify = false\n[[models]]\nname = \"m\"\nsealed = \"m.age\"\nonnx = \"m.onnx\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one"), "{err}");
+        let err = parse("[deploy]\nverify = false\n[[models]]\nname = \"m\"\nonnx = \"m.onnx\"\nidentity = \"k.txt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("models[0].identity"), "{err}");
     }
 
     #[test]

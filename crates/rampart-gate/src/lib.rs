@@ -5,17 +5,23 @@
 //! - `tls`: TLS 1.3 only, certificates from files (reloaded) or self-signed, mTLS;
 //! - `listener`: accept loop, connection caps, handshake/header/body/idle timeouts, HTTP/1.1 and HTTP/2 limits;
 //! - `pipeline`: the order of the stages; `stages/*`: one module per decision;
-//! - `audit`: the trail of decisions behind [`audit::AuditSink`]; `metrics`, `admin`: Prometheus on its own listener.
+//! - `audit`: the trail of decisions behind [`audit::AuditSink`]; `trail`: the tamper-evident log as that sink (the
+//!   default) and the record of events that are not requests; `metrics`, `admin`: Prometheus on its own listener;
+//! - `deploy`: the deployment gate (signature, scan, policy) before every model load and reload, sealed models
+//!   decrypted in memory only.
 
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod deploy;
+pub mod exports;
 pub mod jwks;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 pub mod stages;
 pub mod tls;
+pub mod trail;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -31,11 +37,13 @@ use tokio::sync::watch;
 
 use crate::audit::{AuditSink, Auditor, JsonLinesSink};
 use crate::config::Config;
+use crate::deploy::{Deployer, Source};
 use crate::metrics::Metrics;
 use crate::stages::authn::Authn;
 use crate::stages::ban::Bans;
 use crate::stages::infer::ModelPool;
 use crate::stages::rate::{Concurrency, DailyQuota, Gcra};
+use crate::trail::Trail;
 
 pub use crate::pipeline::{ConnInfo, Reply};
 
@@ -49,6 +57,9 @@ pub enum GateError {
     /// A model could not be loaded.
     #[error(transparent)]
     Model(#[from] rampart_infer::InferError),
+    /// A model was refused by the deployment gate, or could not be read, unsealed or recorded.
+    #[error(transparent)]
+    Deploy(#[from] deploy::DeployError),
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
@@ -157,6 +168,10 @@ pub struct Gate {
     /// The metrics.
     pub metrics: Arc<Metrics>,
     audit: Auditor,
+    trail: Trail,
+    policy_error: std::sync::Mutex<Option<String>>,
+    policy_files: PolicyFiles,
+    exports: Option<Arc<exports::Exports>>,
     public_routes: HashSet<String>,
     security: bool,
     ready: AtomicBool,
@@ -171,14 +186,46 @@ pub struct Parts {
     pub authorizer: Option<Arc<Authorizer>>,
     /// The audit sink; `None`: the config's JSON-lines file.
     pub audit_sink: Option<Arc<dyn AuditSink>>,
+    /// Where events other than requests (model loads, policy reloads) are recorded; `None`: nowhere.
+    pub trail: Option<Trail>,
+    /// Export control over the registry (`/v2/exports`); `None`: those routes answer 404.
+    pub exports: Option<Arc<exports::Exports>>,
 }
 
-/// Loads the models a config names and starts their inference threads.
-pub fn load_models(config: &Config) -> Result<HashMap<String, ModelPool>, GateError> {
+/// A local model the gateway watches for new versions.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// Its name.
+    pub name: String,
+    /// Where its bytes come from.
+    pub source: Source,
+    /// The fingerprint of the files when the serving version was read.
+    pub fingerprint: Option<u64>,
+    /// The gate's verdict on the serving version, one line.
+    pub summary: String,
+}
+
+/// Loads the models a config names through the deployment gate and starts their inference threads.
+pub fn load_models(
+    config: &Config,
+    deployer: &Deployer,
+) -> Result<(HashMap<String, ModelPool>, Vec<Watched>), GateError> {
     let mut models = HashMap::new();
+    let mut watched = Vec::new();
     for spec in &config.models {
-        let model: Arc<dyn Model> = match (&spec.onnx, &spec.upstream) {
-            (Some(path), _) => Arc::new(OnnxModel::from_path(&spec.name, &config.resolve(path))?),
+        let model: Arc<dyn Model> = match (Source::of(config, spec), &spec.upstream) {
+            (Some(source), _) => {
+                // Taken before the read: a change made while reading is seen by the next poll.
+                let fingerprint = source.fingerprint();
+                let deployed = deployer.load(&spec.name, &source)?;
+                watched.push(Watched {
+                    name: spec.name.clone(),
+                    source,
+                    fingerprint,
+                    summary: verdict(&deployed.report),
+                });
+                deployed.model
+            }
             (None, Some(url)) => Arc::new(UpstreamModel::connect(
                 &spec.name,
                 url,
@@ -195,7 +242,12 @@ pub fn load_models(config: &Config) -> Result<HashMap<String, ModelPool>, GateEr
         )?;
         models.insert(spec.name.clone(), pool);
     }
-    Ok(models)
+    Ok((models, watched))
+}
+
+/// Loads one ONNX file without the deployment gate (tests and tools that build a [`Gate`] themselves).
+pub fn load_onnx_unchecked(name: &str, path: &Path) -> Result<Arc<dyn Model>, GateError> {
+    Ok(Arc::new(OnnxModel::from_path(name, path)?))
 }
 
 impl Gate {
@@ -244,6 +296,10 @@ impl Gate {
             bans: Bans::new(&config.bans, config.limits.max_tracked_clients),
             metrics,
             audit,
+            trail: parts.trail.unwrap_or(Trail::Off),
+            policy_error: std::sync::Mutex::new(None),
+            policy_files: policy_files(config),
+            exports: parts.exports,
             public_routes: config.server.public_routes.iter().cloned().collect(),
             security,
             ready: AtomicBool::new(true),
@@ -256,15 +312,102 @@ impl Gate {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Picks up changed API keys and Cedar files; a bad new file is logged and the one in force kept.
+    /// Picks up changed API keys and Cedar files; a bad new file is logged and the one in force kept. Each change
+    /// taken, and each new refusal, is recorded in the audit trail.
     pub fn reload_auth(&self) {
         if let Some(store) = &self.authn.api_keys {
-            if let Err(err) = store.reload_if_changed() {
-                tracing::error!(error = %err, "cannot reload the API keys; keeping those in force");
+            match store.reload_if_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    let active = store.list().iter().filter(|k| !k.revoked).count();
+                    let file = store.dir().join(rampart_auth::KEY_STORE_FILE);
+                    let mut record = rampart_log::Record::new("keys.reload", "gateway")
+                        .subject("key_store", file_digest(&file));
+                    record.details.insert("active_keys".into(), active.into());
+                    self.record_event(&record);
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot reload the API keys; keeping those in force");
+                }
             }
         }
         // The authorizer logs its own failures and keeps the policy in force.
-        let _ = self.authorizer.reload_if_changed();
+        let outcome = self.authorizer.reload_if_changed();
+        let mut last_error = self
+            .policy_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let record = || {
+            let mut record = rampart_log::Record::new("policy.reload", "gateway");
+            for (name, path) in [
+                ("schema", &self.policy_files.schema),
+                ("policies", &self.policy_files.policies),
+                ("entities", &self.policy_files.entities),
+            ] {
+                if let Some(path) = path {
+                    record = record.subject(name, file_digest(path));
+                }
+            }
+            record
+        };
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
+                *last_error = None;
+                self.record_event(&record());
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                // A broken file is polled again and again: record the refusal once per distinct error.
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    let mut record = record().outcome("refused");
+                    record
+                        .details
+                        .insert("reason".into(), reason.clone().into());
+                    self.record_event(&record);
+                    *last_error = Some(reason);
+                }
+            }
+        }
+    }
+
+    /// Records an event that is not a request; a failure is logged and counted (the change already took effect).
+    fn record_event(&self, record: &rampart_log::Record) {
+        if let Err(err) = self.trail.append(record) {
+            self.metrics.audit_errors.inc();
+            tracing::error!(error = %err, action = %record.action, "cannot record in the audit trail");
+        }
+    }
+
+    /// Swaps in a new version of `name` (which passed the deployment gate).
+    fn swap_model(&self, name: &str, model: Arc<dyn Model>) -> std::io::Result<()> {
+        match self.models.get(name) {
+            Some(pool) => pool.swap(model),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One line on a model the gate let in.
+fn verdict(report: &rampart_deploy::GateReport) -> String {
+    match (&report.signer, &report.root_digest) {
+        (Some(signer), Some(root)) => format!(
+            "`{}` passed the deployment gate (signed by `{signer}`, {root})",
+            report.model
+        ),
+        _ => format!(
+            "`{}` passed the deployment gate (signature NOT verified: deploy.verify = false)",
+            report.model
+        ),
+    }
+}
+
+/// `sha256:` of a file's contents, or `missing` when it cannot be read.
+fn file_digest(path: &Path) -> String {
+    use sha2::Digest as _;
+    match std::fs::read(path) {
+        Ok(bytes) => format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
+        Err(_) => "missing".into(),
     }
 }
 
@@ -340,6 +483,8 @@ pub struct Prepared {
     tls: Option<(Arc<tls::ServerCert>, tokio_rustls::TlsAcceptor)>,
     reload_every: Duration,
     auth_reload_every: Duration,
+    model_reload_every: Option<Duration>,
+    deployer: Deployer,
     grace: Duration,
     /// Where clients connect.
     pub address: SocketAddr,
@@ -355,8 +500,12 @@ pub struct Prepared {
     pub new_api_key: Option<String>,
     /// The API key store's file, when API keys are on.
     pub key_store: Option<PathBuf>,
-    /// The audit trail, if it is a file.
+    /// The audit trail, if it is a JSON-lines file.
     pub audit_path: Option<PathBuf>,
+    /// The tamper-evident audit log's directory and verifier key, if it is the trail.
+    pub audit_log: Option<(PathBuf, String)>,
+    /// The local models, watched for new versions, with the gate's verdict.
+    pub watched: Vec<Watched>,
     /// The models served.
     pub models: Vec<String>,
 }
@@ -382,16 +531,39 @@ pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, Gate
             .map(|store| store.dir().join(rampart_auth::KEY_STORE_FILE));
         parts.authn = Some(authn);
     }
+    let mut audit_file = None;
+    let mut audit_log = None;
+    if config.audit.enabled && parts.audit_sink.is_none() {
+        let json_path = audit_path(config);
+        let (sink, trail) = trail::open(config, &json_path).map_err(|source| GateError::Io {
+            what: "cannot open the audit trail".into(),
+            source,
+        })?;
+        match trail.log() {
+            Some(log) => audit_log = Some((log.dir().to_owned(), log.verifier().to_text())),
+            None => audit_file = Some(json_path),
+        }
+        parts.audit_sink = Some(sink);
+        parts.trail = Some(trail);
+    }
+    let deployer = Deployer::new(config, parts.trail.clone().unwrap_or(Trail::Off))?;
+    if parts.exports.is_none() {
+        parts.exports = Some(Arc::new(exports::Exports::new(
+            &state_dir,
+            parts.trail.as_ref().and_then(Trail::log).cloned(),
+            deployer.gate_config().clone(),
+        )));
+    }
     let config_models = config.clone();
-    let models = tokio::task::spawn_blocking(move || load_models(&config_models))
-        .await
-        .map_err(|err| GateError::Io {
-            what: "loading the models".into(),
-            source: std::io::Error::other(err.to_string()),
-        })??;
+    let loader = deployer.clone();
+    let (models, watched) =
+        tokio::task::spawn_blocking(move || load_models(&config_models, &loader))
+            .await
+            .map_err(|err| GateError::Io {
+                what: "loading the models".into(),
+                source: std::io::Error::other(err.to_string()),
+            })??;
     let model_names = config.models.iter().map(|m| m.name.clone()).collect();
-    let audit_file =
-        (config.audit.enabled && parts.audit_sink.is_none()).then(|| audit_path(config));
     let (gate, audit_task) = Gate::build(config, models, parts)?;
     let tls = if config.server.plain_http {
         None
@@ -434,6 +606,11 @@ pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, Gate
         admin,
         reload_every: Duration::from_secs(config.tls.reload_secs),
         auth_reload_every: Duration::from_secs(config.policy.reload_secs),
+        model_reload_every: (config.deploy.reload_secs > 0)
+            .then(|| Duration::from_secs(config.deploy.reload_secs)),
+        deployer,
+        watched,
+        audit_log,
         grace: Duration::from_secs(config.server.shutdown_grace_secs),
         new_api_key,
         key_store,
@@ -468,9 +645,14 @@ impl Prepared {
             tls,
             reload_every,
             auth_reload_every,
+            model_reload_every,
+            deployer,
+            watched,
             grace,
             ..
         } = self;
+        let model_watcher = model_reload_every
+            .map(|every| tokio::spawn(watch_models(Arc::clone(&gate), deployer, watched, every)));
         let reload_gate = Arc::clone(&gate);
         let auth_watcher = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(auth_reload_every);
@@ -506,16 +688,71 @@ impl Prepared {
         server.serve(listener, shutdown, grace).await;
         ready_task.abort();
         auth_watcher.abort();
+        if let Some(task) = model_watcher {
+            task.abort();
+            let _ = task.await;
+        }
         if let Some(watcher) = watcher {
             watcher.abort();
         }
         if let Some(task) = admin_task {
             task.abort();
         }
+        let trail = gate.trail.clone();
         drop(gate);
         if let Some(task) = audit_task {
             // Every connection task holding the gate has ended or is past the grace period; give the writer a moment.
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        // The last records are durable; sign a checkpoint over them.
+        let _ = tokio::task::spawn_blocking(move || trail.checkpoint()).await;
+    }
+}
+
+/// Polls the local models' files; a changed model goes through the deployment gate again and is swapped in only
+/// if it passes. A refused or broken version is recorded and the serving one stays.
+async fn watch_models(
+    gate: Arc<Gate>,
+    deployer: Deployer,
+    mut watched: Vec<Watched>,
+    every: Duration,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        for model in &mut watched {
+            let source = model.source.clone();
+            let fingerprint = tokio::task::spawn_blocking(move || source.fingerprint())
+                .await
+                .ok()
+                .flatten();
+            if fingerprint == model.fingerprint {
+                continue;
+            }
+            // Remembered whatever the verdict: a refused version is not retried until the files change again.
+            model.fingerprint = fingerprint;
+            let (name, source, loader) =
+                (model.name.clone(), model.source.clone(), deployer.clone());
+            let loaded = tokio::task::spawn_blocking(move || loader.load(&name, &source)).await;
+            match loaded {
+                Ok(Ok(deployed)) => match gate.swap_model(&model.name, deployed.model) {
+                    Ok(()) => {
+                        model.summary = verdict(&deployed.report);
+                        tracing::info!(model = %model.name, "new version passed the deployment gate and is serving");
+                    }
+                    Err(err) => {
+                        tracing::error!(model = %model.name, error = %err, "cannot start the new version; the previous one keeps serving")
+                    }
+                },
+                Ok(Err(err)) => {
+                    tracing::error!(model = %model.name, error = %err, "reload refused; the previous version keeps serving")
+                }
+                Err(err) => {
+                    tracing::error!(model = %model.name, error = %err, "reload failed; the previous version keeps serving")
+                }
+            }
         }
     }
 }

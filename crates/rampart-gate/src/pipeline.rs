@@ -223,6 +223,9 @@ impl Gate {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        if crate::exports::claims(request.method(), request.uri().path()) {
+            return self.handle_export(conn, request).await;
+        }
         let started = Instant::now();
         let mut trace = Trace::default();
         let (response, refusal) = match self.stages(conn, request, started, &mut trace).await {
@@ -364,7 +367,7 @@ impl Gate {
                 let json_len = self.stage_encoding(request.headers())?;
                 let body = self.stage_body(request.into_body(), deadline).await?;
                 trace.input_sha256 = Some(hex::encode(Sha256::digest(&body)));
-                let parsed = self.stage_validate(pool.model(), &body, json_len)?;
+                let parsed = self.stage_validate(&*pool.model(), &body, json_len)?;
                 let outputs = stage_infer(pool, parsed.inputs, deadline).await?;
                 Ok(respond_infer(
                     &name,

@@ -44,8 +44,9 @@ async fn start(extra: &str, setup: impl FnOnce(&Path)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nshutdown_grace_secs = 2\n{extra}\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\nworkers = 1\nqueue = 8\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nshutdown_grace_secs = 2\n{extra}\n[deploy]\ntrusted_keys = [\"{}\"]\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\nworkers = 1\nqueue = 8\n",
         dir.path().display(),
+        model_path().with_file_name("../release.pub").display(),
         model_path().display()
     );
     let config = Config::parse(&text, &dir.path().join("test.toml"), dir.path()).unwrap();

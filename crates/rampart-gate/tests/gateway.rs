@@ -31,8 +31,9 @@ fn model_path() -> PathBuf {
 
 fn config(state: &Path, extra: &str, plain: bool) -> Config {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplain_http = {plain}\nstate_dir = \"{}\"\nshutdown_grace_secs = 2\n{extra}\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\nworkers = 1\nqueue = 8\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplain_http = {plain}\nstate_dir = \"{}\"\nshutdown_grace_secs = 2\n{extra}\n[deploy]\ntrusted_keys = [\"{}\"]\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\nworkers = 1\nqueue = 8\n",
         state.display(),
+        model_path().with_file_name("../release.pub").display(),
         model_path().display()
     );
     Config::parse(&text, Path::new("test.toml"), Path::new(".")).unwrap()

@@ -68,8 +68,9 @@ async fn tritonclient_http_works_unmodified() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/digits");
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[deploy]\ntrusted_keys = [\"{}\"]\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\n",
         dir.path().display(),
+        root.join("release.pub").display(),
         root.join("model/model.onnx").display()
     );
     let config = Config::parse(&text, Path::new("test.toml"), Path::new(".")).unwrap();

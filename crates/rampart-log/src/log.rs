@@ -242,6 +242,42 @@ impl Log {
         })
     }
 
+    /// Queues several entries under one lock (a gateway's batch of records) and returns the receipt of the last;
+    /// once it is durable, so is every one before it. `None` when `entries` is empty.
+    pub fn submit_all(&self, entries: Vec<Vec<u8>>) -> Result<Option<Receipt>> {
+        if let Some(entry) = entries.iter().find(|e| e.len() > usize::from(u16::MAX)) {
+            return Err(Error::EntryTooLarge { len: entry.len() });
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut state = self.shared.lock();
+        while state.queue.len() >= MAX_QUEUE && state.failed.is_none() && !state.closing {
+            state = self
+                .shared
+                .appenders
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if let Some(failed) = &state.failed {
+            return Err(Error::Failed(failed.clone()));
+        }
+        if state.closing {
+            return Err(Error::Closed);
+        }
+        let was_empty = state.queue.is_empty();
+        state.next += entries.len() as u64;
+        let index = state.next - 1;
+        state.queue.extend(entries);
+        if was_empty {
+            self.shared.committer.notify_one();
+        }
+        Ok(Some(Receipt {
+            shared: Arc::clone(&self.shared),
+            index,
+        }))
+    }
+
     /// Appends an entry and returns its index once it is durable.
     pub fn append(&self, entry: &[u8]) -> Result<u64> {
         self.submit(entry.to_vec())?.wait()

@@ -10,12 +10,16 @@
 //! within [`INLINE_BUDGET`]; an upstream (network) model always gets threads. Either way a full queue is answered at
 //! once with 503 (load shedding) instead of letting latency grow without bound, and a job whose deadline passed while
 //! it waited is dropped without running.
+//!
+//! A reload ([`ModelPool::swap`]) starts the new version, then swaps it in atomically: requests already queued or
+//! running finish on the old version, whose threads end when its last job is done.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rampart_infer::{InferError, Model, Tensor, TensorData};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -58,9 +62,18 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Tensor>, JobError>>,
 }
 
-/// A model with its queue and its way of running.
+/// A model with its queue and its way of running; the version served can be swapped.
 #[derive(Debug)]
 pub struct ModelPool {
+    current: ArcSwap<Version>,
+    workers: usize,
+    queue: usize,
+    execution: Execution,
+}
+
+/// One version of the model and how its requests run.
+#[derive(Debug)]
+struct Version {
     model: Arc<dyn Model>,
     mode: Mode,
 }
@@ -100,6 +113,54 @@ impl ModelPool {
         queue: usize,
         execution: Execution,
     ) -> std::io::Result<ModelPool> {
+        Ok(ModelPool {
+            current: ArcSwap::from_pointee(Version::start(model, workers, queue, execution)?),
+            workers,
+            queue,
+            execution,
+        })
+    }
+
+    /// Serves `model` from now on: starts it, then swaps it in. In-flight jobs finish on the old version.
+    pub fn swap(&self, model: Arc<dyn Model>) -> std::io::Result<()> {
+        self.current.store(Arc::new(Version::start(
+            model,
+            self.workers,
+            self.queue,
+            self.execution,
+        )?));
+        Ok(())
+    }
+
+    /// The model served now.
+    pub fn model(&self) -> Arc<dyn Model> {
+        Arc::clone(&self.current.load().model)
+    }
+
+    /// Whether the model served now runs on the runtime's threads.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.current.load().mode, Mode::Inline { .. })
+    }
+
+    /// Queues a job and waits for its outputs, no later than `deadline`.
+    pub async fn run(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Instant,
+    ) -> Result<Vec<Tensor>, JobError> {
+        let version = self.current.load_full();
+        version.run(inputs, deadline).await
+    }
+}
+
+impl Version {
+    /// Starts the model with `workers` at once (threads or inline permits) and a queue of `queue` places.
+    fn start(
+        model: Arc<dyn Model>,
+        workers: usize,
+        queue: usize,
+        execution: Execution,
+    ) -> std::io::Result<Version> {
         let name = model.metadata().name.clone();
         let inline = match execution {
             Execution::Inline => true,
@@ -119,7 +180,7 @@ impl ModelPool {
             },
         };
         if inline {
-            return Ok(ModelPool {
+            return Ok(Version {
                 model,
                 mode: Mode::Inline {
                     permits: Semaphore::new(workers.max(1)),
@@ -137,28 +198,13 @@ impl ModelPool {
                 .name(format!("infer-{name}-{i}"))
                 .spawn(move || work(&*model, &rx))?;
         }
-        Ok(ModelPool {
+        Ok(Version {
             model,
             mode: Mode::Threads(tx),
         })
     }
 
-    /// The model.
-    pub fn model(&self) -> &dyn Model {
-        &*self.model
-    }
-
-    /// Whether the model runs on the runtime's threads.
-    pub fn is_inline(&self) -> bool {
-        matches!(self.mode, Mode::Inline { .. })
-    }
-
-    /// Queues a job and waits for its outputs, no later than `deadline`.
-    pub async fn run(
-        &self,
-        inputs: Vec<Tensor>,
-        deadline: Instant,
-    ) -> Result<Vec<Tensor>, JobError> {
+    async fn run(&self, inputs: Vec<Tensor>, deadline: Instant) -> Result<Vec<Tensor>, JobError> {
         let queue = match &self.mode {
             Mode::Threads(queue) => queue,
             Mode::Inline {

@@ -2,9 +2,13 @@
 //!
 //! Keys live in the state directory that `rampart serve` reads (`--state-dir`, else `$RAMPART_STATE_DIR`, else
 //! `./.rampart`); the gateway picks up changes without a restart.
+//!
+//! Adding and revoking are recorded in the tamper-evident log: the one `RAMPART_AUDIT_LOG` names, else the state
+//! directory's `audit` log when it exists. While a gateway holds that log open, the gateway records the change
+//! itself when it picks it up (`keys.reload`).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rampart_auth::{ApiKeyStore, KeyInfo, Revoked, KEY_STORE_FILE};
@@ -102,6 +106,15 @@ fn add(args: AddArgs) -> anyhow::Result<Outcome> {
     let new = store
         .add(&args.principal, &args.roles)
         .context("cannot add the key")?;
+    let record = rampart_log::Record::new("keys.add", crate::cmd::audit::actor())
+        .subject("key_id", new.info.id.clone())
+        .subject("principal", new.info.principal.clone())
+        .subject("roles", new.info.roles.join(","));
+    if let Err(err) = audit(&dir, &record) {
+        // Fail closed: a key whose creation is not on record does not stay usable.
+        let _ = ApiKeyStore::open_admin(&dir).and_then(|s| s.revoke(&new.info.id));
+        return Err(err.context("the key was revoked again"));
+    }
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Text => {
@@ -193,9 +206,47 @@ fn write_table(out: &mut impl Write, keys: &[KeyInfo]) -> std::io::Result<()> {
 fn revoke(args: RevokeArgs) -> anyhow::Result<Outcome> {
     let dir = args.state.path();
     let store = ApiKeyStore::open_admin(&dir).context("cannot open the key store")?;
-    match store.revoke(&args.id).context("cannot revoke the key")? {
+    let revoked = store.revoke(&args.id).context("cannot revoke the key")?;
+    if revoked == Revoked::Now {
+        // The revocation stands even if it cannot be recorded (the safe direction); the error says so.
+        audit(
+            &dir,
+            &rampart_log::Record::new("keys.revoke", crate::cmd::audit::actor())
+                .subject("key_id", args.id.clone()),
+        )
+        .context("the key is revoked, but the revocation is not in the audit log")?;
+    }
+    match revoked {
         Revoked::Now => println!("revoked API key `{}`", args.id),
         Revoked::Already => println!("API key `{}` was already revoked", args.id),
     }
     Ok(Outcome::Clean)
+}
+
+/// Records a key change: in `RAMPART_AUDIT_LOG` when set, else in the state directory's log if there is one.
+fn audit(state_dir: &Path, record: &rampart_log::Record) -> anyhow::Result<()> {
+    if crate::cmd::audit::enabled() {
+        crate::cmd::audit::record(record)?;
+        return Ok(());
+    }
+    let dir = state_dir.join("audit");
+    if !dir.join("checkpoint").exists() {
+        return Ok(());
+    }
+    match rampart_log::Log::open(&dir, rampart_log::Options::default()) {
+        Ok(log) => {
+            log.append_json(record)
+                .context("cannot record the change in the audit log")?;
+            log.close()?;
+        }
+        Err(rampart_log::Error::Locked { .. }) => eprintln!(
+            "note: a running gateway holds the audit log `{}`; it records the change when it picks it up",
+            dir.display()
+        ),
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("cannot open the audit log `{}`", dir.display()))
+        }
+    }
+    Ok(())
 }

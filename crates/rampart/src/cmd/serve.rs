@@ -104,8 +104,18 @@ async fn serve(config: Config, check: bool) -> anyhow::Result<Outcome> {
     if let Some(admin) = prepared.admin_address {
         println!("  metrics    http://{admin}/metrics");
     }
+    for model in &prepared.watched {
+        println!("  gate       {}", model.summary);
+    }
     if let Some(path) = &prepared.audit_path {
         println!("  audit      {}", path.display());
+    }
+    if let Some((dir, key)) = &prepared.audit_log {
+        println!(
+            "  audit      {} (tamper-evident; `rampart audit verify {} --key '{key}'`)",
+            dir.display(),
+            dir.display()
+        );
     }
     match (&prepared.new_api_key, &prepared.key_store) {
         (Some(key), _) => println!("  API key    {key}  (new, role admin; shown once: keep it)"),

@@ -1,0 +1,248 @@
+//! Export control over HTTP, over a real socket: refused by default (the embedded policy forbids `export`); with
+//! a policy that permits it, refused until another principal with the `approver` role approves with a fresh TOTP
+//! code, then allowed once; self-approval, a wrong code and a replayed code are refused; everything is logged.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rampart_deploy::export::ExportControl;
+use rampart_deploy::{totp, GateConfig, Registry, TrustedKey};
+use rampart_gate::config::Config;
+use rampart_gate::Parts;
+use rampart_sign::{sign_dir, Curve, SignOptions, SigningKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+const PERMISSIVE: &str = r#"
+permit (principal in Rampart::Role::"admin", action, resource);
+permit (
+  principal in Rampart::Role::"user",
+  action in [Rampart::Action::"infer", Rampart::Action::"read_metadata", Rampart::Action::"export", Rampart::Action::"approve"],
+  resource
+);
+"#;
+
+fn example_onnx() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/digits/model/model.onnx")
+}
+
+/// A state dir with version `1` of `digits` in the registry, approver `bob` enrolled, and API keys for `carol`
+/// (requester) and `bob`; returns the keys and bob's TOTP secret.
+fn setup(dir: &Path) -> (String, String, Vec<u8>) {
+    let key = SigningKey::generate(Curve::P256);
+    std::fs::write(
+        dir.join("release.pub"),
+        key.verifying_key().to_pem().unwrap(),
+    )
+    .unwrap();
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(example_onnx(), model.join("model.onnx")).unwrap();
+    let mut options = SignOptions::default();
+    options
+        .ignore
+        .add(rampart_digest::ManifestPath::new("model.sig").unwrap());
+    let (_, bundle) = sign_dir(&model, &key, &options).unwrap();
+    std::fs::write(model.join("model.sig"), bundle.to_json().unwrap()).unwrap();
+    let state = dir.join("state");
+    let registry = Registry::open(&state);
+    let gate = GateConfig::new(vec![TrustedKey {
+        name: "release.pub".into(),
+        key: key.verifying_key(),
+    }]);
+    registry.push(&model, "digits", "1", "ci", &gate).unwrap();
+    let enrollment = ExportControl::new(&registry)
+        .enroll("bob", &["approver".to_owned()], false, "admin")
+        .unwrap();
+    let keys = rampart_auth::ApiKeyStore::open(&state).unwrap();
+    let carol = keys.add("carol", &["user".to_owned()]).unwrap().key;
+    let bob = keys.add("bob", &["user".to_owned()]).unwrap().key;
+    (carol, bob, totp::base32_decode(&enrollment.secret).unwrap())
+}
+
+async fn start(
+    dir: &Path,
+    policy: &str,
+) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplain_http = true\nstate_dir = \"state\"\nshutdown_grace_secs = 2\n[auth]\ncreate_first_key = false\n[deploy]\ntrusted_keys = [\"release.pub\"]\n{policy}\n[[models]]\nname = \"digits\"\nonnx = \"model/model.onnx\"\nworkers = 1\n"
+    );
+    let config = Config::parse(&text, &dir.join("rampart.toml"), dir).unwrap();
+    let prepared = rampart_gate::prepare(&config, Parts::default())
+        .await
+        .unwrap();
+    let (stop, shutdown) = watch::channel(false);
+    let addr = prepared.address;
+    (addr, stop, tokio::spawn(prepared.serve(shutdown)))
+}
+
+async fn call(addr: SocketAddr, key: &str, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, out[split + 4..].to_vec())
+}
+
+fn text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_is_refused_by_default_and_allowed_once_per_approval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (carol, bob, secret) = setup(dir.path());
+    let ask = r#"{"model": "digits", "version": "1"}"#;
+    let fetch = "/v2/models/digits/versions/1/export";
+
+    // The embedded policy forbids export to everyone.
+    let (addr, stop, task) = start(dir.path(), "").await;
+    assert_eq!(call(addr, &carol, "POST", "/v2/exports", ask).await.0, 403);
+    assert_eq!(call(addr, &carol, "GET", fetch, "").await.0, 403);
+    assert_eq!(
+        call(addr, "rmp_000000000000_nope", "GET", fetch, "")
+            .await
+            .0,
+        401
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    // A policy that permits export: still refused until approved.
+    std::fs::write(dir.path().join("policy.cedar"), PERMISSIVE).unwrap();
+    let (addr, stop, task) = start(dir.path(), "[policy]\npolicies = \"policy.cedar\"").await;
+    let (status, body) = call(addr, &carol, "GET", fetch, "").await;
+    assert_eq!(status, 403, "{}", text(&body));
+    assert!(
+        text(&body).contains("no live approved export"),
+        "{}",
+        text(&body)
+    );
+
+    let (status, body) = call(addr, &carol, "POST", "/v2/exports", ask).await;
+    assert_eq!(status, 201, "{}", text(&body));
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let id = request["id"].as_str().unwrap().to_owned();
+    let approve = format!("/v2/exports/{id}/approve");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let code = totp::code_at(&secret, now());
+
+    // Never self-approval, never a wrong code.
+    let (status, body) = call(
+        addr,
+        &carol,
+        "POST",
+        &approve,
+        &format!(r#"{{"totp": "{code}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(text(&body).contains("own request"), "{}", text(&body));
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (status, _) = call(
+        addr,
+        &bob,
+        "POST",
+        &approve,
+        &format!(r#"{{"totp": "{wrong}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Bob approves with a fresh code: one export for carol.
+    let (status, body) = call(
+        addr,
+        &bob,
+        "POST",
+        &approve,
+        &format!(r#"{{"totp": "{code}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", text(&body));
+    let (status, body) = call(addr, &carol, "GET", fetch, "").await;
+    assert_eq!(status, 200, "{}", text(&body));
+    let mut archive = tar::Archive::new(body.as_slice());
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "model.onnx"), "{names:?}");
+    assert_eq!(
+        call(addr, &carol, "GET", fetch, "").await.0,
+        403,
+        "used once"
+    );
+
+    // The same code again, on a new request: a replay, refused.
+    let (_, body) = call(addr, &carol, "POST", "/v2/exports", ask).await;
+    let second: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let again = format!("/v2/exports/{}/approve", second["id"].as_str().unwrap());
+    let (status, body) = call(
+        addr,
+        &bob,
+        "POST",
+        &again,
+        &format!(r#"{{"totp": "{code}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 403, "{}", text(&body));
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    // All of it is in the gateway's log, which verifies.
+    let audit = dir.path().join("state/audit");
+    let key = rampart_log::read_verifier(&audit, None).unwrap();
+    let verified = rampart_log::verify(&audit, key, &[]).unwrap();
+    assert!(verified.problem.is_none(), "{:?}", verified.problem);
+    let view =
+        rampart_log::LogView::open(&audit, rampart_log::read_verifier(&audit, None).unwrap())
+            .unwrap();
+    let actions: Vec<(String, String)> = (0..view.checkpoint().size)
+        .map(|i| {
+            let e: serde_json::Value = serde_json::from_slice(&view.entry(i).unwrap()).unwrap();
+            (
+                e["action"].as_str().unwrap_or_default().to_owned(),
+                e["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for wanted in [
+        ("export.request", "ok"),
+        ("export.approve", "denied"),
+        ("export.approve", "ok"),
+        ("export", "ok"),
+        ("export", "denied"),
+    ] {
+        assert!(
+            actions.iter().any(|(a, o)| a == wanted.0 && o == wanted.1),
+            "{wanted:?} not in {actions:?}"
+        );
+    }
+}
