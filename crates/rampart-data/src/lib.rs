@@ -9,10 +9,10 @@
 //! - [`run`]: one pass over the file for the streaming checks, then the in-memory checks, into a [`Report`].
 //! - [`report`] and [`html`]: text, JSON and a self-contained HTML report.
 //!
-//! Cargo features (off by default until their tests have run in CI; both are pure Rust, zstd's C sources aside):
-//! `parquet` (Parquet reading: uncompressed, snappy, gzip, lz4 and zstd pages) and `onnx` (representations from an
-//! ONNX model's penultimate layer through tract). Without them, a Parquet file or `--model` is an error that names the
-//! missing feature.
+//! Cargo features, both on by default and both built with the Rust toolchain and gcc only (zstd's C sources aside,
+//! pure Rust): `parquet` (Parquet reading: uncompressed, snappy, gzip, lz4 and zstd pages) and `onnx`
+//! (representations from an ONNX model's penultimate layer through tract). Built without them, a Parquet file or
+//! `--model` is an error that names the missing feature.
 
 pub mod checks;
 pub mod error;

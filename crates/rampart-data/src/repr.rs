@@ -94,7 +94,7 @@ pub fn penultimate(model_path: &Path, features: &Matrix) -> Result<Matrix> {
     })?;
     let cut_name = model.node(penultimate.node).name.clone();
     model
-        .set_output_outlets(&[penultimate])
+        .select_output_outlets(&[penultimate])
         .map_err(|e| err(e.to_string()))?;
     let batch = 256usize;
     let d = features.cols();

@@ -19,8 +19,11 @@ use parquet::file::writer::SerializedFileWriter;
 use rampart_data::load::{self, Row};
 use rampart_data::{Check, Options};
 
+/// A record's line (record number) and its cells.
+type Cells = (u64, Vec<Option<String>>);
+
 /// Every row of a file as cells.
-fn cells(path: &Path) -> (Vec<String>, Vec<(u64, Vec<Option<String>>)>) {
+fn cells(path: &Path) -> (Vec<String>, Vec<Cells>) {
     let mut source = load::open(path, None).unwrap();
     let mut rows = Vec::new();
     let mut row = Row::default();

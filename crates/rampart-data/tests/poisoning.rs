@@ -183,6 +183,73 @@ fn finds_the_backdoor_in_the_penultimate_layer_of_the_backdoored_model() {
     assert!(false_rate <= 0.05, "clean rows flagged {false_rate}");
 }
 
+/// The same target from representations given as a file (`--representations`): the backdoored model's hidden
+/// layer (`relu1`, the 64 activations before the output layer), computed here by cutting the graph at that node by
+/// name, independently of Rampart's own search for the penultimate layer, and written one row per data row.
+#[cfg(feature = "onnx")]
+#[test]
+fn finds_the_backdoor_in_representations_given_as_a_file() {
+    use tract_onnx::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, planted) = plant_listed(dir.path());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let x: Vec<f32> = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .flat_map(|l| {
+            let cells: Vec<f32> = l.split(',').map(|v| v.parse().unwrap()).collect();
+            cells[..64].to_vec()
+        })
+        .collect();
+    let n = x.len() / 64;
+    let mut model = tract_onnx::onnx()
+        .model_for_path(common::digits("backdoor/model.onnx"))
+        .unwrap();
+    model.select_outputs_by_name(["relu1"]).unwrap();
+    let plan = model
+        .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), [n, 64]))
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let out = plan
+        .run(tvec!(Tensor::from_shape(&[n, 64], &x).unwrap().into()))
+        .unwrap();
+    let hidden: Vec<f32> = out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    assert_eq!(hidden.len(), n * 64, "relu1 has 64 units");
+    let mut csv = (1..=64)
+        .map(|i| format!("h{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    csv.push('\n');
+    for row in hidden.chunks_exact(64) {
+        csv.push_str(&row.iter().map(f32::to_string).collect::<Vec<_>>().join(","));
+        csv.push('\n');
+    }
+    let reps = dir.path().join("hidden.csv");
+    std::fs::write(&reps, csv).unwrap();
+    let mut opts = Options::new(path);
+    opts.checks = Some(vec![Check::Poisoning]);
+    opts.representations = Some(reps.clone());
+    let report = rampart_data::run(&opts, &mut |_, _| {}).unwrap();
+    let poisoning = report.poisoning.as_ref().unwrap();
+    assert!(
+        poisoning.representations.contains("hidden.csv"),
+        "{}",
+        poisoning.representations
+    );
+    let (recall, false_rate) = score(&report, &planted);
+    assert!(recall >= 0.9, "recall {recall}");
+    assert!(false_rate <= 0.05, "clean rows flagged {false_rate}");
+}
+
 #[test]
 fn clean_digits_raise_few_poisoning_flags() {
     let mut opts = Options::new(common::digits("train.csv"));

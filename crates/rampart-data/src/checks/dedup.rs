@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 use serde::Serialize;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::load::Row;
 use crate::matrix::{dist2, Matrix};
@@ -24,8 +24,40 @@ pub fn hash_cells(row: &Row, columns: Option<&[usize]>, scratch: &mut Vec<u8>) -
         Some(columns) => columns.iter().for_each(|&c| push(row.get(c))),
         None => row.cells().for_each(push),
     }
-    xxh3_64(scratch)
+    xxh3_64_with_seed(scratch, *ROW_SEED)
 }
+
+/// Seed of the row hashes, random per process: the maps of row hashes below use the hash itself as their bucket
+/// hash (no second hashing of every row), and a secret seed keeps an attacker from crafting rows whose hashes
+/// collide in the bucket bits.
+static ROW_SEED: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+});
+
+/// A hasher for keys that are already seeded 64-bit hashes: passes them through.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for `u64` keys; fold anything else in so that the hasher stays correct.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// Builds [`PassThrough`] hashers.
+pub type RowHashes = std::hash::BuildHasherDefault<PassThrough>;
 
 /// A repeated row.
 #[derive(Debug, Clone, Serialize)]
@@ -40,7 +72,7 @@ pub struct Duplicate {
 /// Finds exact duplicates as rows stream by (one 64-bit hash per distinct row is kept).
 #[derive(Debug, Default)]
 pub struct ExactDuplicates {
-    seen: HashMap<u64, (u64, u64)>,
+    seen: HashMap<u64, (u64, u64), RowHashes>,
     pub count: u64,
     pub conflicting: u64,
     pub findings: Vec<Duplicate>,
@@ -83,7 +115,7 @@ impl ExactDuplicates {
 /// Hashes of another split's rows, to find leakage.
 #[derive(Debug, Default)]
 pub struct Against {
-    pub hashes: HashSet<u64>,
+    pub hashes: HashSet<u64, RowHashes>,
     pub rows: u64,
 }
 

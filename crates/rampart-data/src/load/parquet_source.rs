@@ -93,11 +93,10 @@ impl RowSource for ParquetSource {
 
     fn bytes_read(&self) -> u64 {
         // Parquet is columnar: report progress in proportion to records read.
-        if self.total_rows == 0 {
-            0
-        } else {
-            self.total_bytes.saturating_mul(self.record) / self.total_rows
-        }
+        self.total_bytes
+            .saturating_mul(self.record)
+            .checked_div(self.total_rows)
+            .unwrap_or(0)
     }
 
     fn path(&self) -> &Path {

@@ -281,8 +281,11 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
             }
         }
         if let Some(label) = label_value {
-            if class_counts.len() < 10_000 || class_counts.contains_key(label) {
-                *class_counts.entry(label.to_string()).or_default() += 1;
+            // Look up before inserting: no allocation for a label already counted.
+            if let Some(count) = class_counts.get_mut(label) {
+                *count += 1;
+            } else if class_counts.len() < 10_000 {
+                class_counts.insert(label.to_string(), 1);
             }
         }
         if memory.lines.len() < opts.max_rows {
