@@ -386,6 +386,8 @@ pub struct ModelConfig {
     /// Requests waiting for a thread; when full, new requests get 503.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// `[models.defend]`: the inference-time defences of this model (see `stages::defend`); none without it.
+    pub defend: Option<crate::stages::defend::DefendConfig>,
 }
 
 fn default_workers() -> usize {
@@ -447,6 +449,7 @@ impl Config {
             upstream_model: None,
             workers: default_workers(),
             queue: default_queue(),
+            defend: None,
         });
         config.validate()?;
         Ok(config)
