@@ -283,12 +283,15 @@ impl Profile {
     }
 }
 
+/// Feature names, rows (flattened) and labels.
+pub type LabelledRows = (Vec<String>, Vec<f32>, Vec<i64>);
+
 /// Reads CSV with a header row, numeric feature columns and an integer label column: the feature names, the rows
 /// (flattened) and the labels. Bounded by [`MAX_CELLS`]; the error names the row.
 pub fn read_labelled_rows(
     input: impl Read,
     label_column: &str,
-) -> Result<(Vec<String>, Vec<f32>, Vec<i64>), DefendError> {
+) -> Result<LabelledRows, DefendError> {
     let bad = |reason: String| DefendError::Read {
         what: "the data set".into(),
         reason,

@@ -906,6 +906,8 @@ impl Pending<'_> {
             .chunks(classes.max(1))
             .map(<[f32]>::to_vec)
             .collect();
+        // A refused query still counts for extraction: probing is a pattern even when it is not answered.
+        let mut rejected = None;
         if let Some(detector) = &d.detector {
             match detector.assess_scores(&self.values, &score_rows) {
                 Ok(verdicts) => {
@@ -916,18 +918,19 @@ impl Pending<'_> {
                     if flagged > 0 {
                         if detector.config().action == detect::Action::Reject {
                             d.count(metrics, "detector", "rejected");
-                            return Err(refusal(
+                            rejected = Some(refusal(
                                 "detector",
                                 StatusCode::UNPROCESSABLE_ENTITY,
                                 "adversarial_input",
                                 "the input looks adversarial",
                             ));
+                        } else {
+                            d.count(metrics, "detector", "flagged");
+                            headers.push((
+                                HeaderName::from_static("x-rampart-flag"),
+                                HeaderValue::from_static("adversarial"),
+                            ));
                         }
-                        d.count(metrics, "detector", "flagged");
-                        headers.push((
-                            HeaderName::from_static("x-rampart-flag"),
-                            HeaderValue::from_static("adversarial"),
-                        ));
                     } else {
                         d.count(metrics, "detector", "passed");
                     }
@@ -941,6 +944,9 @@ impl Pending<'_> {
         let mut mine: Vec<Vec<f32>> = score_rows.into_iter().take(self.rows).collect();
         if let Some(stage) = &d.extraction {
             self.observe(stage, &mine, audit, metrics)?;
+        }
+        if let Some(refused) = rejected {
+            return Err(refused);
         }
         if let Some(watermark) = &d.watermark {
             let mut marked = 0;
