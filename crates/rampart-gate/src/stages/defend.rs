@@ -708,7 +708,10 @@ impl Defences {
             match detector.squeezed(&kept) {
                 Ok(squeezed) => {
                     values.extend_from_slice(&squeezed);
-                    tensor.shape = vec![values.len() / self.width, self.width];
+                    // The batch grows; the per-row dimensions ([N, 64] or [N, 1, 8, 8]) stay.
+                    if let Some(batch) = tensor.shape.first_mut() {
+                        *batch = values.len() / self.width;
+                    }
                 }
                 Err(err) => self.undecided("detector", &err, audit, metrics)?,
             }
