@@ -9,7 +9,7 @@ use crate::DefendError;
 
 /// Settings of the monitor.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AnomalyConfig {
     /// The window length in seconds.
     pub window_secs: u64,
@@ -47,6 +47,18 @@ pub enum Metric {
     ErrorRatio,
     /// Distinct source addresses per window.
     Sources,
+}
+
+impl Metric {
+    /// The metric's name in records and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Requests => "requests",
+            Metric::Rows => "rows",
+            Metric::ErrorRatio => "error_ratio",
+            Metric::Sources => "sources",
+        }
+    }
 }
 
 const METRICS: [Metric; 4] = [

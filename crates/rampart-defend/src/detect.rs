@@ -23,10 +23,10 @@
 
 use rampart_infer::Model;
 
-use crate::knn::Reference;
+use crate::knn::{squared_distance, Reference};
 use crate::profile::{FeatureProfile, Profile};
 use crate::sanitise::{ImageShape, Sanitiser};
-use crate::stats::{extrapolated_tail, quantile_sorted};
+use crate::stats::extrapolated_tail;
 use crate::{argmax, predict, to_probabilities, DefendError};
 
 /// Components per row.
@@ -232,6 +232,32 @@ impl Detector {
         model: &dyn Model,
         values: &[f32],
     ) -> Result<Vec<(usize, [f64; COMPONENTS])>, DefendError> {
+        let rows = self.rows_in(values)?;
+        let width = self.config.shape.len();
+        let mut batch = values.to_vec();
+        batch.extend(self.squeezed(values)?);
+        let scores = predict(model, &self.input_name, batch.len() / width, width, batch)?;
+        debug_assert_eq!(scores.len(), rows * (1 + self.config.squeezers.len()));
+        self.components_from_scores(values, &scores)
+    }
+
+    /// The squeezed copies of a flat batch, one after the other in the order of the configured squeezers: what the
+    /// model must also score so that [`Detector::components_from_scores`] can compare. A gateway runs the original
+    /// rows and these in one batch, so the detector costs no extra call to the model.
+    pub fn squeezed(&self, values: &[f32]) -> Result<Vec<f32>, DefendError> {
+        self.rows_in(values)?;
+        let mut out = Vec::with_capacity(values.len() * self.config.squeezers.len());
+        for squeezer in &self.config.squeezers {
+            let start = out.len();
+            out.extend_from_slice(values);
+            if let Some(copy) = out.get_mut(start..) {
+                squeezer.apply_batch(copy, self.config.shape)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn rows_in(&self, values: &[f32]) -> Result<usize, DefendError> {
         let width = self.config.shape.len();
         if values.is_empty() || values.len() % width != 0 {
             return Err(DefendError::Input(format!(
@@ -239,15 +265,30 @@ impl Detector {
                 values.len()
             )));
         }
-        let rows = values.len() / width;
-        let original = predict(model, &self.input_name, rows, width, values.to_vec())?;
+        Ok(values.len() / width)
+    }
+
+    /// The components of each row given the model's scores on the rows followed by its scores on each squeezed
+    /// copy ([`Detector::squeezed`]): `rows × (1 + squeezers)` score rows.
+    pub fn components_from_scores(
+        &self,
+        values: &[f32],
+        scores: &[Vec<f32>],
+    ) -> Result<Vec<(usize, [f64; COMPONENTS])>, DefendError> {
+        let rows = self.rows_in(values)?;
+        let width = self.config.shape.len();
+        if scores.len() != rows * (1 + self.config.squeezers.len()) {
+            return Err(DefendError::Model(format!(
+                "the model returned {} score rows for {rows} rows and {} squeezed copies",
+                scores.len(),
+                self.config.squeezers.len()
+            )));
+        }
+        let (original, squeezed) = scores.split_at(rows);
         let original: Vec<Vec<f32>> = original.iter().map(|r| to_probabilities(r)).collect();
         let mut squeeze = vec![0.0_f64; rows];
-        for squeezer in &self.config.squeezers {
-            let mut squeezed = values.to_vec();
-            squeezer.apply_batch(&mut squeezed, self.config.shape)?;
-            let out = predict(model, &self.input_name, rows, width, squeezed)?;
-            for ((s, a), b) in squeeze.iter_mut().zip(&original).zip(&out) {
+        for out in squeezed.chunks(rows) {
+            for ((s, a), b) in squeeze.iter_mut().zip(&original).zip(out) {
                 let b = to_probabilities(b);
                 let l1: f64 = a
                     .iter()
@@ -263,24 +304,25 @@ impl Detector {
             let predicted = argmax(probs)
                 .ok_or_else(|| DefendError::Model("the model returned NaN scores".into()))?;
             let class = predicted as i64;
-            let mut all = self.reference.distances(row);
-            all.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-            let disagree =
-                all.iter().take(k).filter(|n| n.label != class).count() as f64 / k as f64;
-            let mean_of = |same: bool| {
-                let picked: Vec<f64> = all
-                    .iter()
-                    .filter(|n| (n.label == class) == same)
-                    .take(k)
-                    .map(|n| n.distance)
-                    .collect();
-                if picked.is_empty() {
-                    f64::INFINITY
+            // The k nearest overall, of the predicted class and of the others, in one pass over the reference
+            // (ties keep the earlier row, as a stable sort would).
+            let (mut all, mut same, mut other) = (KBest::new(k), KBest::new(k), KBest::new(k));
+            for (r, &label) in self
+                .reference
+                .rows
+                .chunks_exact(width)
+                .zip(&self.reference.labels)
+            {
+                let d = squared_distance(r, row);
+                all.push(d, label);
+                if label == class {
+                    same.push(d, label);
                 } else {
-                    picked.iter().sum::<f64>() / picked.len() as f64
+                    other.push(d, label);
                 }
-            };
-            let (same, other) = (mean_of(true), mean_of(false));
+            }
+            let disagree = all.items.iter().filter(|(_, l)| *l != class).count() as f64 / k as f64;
+            let (same, other) = (same.mean_distance(), other.mean_distance());
             // A class absent from the reference is maximally suspicious; guard 0/0 for exact duplicates.
             let ratio = if same.is_infinite() {
                 f64::MAX
@@ -339,12 +381,21 @@ impl Detector {
             .iter_mut()
             .for_each(|c| c.sort_by(f64::total_cmp));
         let enabled = &self.config.components;
+        // Each clean row is scored against the OTHER clean rows (leave one out): scored against a sample that holds
+        // it, a row's tail probabilities are never extreme, so the clean scores would run low and a new clean row,
+        // which is not in the sample, would cross the threshold more often than the target.
         let mut scores: Vec<f64> = comps
             .iter()
-            .map(|(_, c)| fisher(&components, enabled, c))
+            .map(|(_, c)| fisher_leave_one_out(&components, enabled, c))
             .collect();
         scores.sort_by(f64::total_cmp);
-        let threshold = quantile_sorted(&scores, 1.0 - self.config.target_fpr)
+        // The conformal order statistic: the ⌈(1 - α)(n + 1)⌉-th smallest score, so that a new clean row exceeds it
+        // with probability at most α (exchangeability), not just about α.
+        let n = scores.len();
+        let rank = ((1.0 - self.config.target_fpr) * (n + 1) as f64).ceil() as usize;
+        let threshold = scores
+            .get(rank.clamp(1, n) - 1)
+            .copied()
             .ok_or_else(|| DefendError::Uncalibrated("no clean scores".into()))?;
         Ok(self.calibration.insert(Calibration {
             components,
@@ -360,11 +411,35 @@ impl Detector {
         model: &dyn Model,
         values: &[f32],
     ) -> Result<Vec<Assessment>, DefendError> {
-        let calibration = self.calibration.as_ref().ok_or_else(|| {
+        self.calibrated()?;
+        let components = self.components(model, values)?;
+        self.verdicts(components)
+    }
+
+    /// Like [`Detector::assess`], with the model's scores already computed on the rows and their squeezed copies
+    /// (see [`Detector::components_from_scores`]).
+    pub fn assess_scores(
+        &self,
+        values: &[f32],
+        scores: &[Vec<f32>],
+    ) -> Result<Vec<Assessment>, DefendError> {
+        self.calibrated()?;
+        let components = self.components_from_scores(values, scores)?;
+        self.verdicts(components)
+    }
+
+    fn calibrated(&self) -> Result<&Calibration, DefendError> {
+        self.calibration.as_ref().ok_or_else(|| {
             DefendError::Uncalibrated("calibrate it on clean held-out data before serving".into())
-        })?;
-        Ok(self
-            .components(model, values)?
+        })
+    }
+
+    fn verdicts(
+        &self,
+        components: Vec<(usize, [f64; COMPONENTS])>,
+    ) -> Result<Vec<Assessment>, DefendError> {
+        let calibration = self.calibrated()?;
+        Ok(components
             .into_iter()
             .map(|(predicted, components)| {
                 let score = fisher(
@@ -380,6 +455,62 @@ impl Detector {
                 }
             })
             .collect())
+    }
+}
+
+/// Fisher's combination for a calibration row, each tail probability taken among the other calibration rows.
+fn fisher_leave_one_out(
+    clean: &[Vec<f64>],
+    enabled: &[Component],
+    components: &[f64; COMPONENTS],
+) -> f64 {
+    enabled
+        .iter()
+        .filter_map(|c| {
+            let sorted = clean.get(c.index())?;
+            let value = *components.get(c.index())?;
+            let at = sorted.partition_point(|&x| x < value);
+            let mut rest = Vec::with_capacity(sorted.len());
+            rest.extend_from_slice(sorted.get(..at)?);
+            rest.extend_from_slice(sorted.get(at + 1..)?);
+            Some(-extrapolated_tail(&rest, value).ln())
+        })
+        .sum()
+}
+
+/// The `k` smallest squared distances seen, ascending, with their labels.
+struct KBest {
+    k: usize,
+    items: Vec<(f32, i64)>,
+}
+
+impl KBest {
+    fn new(k: usize) -> KBest {
+        KBest {
+            k,
+            items: Vec::with_capacity(k + 1),
+        }
+    }
+
+    fn push(&mut self, d: f32, label: i64) {
+        if self.items.len() == self.k && self.items.last().is_some_and(|&(w, _)| d >= w) {
+            return;
+        }
+        let at = self.items.partition_point(|&(x, _)| x <= d);
+        self.items.insert(at, (d, label));
+        self.items.truncate(self.k);
+    }
+
+    /// The mean Euclidean distance of the kept rows; infinite when none.
+    fn mean_distance(&self) -> f64 {
+        if self.items.is_empty() {
+            return f64::INFINITY;
+        }
+        self.items
+            .iter()
+            .map(|&(d, _)| f64::from(d).sqrt())
+            .sum::<f64>()
+            / self.items.len() as f64
     }
 }
 

@@ -19,14 +19,14 @@
 
 use std::collections::HashMap;
 
-use crate::knn::{euclidean, Reference};
+use crate::knn::{squared_distance, Reference};
 use crate::shapiro::shapiro_wilk;
 use crate::stats::{binomial_sf, quantile_sorted};
 use crate::DefendError;
 
 /// Settings of the extraction monitor.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ExtractionConfig {
     /// PRADA flags when Shapiro–Wilk's `W` falls below this.
     pub prada_w: f64,
@@ -254,9 +254,9 @@ impl ExtractionMonitor {
             let closest = state
                 .history
                 .iter()
-                .map(|h| euclidean(h, query))
-                .fold(f64::INFINITY, f64::min);
-            if closest <= baseline.near {
+                .map(|h| squared_distance(h, query))
+                .fold(f32::INFINITY, f32::min);
+            if f64::from(closest).sqrt() <= baseline.near {
                 state.near_duplicates += 1;
             }
             if let Some(last) = state.history.last() {
@@ -336,7 +336,11 @@ impl ExtractionMonitor {
 /// that distance exceeds `mean(D) - std(D)` (or the set is empty).
 fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize) {
     let set = state.growing.entry(class).or_default();
-    let Some(min) = set.iter().map(|g| euclidean(g, query)).reduce(f64::min) else {
+    let Some(min) = set
+        .iter()
+        .map(|g| f64::from(squared_distance(g, query)).sqrt())
+        .reduce(f64::min)
+    else {
         set.push(query.to_vec());
         return;
     };

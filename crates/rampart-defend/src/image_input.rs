@@ -12,7 +12,7 @@ use crate::DefendError;
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ImageLimits {
     /// Largest encoded image, in bytes.
     pub max_encoded_bytes: usize,

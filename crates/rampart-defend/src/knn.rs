@@ -51,22 +51,48 @@ impl Reference {
             .collect()
     }
 
-    /// The `k` nearest rows, nearest first; `skip_index` leaves one row out (for leave-one-out calibration).
+    /// The `k` nearest rows, nearest first (ties: the earlier row first); `skip_index` leaves one row out (for
+    /// leave-one-out calibration). One pass, no allocation beyond the `k` answers.
     pub fn nearest(&self, query: &[f32], k: usize, skip_index: Option<usize>) -> Vec<Neighbour> {
-        let mut all: Vec<Neighbour> = self
-            .distances(query)
-            .into_iter()
-            .filter(|n| Some(n.index) != skip_index)
-            .collect();
-        let k = k.min(all.len());
-        if k == 0 {
+        if self.width == 0 || k == 0 {
             return Vec::new();
         }
-        all.select_nth_unstable_by(k - 1, |a, b| a.distance.total_cmp(&b.distance));
-        all.truncate(k);
-        all.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-        all
+        let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+        for (index, row) in self.rows.chunks_exact(self.width).enumerate() {
+            if Some(index) == skip_index {
+                continue;
+            }
+            let d = squared_distance(row, query);
+            if best.len() == k && best.last().is_some_and(|&(w, _)| d >= w) {
+                continue;
+            }
+            let at = best.partition_point(|&(x, _)| x <= d);
+            best.insert(at, (d, index));
+            best.truncate(k);
+        }
+        best.into_iter()
+            .map(|(d, index)| Neighbour {
+                distance: f64::from(d).sqrt(),
+                label: self.labels.get(index).copied().unwrap_or(0),
+                index,
+            })
+            .collect()
     }
+}
+
+/// Squared Euclidean distance in `f32`, eight lanes at a time (the compiler vectorises the lanes).
+pub fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0_f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for ((l, &p), &q) in lanes.iter_mut().zip(x).zip(y) {
+            let d = p - q;
+            *l += d * d;
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(&p, &q)| (p - q) * (p - q)).sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// Euclidean distance in `f64`.

@@ -126,65 +126,7 @@ impl Profile {
         label_column: &str,
         max_reference: usize,
     ) -> Result<Profile, DefendError> {
-        let bad = |reason: String| DefendError::Read {
-            what: "the data set".into(),
-            reason,
-        };
-        let (mut reader, header, label_at) = labelled_csv(input, label_column, &bad)?;
-        let names: Vec<String> = header
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != label_at)
-            .map(|(_, h)| h.to_string())
-            .collect();
-        if names.is_empty() {
-            return Err(bad("there is no feature column besides the label".into()));
-        }
-        let width = names.len();
-        let mut values: Vec<f32> = Vec::new();
-        let mut labels: Vec<i64> = Vec::new();
-        for (line, record) in reader.records().enumerate() {
-            let record = record.map_err(|e| bad(format!("row {}: {e}", line + 2)))?;
-            if record.len() != width + 1 {
-                return Err(bad(format!(
-                    "row {} has {} fields, the header {}",
-                    line + 2,
-                    record.len(),
-                    width + 1
-                )));
-            }
-            if values.len() + width > MAX_CELLS {
-                return Err(bad(format!(
-                    "more than {MAX_CELLS} values; profile a sample of the rows"
-                )));
-            }
-            for (i, field) in record.iter().enumerate() {
-                if i == label_at {
-                    let label = field.trim().parse::<i64>().map_err(|_| {
-                        bad(format!(
-                            "row {}: label `{field}` is not an integer",
-                            line + 2
-                        ))
-                    })?;
-                    labels.push(label);
-                } else {
-                    let v = field
-                        .trim()
-                        .parse::<f32>()
-                        .ok()
-                        .filter(|v| v.is_finite())
-                        .ok_or_else(|| {
-                            bad(format!(
-                                "row {}: `{}` in column `{}` is not a finite number",
-                                line + 2,
-                                field,
-                                header.get(i).unwrap_or("?")
-                            ))
-                        })?;
-                    values.push(v);
-                }
-            }
-        }
+        let (names, values, labels) = read_labelled_rows(input, label_column)?;
         Profile::from_rows(&names, label_column, &values, &labels, max_reference)
     }
 
@@ -339,6 +281,77 @@ impl Profile {
     pub fn width(&self) -> usize {
         self.features.len()
     }
+}
+
+/// Feature names, rows (flattened) and labels.
+pub type LabelledRows = (Vec<String>, Vec<f32>, Vec<i64>);
+
+/// Reads CSV with a header row, numeric feature columns and an integer label column: the feature names, the rows
+/// (flattened) and the labels. Bounded by [`MAX_CELLS`]; the error names the row.
+pub fn read_labelled_rows(
+    input: impl Read,
+    label_column: &str,
+) -> Result<LabelledRows, DefendError> {
+    let bad = |reason: String| DefendError::Read {
+        what: "the data set".into(),
+        reason,
+    };
+    let (mut reader, header, label_at) = labelled_csv(input, label_column, &bad)?;
+    let names: Vec<String> = header
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != label_at)
+        .map(|(_, h)| h.to_string())
+        .collect();
+    if names.is_empty() {
+        return Err(bad("there is no feature column besides the label".into()));
+    }
+    let width = names.len();
+    let mut values: Vec<f32> = Vec::new();
+    let mut labels: Vec<i64> = Vec::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| bad(format!("row {}: {e}", line + 2)))?;
+        if record.len() != width + 1 {
+            return Err(bad(format!(
+                "row {} has {} fields, the header {}",
+                line + 2,
+                record.len(),
+                width + 1
+            )));
+        }
+        if values.len() + width > MAX_CELLS {
+            return Err(bad(format!(
+                "more than {MAX_CELLS} values; profile a sample of the rows"
+            )));
+        }
+        for (i, field) in record.iter().enumerate() {
+            if i == label_at {
+                let label = field.trim().parse::<i64>().map_err(|_| {
+                    bad(format!(
+                        "row {}: label `{field}` is not an integer",
+                        line + 2
+                    ))
+                })?;
+                labels.push(label);
+            } else {
+                let v = field
+                    .trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "row {}: `{}` in column `{}` is not a finite number",
+                            line + 2,
+                            field,
+                            header.get(i).unwrap_or("?")
+                        ))
+                    })?;
+                values.push(v);
+            }
+        }
+    }
+    Ok((names, values, labels))
 }
 
 /// Opens a CSV with a header row and finds its label column: the reader, the header and the label's index.

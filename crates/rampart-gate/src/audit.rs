@@ -52,6 +52,9 @@ pub struct AuditRecord {
     /// Hex SHA-256 of the request body, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_sha256: Option<String>,
+    /// What the inference-time defences decided, when the model has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub defend: Option<Box<crate::stages::defend::DefendAudit>>,
 }
 
 /// Where audit records go. Called from a blocking thread with a batch; must be durable when it returns `Ok` from
@@ -304,6 +307,7 @@ mod tests {
                     status: 200 + i,
                     latency_us: 1,
                     input_sha256: None,
+                    defend: None,
                 })
                 .await;
         }

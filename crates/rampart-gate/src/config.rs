@@ -417,6 +417,8 @@ pub struct ModelConfig {
     /// How requests run: `auto` (inline when the model answers within 100 µs, else threads), `inline`, `threads`.
     #[serde(default)]
     pub execution: crate::stages::infer::Execution,
+    /// `[models.defend]`: the inference-time defences of this model (see `stages::defend`); none without it.
+    pub defend: Option<crate::stages::defend::DefendConfig>,
 }
 
 fn default_workers() -> usize {
@@ -487,6 +489,7 @@ impl Config {
             workers: default_workers(),
             queue: default_queue(),
             execution: crate::stages::infer::Execution::Auto,
+            defend: None,
         });
         config.validate()?;
         Ok(config)

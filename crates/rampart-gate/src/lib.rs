@@ -159,6 +159,7 @@ impl Limits {
 #[derive(Debug)]
 pub struct Gate {
     models: HashMap<String, ModelPool>,
+    defences: HashMap<String, stages::defend::Defences>,
     authn: Authn,
     authorizer: Arc<Authorizer>,
     /// The limits in force.
@@ -288,8 +289,11 @@ impl Gate {
         if !security {
             tracing::warn!("security stages are OFF (server.disable_security_stages): no authentication, policy or limits");
         }
+        // Calibrates the detectors on the models: blocking start-up work, before any request.
+        let defences = stages::defend::build_all(config, &models)?;
         let gate = Gate {
             models,
+            defences,
             authn: parts.authn.unwrap_or_default(),
             authorizer,
             limits: Limits::from_config(config),

@@ -28,6 +28,17 @@ pub struct RefusalLabels {
     pub reason: String,
 }
 
+/// Labels of a defence's decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DefendLabels {
+    /// The model.
+    pub model: String,
+    /// The defence stage (`detector`, `extraction`, ...).
+    pub stage: String,
+    /// What it decided (`rejected`, `flagged`, `passed`, `ban`, `undecided`, ...).
+    pub outcome: String,
+}
+
 /// Labels of a connection-level event.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -61,6 +72,8 @@ pub struct Metrics {
     pub connections_refused: Family<ReasonLabels, Counter>,
     /// Audit records that could not be written.
     pub audit_errors: Counter,
+    /// Decisions of the inference-time defences, by model, stage and outcome.
+    pub defend: Family<DefendLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +96,7 @@ impl Metrics {
             connections: Counter::default(),
             connections_refused: Family::default(),
             audit_errors: Counter::default(),
+            defend: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered", m.requests.clone());
@@ -121,6 +135,11 @@ impl Metrics {
             "audit_errors",
             "Audit records that could not be written",
             m.audit_errors.clone(),
+        );
+        registry.register(
+            "defend_decisions",
+            "Decisions of the inference-time defences, by model, stage and outcome",
+            m.defend.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -170,6 +170,7 @@ struct Trace {
     principal: Option<Principal>,
     input_sha256: Option<String>,
     rate_headers: Vec<(HeaderName, HeaderValue)>,
+    defend: Option<crate::stages::defend::DefendAudit>,
 }
 
 /// The response body type.
@@ -257,6 +258,7 @@ impl Gate {
     ) {
         let elapsed = started.elapsed();
         let route = trace.route.as_ref();
+        self.stage_anomaly(conn, trace, status).await;
         let labels = RequestLabels {
             model: route
                 .and_then(Route::model)
@@ -300,6 +302,7 @@ impl Gate {
                             status: status.as_u16(),
                             latency_us: length.as_secs().saturating_mul(1_000_000),
                             input_sha256: None,
+                            defend: None,
                         })
                         .await;
                 }
@@ -327,6 +330,7 @@ impl Gate {
                 status: status.as_u16(),
                 latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 input_sha256: trace.input_sha256.clone(),
+                defend: trace.defend.clone().map(Box::new),
             })
             .await;
     }
@@ -367,14 +371,15 @@ impl Gate {
                 let json_len = self.stage_encoding(request.headers())?;
                 let body = self.stage_body(request.into_body(), deadline).await?;
                 trace.input_sha256 = Some(hex::encode(Sha256::digest(&body)));
-                let parsed = self.stage_validate(&*pool.model(), &body, json_len)?;
-                let outputs = stage_infer(pool, parsed.inputs, deadline).await?;
-                Ok(respond_infer(
-                    &name,
-                    parsed.id.as_deref(),
-                    &outputs,
-                    &parsed.outputs,
-                ))
+                let defences = self.defences.get(&name);
+                let parsed =
+                    self.stage_validate(&*pool.model(), &body, json_len, defences, trace)?;
+                let (inputs, pending) =
+                    self.stage_defend_inputs(conn, defences, parsed.inputs, trace)?;
+                let outputs = stage_infer(pool, inputs, deadline).await?;
+                let (outputs, wanted) = self.stage_defend_outputs(pending, outputs, trace)?;
+                let wanted = if wanted { &parsed.outputs[..] } else { &[] };
+                Ok(respond_infer(&name, parsed.id.as_deref(), &outputs, wanted))
             }
             Route::Live => Ok(json_reply(StatusCode::OK, br#"{"live":true}"#.to_vec())),
             Route::Ready => {
@@ -641,6 +646,8 @@ impl Gate {
         model: &dyn rampart_infer::Model,
         body: &[u8],
         json_len: Option<usize>,
+        defences: Option<&crate::stages::defend::Defences>,
+        trace: &mut Trace,
     ) -> Result<kserve::InferRequest, Refusal> {
         let bad = |reason: &'static str, message: String| {
             Refusal::new("validate", StatusCode::BAD_REQUEST, reason, message).strike()
@@ -649,7 +656,7 @@ impl Gate {
             max_depth: self.limits.max_json_depth,
             max_elements: self.limits.max_tensor_elements,
         };
-        let parsed = kserve::parse_request(body, json_len, bounds).map_err(|err| {
+        let mut parsed = kserve::parse_request(body, json_len, bounds).map_err(|err| {
             let reason = match err {
                 kserve::CodecError::TooDeep(_) => "json_too_deep",
                 kserve::CodecError::TooLarge { .. } => "tensor_too_large",
@@ -658,6 +665,9 @@ impl Gate {
             };
             bad(reason, err.to_string())
         })?;
+        if let Some(defences) = defences {
+            defences.decode_images(&mut parsed.inputs, &mut trace.defend, &self.metrics)?;
+        }
         let meta = model.metadata();
         for spec in &meta.inputs {
             let tensor = parsed
@@ -689,6 +699,91 @@ impl Gate {
             ));
         }
         Ok(parsed)
+    }
+}
+
+impl Gate {
+    /// The defences before the model (see `stages::defend`): extraction penalties, schema, sanitisers, squeezes.
+    fn stage_defend_inputs<'a>(
+        &self,
+        conn: &ConnInfo,
+        defences: Option<&'a crate::stages::defend::Defences>,
+        inputs: Vec<rampart_infer::Tensor>,
+        trace: &mut Trace,
+    ) -> Result<
+        (
+            Vec<rampart_infer::Tensor>,
+            Option<crate::stages::defend::Pending<'a>>,
+        ),
+        Refusal,
+    > {
+        let Some(defences) = defences else {
+            return Ok((inputs, None));
+        };
+        let (inputs, pending) = defences.before_infer(
+            inputs,
+            trace.principal.as_ref(),
+            conn.ip,
+            &mut trace.defend,
+            &self.metrics,
+        )?;
+        Ok((inputs, Some(pending)))
+    }
+
+    /// The defences after the model: detector, extraction, watermark, hardening. The flag is whether the client's
+    /// list of wanted outputs still applies.
+    fn stage_defend_outputs(
+        &self,
+        pending: Option<crate::stages::defend::Pending<'_>>,
+        outputs: Vec<rampart_infer::Tensor>,
+        trace: &mut Trace,
+    ) -> Result<(Vec<rampart_infer::Tensor>, bool), Refusal> {
+        match pending {
+            None => Ok((outputs, true)),
+            Some(p) => p.after_infer(
+                outputs,
+                &mut trace.defend,
+                &mut trace.rate_headers,
+                &self.metrics,
+            ),
+        }
+    }
+
+    /// The anomaly stage, as the answer is recorded: alerts become audit records of their own.
+    async fn stage_anomaly(&self, conn: &ConnInfo, trace: &Trace, status: StatusCode) {
+        let Some(Route::Infer(name)) = &trace.route else {
+            return;
+        };
+        let Some(defences) = self.defences.get(name) else {
+            return;
+        };
+        let rows = trace.defend.as_ref().map_or(0, |d| d.rows);
+        let failed = !status.is_success();
+        for alert in defences.record_access(
+            trace.principal.as_ref(),
+            conn.ip,
+            rows,
+            failed,
+            &self.metrics,
+        ) {
+            self.audit
+                .record(AuditRecord {
+                    time: rfc3339(SystemTime::now()),
+                    client_ip: conn.ip.to_string(),
+                    principal: trace.principal.as_ref().map(|p| p.id.clone()),
+                    action: "anomaly",
+                    model: Some(name.chars().take(128).collect()),
+                    route: Route::Infer(String::new()).template(),
+                    outcome: "alert",
+                    stage: Some("anomaly"),
+                    reason: Some(alert.metric.as_str()),
+                    status: status.as_u16(),
+                    latency_us: 0,
+                    input_sha256: None,
+                    defend: None,
+                })
+                .await;
+        }
     }
 }
 

@@ -161,6 +161,7 @@ mod tests {
             status,
             latency_us: 1,
             input_sha256: Some("00".repeat(32)),
+            defend: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod authn;
 pub mod ban;
+pub mod defend;
 pub mod infer;
 pub mod policy;
 pub mod rate;
