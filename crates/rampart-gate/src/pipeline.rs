@@ -57,7 +57,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(
+    /// A refusal that does not count towards a ban, with no extra headers.
+    pub(crate) fn new(
         stage: &'static str,
         status: StatusCode,
         reason: &'static str,

@@ -216,20 +216,7 @@ impl Log {
         if entry.len() > usize::from(u16::MAX) {
             return Err(Error::EntryTooLarge { len: entry.len() });
         }
-        let mut state = self.shared.lock();
-        while state.queue.len() >= MAX_QUEUE && state.failed.is_none() && !state.closing {
-            state = self
-                .shared
-                .appenders
-                .wait(state)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        if let Some(failed) = &state.failed {
-            return Err(Error::Failed(failed.clone()));
-        }
-        if state.closing {
-            return Err(Error::Closed);
-        }
+        let mut state = self.room()?;
         let index = state.next;
         state.next += 1;
         state.queue.push(entry);
@@ -242,15 +229,8 @@ impl Log {
         })
     }
 
-    /// Queues several entries under one lock (a gateway's batch of records) and returns the receipt of the last;
-    /// once it is durable, so is every one before it. `None` when `entries` is empty.
-    pub fn submit_all(&self, entries: Vec<Vec<u8>>) -> Result<Option<Receipt>> {
-        if let Some(entry) = entries.iter().find(|e| e.len() > usize::from(u16::MAX)) {
-            return Err(Error::EntryTooLarge { len: entry.len() });
-        }
-        if entries.is_empty() {
-            return Ok(None);
-        }
+    /// The state, once the queue has room: waits while it is full; fails when the log failed or is closing.
+    fn room(&self) -> Result<MutexGuard<'_, State>> {
         let mut state = self.shared.lock();
         while state.queue.len() >= MAX_QUEUE && state.failed.is_none() && !state.closing {
             state = self
@@ -265,6 +245,19 @@ impl Log {
         if state.closing {
             return Err(Error::Closed);
         }
+        Ok(state)
+    }
+
+    /// Queues several entries under one lock (a gateway's batch of records) and returns the receipt of the last;
+    /// once it is durable, so is every one before it. `None` when `entries` is empty.
+    pub fn submit_all(&self, entries: Vec<Vec<u8>>) -> Result<Option<Receipt>> {
+        if let Some(entry) = entries.iter().find(|e| e.len() > usize::from(u16::MAX)) {
+            return Err(Error::EntryTooLarge { len: entry.len() });
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut state = self.room()?;
         let was_empty = state.queue.is_empty();
         state.next += entries.len() as u64;
         let index = state.next - 1;

@@ -304,22 +304,6 @@ pub struct Pending<'a> {
     values: Vec<f32>,
 }
 
-fn refusal(
-    stage: &'static str,
-    status: StatusCode,
-    reason: &'static str,
-    message: impl Into<String>,
-) -> Refusal {
-    Refusal {
-        stage,
-        status,
-        reason,
-        message: message.into(),
-        headers: Vec::new(),
-        strike: false,
-    }
-}
-
 /// Builds the defences of every model whose config has a `[models.defend]` table.
 pub fn build_all(
     config: &Config,
@@ -583,7 +567,7 @@ impl Defences {
             let decoded = image_input::decode_images(tensor, self.shape, limits, &self.input)
                 .map_err(|e| {
                     self.count(metrics, "images", "refused");
-                    refusal(
+                    Refusal::new(
                         "images",
                         StatusCode::BAD_REQUEST,
                         "bad_image",
@@ -624,7 +608,7 @@ impl Defences {
         ));
         self.count(metrics, stage, "undecided");
         if closed {
-            Err(refusal(
+            Err(Refusal::new(
                 stage,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "defence_undecided",
@@ -658,7 +642,7 @@ impl Defences {
             .iter_mut()
             .find(|t| t.name == self.input)
             .ok_or_else(|| {
-                refusal(
+                Refusal::new(
                     "validate",
                     StatusCode::BAD_REQUEST,
                     "bad_tensor",
@@ -668,7 +652,7 @@ impl Defences {
         if let Some(schema) = &self.schema {
             schema.check(tensor).map_err(|e| {
                 self.count(metrics, "schema", "refused");
-                refusal(
+                Refusal::new(
                     "schema",
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "outside_profile",
@@ -677,7 +661,7 @@ impl Defences {
             })?;
         }
         let TensorData::Fp32(values) = &mut tensor.data else {
-            return Err(refusal(
+            return Err(Refusal::new(
                 "validate",
                 StatusCode::BAD_REQUEST,
                 "bad_tensor",
@@ -685,7 +669,7 @@ impl Defences {
             ));
         };
         if values.is_empty() || values.len() % self.width != 0 {
-            return Err(refusal(
+            return Err(Refusal::new(
                 "validate",
                 StatusCode::BAD_REQUEST,
                 "bad_tensor",
@@ -751,7 +735,7 @@ impl Defences {
             Some(Penalty::Ban(until)) => {
                 self.count(metrics, "extraction", "banned");
                 let wait = until.saturating_duration_since(Instant::now());
-                let mut r = refusal(
+                let mut r = Refusal::new(
                     "extraction",
                     StatusCode::FORBIDDEN,
                     "extraction_banned",
@@ -767,7 +751,7 @@ impl Defences {
                 RateDecision::Allow { .. } => Ok(()),
                 RateDecision::Deny { retry_after, .. } => {
                     self.count(metrics, "extraction", "throttled");
-                    let mut r = refusal(
+                    let mut r = Refusal::new(
                         "extraction",
                         StatusCode::TOO_MANY_REQUESTS,
                         "extraction_throttled",
@@ -921,7 +905,7 @@ impl Pending<'_> {
                     if flagged > 0 {
                         if detector.config().action == detect::Action::Reject {
                             d.count(metrics, "detector", "rejected");
-                            rejected = Some(refusal(
+                            rejected = Some(Refusal::new(
                                 "detector",
                                 StatusCode::UNPROCESSABLE_ENTITY,
                                 "adversarial_input",
@@ -993,7 +977,7 @@ impl Pending<'_> {
             {
                 return Ok((hardened, false));
             }
-            return Err(refusal(
+            return Err(Refusal::new(
                 "harden",
                 StatusCode::SERVICE_UNAVAILABLE,
                 "defence_undecided",
@@ -1062,7 +1046,7 @@ impl Pending<'_> {
             if first {
                 tracing::warn!(principal = %self.principal, model = %d.model, signals = ?decision.signals, queries = decision.queries, "extraction: principal banned");
             }
-            return Err(refusal(
+            return Err(Refusal::new(
                 "extraction",
                 StatusCode::FORBIDDEN,
                 "extraction_banned",
