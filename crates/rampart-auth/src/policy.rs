@@ -71,16 +71,19 @@ pub enum Action {
     Export,
     /// Approve another principal's export.
     Approve,
+    /// Upload a new version of a model into the registry (only the `publisher` role, by default).
+    Push,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 6] = [
         Action::Infer,
         Action::ReadMetadata,
         Action::Admin,
         Action::Export,
         Action::Approve,
+        Action::Push,
     ];
 
     /// The Cedar action id (`Rampart::Action::"<name>"`).
@@ -91,6 +94,7 @@ impl Action {
             Action::Admin => "admin",
             Action::Export => "export",
             Action::Approve => "approve",
+            Action::Push => "push",
         }
     }
 }

@@ -14,7 +14,7 @@ fn default_policy() {
     let user = who("alice", &["user"]);
     let nobody = who("eve", &[]);
     for action in Action::ALL {
-        let expect_admin = action != Action::Export;
+        let expect_admin = !matches!(action, Action::Export | Action::Push);
         assert_eq!(
             authz.authorize(&admin, action, "digits").allowed,
             expect_admin,
@@ -36,6 +36,12 @@ fn default_policy() {
     let denied = authz.authorize(&admin, Action::Export, "digits");
     assert_eq!(denied.policies, ["nobody-may-export"]);
     assert!(denied.errors.is_empty());
+    // Pushing a version takes the `publisher` role, whatever else the principal holds.
+    let publisher = who("ci", &["publisher"]);
+    assert!(authz.authorize(&publisher, Action::Push, "digits").allowed);
+    assert!(!authz.authorize(&publisher, Action::Infer, "digits").allowed);
+    let denied = authz.authorize(&admin, Action::Push, "digits");
+    assert_eq!(denied.policies, ["only-publishers-push"]);
 }
 
 #[test]

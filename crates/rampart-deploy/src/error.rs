@@ -36,6 +36,9 @@ pub enum Error {
     /// Something that must not exist yet does.
     #[error("{0}")]
     Exists(String),
+    /// A registry upload is not a model directory this registry accepts (bad tar stream, links, paths, sizes).
+    #[error("bad upload: {0}")]
+    BadUpload(String),
     /// Sealing or unsealing failed.
     #[error(transparent)]
     Seal(#[from] rampart_seal::Error),

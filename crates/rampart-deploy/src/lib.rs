@@ -8,6 +8,8 @@
 //!   the gate; on refusal the previous version keeps serving.
 //! - [`registry`]: versions stored signed and sealed (age) under a state directory, loaded by unsealing in memory
 //!   and gating the plaintext before use.
+//! - [`upload`]: the wire format of a registry upload (a tar stream of the signed model directory), packed and
+//!   unpacked safely.
 //! - [`export`]: export refused by default; a request, an approval by another principal with the `approver` role
 //!   and a fresh TOTP code ([`totp`], RFC 6238), then exactly one export within a limited time.
 //!
@@ -22,6 +24,7 @@ pub mod registry;
 pub mod slot;
 mod state;
 pub mod totp;
+pub mod upload;
 
 pub use config::{GateConfig, Policy, TrustedKey};
 pub use error::{Error, Result};

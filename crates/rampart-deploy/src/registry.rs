@@ -143,18 +143,37 @@ impl Registry {
         pusher: &str,
         config: &GateConfig,
     ) -> Result<VersionInfo> {
+        self.push_upload(model_dir, model, version, pusher, config, None)
+    }
+
+    /// [`Registry::push`] of a staged upload; `upload_sha256` (the digest of the bytes received) is recorded with
+    /// the decision.
+    pub fn push_upload(
+        &self,
+        model_dir: &Path,
+        model: &str,
+        version: &str,
+        pusher: &str,
+        config: &GateConfig,
+        upload_sha256: Option<&str>,
+    ) -> Result<VersionInfo> {
         check_name("model name", model)?;
         check_name("version", version)?;
         check_name("principal", pusher)?;
         let _lock = self.lock()?;
         let dest = self.version_dir(model, version);
         let record = |outcome: &str| {
-            rampart_log::Record::new("registry.push", pusher)
+            let record = rampart_log::Record::new("registry.push", pusher)
                 .subject("model", model)
                 .subject("version", version)
-                .outcome(outcome)
+                .outcome(outcome);
+            match upload_sha256 {
+                Some(digest) => record.subject("upload_sha256", digest),
+                None => record,
+            }
         };
         if dest.exists() {
+            self.audit(&record("exists"))?;
             return Err(Error::Exists(format!(
                 "`{model}` version `{version}` already exists; versions are immutable, push a new version"
             )));
@@ -252,6 +271,13 @@ impl Registry {
         }
         out.sort_by(|a, b| (&a.model, &a.version).cmp(&(&b.model, &b.version)));
         Ok(out)
+    }
+
+    /// Whether `model`/`version` is stored (false for an invalid name).
+    pub fn exists(&self, model: &str, version: &str) -> bool {
+        check_name("model name", model).is_ok()
+            && check_name("version", version).is_ok()
+            && self.version_dir(model, version).join("meta.json").is_file()
     }
 
     /// Metadata of one version.
