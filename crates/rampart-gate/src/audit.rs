@@ -35,6 +35,9 @@ pub struct AuditRecord {
     /// The model, if the route names one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The registry version, if the route names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The route template.
     pub route: &'static str,
     /// `allowed` or `refused` or `failed`.
@@ -300,6 +303,7 @@ mod tests {
                     principal: Some("p".into()),
                     action: "infer",
                     model: None,
+                    version: None,
                     route: "/",
                     outcome: "allowed",
                     stage: None,

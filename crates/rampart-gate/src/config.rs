@@ -61,6 +61,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The deployment gate every model passes before it is served (`crate::deploy`).
     pub deploy: crate::deploy::DeployConfig,
+    /// The versions pushed into the registry and served by version (`crate::registry`).
+    pub registry: crate::registry::RegistryConfig,
     /// The models served.
     pub models: Vec<ModelConfig>,
     /// The directory relative paths are resolved against (the config file's directory); not a key.
@@ -82,6 +84,7 @@ impl Default for Config {
             bans: BanConfig::default(),
             audit: AuditConfig::default(),
             deploy: crate::deploy::DeployConfig::default(),
+            registry: crate::registry::RegistryConfig::default(),
             models: Vec::new(),
             base_dir: PathBuf::from("."),
             source: PathBuf::from("<embedded defaults>"),
@@ -641,6 +644,7 @@ impl Config {
             }
         }
         self.deploy.validate(self)?;
+        self.registry.validate(self)?;
         Ok(())
     }
 

@@ -8,7 +8,9 @@
 //! - `audit`: the trail of decisions behind [`audit::AuditSink`]; `trail`: the tamper-evident log as that sink (the
 //!   default) and the record of events that are not requests; `metrics`, `admin`: Prometheus on its own listener;
 //! - `deploy`: the deployment gate (signature, scan, policy) before every model load and reload, sealed models
-//!   decrypted in memory only.
+//!   decrypted in memory only;
+//! - `registry`: model versions pushed over HTTPS (`PUT /v2/models/{name}/versions/{v}`), listed and served by
+//!   version, loaded through the same gate; `push`: the client side of that upload (`rampart push --url`).
 
 pub mod admin;
 pub mod audit;
@@ -19,6 +21,8 @@ pub mod jwks;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
+pub mod push;
+pub mod registry;
 pub mod stages;
 pub mod tls;
 pub mod trail;
@@ -173,6 +177,7 @@ pub struct Gate {
     policy_error: std::sync::Mutex<Option<String>>,
     policy_files: PolicyFiles,
     exports: Option<Arc<exports::Exports>>,
+    registry: Option<Arc<registry::Versions>>,
     public_routes: HashSet<String>,
     security: bool,
     ready: AtomicBool,
@@ -191,6 +196,8 @@ pub struct Parts {
     pub trail: Option<Trail>,
     /// Export control over the registry (`/v2/exports`); `None`: those routes answer 404.
     pub exports: Option<Arc<exports::Exports>>,
+    /// The registry's versions (`/v2/models/{name}/versions/...`); `None`: those routes answer 404.
+    pub registry: Option<Arc<registry::Versions>>,
 }
 
 /// A local model the gateway watches for new versions.
@@ -304,6 +311,7 @@ impl Gate {
             policy_error: std::sync::Mutex::new(None),
             policy_files: policy_files(config),
             exports: parts.exports,
+            registry: parts.registry,
             public_routes: config.server.public_routes.iter().cloned().collect(),
             security,
             ready: AtomicBool::new(true),
@@ -556,6 +564,14 @@ pub async fn prepare(config: &Config, mut parts: Parts) -> Result<Prepared, Gate
             &state_dir,
             parts.trail.as_ref().and_then(Trail::log).cloned(),
             deployer.gate_config().clone(),
+        )));
+    }
+    if parts.registry.is_none() {
+        parts.registry = Some(Arc::new(registry::Versions::new(
+            &state_dir,
+            parts.trail.as_ref().and_then(Trail::log).cloned(),
+            deployer.gate_config().clone(),
+            config.registry.clone(),
         )));
     }
     let config_models = config.clone();

@@ -74,12 +74,12 @@ impl Refusal {
         }
     }
 
-    fn strike(mut self) -> Refusal {
+    pub(crate) fn strike(mut self) -> Refusal {
         self.strike = true;
         self
     }
 
-    fn retry_after(mut self, wait: std::time::Duration) -> Refusal {
+    pub(crate) fn retry_after(mut self, wait: std::time::Duration) -> Refusal {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         self.headers
             .push((RETRY_AFTER, HeaderValue::from(secs.max(1))));
@@ -102,6 +102,16 @@ pub enum Route {
     ModelReady(String),
     /// `POST /v2/models/{name}/infer`
     Infer(String),
+    /// `GET /v2/models/{name}/versions`: the registry's versions of a model (see `crate::registry`)
+    Versions(String),
+    /// `GET /v2/models/{name}/versions/{v}`
+    VersionMetadata(String, String),
+    /// `GET /v2/models/{name}/versions/{v}/ready`
+    VersionReady(String, String),
+    /// `POST /v2/models/{name}/versions/{v}/infer`
+    VersionInfer(String, String),
+    /// `PUT /v2/models/{name}/versions/{v}`: upload a new version into the registry
+    Push(String, String),
 }
 
 impl Route {
@@ -114,24 +124,50 @@ impl Route {
             Route::ModelMetadata(_) => "/v2/models/{name}",
             Route::ModelReady(_) => "/v2/models/{name}/ready",
             Route::Infer(_) => "/v2/models/{name}/infer",
+            Route::Versions(_) => "/v2/models/{name}/versions",
+            Route::VersionMetadata(..) => "/v2/models/{name}/versions/{version}",
+            Route::VersionReady(..) => "/v2/models/{name}/versions/{version}/ready",
+            Route::VersionInfer(..) => "/v2/models/{name}/versions/{version}/infer",
+            Route::Push(..) => "PUT /v2/models/{name}/versions/{version}",
         }
     }
 
-    fn model(&self) -> Option<&str> {
+    /// The model the route names: Cedar's resource.
+    pub(crate) fn model(&self) -> Option<&str> {
         match self {
-            Route::ModelMetadata(m) | Route::ModelReady(m) | Route::Infer(m) => Some(m),
+            Route::ModelMetadata(m)
+            | Route::ModelReady(m)
+            | Route::Infer(m)
+            | Route::Versions(m)
+            | Route::VersionMetadata(m, _)
+            | Route::VersionReady(m, _)
+            | Route::VersionInfer(m, _)
+            | Route::Push(m, _) => Some(m),
+            Route::Live | Route::Ready | Route::ServerMetadata => None,
+        }
+    }
+
+    /// The registry version the route names (not part of the Cedar request: see `crate::registry`).
+    pub(crate) fn version(&self) -> Option<&str> {
+        match self {
+            Route::VersionMetadata(_, v)
+            | Route::VersionReady(_, v)
+            | Route::VersionInfer(_, v)
+            | Route::Push(_, v) => Some(v),
             _ => None,
         }
     }
 
     fn action(&self) -> Action {
         match self {
-            Route::Infer(_) => Action::Infer,
+            Route::Infer(_) | Route::VersionInfer(..) => Action::Infer,
+            Route::Push(..) => Action::Push,
             _ => Action::ReadMetadata,
         }
     }
 
-    /// Parses a method and path. Versioned paths (`/v2/models/{name}/versions/{v}/...`) address the same model.
+    /// Parses a method and path. Versioned paths (`/v2/models/{name}/versions/{v}/...`) address the registry's
+    /// versions of the model.
     pub fn parse(method: &Method, path: &str) -> Result<Route, Refusal> {
         let not_found =
             || Refusal::new("route", StatusCode::NOT_FOUND, "not_found", "no such route").strike();
@@ -140,15 +176,25 @@ impl Route {
             ["v2"] => (Route::ServerMetadata, Method::GET),
             ["v2", "health", "live"] => (Route::Live, Method::GET),
             ["v2", "health", "ready"] => (Route::Ready, Method::GET),
-            ["v2", "models", name] | ["v2", "models", name, "versions", _] => {
-                (Route::ModelMetadata((*name).to_owned()), Method::GET)
+            ["v2", "models", name] => (Route::ModelMetadata((*name).to_owned()), Method::GET),
+            ["v2", "models", name, "ready"] => (Route::ModelReady((*name).to_owned()), Method::GET),
+            ["v2", "models", name, "infer"] => (Route::Infer((*name).to_owned()), Method::POST),
+            ["v2", "models", name, "versions"] => (Route::Versions((*name).to_owned()), Method::GET),
+            ["v2", "models", name, "versions", v] if method == Method::PUT => {
+                (Route::Push((*name).to_owned(), (*v).to_owned()), Method::PUT)
             }
-            ["v2", "models", name, "ready"] | ["v2", "models", name, "versions", _, "ready"] => {
-                (Route::ModelReady((*name).to_owned()), Method::GET)
-            }
-            ["v2", "models", name, "infer"] | ["v2", "models", name, "versions", _, "infer"] => {
-                (Route::Infer((*name).to_owned()), Method::POST)
-            }
+            ["v2", "models", name, "versions", v] => (
+                Route::VersionMetadata((*name).to_owned(), (*v).to_owned()),
+                Method::GET,
+            ),
+            ["v2", "models", name, "versions", v, "ready"] => (
+                Route::VersionReady((*name).to_owned(), (*v).to_owned()),
+                Method::GET,
+            ),
+            ["v2", "models", name, "versions", v, "infer"] => (
+                Route::VersionInfer((*name).to_owned(), (*v).to_owned()),
+                Method::POST,
+            ),
             _ => return Err(not_found()),
         };
         if *method != wanted && !(wanted == Method::GET && *method == Method::HEAD) {
@@ -166,10 +212,10 @@ impl Route {
 
 /// What a request carried through the stages, for the record.
 #[derive(Debug, Default)]
-struct Trace {
+pub(crate) struct Trace {
     route: Option<Route>,
-    principal: Option<Principal>,
-    input_sha256: Option<String>,
+    pub(crate) principal: Option<Principal>,
+    pub(crate) input_sha256: Option<String>,
     rate_headers: Vec<(HeaderName, HeaderValue)>,
     defend: Option<crate::stages::defend::DefendAudit>,
 }
@@ -177,7 +223,7 @@ struct Trace {
 /// The response body type.
 pub type Reply = Response<Full<Bytes>>;
 
-fn json_reply(status: StatusCode, body: Vec<u8>) -> Reply {
+pub(crate) fn json_reply(status: StatusCode, body: Vec<u8>) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
@@ -186,7 +232,7 @@ fn json_reply(status: StatusCode, body: Vec<u8>) -> Reply {
     response
 }
 
-fn error_body(message: &str) -> Vec<u8> {
+pub(crate) fn error_body(message: &str) -> Vec<u8> {
     serde_json::json!({ "error": message })
         .to_string()
         .into_bytes()
@@ -296,6 +342,7 @@ impl Gate {
                             principal: trace.principal.as_ref().map(|p| p.id.clone()),
                             action: "ban",
                             model: None,
+                            version: None,
                             route: route.map_or("other", Route::template),
                             outcome: "banned",
                             stage: Some("ban"),
@@ -324,6 +371,9 @@ impl Gate {
                 model: route
                     .and_then(Route::model)
                     .map(|m| m.chars().take(128).collect()),
+                version: route
+                    .and_then(Route::version)
+                    .map(|v| v.chars().take(128).collect()),
                 route: route.map_or("other", Route::template),
                 outcome,
                 stage: refusal.map(|r| r.stage),
@@ -368,20 +418,18 @@ impl Gate {
         match route {
             Route::Infer(name) => {
                 let pool = self.models.get(&name).ok_or_else(unknown_model)?;
-                let deadline = started + self.limits.request_timeout;
-                let json_len = self.stage_encoding(request.headers())?;
-                let body = self.stage_body(request.into_body(), deadline).await?;
-                trace.input_sha256 = Some(hex::encode(Sha256::digest(&body)));
-                let defences = self.defences.get(&name);
-                let parsed =
-                    self.stage_validate(&*pool.model(), &body, json_len, defences, trace)?;
-                let (inputs, pending) =
-                    self.stage_defend_inputs(conn, defences, parsed.inputs, trace)?;
-                let outputs = stage_infer(pool, inputs, deadline).await?;
-                let (outputs, wanted) = self.stage_defend_outputs(pending, outputs, trace)?;
-                let wanted = if wanted { &parsed.outputs[..] } else { &[] };
-                Ok(respond_infer(&name, parsed.id.as_deref(), &outputs, wanted))
+                self.infer_on(conn, &name, pool, request, started, trace)
+                    .await
             }
+            Route::VersionInfer(name, version) => {
+                let loaded = self.registry_version(&name, &version).await?;
+                self.infer_on(conn, &name, &loaded.pool, request, started, trace)
+                    .await
+            }
+            Route::Versions(_)
+            | Route::VersionMetadata(..)
+            | Route::VersionReady(..)
+            | Route::Push(..) => self.registry_route(route, request, started, trace).await,
             Route::Live => Ok(json_reply(StatusCode::OK, br#"{"live":true}"#.to_vec())),
             Route::Ready => {
                 let ready = self.is_ready();
@@ -428,6 +476,34 @@ impl Gate {
                 ))
             }
         }
+    }
+
+    /// The body, validation, defences, the model and the answer of an inference on `pool` (a configured model or a
+    /// registry version of `name`; the defences configured for `name` apply to both).
+    async fn infer_on<B>(
+        &self,
+        conn: &ConnInfo,
+        name: &str,
+        pool: &crate::stages::infer::ModelPool,
+        request: Request<B>,
+        started: Instant,
+        trace: &mut Trace,
+    ) -> Result<Reply, Refusal>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let deadline = started + self.limits.request_timeout;
+        let json_len = self.stage_encoding(request.headers())?;
+        let body = self.stage_body(request.into_body(), deadline).await?;
+        trace.input_sha256 = Some(hex::encode(Sha256::digest(&body)));
+        let defences = self.defences.get(name);
+        let parsed = self.stage_validate(&*pool.model(), &body, json_len, defences, trace)?;
+        let (inputs, pending) = self.stage_defend_inputs(conn, defences, parsed.inputs, trace)?;
+        let outputs = stage_infer(pool, inputs, deadline).await?;
+        let (outputs, wanted) = self.stage_defend_outputs(pending, outputs, trace)?;
+        let wanted = if wanted { &parsed.outputs[..] } else { &[] };
+        Ok(respond_infer(name, parsed.id.as_deref(), &outputs, wanted))
     }
 
     fn stage_ban(&self, conn: &ConnInfo) -> Result<(), Refusal> {
@@ -496,7 +572,9 @@ impl Gate {
         let Some(model) = route.model() else {
             return Ok(());
         };
-        if !self.models.contains_key(model) {
+        if route.version().is_some() || matches!(route, Route::Versions(_)) {
+            self.registry_target(route)?;
+        } else if !self.models.contains_key(model) {
             return Err(unknown_model());
         }
         if crate::stages::policy::allows(&self.authorizer, principal, route.action(), model) {
@@ -752,7 +830,7 @@ impl Gate {
 
     /// The anomaly stage, as the answer is recorded: alerts become audit records of their own.
     async fn stage_anomaly(&self, conn: &ConnInfo, trace: &Trace, status: StatusCode) {
-        let Some(Route::Infer(name)) = &trace.route else {
+        let (Some(Route::Infer(name)) | Some(Route::VersionInfer(name, _))) = &trace.route else {
             return;
         };
         let Some(defences) = self.defences.get(name) else {
@@ -774,6 +852,7 @@ impl Gate {
                     principal: trace.principal.as_ref().map(|p| p.id.clone()),
                     action: "anomaly",
                     model: Some(name.chars().take(128).collect()),
+                    version: None,
                     route: Route::Infer(String::new()).template(),
                     outcome: "alert",
                     stage: Some("anomaly"),
@@ -792,7 +871,7 @@ fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-fn unknown_model() -> Refusal {
+pub(crate) fn unknown_model() -> Refusal {
     Refusal::new(
         "route",
         StatusCode::NOT_FOUND,
@@ -889,7 +968,7 @@ mod tests {
         );
         assert_eq!(
             Route::parse(&Method::POST, "/v2/models/d/versions/1/infer").unwrap(),
-            Route::Infer("d".into())
+            Route::VersionInfer("d".into(), "1".into())
         );
         assert_eq!(
             Route::parse(&Method::GET, "/v2/models/d/").unwrap(),

@@ -154,6 +154,7 @@ mod tests {
             principal: Some("p".into()),
             action: "infer",
             model: Some("digits".into()),
+            version: None,
             route: "/v2/models/{name}/infer",
             outcome: "allowed",
             stage: None,
