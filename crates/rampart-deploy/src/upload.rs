@@ -28,7 +28,13 @@ fn bad(reason: impl Into<String>) -> Error {
 
 /// A tar path as a safe relative path, or why not.
 fn clean_path(raw: &Path) -> Result<PathBuf> {
-    let shown = || raw.display().to_string().chars().take(120).collect::<String>();
+    let shown = || {
+        raw.display()
+            .to_string()
+            .chars()
+            .take(120)
+            .collect::<String>()
+    };
     let mut clean = PathBuf::new();
     for component in raw.components() {
         match component {
@@ -221,7 +227,10 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         let got = unpack(stream.as_slice(), dest.path(), &Policy::default()).unwrap();
         assert_eq!(got, sent);
-        assert_eq!(std::fs::read(dest.path().join("sub/config.json")).unwrap(), b"{}");
+        assert_eq!(
+            std::fs::read(dest.path().join("sub/config.json")).unwrap(),
+            b"{}"
+        );
         let mut again = Vec::new();
         pack(src.path(), &mut again).unwrap();
         assert_eq!(again, stream, "the same directory packs to the same bytes");
@@ -230,8 +239,14 @@ mod tests {
     #[test]
     fn refuses_what_a_model_directory_cannot_hold() {
         let cases: [(&str, Vec<u8>); 6] = [
-            ("escape", tar_of(&[("../evil", tar::EntryType::Regular, b"x")])),
-            ("absolute", tar_of(&[("/etc/evil", tar::EntryType::Regular, b"x")])),
+            (
+                "escape",
+                tar_of(&[("../evil", tar::EntryType::Regular, b"x")]),
+            ),
+            (
+                "absolute",
+                tar_of(&[("/etc/evil", tar::EntryType::Regular, b"x")]),
+            ),
             ("symlink", tar_of(&[("link", tar::EntryType::Symlink, b"")])),
             ("hardlink", tar_of(&[("link", tar::EntryType::Link, b"")])),
             (
@@ -255,7 +270,10 @@ mod tests {
         };
         let stream = tar_of(&[("a.onnx", tar::EntryType::Regular, b"four")]);
         assert!(unpack(stream.as_slice(), dest.path(), &policy).is_err());
-        assert!(!dest.path().join("a.onnx").exists(), "nothing past the limit is written");
+        assert!(
+            !dest.path().join("a.onnx").exists(),
+            "nothing past the limit is written"
+        );
         let garbage = vec![0x41u8; 700];
         assert!(unpack(garbage.as_slice(), dest.path(), &Policy::default()).is_err());
     }

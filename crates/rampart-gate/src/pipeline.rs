@@ -179,10 +179,13 @@ impl Route {
             ["v2", "models", name] => (Route::ModelMetadata((*name).to_owned()), Method::GET),
             ["v2", "models", name, "ready"] => (Route::ModelReady((*name).to_owned()), Method::GET),
             ["v2", "models", name, "infer"] => (Route::Infer((*name).to_owned()), Method::POST),
-            ["v2", "models", name, "versions"] => (Route::Versions((*name).to_owned()), Method::GET),
-            ["v2", "models", name, "versions", v] if method == Method::PUT => {
-                (Route::Push((*name).to_owned(), (*v).to_owned()), Method::PUT)
+            ["v2", "models", name, "versions"] => {
+                (Route::Versions((*name).to_owned()), Method::GET)
             }
+            ["v2", "models", name, "versions", v] if method == Method::PUT => (
+                Route::Push((*name).to_owned(), (*v).to_owned()),
+                Method::PUT,
+            ),
             ["v2", "models", name, "versions", v] => (
                 Route::VersionMetadata((*name).to_owned(), (*v).to_owned()),
                 Method::GET,

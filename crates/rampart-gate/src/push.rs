@@ -138,7 +138,10 @@ fn parse_url(url: &str) -> Result<(String, u16, ServerName<'static>), PushError>
         return Err(bad("give the gateway's base URL, without a path"));
     }
     let host = uri.host().ok_or_else(|| bad("no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = uri.port_u16().unwrap_or(443);
     let name = ServerName::try_from(host.clone()).map_err(|_| bad("not a valid host name"))?;
     Ok((host, port, name))
@@ -191,13 +194,9 @@ impl ServerCertVerifier for Pinned {
             )));
         }
         match &self.inner {
-            Some(inner) => inner.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            ),
+            Some(inner) => {
+                inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
             None => Ok(ServerCertVerified::assertion()),
         }
     }
@@ -280,9 +279,7 @@ fn tls_config(options: &PushOptions) -> Result<rustls::ClientConfig, PushError> 
                 provider,
             }))
             .with_no_client_auth(),
-        None => builder
-            .with_webpki_verifier(webpki)
-            .with_no_client_auth(),
+        None => builder.with_webpki_verifier(webpki).with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
@@ -338,7 +335,8 @@ impl ChannelWriter {
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let room = CHUNK.saturating_sub(self.buf.len()).min(data.len());
-        self.buf.extend_from_slice(data.get(..room).unwrap_or_default());
+        self.buf
+            .extend_from_slice(data.get(..room).unwrap_or_default());
         if self.buf.len() >= CHUNK {
             self.send()?;
         }
@@ -371,7 +369,10 @@ fn total_size(model_dir: &Path) -> Result<u64, PushError> {
 /// Pushes `model_dir` to the gateway; returns the gateway's record of the new version (JSON).
 pub async fn push(model_dir: &Path, options: &PushOptions) -> Result<serde_json::Value, PushError> {
     let (host, port, server_name) = parse_url(&options.url)?;
-    for (what, name) in [("model name", &options.model), ("version", &options.version)] {
+    for (what, name) in [
+        ("model name", &options.model),
+        ("version", &options.version),
+    ] {
         rampart_deploy::check_name(what, name).map_err(|e| PushError::Model(e.to_string()))?;
     }
     let total = total_size(model_dir)?;
@@ -417,22 +418,32 @@ pub async fn push(model_dir: &Path, options: &PushOptions) -> Result<serde_json:
         }
         packed
     });
-    let path = format!(
-        "/v2/models/{}/versions/{}",
-        options.model, options.version
-    );
+    let path = format!("/v2/models/{}/versions/{}", options.model, options.version);
     let request = Request::put(path)
-        .header(HOST, if port == 443 { host.clone() } else { addr.clone() })
+        .header(
+            HOST,
+            if port == 443 {
+                host.clone()
+            } else {
+                addr.clone()
+            },
+        )
         .header(AUTHORIZATION, format!("Bearer {}", options.credential))
         .header(CONTENT_TYPE, "application/x-tar")
         .body(ChannelBody(rx))
-        .map_err(|_| PushError::Http("cannot build the request (check the credential's characters)".into()))?;
+        .map_err(|_| {
+            PushError::Http("cannot build the request (check the credential's characters)".into())
+        })?;
     let answered = sender.send_request(request).await;
     let packed = packer.await;
+    // An answer wins over the packer's error: a gateway that refuses early (403, 409, 413) stops reading, and the
+    // packer then fails to send the rest.
     let response = match (answered, packed) {
-        (_, Ok(Err(err))) => return Err(PushError::Model(format!("cannot send the model: {err}"))),
-        (Err(err), _) => return Err(PushError::Http(err.to_string())),
         (Ok(response), _) => response,
+        (Err(_), Ok(Err(err))) => {
+            return Err(PushError::Model(format!("cannot send the model: {err}")))
+        }
+        (Err(err), _) => return Err(PushError::Http(err.to_string())),
     };
     let status = response.status();
     let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)

@@ -102,7 +102,11 @@ impl RegistryConfig {
         }
         if self.workers == 0 || self.queue == 0 {
             return Err(invalid(
-                if self.workers == 0 { "workers" } else { "queue" },
+                if self.workers == 0 {
+                    "workers"
+                } else {
+                    "queue"
+                },
                 "must be above 0",
             ));
         }
@@ -207,7 +211,11 @@ impl Versions {
     }
 
     /// The version, loading it if needed (waiting no later than `deadline`; the load goes on after that).
-    async fn get(self: &Arc<Self>, key: Key, deadline: Instant) -> Result<Arc<LoadedVersion>, Unservable> {
+    async fn get(
+        self: &Arc<Self>,
+        key: Key,
+        deadline: Instant,
+    ) -> Result<Arc<LoadedVersion>, Unservable> {
         if let Some(version) = self.cached(&key) {
             return Ok(version);
         }
@@ -273,8 +281,13 @@ impl Versions {
             .and_then(|data| OnnxModel::from_bytes(model, data).map_err(|e| e.to_string()))
             .and_then(|onnx| {
                 let onnx: Arc<dyn Model> = Arc::new(onnx);
-                ModelPool::start(onnx, self.config.workers, self.config.queue, Execution::Auto)
-                    .map_err(|e| e.to_string())
+                ModelPool::start(
+                    onnx,
+                    self.config.workers,
+                    self.config.queue,
+                    Execution::Auto,
+                )
+                .map_err(|e| e.to_string())
             });
         drop(files);
         let pool = match started {
@@ -293,7 +306,11 @@ impl Versions {
                 return Err(Unservable::Refused);
             }
         };
-        tracing::info!(model, version, "registry version loaded from its sealed copy");
+        tracing::info!(
+            model,
+            version,
+            "registry version loaded from its sealed copy"
+        );
         let loaded = Arc::new(LoadedVersion { pool, info });
         let mut lru = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         lru.tick += 1;
@@ -373,7 +390,12 @@ impl Gate {
             }
             (_, None) => {
                 let stored = rampart_deploy::check_name("model name", model).is_ok()
-                    && versions.registry.dir().join("registry").join(model).is_dir();
+                    && versions
+                        .registry
+                        .dir()
+                        .join("registry")
+                        .join(model)
+                        .is_dir();
                 if stored || self.models.contains_key(model) {
                     Ok(())
                 } else {
@@ -463,8 +485,7 @@ impl Gate {
     async fn list_versions(&self, model: &str) -> Result<Reply, Refusal> {
         let versions = Arc::clone(self.versions()?);
         let name = model.to_owned();
-        let listed =
-            tokio::task::spawn_blocking(move || versions.registry.list(Some(&name))).await;
+        let listed = tokio::task::spawn_blocking(move || versions.registry.list(Some(&name))).await;
         let stored = match listed {
             Ok(Ok(stored)) => stored,
             Ok(Err(DeployError::Name { .. })) => return Err(crate::pipeline::unknown_model()),
@@ -563,7 +584,9 @@ impl Gate {
                     .subject("version", version.as_str())
                     .subject("upload_sha256", digest.as_str())
                     .outcome("refused");
-                record.details.insert("reason".into(), reason.clone().into());
+                record
+                    .details
+                    .insert("reason".into(), reason.clone().into());
                 versions.registry.audit(&record)?;
             }
             // The staging directory (upload and plaintext) goes whatever the outcome.
@@ -602,10 +625,12 @@ fn check_upload_headers(headers: &hyper::HeaderMap, limit: u64) -> Result<(), Re
     if let Some(length) = headers.get(CONTENT_LENGTH) {
         match length.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
             None => {
-                return Err(
-                    refusal(StatusCode::BAD_REQUEST, "bad_length", "invalid Content-Length")
-                        .strike(),
+                return Err(refusal(
+                    StatusCode::BAD_REQUEST,
+                    "bad_length",
+                    "invalid Content-Length",
                 )
+                .strike())
             }
             Some(n) if n > limit => return Err(too_large(limit)),
             Some(_) => {}
@@ -650,7 +675,12 @@ fn staging_dir(state_dir: &Path) -> Result<tempfile::TempDir, Refusal> {
 }
 
 /// Streams the body to `path`, at most `limit` bytes, by `deadline`; returns its hex SHA-256 and size.
-async fn receive<B>(body: B, path: &Path, limit: u64, deadline: Instant) -> Result<(String, u64), Refusal>
+async fn receive<B>(
+    body: B,
+    path: &Path,
+    limit: u64,
+    deadline: Instant,
+) -> Result<(String, u64), Refusal>
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -712,7 +742,13 @@ fn push_refusal(err: &DeployError) -> Refusal {
                 .checks
                 .iter()
                 .filter(|c| !c.passed)
-                .map(|c| format!("{}: {}", c.name, c.problems.first().map_or("", |p| p.as_str())))
+                .map(|c| {
+                    format!(
+                        "{}: {}",
+                        c.name,
+                        c.problems.first().map_or("", |p| p.as_str())
+                    )
+                })
                 .collect();
             refusal(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -167,7 +167,9 @@ fn run_remote(args: &Args, url: &str) -> anyhow::Result<Outcome> {
                         field("version"),
                         field("root_digest"),
                         field("signer"),
-                        info.get("sealed_bytes").and_then(|v| v.as_u64()).unwrap_or(0)
+                        info.get("sealed_bytes")
+                            .and_then(|v| v.as_u64())
+                            .unwrap_or(0)
                     )?
                 }
             }
@@ -180,11 +182,9 @@ fn run_remote(args: &Args, url: &str) -> anyhow::Result<Outcome> {
                     "{}",
                     serde_json::json!({"pushed": false, "status": status, "error": message})
                 )?,
-                Format::Text => writeln!(
-                    out,
-                    "refused: `{}@{}`: {message}",
-                    args.name, args.version
-                )?,
+                Format::Text => {
+                    writeln!(out, "refused: `{}@{}`: {message}", args.name, args.version)?
+                }
             }
             Ok(Outcome::Findings)
         }

@@ -1,0 +1,325 @@
+//! The registry over real sockets: `rampart push --url`'s client uploads a signed model over HTTPS (the gateway's
+//! self-signed certificate trusted by file or pinned by fingerprint), then the version is listed, described, ready
+//! and answers inference by version; an unsigned, a tampered or a malicious model, a garbage upload and a principal
+//! without the `publisher` role are refused with nothing stored; a second push of a version is 409; with one
+//! version loaded at a time, a version unloaded by another comes back on its next request; a fingerprint that does
+//! not match makes the client refuse the gateway; every push is in the audit log with its digest.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{
+    api_key, files_under, https, log_entries, model_dir, sign, start, workspace, Gateway,
+};
+use rampart_gate::push::{push, PushError, PushOptions};
+
+/// One registry version loaded at a time, and a configured model (`base`, signed) beside the registry's.
+const REGISTRY: &str = "[registry]\nmax_loaded = 1\nworkers = 1\n[[models]]\nname = \"base\"\nonnx = \"base/model.onnx\"\nworkers = 1";
+
+/// Starts the gateway of these tests in `dir`, with the configured model signed by `key`.
+async fn gateway(dir: &Path, key: &rampart_sign::SigningKey) -> Gateway {
+    model_dir(dir, "base", Some(key));
+    start(dir, REGISTRY).await
+}
+
+fn options(gateway: &Gateway, key: &str, version: &str) -> PushOptions {
+    PushOptions {
+        url: format!("https://localhost:{}", gateway.addr.port()),
+        model: "digits".into(),
+        version: version.into(),
+        credential: key.into(),
+        ca_cert: gateway.cert.clone(),
+        fingerprint: None,
+        progress: None,
+    }
+}
+
+fn infer_body() -> Vec<u8> {
+    serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![0.5f32; 64]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Nothing of a refused push is left: no version, no staging directory, no plaintext.
+fn assert_nothing_stored(state: &Path) {
+    let left: Vec<String> = files_under(&state.join("registry"));
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_version_is_listed_and_served_by_version() {
+    let (dir, key) = workspace();
+    let state = dir.path().join("state");
+    let publisher = api_key(&state, "ci", &["publisher"]);
+    let user = api_key(&state, "alice", &["user"]);
+    let one = model_dir(dir.path(), "one", Some(&key));
+    let gateway = gateway(dir.path(), &key).await;
+
+    // Trusting the certificate's file.
+    let info = push(&one, &options(&gateway, &publisher, "1"))
+        .await
+        .unwrap();
+    assert_eq!(info["model"], "digits");
+    assert_eq!(info["version"], "1");
+    assert_eq!(info["pushed_by"], "ci");
+    assert_eq!(info["signer"], "release.pub");
+    // Pinning the fingerprint instead.
+    let mut pinned = options(&gateway, &publisher, "2");
+    pinned.ca_cert = None;
+    pinned.fingerprint = gateway.fingerprint.clone();
+    push(&one, &pinned).await.unwrap();
+    // Stored sealed: no plaintext model file under the state directory.
+    let stored = files_under(&state.join("registry"));
+    assert!(
+        stored.contains(&"digits/1/model.age".to_owned()),
+        "{stored:?}"
+    );
+    assert!(!stored.iter().any(|f| f.ends_with(".onnx")), "{stored:?}");
+
+    let (status, body) = https(&gateway, &user, "GET", "/v2/models/digits/versions", b"").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let versions: Vec<&str> = listed["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["1", "2"]);
+
+    let (status, body) = https(
+        &gateway,
+        &user,
+        "POST",
+        "/v2/models/digits/versions/1/infer",
+        &infer_body(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["outputs"][0]["shape"], serde_json::json!([1, 10]));
+    let (status, body) = https(&gateway, &user, "GET", "/v2/models/digits/versions/1", b"").await;
+    assert_eq!(status, 200, "{body}");
+    let metadata: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(metadata["versions"], serde_json::json!(["1"]));
+    assert_eq!(metadata["inputs"][0]["name"], "input");
+    let (status, _) = https(
+        &gateway,
+        &user,
+        "GET",
+        "/v2/models/digits/versions/1/ready",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // One version loaded at a time: 2 unloads 1, and 1 loads again when asked.
+    let (status, _) = https(
+        &gateway,
+        &user,
+        "POST",
+        "/v2/models/digits/versions/2/infer",
+        &infer_body(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, body) = https(&gateway, &user, "GET", "/v2/models/digits/versions", b"").await;
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["versions"][0]["loaded"], false, "{body}");
+    assert_eq!(listed["versions"][1]["loaded"], true, "{body}");
+    let (status, body) = https(
+        &gateway,
+        &user,
+        "POST",
+        "/v2/models/digits/versions/1/infer",
+        &infer_body(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        answer
+    );
+
+    // Unknown versions and models: 404 with a short JSON error.
+    for path in [
+        "/v2/models/digits/versions/9/infer",
+        "/v2/models/digits/versions/9",
+        "/v2/models/nope/versions",
+    ] {
+        let method = if path.ends_with("infer") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (status, body) = https(&gateway, &user, method, path, &infer_body()).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+    }
+    // A user may infer, not push; versions are immutable.
+    let (status, _) = https(&gateway, &user, "PUT", "/v2/models/digits/versions/3", b"x").await;
+    assert_eq!(status, 403);
+    match push(&one, &options(&gateway, &publisher, "1")).await {
+        Err(PushError::Status {
+            status: 409,
+            message,
+        }) => assert!(message.contains("immutable"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    gateway.stop().await;
+
+    let entries = log_entries(&state.join("audit"));
+    let pushes: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "registry.push")
+        .collect();
+    let outcomes: Vec<&str> = pushes
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ok", "ok", "exists"], "{pushes:?}");
+    assert!(
+        pushes[0]["subject"]["upload_sha256"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64,
+        "{:?}",
+        pushes[0]
+    );
+    let loads = entries
+        .iter()
+        .filter(|e| e["action"] == "registry.load" && e["outcome"] == "pass")
+        .count();
+    assert_eq!(loads, 3, "1, 2, then 1 again after its unload");
+    let requests = entries
+        .iter()
+        .filter(|e| e["version"] == "2" && e["route"] == "PUT /v2/models/{name}/versions/{version}")
+        .count();
+    assert_eq!(requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_pushes_store_nothing() {
+    let (dir, key) = workspace();
+    let state = dir.path().join("state");
+    let publisher = api_key(&state, "ci", &["publisher"]);
+    let admin = api_key(&state, "root", &["admin"]);
+    let user = api_key(&state, "alice", &["user"]);
+    let gateway = gateway(dir.path(), &key).await;
+
+    let unsigned = model_dir(dir.path(), "unsigned", None);
+    let tampered = model_dir(dir.path(), "tampered", Some(&key));
+    let mut bytes = std::fs::read(tampered.join("model.onnx")).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(tampered.join("model.onnx"), bytes).unwrap();
+    let malicious = model_dir(dir.path(), "malicious", None);
+    std::fs::write(malicious.join("extra.pkl"), common::MALICIOUS_PICKLE).unwrap();
+    sign(&malicious, &key);
+    let cases = [
+        (&unsigned, "unsigned"),
+        (&tampered, "tampered"),
+        (&malicious, "malicious"),
+    ];
+    for (model, why) in cases {
+        match push(model, &options(&gateway, &publisher, "1")).await {
+            Err(PushError::Refused {
+                status: 422,
+                message,
+            }) => {
+                assert!(message.contains(why), "{why}: {message}")
+            }
+            other => panic!("{why}: {other:?}"),
+        }
+        assert_nothing_stored(&state);
+    }
+    // Bytes that are not a tar stream of a model.
+    let (status, body) = https(
+        &gateway,
+        &publisher,
+        "PUT",
+        "/v2/models/digits/versions/1",
+        &[0x41; 3000],
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("bad upload"), "{body}");
+    assert_nothing_stored(&state);
+    // Without the `publisher` role, even an admin may not push.
+    let good = model_dir(dir.path(), "good", Some(&key));
+    for who in [&user, &admin] {
+        match push(&good, &options(&gateway, who, "1")).await {
+            Err(PushError::Refused { status: 403, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_nothing_stored(&state);
+    }
+    match push(&good, &options(&gateway, "rmp_000000000000_nope", "1")).await {
+        Err(PushError::Status { status: 401, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_nothing_stored(&state);
+    gateway.stop().await;
+
+    let refused: Vec<serde_json::Value> = log_entries(&state.join("audit"))
+        .into_iter()
+        .filter(|e| e["action"] == "registry.push")
+        .collect();
+    assert_eq!(
+        refused.len(),
+        4,
+        "three gate refusals and the bad upload: {refused:?}"
+    );
+    assert!(refused
+        .iter()
+        .all(|e| e["outcome"] == "refused" && e["subject"]["upload_sha256"].is_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refuses_a_gateway_it_cannot_verify() {
+    let (dir, key) = workspace();
+    let state = dir.path().join("state");
+    let publisher = api_key(&state, "ci", &["publisher"]);
+    let model = model_dir(dir.path(), "model", Some(&key));
+    let gateway = gateway(dir.path(), &key).await;
+
+    let mut wrong_pin = options(&gateway, &publisher, "1");
+    wrong_pin.ca_cert = None;
+    wrong_pin.fingerprint = Some(vec!["AB"; 32].join(":"));
+    match push(&model, &wrong_pin).await {
+        Err(err @ PushError::Connect { .. }) => {
+            assert!(err.to_string().contains("fingerprint"), "{err}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The right certificate file but a wrong pin: both must hold.
+    let mut both = options(&gateway, &publisher, "1");
+    both.fingerprint = Some(vec!["AB"; 32].join(":"));
+    assert!(matches!(
+        push(&model, &both).await,
+        Err(PushError::Connect { .. })
+    ));
+    // Another certificate than the gateway's.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("other.pem"), other.cert.pem()).unwrap();
+    let mut wrong_ca = options(&gateway, &publisher, "1");
+    wrong_ca.ca_cert = Some(dir.path().join("other.pem"));
+    assert!(matches!(
+        push(&model, &wrong_ca).await,
+        Err(PushError::Connect { .. })
+    ));
+    assert_nothing_stored(&state);
+    gateway.stop().await;
+}
