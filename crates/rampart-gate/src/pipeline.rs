@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{rfc3339, AuditRecord};
 use crate::metrics::{RefusalLabels, RequestLabels};
+use crate::registry::VersionRoute;
 use crate::stages::ban::Strike;
 use crate::stages::infer::JobError;
 use crate::stages::rate::{RateDecision, Slot};
@@ -102,16 +103,8 @@ pub enum Route {
     ModelReady(String),
     /// `POST /v2/models/{name}/infer`
     Infer(String),
-    /// `GET /v2/models/{name}/versions`: the registry's versions of a model (see `crate::registry`)
-    Versions(String),
-    /// `GET /v2/models/{name}/versions/{v}`
-    VersionMetadata(String, String),
-    /// `GET /v2/models/{name}/versions/{v}/ready`
-    VersionReady(String, String),
-    /// `POST /v2/models/{name}/versions/{v}/infer`
-    VersionInfer(String, String),
-    /// `PUT /v2/models/{name}/versions/{v}`: upload a new version into the registry
-    Push(String, String),
+    /// `/v2/models/{name}/versions/...`: the registry's versions (`crate::registry`)
+    Version(VersionRoute),
 }
 
 impl Route {
@@ -124,44 +117,31 @@ impl Route {
             Route::ModelMetadata(_) => "/v2/models/{name}",
             Route::ModelReady(_) => "/v2/models/{name}/ready",
             Route::Infer(_) => "/v2/models/{name}/infer",
-            Route::Versions(_) => "/v2/models/{name}/versions",
-            Route::VersionMetadata(..) => "/v2/models/{name}/versions/{version}",
-            Route::VersionReady(..) => "/v2/models/{name}/versions/{version}/ready",
-            Route::VersionInfer(..) => "/v2/models/{name}/versions/{version}/infer",
-            Route::Push(..) => "PUT /v2/models/{name}/versions/{version}",
+            Route::Version(v) => v.template(),
         }
     }
 
     /// The model the route names: Cedar's resource.
     pub(crate) fn model(&self) -> Option<&str> {
         match self {
-            Route::ModelMetadata(m)
-            | Route::ModelReady(m)
-            | Route::Infer(m)
-            | Route::Versions(m)
-            | Route::VersionMetadata(m, _)
-            | Route::VersionReady(m, _)
-            | Route::VersionInfer(m, _)
-            | Route::Push(m, _) => Some(m),
+            Route::ModelMetadata(m) | Route::ModelReady(m) | Route::Infer(m) => Some(m),
+            Route::Version(v) => Some(v.model()),
             Route::Live | Route::Ready | Route::ServerMetadata => None,
         }
     }
 
-    /// The registry version the route names (not part of the Cedar request: see `crate::registry`).
-    pub(crate) fn version(&self) -> Option<&str> {
+    /// The registry version the route names.
+    fn version(&self) -> Option<&str> {
         match self {
-            Route::VersionMetadata(_, v)
-            | Route::VersionReady(_, v)
-            | Route::VersionInfer(_, v)
-            | Route::Push(_, v) => Some(v),
+            Route::Version(v) => v.version(),
             _ => None,
         }
     }
 
     fn action(&self) -> Action {
         match self {
-            Route::Infer(_) | Route::VersionInfer(..) => Action::Infer,
-            Route::Push(..) => Action::Push,
+            Route::Infer(_) => Action::Infer,
+            Route::Version(v) => v.action(),
             _ => Action::ReadMetadata,
         }
     }
@@ -179,25 +159,10 @@ impl Route {
             ["v2", "models", name] => (Route::ModelMetadata((*name).to_owned()), Method::GET),
             ["v2", "models", name, "ready"] => (Route::ModelReady((*name).to_owned()), Method::GET),
             ["v2", "models", name, "infer"] => (Route::Infer((*name).to_owned()), Method::POST),
-            ["v2", "models", name, "versions"] => {
-                (Route::Versions((*name).to_owned()), Method::GET)
-            }
-            ["v2", "models", name, "versions", v] if method == Method::PUT => (
-                Route::Push((*name).to_owned(), (*v).to_owned()),
-                Method::PUT,
-            ),
-            ["v2", "models", name, "versions", v] => (
-                Route::VersionMetadata((*name).to_owned(), (*v).to_owned()),
-                Method::GET,
-            ),
-            ["v2", "models", name, "versions", v, "ready"] => (
-                Route::VersionReady((*name).to_owned(), (*v).to_owned()),
-                Method::GET,
-            ),
-            ["v2", "models", name, "versions", v, "infer"] => (
-                Route::VersionInfer((*name).to_owned(), (*v).to_owned()),
-                Method::POST,
-            ),
+            ["v2", "models", rest @ ..] => match VersionRoute::parse(method, rest) {
+                Some((route, wanted)) => (Route::Version(route), wanted),
+                None => return Err(not_found()),
+            },
             _ => return Err(not_found()),
         };
         if *method != wanted && !(wanted == Method::GET && *method == Method::HEAD) {
@@ -424,15 +389,12 @@ impl Gate {
                 self.infer_on(conn, &name, pool, request, started, trace)
                     .await
             }
-            Route::VersionInfer(name, version) => {
+            Route::Version(VersionRoute::Infer(name, version)) => {
                 let loaded = self.registry_version(&name, &version).await?;
                 self.infer_on(conn, &name, &loaded.pool, request, started, trace)
                     .await
             }
-            Route::Versions(_)
-            | Route::VersionMetadata(..)
-            | Route::VersionReady(..)
-            | Route::Push(..) => self.registry_route(route, request, started, trace).await,
+            Route::Version(route) => self.registry_route(route, request, trace).await,
             Route::Live => Ok(json_reply(StatusCode::OK, br#"{"live":true}"#.to_vec())),
             Route::Ready => {
                 let ready = self.is_ready();
@@ -575,7 +537,7 @@ impl Gate {
         let Some(model) = route.model() else {
             return Ok(());
         };
-        if route.version().is_some() || matches!(route, Route::Versions(_)) {
+        if let Route::Version(route) = route {
             self.registry_target(route)?;
         } else if !self.models.contains_key(model) {
             return Err(unknown_model());
@@ -642,33 +604,7 @@ impl Gate {
 
     /// Refuses compressed bodies and reads the binary-extension header.
     fn stage_encoding(&self, headers: &hyper::HeaderMap) -> Result<Option<usize>, Refusal> {
-        if let Some(encoding) = headers.get(CONTENT_ENCODING) {
-            if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
-                return Err(Refusal::new(
-                    "body",
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "compressed_body",
-                    "compressed request bodies are not accepted",
-                )
-                .strike());
-            }
-        }
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
-        match declared {
-            Some(None) => {
-                return Err(Refusal::new(
-                    "body",
-                    StatusCode::BAD_REQUEST,
-                    "bad_length",
-                    "invalid Content-Length",
-                )
-                .strike())
-            }
-            Some(Some(n)) if n > self.limits.max_body_bytes as u64 => return Err(too_large()),
-            _ => {}
-        }
+        check_body_headers(headers, self.limits.max_body_bytes as u64)?;
         match headers.get("inference-header-content-length") {
             None => Ok(None),
             Some(v) => v
@@ -833,7 +769,9 @@ impl Gate {
 
     /// The anomaly stage, as the answer is recorded: alerts become audit records of their own.
     async fn stage_anomaly(&self, conn: &ConnInfo, trace: &Trace, status: StatusCode) {
-        let (Some(Route::Infer(name)) | Some(Route::VersionInfer(name, _))) = &trace.route else {
+        let (Some(Route::Infer(name)) | Some(Route::Version(VersionRoute::Infer(name, _)))) =
+            &trace.route
+        else {
             return;
         };
         let Some(defences) = self.defences.get(name) else {
@@ -884,7 +822,36 @@ pub(crate) fn unknown_model() -> Refusal {
     .strike()
 }
 
-fn too_large() -> Refusal {
+/// Refuses a compressed body, an invalid `Content-Length` or one above `limit`.
+pub(crate) fn check_body_headers(headers: &hyper::HeaderMap, limit: u64) -> Result<(), Refusal> {
+    if let Some(encoding) = headers.get(CONTENT_ENCODING) {
+        if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return Err(Refusal::new(
+                "body",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "compressed_body",
+                "compressed request bodies are not accepted",
+            )
+            .strike());
+        }
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+    match declared {
+        Some(None) => Err(Refusal::new(
+            "body",
+            StatusCode::BAD_REQUEST,
+            "bad_length",
+            "invalid Content-Length",
+        )
+        .strike()),
+        Some(Some(n)) if n > limit => Err(too_large()),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn too_large() -> Refusal {
     Refusal::new(
         "body",
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -971,7 +938,7 @@ mod tests {
         );
         assert_eq!(
             Route::parse(&Method::POST, "/v2/models/d/versions/1/infer").unwrap(),
-            Route::VersionInfer("d".into(), "1".into())
+            Route::Version(VersionRoute::Infer("d".into(), "1".into()))
         );
         assert_eq!(
             Route::parse(&Method::GET, "/v2/models/d/").unwrap(),

@@ -11,51 +11,25 @@
     reason = "test code"
 )]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use age::secrecy::ExposeSecret;
+use common::{example, sign, MALICIOUS_PICKLE};
 use rampart_gate::config::Config;
 use rampart_gate::Parts;
-use rampart_sign::{sign_dir, Curve, SignOptions, SigningKey};
+use rampart_sign::{Curve, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// A pickle that runs `os.system` when loaded (built here, never committed).
-const MALICIOUS_PICKLE: &[u8] = b"cos\nsystem\n(S'echo pwned'\ntR.";
-
-fn example(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/digits")
-        .join(path)
-}
-
-/// Signs `dir` into `dir/model.sig`.
-fn sign(dir: &Path, key: &SigningKey) {
-    let _ = std::fs::remove_file(dir.join("model.sig"));
-    let mut options = SignOptions::default();
-    options
-        .ignore
-        .add(rampart_digest::ManifestPath::new("model.sig").unwrap());
-    let (_, bundle) = sign_dir(dir, key, &options).unwrap();
-    std::fs::write(dir.join("model.sig"), bundle.to_json().unwrap()).unwrap();
-}
-
 /// A work directory with a signing key, its public half in `release.pub`, and a signed model in `model/`.
 fn workspace() -> (tempfile::TempDir, SigningKey) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::generate(Curve::P256);
-    std::fs::write(
-        dir.path().join("release.pub"),
-        key.verifying_key().to_pem().unwrap(),
-    )
-    .unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    std::fs::copy(example("model/model.onnx"), model.join("model.onnx")).unwrap();
-    sign(&model, &key);
+    let (dir, key) = common::workspace();
+    common::model_dir(dir.path(), "model", Some(&key));
     (dir, key)
 }
 

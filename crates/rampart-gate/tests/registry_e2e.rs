@@ -43,6 +43,12 @@ fn options(gateway: &Gateway, key: &str, version: &str) -> PushOptions {
     }
 }
 
+/// `POST /v2/models/digits/versions/{version}/infer` of one row.
+async fn infer(gateway: &Gateway, key: &str, version: &str) -> (u16, String) {
+    let path = format!("/v2/models/digits/versions/{version}/infer");
+    https(gateway, key, "POST", &path, &infer_body()).await
+}
+
 fn infer_body() -> Vec<u8> {
     serde_json::json!({
         "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![0.5f32; 64]}]
@@ -98,14 +104,7 @@ async fn a_pushed_version_is_listed_and_served_by_version() {
         .collect();
     assert_eq!(versions, ["1", "2"]);
 
-    let (status, body) = https(
-        &gateway,
-        &user,
-        "POST",
-        "/v2/models/digits/versions/1/infer",
-        &infer_body(),
-    )
-    .await;
+    let (status, body) = infer(&gateway, &user, "1").await;
     assert_eq!(status, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["outputs"][0]["shape"], serde_json::json!([1, 10]));
@@ -125,27 +124,13 @@ async fn a_pushed_version_is_listed_and_served_by_version() {
     assert_eq!(status, 200);
 
     // One version loaded at a time: 2 unloads 1, and 1 loads again when asked.
-    let (status, _) = https(
-        &gateway,
-        &user,
-        "POST",
-        "/v2/models/digits/versions/2/infer",
-        &infer_body(),
-    )
-    .await;
+    let (status, _) = infer(&gateway, &user, "2").await;
     assert_eq!(status, 200);
     let (_, body) = https(&gateway, &user, "GET", "/v2/models/digits/versions", b"").await;
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(listed["versions"][0]["loaded"], false, "{body}");
     assert_eq!(listed["versions"][1]["loaded"], true, "{body}");
-    let (status, body) = https(
-        &gateway,
-        &user,
-        "POST",
-        "/v2/models/digits/versions/1/infer",
-        &infer_body(),
-    )
-    .await;
+    let (status, body) = infer(&gateway, &user, "1").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap(),
