@@ -278,6 +278,10 @@ async fn the_client_refuses_a_gateway_it_cannot_verify() {
     let state = dir.path().join("state");
     let publisher = api_key(&state, "ci", &["publisher"]);
     let model = model_dir(dir.path(), "model", Some(&key));
+    // An upload cut short by a crash left its staging directory (plaintext): the next start removes it.
+    let crashed = state.join("registry/.upload-crashed");
+    std::fs::create_dir_all(&crashed).unwrap();
+    std::fs::write(crashed.join("upload.tar"), b"plaintext").unwrap();
     let gateway = gateway(dir.path(), &key).await;
 
     let mut wrong_pin = options(&gateway, &publisher, "1");

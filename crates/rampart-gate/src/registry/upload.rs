@@ -51,7 +51,9 @@ impl Gate {
                 .subject("model", model)
                 .subject("version", version)
                 .outcome("exists");
-            let _ = versions.registry.audit(&record);
+            if let Err(err) = versions.registry.audit(&record) {
+                tracing::error!(error = %err, "cannot record a refused push in the audit log");
+            }
             return Err(exists(model, version));
         }
         let staging = staging_dir(versions.registry.dir())?;
@@ -61,6 +63,7 @@ impl Gate {
         trace.input_sha256 = Some(digest.clone());
         tracing::info!(model, version, bytes, principal = %pusher, "upload received; running the deployment gate");
         let (model, version) = (model.to_owned(), version.to_owned());
+        // Unpacking, the gate (hashing, scanning) and sealing are blocking work.
         let pushed = tokio::task::spawn_blocking(move || {
             let unpacked = staging.path().join("model");
             let result = std::fs::File::open(&upload)
@@ -98,7 +101,7 @@ impl Gate {
             }
             // The staging directory (upload and plaintext) goes whatever the outcome.
             drop(staging);
-            result.map(|info| (info, model, version))
+            result
         })
         .await
         .map_err(|_| {
@@ -109,7 +112,7 @@ impl Gate {
             )
         })?;
         match pushed {
-            Ok((info, ..)) => Ok(json_value(
+            Ok(info) => Ok(json_value(
                 StatusCode::CREATED,
                 &serde_json::to_value(&info).unwrap_or_default(),
             )),

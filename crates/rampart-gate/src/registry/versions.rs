@@ -66,6 +66,7 @@ impl Versions {
         gate: GateConfig,
         config: RegistryConfig,
     ) -> Versions {
+        remove_stale_uploads(&state_dir.join("registry"));
         let registry = match log {
             Some(log) => Registry::with_log(state_dir, log),
             None => Registry::open(state_dir),
@@ -231,6 +232,25 @@ impl Versions {
             tracing::info!(model = %oldest.0, version = %oldest.1, "unloaded the least recently used registry version");
         }
         Ok(loaded)
+    }
+}
+
+/// Removes the staging directories of uploads cut short by a crash (they may hold a model in plaintext).
+fn remove_stale_uploads(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".upload-") {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(dir = %entry.path().display(), "removed an interrupted upload")
+                }
+                Err(err) => {
+                    tracing::error!(dir = %entry.path().display(), error = %err, "cannot remove an interrupted upload")
+                }
+            }
+        }
     }
 }
 
