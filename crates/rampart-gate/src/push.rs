@@ -8,6 +8,7 @@
 //! the Mozilla root store. The credential (an API key or a bearer token) comes from the environment and is sent
 //! as `Authorization: Bearer`; it never appears in an error or a log.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, EXPECT, HOST};
 use hyper::{Request, StatusCode, Uri};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -33,6 +34,8 @@ const CHUNK: usize = 256 * 1024;
 const MAX_ANSWER: usize = 64 * 1024;
 /// Connecting and the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the upload waits for `100 Continue` before it starts anyway.
+const CONTINUE_WAIT: Duration = Duration::from_secs(3);
 
 /// Called with the bytes sent so far and the model's total file size.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -285,8 +288,16 @@ fn tls_config(options: &PushOptions) -> Result<rustls::ClientConfig, PushError> 
     Ok(config)
 }
 
-/// The request body: chunks from the packing thread.
-struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+/// The request body: chunks from the packing thread, held back until the gateway says `100 Continue` (or
+/// [`CONTINUE_WAIT`] passes). A gateway that refuses before reading (401, 403, 409, 413) answers first, and the
+/// answer is read instead of being lost to a connection reset in the middle of the upload.
+struct ChannelBody {
+    chunks: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    hold: Option<(
+        tokio::sync::oneshot::Receiver<()>,
+        Pin<Box<tokio::time::Sleep>>,
+    )>,
+}
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
@@ -296,7 +307,13 @@ impl hyper::body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.0
+        if let Some((go, wait)) = &mut self.hold {
+            if Pin::new(go).poll(cx).is_pending() && wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.hold = None;
+        }
+        self.chunks
             .poll_recv(cx)
             .map(|chunk| chunk.map(|r| r.map(Frame::data)))
     }
@@ -419,21 +436,33 @@ pub async fn push(model_dir: &Path, options: &PushOptions) -> Result<serde_json:
         packed
     });
     let path = format!("/v2/models/{}/versions/{}", options.model, options.version);
-    let request = Request::put(path)
-        .header(
-            HOST,
-            if port == 443 {
-                host.clone()
-            } else {
-                addr.clone()
-            },
-        )
+    let (go, hold) = tokio::sync::oneshot::channel();
+    let body = ChannelBody {
+        chunks: rx,
+        hold: Some((hold, Box::pin(tokio::time::sleep(CONTINUE_WAIT)))),
+    };
+    let authority = if port == 443 {
+        host.clone()
+    } else {
+        addr.clone()
+    };
+    let mut request = Request::put(path)
+        .header(HOST, authority)
         .header(AUTHORIZATION, format!("Bearer {}", options.credential))
         .header(CONTENT_TYPE, "application/x-tar")
-        .body(ChannelBody(rx))
+        .header(EXPECT, "100-continue")
+        .body(body)
         .map_err(|_| {
             PushError::Http("cannot build the request (check the credential's characters)".into())
         })?;
+    let go = std::sync::Mutex::new(Some(go));
+    hyper::ext::on_informational(&mut request, move |answer| {
+        if answer.status() == StatusCode::CONTINUE {
+            if let Some(go) = go.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = go.send(());
+            }
+        }
+    });
     let answered = sender.send_request(request).await;
     let packed = packer.await;
     // An answer wins over the packer's error: a gateway that refuses early (403, 409, 413) stops reading, and the
