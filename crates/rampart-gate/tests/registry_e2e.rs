@@ -312,3 +312,44 @@ async fn the_client_refuses_a_gateway_it_cannot_verify() {
     assert_nothing_stored(&state);
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_version_that_fails_the_gate_is_never_served() {
+    let (dir, key) = workspace();
+    let state = dir.path().join("state");
+    let user = api_key(&state, "alice", &["user"]);
+    // Stored while `key` was trusted; the gateway now trusts another key only.
+    let old = model_dir(dir.path(), "old", Some(&key));
+    let trusted = rampart_deploy::TrustedKey {
+        name: "old.pub".into(),
+        key: key.verifying_key(),
+    };
+    rampart_deploy::Registry::open(&state)
+        .push(
+            &old,
+            "digits",
+            "1",
+            "ci",
+            &rampart_deploy::GateConfig::new(vec![trusted]),
+        )
+        .unwrap();
+    let (_, other) = workspace();
+    std::fs::write(
+        dir.path().join("release.pub"),
+        other.verifying_key().to_pem().unwrap(),
+    )
+    .unwrap();
+    let gateway = gateway(dir.path(), &other).await;
+    for _ in 0..2 {
+        let (status, body) = infer(&gateway, &user, "1").await;
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains("fails the deployment gate"), "{body}");
+    }
+    gateway.stop().await;
+    let loads: Vec<String> = log_entries(&state.join("audit"))
+        .iter()
+        .filter(|e| e["action"] == "registry.load")
+        .map(|e| e["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(loads, ["refused"], "refused once, then remembered");
+}
