@@ -890,6 +890,16 @@ async fn stage_infer(
         JobError::Model(rampart_infer::InferError::InvalidInput(message)) => {
             Refusal::new("infer", StatusCode::BAD_REQUEST, "bad_tensor", message).strike()
         }
+        JobError::Model(err @ rampart_infer::InferError::Upstream(_)) => {
+            // The details (the upstream's address and answer) go to the operator's log, not to the client.
+            tracing::error!(error = %err, "the upstream model server failed");
+            Refusal::new(
+                "infer",
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                "the model server behind the gateway failed",
+            )
+        }
         JobError::Model(err) => {
             tracing::error!(error = %err, "inference failed");
             Refusal::new(

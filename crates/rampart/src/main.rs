@@ -114,10 +114,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RAMPART_LOG` sets the filter (default `warn`), `RAMPART_LOG_FORMAT=json` gives JSON lines.
+/// Logs go to stderr; `RAMPART_LOG` sets the filter (default `warn,rustls=error`), `RAMPART_LOG_FORMAT=json` gives
+/// JSON lines. rustls warns about what a client sends (an IP address as SNI, as wrk and many scanners send): at `warn`
+/// any client could write a line per connection into the gateway's log, so its default level is `error`.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RAMPART_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("RAMPART_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn,rustls=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
