@@ -223,19 +223,7 @@ impl ExtractionMonitor {
                 self.reference.width
             )));
         }
-        self.clock += 1;
-        if !self.principals.contains_key(principal)
-            && self.principals.len() >= self.config.max_principals
-        {
-            if let Some(oldest) = self
-                .principals
-                .iter()
-                .min_by_key(|(_, p)| p.last_seen)
-                .map(|(k, _)| k.clone())
-            {
-                self.principals.remove(&oldest);
-            }
-        }
+        self.make_room(principal);
         let config = &self.config;
         let baseline = &self.baseline;
         let nearest = self.reference.nearest(query, 1, None);
@@ -269,66 +257,119 @@ impl ExtractionMonitor {
                 state.history.push(query.to_vec());
             }
         }
-        let mut raised = Vec::new();
-        if state.distances.len() >= config.prada_min {
-            let window = state.distances.len().saturating_sub(5000);
-            if let Some(sw) = state.distances.get(window..).and_then(shapiro_wilk) {
-                state.prada_w = Some(sw.w);
-                if sw.w < config.prada_w {
-                    raised.push(Signal::Prada);
-                }
-            }
-        }
-        if state.queries >= config.min_queries as u64 {
-            let n = state.queries;
-            let d = state.distinct.max(1);
-            if binomial_sf(state.off_manifold, n, baseline.far_rate) < config.alpha {
-                raised.push(Signal::OffManifold);
-            }
-            if binomial_sf(state.near_duplicates, d, baseline.near_rate) < config.alpha {
-                raised.push(Signal::NearDuplicate);
-            }
-            if binomial_sf(state.grid, d, baseline.grid_rate) < config.alpha {
-                raised.push(Signal::Grid);
-            }
-        }
-        if config.max_queries > 0 && state.queries > config.max_queries {
-            raised.push(Signal::Volume);
-        }
-        for s in &raised {
-            if !state.signals.contains(s) {
-                tracing::info!(principal, signal = ?s, queries = state.queries, "extraction signal raised");
-                state.signals.push(*s);
-            }
-        }
-        let would = if state.signals.is_empty() {
-            Action::Allow
-        } else {
-            state.flagged_queries += 1;
-            let extraction_signals = state
-                .signals
+        Ok(judge(
+            config,
+            baseline,
+            state,
+            principal,
+            self.reference.len(),
+        ))
+    }
+
+    /// Records a query from `principal` that was refused before the model saw it because it lies outside the
+    /// training data's profile (the gateway's schema stage), and decides. Such a query is off the data's manifold
+    /// by definition: it counts as one off-manifold query, and nothing else (it has no predicted class for PRADA and
+    /// is not remembered). A gateway calls this once per refused request, however many rows it held.
+    pub fn observe_refused(&mut self, principal: &str) -> Decision {
+        self.make_room(principal);
+        let state = self.principals.entry(principal.to_string()).or_default();
+        state.last_seen = self.clock;
+        state.queries += 1;
+        state.off_manifold += 1;
+        judge(
+            &self.config,
+            &self.baseline,
+            state,
+            principal,
+            self.reference.len(),
+        )
+    }
+
+    /// Advances the clock and, when `principal` is new and the table full, forgets the least recently seen.
+    fn make_room(&mut self, principal: &str) {
+        self.clock += 1;
+        if !self.principals.contains_key(principal)
+            && self.principals.len() >= self.config.max_principals
+        {
+            if let Some(oldest) = self
+                .principals
                 .iter()
-                .filter(|s| **s != Signal::Volume)
-                .count();
-            if extraction_signals >= 2 || state.flagged_queries > config.ban_after {
-                Action::Ban
-            } else {
-                Action::Throttle
+                .min_by_key(|(_, p)| p.last_seen)
+                .map(|(k, _)| k.clone())
+            {
+                self.principals.remove(&oldest);
             }
-        };
-        Ok(Decision {
-            action: if config.shadow { Action::Allow } else { would },
-            would,
-            signals: state.signals.clone(),
-            queries: state.queries,
-            prada_w: state.prada_w,
-            coverage: state.covered.len() as f64 / self.reference.len() as f64,
-        })
+        }
     }
 
     /// Forgets a principal (after an operator lifts a ban).
     pub fn forget(&mut self, principal: &str) {
         self.principals.remove(principal);
+    }
+}
+
+/// The signals the principal's counts raise now, and the action they call for.
+fn judge(
+    config: &ExtractionConfig,
+    baseline: &Baseline,
+    state: &mut Principal,
+    principal: &str,
+    reference_len: usize,
+) -> Decision {
+    let mut raised = Vec::new();
+    if state.distances.len() >= config.prada_min {
+        let window = state.distances.len().saturating_sub(5000);
+        if let Some(sw) = state.distances.get(window..).and_then(shapiro_wilk) {
+            state.prada_w = Some(sw.w);
+            if sw.w < config.prada_w {
+                raised.push(Signal::Prada);
+            }
+        }
+    }
+    if state.queries >= config.min_queries as u64 {
+        let n = state.queries;
+        let d = state.distinct.max(1);
+        if binomial_sf(state.off_manifold, n, baseline.far_rate) < config.alpha {
+            raised.push(Signal::OffManifold);
+        }
+        if binomial_sf(state.near_duplicates, d, baseline.near_rate) < config.alpha {
+            raised.push(Signal::NearDuplicate);
+        }
+        if binomial_sf(state.grid, d, baseline.grid_rate) < config.alpha {
+            raised.push(Signal::Grid);
+        }
+    }
+    if config.max_queries > 0 && state.queries > config.max_queries {
+        raised.push(Signal::Volume);
+    }
+    for s in &raised {
+        if !state.signals.contains(s) {
+            tracing::info!(principal, signal = ?s, queries = state.queries, "extraction signal raised");
+            state.signals.push(*s);
+        }
+    }
+    let would = if state.signals.is_empty() {
+        Action::Allow
+    } else {
+        state.flagged_queries += 1;
+        let extraction_signals = state
+            .signals
+            .iter()
+            .filter(|s| **s != Signal::Volume)
+            .count();
+        if extraction_signals >= 2 || state.flagged_queries > config.ban_after {
+            Action::Ban
+        } else {
+            Action::Throttle
+        }
+    };
+    Decision {
+        action: if config.shadow { Action::Allow } else { would },
+        would,
+        signals: state.signals.clone(),
+        queries: state.queries,
+        prada_w: state.prada_w,
+        coverage: state.covered.len() as f64 / reference_len.max(1) as f64,
     }
 }
 
