@@ -227,8 +227,7 @@ impl Defences {
                         "`ban_secs` must be at least 1, `throttle` positive".into(),
                     ));
                 }
-                let reference = need_profile("extraction")?.reference.clone();
-                let checker = ExtractionMonitor::new(monitor.clone(), reference)
+                let checker = ExtractionMonitor::new(monitor.clone(), need_profile("extraction")?)
                     .map_err(|e| invalid("extraction", e.to_string()))?;
                 Some(Arc::new(ExtractionStage::new(
                     checker,
