@@ -10,7 +10,7 @@ use rampart_defend::anomaly::AnomalyMonitor;
 use rampart_defend::detect::{Detector, DetectorConfig};
 use rampart_defend::extraction::ExtractionMonitor;
 use rampart_defend::profile::Profile;
-use rampart_defend::sanitise::ImageShape;
+use rampart_defend::sanitise::{ImageShape, Sanitiser};
 use rampart_defend::schema::SchemaCheck;
 use rampart_defend::watermark::{WatermarkKey, Watermarker};
 use rampart_infer::{DataType, Model};
@@ -210,6 +210,7 @@ impl Defences {
                 need_profile("detector")?,
                 &input.name,
                 model,
+                &sanitisers,
             )?),
             None => None,
         };
@@ -315,6 +316,7 @@ fn build_detector(
     profile: &Profile,
     input: &str,
     model: &dyn Model,
+    sanitisers: &[Sanitiser],
 ) -> Result<Detector, ConfigError> {
     let invalid = |key: &str, message: String| origin.invalid(key, message);
     let mut settings = DetectorConfig::for_shape(shape);
@@ -345,13 +347,18 @@ fn build_detector(
             format!("cannot read `{}`: {e}", path.display()),
         )
     })?;
-    let (_, rows, _) =
+    let (_, mut rows, _) =
         rampart_defend::profile::read_labelled_rows(file, &d.label_column).map_err(|e| {
             invalid(
                 "detector.calibration_data",
                 format!("`{}`: {e}", path.display()),
             )
         })?;
+    // The detector sees rows after the sanitisers: it is calibrated on clean rows as they will reach it.
+    for step in sanitisers {
+        step.apply_batch(&mut rows, shape)
+            .map_err(|e| invalid("sanitise.steps", e.to_string()))?;
+    }
     let threshold = detector
         .calibrate(model, &rows)
         .map_err(|e| invalid("detector.calibration_data", e.to_string()))?
