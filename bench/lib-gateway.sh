@@ -31,8 +31,8 @@ build_rampart() {
 }
 
 # The gateway's config for the digits model with limits out of the way; the model's extra tables (such as
-# `[models.defend]`) come on stdin.
-make_config() { # port admin_port disable_security_stages(true|false)
+# `[models.defend]`) come on stdin. The `[audit]` table's keys default to a directory of its own per port.
+make_config() { # port admin_port disable_security_stages(true|false) [audit keys]
     cat <<CONF
 [server]
 listen = "127.0.0.1:$1"
@@ -40,7 +40,7 @@ admin_listen = "127.0.0.1:$2"
 state_dir = "$WORK/state"
 disable_security_stages = $3
 [audit]
-dir = "$WORK/audit-$1"
+${4:-dir = "$WORK/audit-$1"}
 [deploy]
 trusted_keys = ["$ROOT/examples/digits/release.pub"]
 [limits]
@@ -77,7 +77,7 @@ wrk_body() { sed -n 's/^wrk.body = //p' "$1" | python3 -c 'import json,sys; prin
 
 wait_up() { for _ in $(seq 1 100); do curl -sk -o /dev/null "$1" && return 0; sleep 0.1; done; echo "error: $1 did not come up" >&2; exit 2; }
 
-# Prints `name req/s p50_ms p99_ms non2xx`.
+# Prints `name req/s p50_ms p99_ms non2xx` (the name must not hold spaces).
 run_wrk() { # name url [script] [connections]
     local out="$WORK/$1.txt"
     local conns="${4:-$CONNECTIONS}"
