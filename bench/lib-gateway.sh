@@ -23,11 +23,17 @@ need_tools() { # tool...
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
+# Where cargo puts what it builds (as cargo resolves it: the environment, a config file, or `target`).
+target_dir() {
+    cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
 build_rampart() {
     echo "building rampart (release)..." >&2
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
     cargo build --release -q -p rampart --manifest-path "$ROOT/Cargo.toml"
-    RAMPART="$CARGO_TARGET_DIR/release/rampart"
+    RAMPART="$(target_dir)/release/rampart"
 }
 
 # The gateway's config for the digits model with limits out of the way; the model's extra tables (such as

@@ -4,12 +4,12 @@
 //! 1. **images** (inside validate, before the tensors are checked against the model): PNG/JPEG in a `BYTES` tensor
 //!    decoded to the model's `FP32` rows within limits;
 //! 2. **extraction penalties**: a principal banned or throttled by the extraction monitor is refused (403 / 429);
-//! 3. **schema**: value ranges against the training data's profile (422);
+//! 3. **schema**: value ranges against the training data's profile (422, and one query of extraction evidence);
 //! 4. **sanitise**: the configured sanitisers, in order, on every row;
 //! 5. **infer**: the rows and, when the detector is on, their squeezed copies in ONE batch (the detector costs no
 //!    second trip to the model);
-//! 6. **detector**: the combined score; over the calibrated threshold the request is refused (422) or answered with
-//!    `x-rampart-flag: adversarial`, as configured;
+//! 6. **detector**: the combined score; over the threshold (calibrated at start on clean rows passed through the
+//!    sanitisers, as requests reach it) the request is refused (422) or answered with `x-rampart-flag: adversarial`;
 //! 7. **extraction**: each row observed for the principal (the client address without authentication);
 //!    throttle and ban decisions apply to the principal's later requests, a ban to this one too; shadow mode records;
 //! 8. **watermark**: DAWN's keyed wrong label swapped into the scores, so the hardened answer carries it;
