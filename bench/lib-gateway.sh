@@ -39,6 +39,8 @@ build_rampart() {
 # The gateway's config for the digits model with limits out of the way; the model's extra tables (such as
 # `[models.defend]`) come on stdin. The `[audit]` table's keys default to a directory of its own per port.
 make_config() { # port admin_port disable_security_stages(true|false) [audit keys]
+    local audit="${4:-}"
+    [ -n "$audit" ] || audit="dir = \"$WORK/audit-$1\""
     cat <<CONF
 [server]
 listen = "127.0.0.1:$1"
@@ -46,7 +48,7 @@ admin_listen = "127.0.0.1:$2"
 state_dir = "$WORK/state"
 disable_security_stages = $3
 [audit]
-${4:-dir = "$WORK/audit-$1"}
+$audit
 [deploy]
 trusted_keys = ["$ROOT/examples/digits/release.pub"]
 [limits]

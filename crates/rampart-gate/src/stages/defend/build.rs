@@ -347,8 +347,8 @@ fn build_detector(
             format!("cannot read `{}`: {e}", path.display()),
         )
     })?;
-    let (_, mut rows, _) =
-        rampart_defend::profile::read_labelled_rows(file, &d.label_column).map_err(|e| {
+    let (_, mut rows, _) = rampart_defend::profile::read_labelled_rows(file, &d.label_column)
+        .map_err(|e| {
             invalid(
                 "detector.calibration_data",
                 format!("`{}`: {e}", path.display()),

@@ -183,7 +183,7 @@ impl Pending<'_> {
         let mut last = None;
         {
             let mut monitor = stage.monitor.lock().unwrap_or_else(|p| p.into_inner());
-            for (row, s) in self.values.chunks_exact(d.width).zip(scores) {
+            for (row, s) in self.sent().chunks_exact(d.width).zip(scores) {
                 let Some(predicted) = rampart_defend::argmax(s) else {
                     continue;
                 };

@@ -108,6 +108,11 @@ impl Defences {
         }
         let rows = values.len() / self.width;
         audit.rows = rows;
+        // The query as the client sent it: what extraction evidence and the watermark's keyed choice are about
+        // (sanitised values would all leave a quantised profile's lattice, and the suspect's queries are the raw ones).
+        let sent = (!self.sanitisers.is_empty()
+            && (self.extraction.is_some() || self.watermark.is_some()))
+        .then(|| values.clone());
         for step in &self.sanitisers {
             if let Err(err) = step.apply_batch(values, self.shape) {
                 self.undecided("sanitise", &err, audit, metrics)?;
@@ -135,6 +140,7 @@ impl Defences {
                 roles,
                 rows,
                 values: kept,
+                sent,
             },
         ))
     }

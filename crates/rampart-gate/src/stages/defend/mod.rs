@@ -97,7 +97,17 @@ pub struct Pending<'a> {
     principal: String,
     roles: Vec<String>,
     rows: usize,
+    /// The rows as the detector and the model see them (after the sanitisers).
     values: Vec<f32>,
+    /// The rows as the client sent them, when the sanitisers changed them.
+    sent: Option<Vec<f32>>,
+}
+
+impl Pending<'_> {
+    /// The rows as the client sent them.
+    fn sent(&self) -> &[f32] {
+        self.sent.as_deref().unwrap_or(&self.values)
+    }
 }
 
 impl Defences {

@@ -92,7 +92,7 @@ impl Pending<'_> {
         }
         if let Some(watermark) = &d.watermark {
             let mut marked = 0;
-            for (row, scores) in self.values.chunks_exact(d.width).zip(mine.iter_mut()) {
+            for (row, scores) in self.sent().chunks_exact(d.width).zip(mine.iter_mut()) {
                 marked += usize::from(watermark.apply(row, scores).is_some());
             }
             audit.watermark_key = Some(watermark.key_id());
