@@ -212,6 +212,18 @@ fn output<'a>(body: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no output `{name}` in {body}"))
 }
 
+/// Whether the answer is an extraction ban (a 403 that says so).
+fn banned(status: u16, body: &Value) -> bool {
+    if status != 403 {
+        return false;
+    }
+    assert!(
+        body["error"].as_str().unwrap().contains("extraction"),
+        "{body}"
+    );
+    true
+}
+
 fn label_of(body: &Value) -> i64 {
     output(body, "label")["data"][0].as_i64().unwrap()
 }
@@ -387,11 +399,7 @@ async fn the_defences_decide_over_real_sockets() {
             .collect();
         let (status, _, body) = post(&server, "thief", &json_rows(&[&noise]), "").await;
         assert_ne!(status, 500, "{body}");
-        if status == 403 {
-            assert!(
-                body["error"].as_str().unwrap().contains("extraction"),
-                "{body}"
-            );
+        if banned(status, &body) {
             banned_at = Some(i + 1);
             break;
         }
@@ -538,11 +546,7 @@ async fn schema_refusals_are_extraction_evidence_but_not_a_ban_for_a_slip() {
     for i in 0..60 {
         let (status, _, body) =
             post(&server, "thief", &json_rows(&[&wild_noise(&mut seed)]), "").await;
-        if status == 403 {
-            assert!(
-                body["error"].as_str().unwrap().contains("extraction"),
-                "{body}"
-            );
+        if banned(status, &body) {
             banned_at = Some(i + 1);
             break;
         }
