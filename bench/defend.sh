@@ -18,8 +18,9 @@ DIGITS=examples/digits
 MODEL=$DIGITS/model/model.onnx
 # The harness in the dev profile (dependencies are optimised there) with this crate optimised too.
 CARGO=(cargo --config 'profile.dev.package.rampart-defend.opt-level=2')
-"${CARGO[@]}" build -q -p rampart -p rampart-defend --example defend_bench
-TARGET="${CARGO_TARGET_DIR:-target}/debug"
+"${CARGO[@]}" build -q -p rampart -p rampart-defend --bins --example defend_bench
+# Where cargo put them, as cargo resolves it (the environment, a config file, or `target`).
+TARGET="$(cargo metadata --format-version 1 --no-deps | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 RAMPART="$TARGET/rampart"
 HARNESS="$TARGET/examples/defend_bench"
 

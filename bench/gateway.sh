@@ -7,29 +7,9 @@
 # Needs: wrk, nginx, openssl (Debian: apt-get install wrk nginx-light openssl), the Rust toolchain.
 set -euo pipefail
 
-DURATION="${1:-10}"
-THREADS=2
-CONNECTIONS=50
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-for tool in wrk nginx openssl python3; do
-    command -v "$tool" >/dev/null || { echo "error: \`$tool\` is not installed (Debian: apt-get install wrk nginx-light openssl python3)" >&2; exit 2; }
-done
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-
-echo "building rampart (release)..." >&2
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-cargo build --release -q -p rampart --manifest-path "$ROOT/Cargo.toml"
-RAMPART="$CARGO_TARGET_DIR/release/rampart"
+source "$(dirname "$0")/lib-gateway.sh"
+need_tools wrk nginx openssl python3 curl
+build_rampart
 
 # --- nginx: static 200-byte JSON over TLS 1.3 ---
 NGINX_PORT="$(free_port)"
@@ -73,32 +53,9 @@ nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
 # --- rampart: the full pipeline, and the same with the security stages off ---
-make_config() { # port admin_port security(true|false)
-    cat <<CONF
-[server]
-listen = "127.0.0.1:$1"
-admin_listen = "127.0.0.1:$2"
-state_dir = "$WORK/state"
-disable_security_stages = $3
-[audit]
-dir = "$WORK/audit-$1"
-[deploy]
-trusted_keys = ["$ROOT/examples/digits/release.pub"]
-[limits]
-rate_per_principal = { per_second = 1000000.0, burst = 1000000 }
-rate_per_ip = { per_second = 1000000.0, burst = 1000000 }
-daily_quota = 1000000000
-concurrency_per_principal = 1000
-[[models]]
-name = "digits"
-onnx = "$ROOT/examples/digits/model/model.onnx"
-workers = 2
-queue = 1024
-CONF
-}
 FULL_PORT="$(free_port)"; OFF_PORT="$(free_port)"
-make_config "$FULL_PORT" "$(free_port)" false > "$WORK/full.toml"
-make_config "$OFF_PORT" "$(free_port)" true > "$WORK/off.toml"
+make_config "$FULL_PORT" "$(free_port)" false < /dev/null > "$WORK/full.toml"
+make_config "$OFF_PORT" "$(free_port)" true < /dev/null > "$WORK/off.toml"
 KEY="$("$RAMPART" serve --config "$WORK/full.toml" --check | awk '/API key/ {print $3}')"
 [ -n "$KEY" ] || { echo "error: no API key was printed" >&2; exit 2; }
 "$RAMPART" serve --config "$WORK/full.toml" >/dev/null &
@@ -106,45 +63,12 @@ PIDS+=($!)
 "$RAMPART" serve --config "$WORK/off.toml" >/dev/null 2>&1 &
 PIDS+=($!)
 
-python3 - "$WORK/infer.lua" "$KEY" <<'PY'
-import json, sys
-row = [round((i % 17) / 16, 4) for i in range(64)]
-body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]})
-lua = f'''wrk.method = "POST"
-wrk.body = {json.dumps(body)}
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {sys.argv[2]}"
-'''
-open(sys.argv[1], "w").write(lua)
-PY
-
-wait_up() { for _ in $(seq 1 100); do curl -sk -o /dev/null "$1" && return 0; sleep 0.1; done; echo "error: $1 did not come up" >&2; exit 2; }
+write_wrk_script "$WORK/infer.lua" "$KEY" "$(python3 -c 'print(",".join(str(round((i % 17) / 16, 4)) for i in range(64)))')"
 wait_up "https://127.0.0.1:$NGINX_PORT/static.json"
 wait_up "https://127.0.0.1:$FULL_PORT/v2/health/live"
 wait_up "https://127.0.0.1:$OFF_PORT/v2/health/live"
-curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-    -d "$(sed -n 's/^wrk.body = //p' "$WORK/infer.lua" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read()))')" \
+curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$(wrk_body "$WORK/infer.lua")" \
     "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" >/dev/null || { echo "error: inference through the gateway failed" >&2; exit 2; }
-
-run_wrk() { # name url [script] [connections]
-    local out="$WORK/$1.txt"
-    local conns="${4:-$CONNECTIONS}"
-    wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"${DURATION}s" --latency ${3:+-s "$3"} "$2" > "$out"
-    python3 - "$out" "$1" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def ms(v, unit):
-    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(*re.search(r"\s50%\s+([\d.]+)(us|ms|s)", text).groups())
-p99 = ms(*re.search(r"\s99%\s+([\d.]+)(us|ms|s)", text).groups())
-non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-errors = re.search(r"Socket errors:.*", text)
-print(f"{sys.argv[2]} {rps:.0f} {p50:.3f} {p99:.3f} {non2xx.group(1) if non2xx else 0}")
-if errors:
-    print(f"# {sys.argv[2]}: {errors.group(0)}", file=sys.stderr)
-PY
-}
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, all on this machine ($(nproc) cores)" >&2
 NGINX="$(run_wrk nginx "https://127.0.0.1:$NGINX_PORT/static.json")"

@@ -333,8 +333,7 @@ fn sanitise(model: &str, test: &str, attacks: &str) -> Res<()> {
 fn extraction(profile: &str, model: &str, test: &str, jbda: &str) -> Res<()> {
     let profile = Profile::from_json(&std::fs::read_to_string(profile)?)?;
     let model = OnnxModel::from_path("digits", Path::new(model))?;
-    let mut monitor =
-        ExtractionMonitor::new(ExtractionConfig::default(), profile.reference.clone())?;
+    let mut monitor = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
     let (x, _) = read_csv(test)?;
     let n = x.len() / 64;
     let predicted = labels_of(&model, &x)?;
@@ -392,12 +391,12 @@ fn extraction(profile: &str, model: &str, test: &str, jbda: &str) -> Res<()> {
     report("random-noise client", &noise, &mut monitor)?;
     let (jbda_rows, _) = read_csv(jbda)?;
     report("JBDA client", &jbda_rows, &mut monitor)?;
-    // PRADA alone (the other signals off) for comparison with the anchor.
+    // PRADA alone (the other signals never tested) for comparison with the anchor.
     let prada_only = ExtractionConfig {
-        alpha: 1e-300,
+        min_queries: usize::MAX,
         ..ExtractionConfig::default()
     };
-    let mut prada = ExtractionMonitor::new(prada_only, profile.reference.clone())?;
+    let mut prada = ExtractionMonitor::new(prada_only, &profile)?;
     report("random-noise client, PRADA alone", &noise, &mut prada)?;
     report("JBDA client, PRADA alone", &jbda_rows, &mut prada)?;
     let (train, _) = read_csv("examples/digits/train.csv")?;
@@ -461,8 +460,7 @@ fn cost(profile: &str, model: &str, test: &str) -> Res<()> {
     let n = y.len().min(300);
     let mut detector = Detector::new(DetectorConfig::for_shape(SHAPE), &profile, "input")?;
     detector.calibrate(&model, &x[..200 * 64])?;
-    let mut monitor =
-        ExtractionMonitor::new(ExtractionConfig::default(), profile.reference.clone())?;
+    let mut monitor = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
     let mut anomaly = AnomalyMonitor::new(AnomalyConfig::default())?;
     let marker = Watermarker::new(WatermarkKey::from_bytes([7; 32]), 0.05)?;
     let schema = rampart_defend::schema::SchemaCheck::new(&profile, 0.0)?;

@@ -4,10 +4,16 @@
 //!   predicted class joins a set `D` (the query joins the class's growing set when that distance exceeds
 //!   `mean(D) - std(D)`); natural queries give a roughly normal `D`, synthetic ones (JBDA) do not, so a Shapiro–Wilk
 //!   `W` below `prada_w` flags the principal. Exact repeats (distance 0: retries, caches) are not new information and
-//!   are left out of `D`.
+//!   are left out of `D`. The threshold is calibrated at start on natural query streams drawn from the training
+//!   data's reference sample (its labels standing in for the model's classes): below `prada_w` and below the lowest
+//!   `W` any of those streams reaches, less a margin, so a natural client is not flagged for the sample's own
+//!   departure from normality.
 //! - **off-manifold**: a query whose distance to the training data's reference sample exceeds the reference's own
 //!   leave-one-out 99th percentile is unlike any training row (noise, synthetic probes). Each signal below is a
 //!   binomial test of the principal's count against a base rate measured on the reference, flagged at `alpha`.
+//! - **off-support**: a query with a feature outside the values the training data takes (off its range, or off the
+//!   lattice of a quantised feature such as 8-bit pixels): synthetic probes (JBDA's `x + λ·sign(∇)`, noise) leave the
+//!   lattice, natural inputs do not. An attacker who rounds onto the lattice defeats this one; PRADA still applies.
 //! - **near-duplicates**: a query within the reference's 1st-percentile neighbour distance of an earlier distinct
 //!   query (augmentation around seeds).
 //! - **grid**: a query that differs from the previous distinct one in at most `width / 16` (at least 1) features
@@ -20,6 +26,7 @@
 use std::collections::HashMap;
 
 use crate::knn::{squared_distance, Reference};
+use crate::profile::{FeatureProfile, Profile};
 use crate::shapiro::shapiro_wilk;
 use crate::stats::{binomial_sf, quantile_sorted};
 use crate::DefendError;
@@ -28,7 +35,8 @@ use crate::DefendError;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExtractionConfig {
-    /// PRADA flags when Shapiro–Wilk's `W` falls below this.
+    /// PRADA flags when Shapiro–Wilk's `W` falls below this (at most; lowered at start below what natural query
+    /// streams from the reference reach).
     pub prada_w: f64,
     /// Distances needed before PRADA tests.
     pub prada_min: usize,
@@ -84,6 +92,8 @@ pub enum Signal {
     Prada,
     /// Too many queries unlike the training data.
     OffManifold,
+    /// Too many queries with values the training data never takes (off a quantised feature's lattice or range).
+    OffSupport,
     /// Too many near-duplicates of earlier queries.
     NearDuplicate,
     /// Too many queries on a grid or sweep.
@@ -114,6 +124,8 @@ pub struct Decision {
 struct Baseline {
     far: f64,
     far_rate: f64,
+    support_rate: f64,
+    prada_w: f64,
     near: f64,
     near_rate: f64,
     grid_rate: f64,
@@ -128,6 +140,7 @@ struct Principal {
     growing: HashMap<usize, Vec<Vec<f32>>>,
     distances: Vec<f64>,
     off_manifold: u64,
+    off_support: u64,
     near_duplicates: u64,
     grid: u64,
     covered: std::collections::HashSet<usize>,
@@ -141,17 +154,28 @@ struct Principal {
 pub struct ExtractionMonitor {
     config: ExtractionConfig,
     reference: Reference,
+    features: Vec<FeatureProfile>,
     baseline: Baseline,
     principals: HashMap<String, Principal>,
     clock: u64,
 }
 
 impl ExtractionMonitor {
-    /// Builds the monitor and measures the base rates on `reference` (leave-one-out).
+    /// Builds the monitor over the training data's `profile` and measures the base rates on its reference sample
+    /// (leave-one-out), and PRADA's threshold on natural streams drawn from it.
     pub fn new(
         config: ExtractionConfig,
-        reference: Reference,
+        profile: &Profile,
     ) -> Result<ExtractionMonitor, DefendError> {
+        let reference = profile.reference.clone();
+        let features = profile.features.clone();
+        if features.len() != reference.width {
+            return Err(DefendError::Config(format!(
+                "the profile has {} features and reference rows of {} values",
+                features.len(),
+                reference.width
+            )));
+        }
         if reference.len() < 20 {
             return Err(DefendError::Config(
                 "extraction detection needs a reference sample of at least 20 rows; build a profile of the training data".into(),
@@ -192,18 +216,23 @@ impl ExtractionMonitor {
                 _ => false,
             })
             .count();
+        let off_support = rows.iter().filter(|r| off_support(&features, r)).count();
+        let prada_w = natural_prada_w(&reference, &config);
         // Rates are at least 1% so a small reference cannot make the tests trigger-happy.
         let baseline = Baseline {
             far,
             far_rate: 0.02,
+            support_rate: (off_support as f64 / rows.len() as f64).max(0.02),
+            prada_w,
             near,
             near_rate: 0.02,
             grid_rate: (grid_hits as f64 / rows.len() as f64).max(0.01),
         };
-        tracing::debug!(far, near, "extraction baseline measured");
+        tracing::debug!(far, near, prada_w, "extraction baseline measured");
         Ok(ExtractionMonitor {
             config,
             reference,
+            features,
             baseline,
             principals: HashMap::new(),
             clock: 0,
@@ -223,19 +252,7 @@ impl ExtractionMonitor {
                 self.reference.width
             )));
         }
-        self.clock += 1;
-        if !self.principals.contains_key(principal)
-            && self.principals.len() >= self.config.max_principals
-        {
-            if let Some(oldest) = self
-                .principals
-                .iter()
-                .min_by_key(|(_, p)| p.last_seen)
-                .map(|(k, _)| k.clone())
-            {
-                self.principals.remove(&oldest);
-            }
-        }
+        self.make_room(principal);
         let config = &self.config;
         let baseline = &self.baseline;
         let nearest = self.reference.nearest(query, 1, None);
@@ -247,6 +264,9 @@ impl ExtractionMonitor {
             if n.distance > baseline.far {
                 state.off_manifold += 1;
             }
+        }
+        if off_support(&self.features, query) {
+            state.off_support += 1;
         }
         let repeat = state.history.iter().any(|h| h.as_slice() == query);
         if !repeat {
@@ -269,66 +289,123 @@ impl ExtractionMonitor {
                 state.history.push(query.to_vec());
             }
         }
-        let mut raised = Vec::new();
-        if state.distances.len() >= config.prada_min {
-            let window = state.distances.len().saturating_sub(5000);
-            if let Some(sw) = state.distances.get(window..).and_then(shapiro_wilk) {
-                state.prada_w = Some(sw.w);
-                if sw.w < config.prada_w {
-                    raised.push(Signal::Prada);
-                }
-            }
-        }
-        if state.queries >= config.min_queries as u64 {
-            let n = state.queries;
-            let d = state.distinct.max(1);
-            if binomial_sf(state.off_manifold, n, baseline.far_rate) < config.alpha {
-                raised.push(Signal::OffManifold);
-            }
-            if binomial_sf(state.near_duplicates, d, baseline.near_rate) < config.alpha {
-                raised.push(Signal::NearDuplicate);
-            }
-            if binomial_sf(state.grid, d, baseline.grid_rate) < config.alpha {
-                raised.push(Signal::Grid);
-            }
-        }
-        if config.max_queries > 0 && state.queries > config.max_queries {
-            raised.push(Signal::Volume);
-        }
-        for s in &raised {
-            if !state.signals.contains(s) {
-                tracing::info!(principal, signal = ?s, queries = state.queries, "extraction signal raised");
-                state.signals.push(*s);
-            }
-        }
-        let would = if state.signals.is_empty() {
-            Action::Allow
-        } else {
-            state.flagged_queries += 1;
-            let extraction_signals = state
-                .signals
+        Ok(judge(
+            config,
+            baseline,
+            state,
+            principal,
+            self.reference.len(),
+        ))
+    }
+
+    /// Records a query from `principal` that was refused before the model saw it because it lies outside the
+    /// training data's profile (the gateway's schema stage), and decides. Such a query is off the data's manifold
+    /// by definition: it counts as one off-manifold query, and nothing else (it has no predicted class for PRADA and
+    /// is not remembered), so refusals alone throttle a principal and ban it only if they go on. A gateway calls
+    /// this once per refused request, however many rows it held.
+    pub fn observe_refused(&mut self, principal: &str) -> Decision {
+        self.make_room(principal);
+        let state = self.principals.entry(principal.to_string()).or_default();
+        state.last_seen = self.clock;
+        state.queries += 1;
+        state.off_manifold += 1;
+        judge(
+            &self.config,
+            &self.baseline,
+            state,
+            principal,
+            self.reference.len(),
+        )
+    }
+
+    /// Advances the clock and, when `principal` is new and the table full, forgets the least recently seen.
+    fn make_room(&mut self, principal: &str) {
+        self.clock += 1;
+        if !self.principals.contains_key(principal)
+            && self.principals.len() >= self.config.max_principals
+        {
+            if let Some(oldest) = self
+                .principals
                 .iter()
-                .filter(|s| **s != Signal::Volume)
-                .count();
-            if extraction_signals >= 2 || state.flagged_queries > config.ban_after {
-                Action::Ban
-            } else {
-                Action::Throttle
+                .min_by_key(|(_, p)| p.last_seen)
+                .map(|(k, _)| k.clone())
+            {
+                self.principals.remove(&oldest);
             }
-        };
-        Ok(Decision {
-            action: if config.shadow { Action::Allow } else { would },
-            would,
-            signals: state.signals.clone(),
-            queries: state.queries,
-            prada_w: state.prada_w,
-            coverage: state.covered.len() as f64 / self.reference.len() as f64,
-        })
+        }
     }
 
     /// Forgets a principal (after an operator lifts a ban).
     pub fn forget(&mut self, principal: &str) {
         self.principals.remove(principal);
+    }
+}
+
+/// The signals the principal's counts raise now, and the action they call for.
+fn judge(
+    config: &ExtractionConfig,
+    baseline: &Baseline,
+    state: &mut Principal,
+    principal: &str,
+    reference_len: usize,
+) -> Decision {
+    let mut raised = Vec::new();
+    if state.distances.len() >= config.prada_min {
+        let window = state.distances.len().saturating_sub(5000);
+        if let Some(sw) = state.distances.get(window..).and_then(shapiro_wilk) {
+            state.prada_w = Some(sw.w);
+            if sw.w < baseline.prada_w {
+                raised.push(Signal::Prada);
+            }
+        }
+    }
+    if state.queries >= config.min_queries as u64 {
+        let n = state.queries;
+        let d = state.distinct.max(1);
+        if binomial_sf(state.off_manifold, n, baseline.far_rate) < config.alpha {
+            raised.push(Signal::OffManifold);
+        }
+        if binomial_sf(state.off_support, n, baseline.support_rate) < config.alpha {
+            raised.push(Signal::OffSupport);
+        }
+        if binomial_sf(state.near_duplicates, d, baseline.near_rate) < config.alpha {
+            raised.push(Signal::NearDuplicate);
+        }
+        if binomial_sf(state.grid, d, baseline.grid_rate) < config.alpha {
+            raised.push(Signal::Grid);
+        }
+    }
+    if config.max_queries > 0 && state.queries > config.max_queries {
+        raised.push(Signal::Volume);
+    }
+    for s in &raised {
+        if !state.signals.contains(s) {
+            tracing::info!(principal, signal = ?s, queries = state.queries, "extraction signal raised");
+            state.signals.push(*s);
+        }
+    }
+    let would = if state.signals.is_empty() {
+        Action::Allow
+    } else {
+        state.flagged_queries += 1;
+        let extraction_signals = state
+            .signals
+            .iter()
+            .filter(|s| **s != Signal::Volume)
+            .count();
+        if extraction_signals >= 2 || state.flagged_queries > config.ban_after {
+            Action::Ban
+        } else {
+            Action::Throttle
+        }
+    };
+    Decision {
+        action: if config.shadow { Action::Allow } else { would },
+        would,
+        signals: state.signals.clone(),
+        queries: state.queries,
+        prada_w: state.prada_w,
+        coverage: state.covered.len() as f64 / reference_len.max(1) as f64,
     }
 }
 
@@ -363,6 +440,62 @@ fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize) {
     }
 }
 
+/// Whether any feature of `row` lies off the training data's support by more than f32 representation error.
+fn off_support(features: &[FeatureProfile], row: &[f32]) -> bool {
+    features.iter().zip(row).any(|(f, &v)| {
+        let noise = 1e-5 * (f.max - f.min).abs().max(1e-6);
+        f.off_support(f64::from(v)) > noise
+    })
+}
+
+/// Natural streams simulated for PRADA's threshold, and the queries in each.
+const NATURAL_STREAMS: u64 = 64;
+const NATURAL_QUERIES: usize = 300;
+/// Below the lowest `W` a natural stream reached: slack for the natural clients that were not simulated.
+const PRADA_MARGIN: f64 = 0.02;
+
+/// PRADA's threshold: `config.prada_w`, or lower when natural query streams drawn from the reference (shuffled,
+/// its labels as the classes) reach a lower `W` once `prada_min` distances are in.
+fn natural_prada_w(reference: &Reference, config: &ExtractionConfig) -> f64 {
+    let width = reference.width;
+    let mut lowest = f64::INFINITY;
+    for stream in 0..NATURAL_STREAMS {
+        let mut order: Vec<usize> = (0..reference.len()).collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ (stream + 1);
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        let mut state = Principal::default();
+        for &i in order.iter().take(NATURAL_QUERIES) {
+            let (Some(row), Some(&label)) = (
+                reference.rows.get(i * width..(i + 1) * width),
+                reference.labels.get(i),
+            ) else {
+                continue;
+            };
+            prada_step(&mut state, row, label.max(0) as usize, config.max_history);
+            // Every fourth step: `W` moves slowly, and the streams are many.
+            if state.distances.len() >= config.prada_min && state.distances.len() % 4 == 0 {
+                if let Some(sw) = shapiro_wilk(&state.distances) {
+                    lowest = lowest.min(sw.w);
+                }
+            }
+        }
+    }
+    let calibrated = config.prada_w.min(lowest - PRADA_MARGIN);
+    if calibrated < config.prada_w {
+        tracing::debug!(
+            configured = config.prada_w,
+            calibrated,
+            "PRADA's threshold lowered below the natural streams' W"
+        );
+    }
+    calibrated
+}
+
 /// How many features differ between two rows.
 fn differing(a: &[f32], b: &[f32]) -> usize {
     a.iter().zip(b).filter(|(x, y)| x != y).count()
@@ -376,15 +509,9 @@ mod tests {
 
     fn monitor(config: ExtractionConfig) -> ExtractionMonitor {
         let (rows, labels) = digits("train.csv");
-        ExtractionMonitor::new(
-            config,
-            Reference {
-                width: 64,
-                rows,
-                labels,
-            },
-        )
-        .unwrap()
+        let names: Vec<String> = (0..64).map(|i| format!("px{i}")).collect();
+        let profile = Profile::from_rows(&names, "label", &rows, &labels, 5000).unwrap();
+        ExtractionMonitor::new(config, &profile).unwrap()
     }
 
     fn classes(values: &[f32]) -> Vec<usize> {
@@ -449,5 +576,48 @@ mod tests {
         assert_eq!(d.action, Action::Allow);
         assert_ne!(d.would, Action::Allow);
         assert!(m.observe("x", &[0.0; 3], 0).is_err());
+    }
+
+    #[test]
+    fn refused_queries_are_evidence_but_occasional_ones_are_not_a_ban() {
+        let mut m = monitor(ExtractionConfig::default());
+        let (test, _) = digits("test.csv");
+        let predicted = classes(&test);
+        // A benign client: 1,000 test rows, one refused (malformed) request in every 50.
+        let mut answered = test.chunks_exact(64).zip(&predicted).cycle();
+        for i in 0..1000 {
+            let d = if i % 50 == 25 {
+                m.observe_refused("benign")
+            } else {
+                let (row, &c) = answered.next().unwrap();
+                m.observe("benign", row, c).unwrap()
+            };
+            assert_eq!(d.would, Action::Allow, "query {i}: {d:?}");
+        }
+        // A prober every one of whose queries is refused: throttled within `min_queries`, banned if it goes on.
+        let mut first = None;
+        let mut last = None;
+        for i in 0..200 {
+            let d = m.observe_refused("prober");
+            if d.action != Action::Allow && first.is_none() {
+                first = Some((i + 1, d.action));
+                assert_eq!(d.signals, vec![Signal::OffManifold]);
+            }
+            last = Some(d);
+        }
+        assert_eq!(first, Some((20, Action::Throttle)));
+        assert_eq!(last.unwrap().action, Action::Ban);
+    }
+
+    #[test]
+    fn synthetic_probes_leave_the_lattice_and_prada_is_calibrated_on_natural_streams() {
+        let m = monitor(ExtractionConfig::default());
+        assert!(m.baseline.prada_w <= 0.90, "{:?}", m.baseline);
+        assert!(m.baseline.prada_w > 0.5, "{:?}", m.baseline);
+        let (test, _) = digits("test.csv");
+        let row = test.get(..64).unwrap();
+        assert!(!off_support(&m.features, row));
+        let nudged: Vec<f32> = row.iter().map(|v| (v + 0.02).min(1.0)).collect();
+        assert!(off_support(&m.features, &nudged));
     }
 }

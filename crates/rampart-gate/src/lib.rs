@@ -163,7 +163,6 @@ impl Limits {
 #[derive(Debug)]
 pub struct Gate {
     models: HashMap<String, ModelPool>,
-    defences: HashMap<String, stages::defend::Defences>,
     authn: Authn,
     authorizer: Arc<Authorizer>,
     /// The limits in force.
@@ -297,10 +296,9 @@ impl Gate {
             tracing::warn!("security stages are OFF (server.disable_security_stages): no authentication, policy or limits");
         }
         // Calibrates the detectors on the models: blocking start-up work, before any request.
-        let defences = stages::defend::build_all(config, &models)?;
+        stages::defend::build_all(config, &models)?;
         let gate = Gate {
             models,
-            defences,
             authn: parts.authn.unwrap_or_default(),
             authorizer,
             limits: Limits::from_config(config),
@@ -391,12 +389,35 @@ impl Gate {
         }
     }
 
-    /// Swaps in a new version of `name` (which passed the deployment gate).
-    fn swap_model(&self, name: &str, model: Arc<dyn Model>) -> std::io::Result<()> {
-        match self.models.get(name) {
-            Some(pool) => pool.swap(model),
-            None => Ok(()),
-        }
+    /// Swaps in a new version of `name` (which passed the deployment gate) with its defences rebuilt for it (the
+    /// detector recalibrated on its answers). Blocking: the calibration runs the model. If the defences cannot be
+    /// built, the new version is refused (recorded in the audit trail) and the old one keeps serving with its own.
+    pub fn swap_model(&self, name: &str, model: Arc<dyn Model>) -> Result<(), GateError> {
+        let Some(pool) = self.models.get(name) else {
+            return Ok(());
+        };
+        let defences = match pool.defences() {
+            Some(old) => match old.for_version(&*model) {
+                Ok(new) => Some(Arc::new(new)),
+                Err(err) => {
+                    let mut record = rampart_log::Record::new("defend.recalibrate", "gateway")
+                        .subject("model", name)
+                        .outcome("error");
+                    record
+                        .details
+                        .insert("reason".into(), err.to_string().into());
+                    self.record_event(&record);
+                    tracing::error!(model = name, error = %err, "the new version's defences cannot be built; it is refused");
+                    return Err(err.into());
+                }
+            },
+            None => None,
+        };
+        pool.swap(model, defences).map_err(|source| GateError::Io {
+            what: format!("cannot start the new version of `{name}`"),
+            source,
+        })?;
+        Ok(())
     }
 }
 
@@ -757,15 +778,24 @@ async fn watch_models(
                 (model.name.clone(), model.source.clone(), deployer.clone());
             let loaded = tokio::task::spawn_blocking(move || loader.load(&name, &source)).await;
             match loaded {
-                Ok(Ok(deployed)) => match gate.swap_model(&model.name, deployed.model) {
-                    Ok(()) => {
-                        model.summary = verdict(&deployed.report);
-                        tracing::info!(model = %model.name, "new version passed the deployment gate and is serving");
+                Ok(Ok(deployed)) => {
+                    let (gate, name) = (Arc::clone(&gate), model.name.clone());
+                    let swapped =
+                        tokio::task::spawn_blocking(move || gate.swap_model(&name, deployed.model))
+                            .await;
+                    match swapped {
+                        Ok(Ok(())) => {
+                            model.summary = verdict(&deployed.report);
+                            tracing::info!(model = %model.name, "new version passed the deployment gate and is serving");
+                        }
+                        Ok(Err(err)) => {
+                            tracing::error!(model = %model.name, error = %err, "cannot start the new version; the previous one keeps serving")
+                        }
+                        Err(err) => {
+                            tracing::error!(model = %model.name, error = %err, "reload failed; the previous version keeps serving")
+                        }
                     }
-                    Err(err) => {
-                        tracing::error!(model = %model.name, error = %err, "cannot start the new version; the previous one keeps serving")
-                    }
-                },
+                }
                 Ok(Err(err)) => {
                     tracing::error!(model = %model.name, error = %err, "reload refused; the previous version keeps serving")
                 }

@@ -462,10 +462,14 @@ impl Gate {
         let json_len = self.stage_encoding(request.headers())?;
         let body = self.stage_body(request.into_body(), deadline).await?;
         trace.input_sha256 = Some(hex::encode(Sha256::digest(&body)));
-        let defences = self.defences.get(name);
-        let parsed = self.stage_validate(&*pool.model(), &body, json_len, defences, trace)?;
+        // One version for the whole request: its model, its defences, its queue (a reload may swap meanwhile). A
+        // registry version has no defences of its own: the configured model's apply, so versions are no way around them.
+        let serving = pool.serving();
+        let configured = self.models.get(name).and_then(|p| p.defences());
+        let defences = serving.defences().or(configured.as_deref());
+        let parsed = self.stage_validate(serving.model(), &body, json_len, defences, trace)?;
         let (inputs, pending) = self.stage_defend_inputs(conn, defences, parsed.inputs, trace)?;
-        let outputs = stage_infer(pool, inputs, deadline).await?;
+        let outputs = stage_infer(&serving, inputs, deadline).await?;
         let (outputs, wanted) = self.stage_defend_outputs(pending, outputs, trace)?;
         let wanted = if wanted { &parsed.outputs[..] } else { &[] };
         Ok(respond_infer(name, parsed.id.as_deref(), &outputs, wanted))
@@ -774,7 +778,7 @@ impl Gate {
         else {
             return;
         };
-        let Some(defences) = self.defences.get(name) else {
+        let Some(defences) = self.models.get(name).and_then(|pool| pool.defences()) else {
             return;
         };
         let rows = trace.defend.as_ref().map_or(0, |d| d.rows);
@@ -862,54 +866,57 @@ pub(crate) fn too_large() -> Refusal {
 }
 
 async fn stage_infer(
-    pool: &crate::stages::infer::ModelPool,
+    serving: &crate::stages::infer::Serving,
     inputs: Vec<rampart_infer::Tensor>,
     deadline: Instant,
 ) -> Result<Vec<rampart_infer::Tensor>, Refusal> {
-    pool.run(inputs, deadline).await.map_err(|err| match err {
-        JobError::QueueFull => Refusal::new(
-            "infer",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "overloaded, retry later",
-        )
-        .retry_after(std::time::Duration::from_secs(1)),
-        JobError::Deadline => Refusal::new(
-            "infer",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "deadline",
-            "the request's deadline passed",
-        )
-        .retry_after(std::time::Duration::from_secs(1)),
-        JobError::Closed => Refusal::new(
-            "infer",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "shutting down",
-        ),
-        JobError::Model(rampart_infer::InferError::InvalidInput(message)) => {
-            Refusal::new("infer", StatusCode::BAD_REQUEST, "bad_tensor", message).strike()
-        }
-        JobError::Model(err @ rampart_infer::InferError::Upstream(_)) => {
-            // The details (the upstream's address and answer) go to the operator's log, not to the client.
-            tracing::error!(error = %err, "the upstream model server failed");
-            Refusal::new(
+    serving
+        .run(inputs, deadline)
+        .await
+        .map_err(|err| match err {
+            JobError::QueueFull => Refusal::new(
                 "infer",
-                StatusCode::BAD_GATEWAY,
-                "upstream_failed",
-                "the model server behind the gateway failed",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "overloaded, retry later",
             )
-        }
-        JobError::Model(err) => {
-            tracing::error!(error = %err, "inference failed");
-            Refusal::new(
+            .retry_after(std::time::Duration::from_secs(1)),
+            JobError::Deadline => Refusal::new(
                 "infer",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "inference_failed",
-                "inference failed",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deadline",
+                "the request's deadline passed",
             )
-        }
-    })
+            .retry_after(std::time::Duration::from_secs(1)),
+            JobError::Closed => Refusal::new(
+                "infer",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "shutting down",
+            ),
+            JobError::Model(rampart_infer::InferError::InvalidInput(message)) => {
+                Refusal::new("infer", StatusCode::BAD_REQUEST, "bad_tensor", message).strike()
+            }
+            JobError::Model(err @ rampart_infer::InferError::Upstream(_)) => {
+                // The details (the upstream's address and answer) go to the operator's log, not to the client.
+                tracing::error!(error = %err, "the upstream model server failed");
+                Refusal::new(
+                    "infer",
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    "the model server behind the gateway failed",
+                )
+            }
+            JobError::Model(err) => {
+                tracing::error!(error = %err, "inference failed");
+                Refusal::new(
+                    "infer",
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "inference_failed",
+                    "inference failed",
+                )
+            }
+        })
 }
 
 /// The respond stage: the outputs asked for (all when none were named), as KServe v2 JSON.

@@ -55,7 +55,25 @@ struct Server {
 /// Writes the profile, the calibration rows (the first 250 test rows), the watermark key and the config; adds the
 /// API keys; starts the gateway on plain HTTP (loopback).
 async fn start(detector_extra: &str) -> Server {
+    start_with(detector_extra, false).await
+}
+
+/// As [`start`]; with `reload`, the model is a copy in the temporary directory, unsigned (`deploy.verify = false`:
+/// the scan and the policy still run), polled for new versions every second.
+async fn start_with(detector_extra: &str, reload: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
+    let (model, deploy) = if reload {
+        let model = dir.path().join("model/model.onnx");
+        std::fs::create_dir_all(model.parent().unwrap()).unwrap();
+        std::fs::copy(digits("model/model.onnx"), &model).unwrap();
+        (model, "verify = false\nreload_secs = 1".to_owned())
+    } else {
+        let release = digits("release.pub");
+        (
+            digits("model/model.onnx"),
+            format!("trusted_keys = [\"{}\"]", release.display()),
+        )
+    };
     let state = dir.path().join("state");
     let train = std::fs::File::open(digits("train.csv")).unwrap();
     let profile = Profile::from_csv(train, "label", 5000).unwrap();
@@ -72,6 +90,7 @@ async fn start(detector_extra: &str) -> Server {
     let mut keys = std::collections::HashMap::new();
     for (name, roles) in [
         ("admin", vec!["admin"]),
+        ("attacker", vec!["admin"]),
         ("benign", vec!["user"]),
         ("thief", vec!["user"]),
         ("analyst", vec!["user", "analyst"]),
@@ -88,8 +107,9 @@ state_dir = "{state}"
 shutdown_grace_secs = 1
 [audit]
 sink = "jsonl"
+flush_ms = 20
 [deploy]
-trusted_keys = ["{release}"]
+{deploy}
 [[models]]
 name = "digits"
 onnx = "{model}"
@@ -119,8 +139,7 @@ fraction = 0.2
 [models.defend.anomaly]
 "#,
         state = state.display(),
-        model = digits("model/model.onnx").display(),
-        release = digits("release.pub").display(),
+        model = model.display(),
     );
     let config = Config::parse(&text, &dir.path().join("gate.toml"), dir.path()).unwrap();
     let prepared = rampart_gate::prepare(&config, Parts::default())
@@ -191,6 +210,18 @@ fn output<'a>(body: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|o| o["name"] == name)
         .unwrap_or_else(|| panic!("no output `{name}` in {body}"))
+}
+
+/// Whether the answer is an extraction ban (a 403 that says so).
+fn banned(status: u16, body: &Value) -> bool {
+    if status != 403 {
+        return false;
+    }
+    assert!(
+        body["error"].as_str().unwrap().contains("extraction"),
+        "{body}"
+    );
+    true
 }
 
 fn label_of(body: &Value) -> i64 {
@@ -266,20 +297,23 @@ async fn the_defences_decide_over_real_sockets() {
         serde_json::json!([1, 3])
     );
 
-    // PGD examples that fool the model are refused with 422 (at least 95% of them).
+    // PGD examples that fool the model are refused (at least 95% of them): with 422 as adversarial, and once the
+    // stream of off-lattice queries has raised the extraction monitor's off-support signal for long enough, with 403.
     let victims: Vec<usize> = held.iter().copied().take(40).collect();
     let originals: Vec<Vec<f32>> = victims.iter().map(|&i| test[i].clone()).collect();
     let truth: Vec<usize> = victims.iter().map(|&i| labels[i]).collect();
     let adversarial = pgd(&originals, &truth);
     let (mut fooled, mut refused) = (0, 0);
     for (adv, &label) in adversarial.iter().zip(&truth) {
-        let (status, head, body) = post(&server, "admin", &json_rows(&[adv]), "").await;
-        if status == 422 {
+        let (status, head, body) = post(&server, "attacker", &json_rows(&[adv]), "").await;
+        if status == 422 || status == 403 {
             refused += 1;
-            assert!(
-                body["error"].as_str().unwrap().contains("adversarial"),
-                "{body}"
-            );
+            let reason = if status == 422 {
+                "adversarial"
+            } else {
+                "extraction"
+            };
+            assert!(body["error"].as_str().unwrap().contains(reason), "{body}");
             fooled += 1;
         } else {
             assert_eq!(status, 200, "{head}{body}");
@@ -365,11 +399,7 @@ async fn the_defences_decide_over_real_sockets() {
             .collect();
         let (status, _, body) = post(&server, "thief", &json_rows(&[&noise]), "").await;
         assert_ne!(status, 500, "{body}");
-        if status == 403 {
-            assert!(
-                body["error"].as_str().unwrap().contains("extraction"),
-                "{body}"
-            );
+        if banned(status, &body) {
             banned_at = Some(i + 1);
             break;
         }
@@ -475,4 +505,164 @@ fn the_defend_table_refuses_unknown_keys_and_missing_calibration() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("enabled"), "{err}");
+}
+
+/// Noise outside the training data's range, as a prober sends it: every request refused by the schema stage (422).
+fn wild_noise(seed: &mut u64) -> Vec<f32> {
+    (0..64)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            2.0 + (*seed >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_refusals_are_extraction_evidence_but_not_a_ban_for_a_slip() {
+    let server = start("").await;
+    let (test, _) = read_rows("test.csv");
+    let mut seed = 7_u64;
+    // A benign client with one malformed request (a batch of 8 rows outside the profile) in every 25.
+    for i in 0..120 {
+        let slip = i % 25 == 24;
+        let (status, _, body) = if slip {
+            let rows: Vec<Vec<f32>> = (0..8).map(|_| wild_noise(&mut seed)).collect();
+            let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+            post(&server, "benign", &json_rows(&refs), "").await
+        } else {
+            post(&server, "benign", &json_rows(&[&test[260 + i]]), "").await
+        };
+        let expected = if slip { 422 } else { 200 };
+        if status != expected {
+            // The detector refuses a few clean rows (its false positives); never a ban.
+            assert_eq!((status, slip), (422, false), "request {i}: {body}");
+        }
+    }
+    // A prober whose every request the schema refuses: throttled once the off-manifold evidence is significant
+    // (here `throttle` lets requests through), then banned `ban_after` (10) flagged requests later.
+    let mut banned_at = None;
+    for i in 0..60 {
+        let (status, _, body) =
+            post(&server, "thief", &json_rows(&[&wild_noise(&mut seed)]), "").await;
+        if banned(status, &body) {
+            banned_at = Some(i + 1);
+            break;
+        }
+        assert_eq!(status, 422, "request {i}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("outside"),
+            "{body}"
+        );
+    }
+    let at = banned_at.expect("the prober was never banned");
+    assert!(
+        (20..=40).contains(&at),
+        "banned after {at} refused requests"
+    );
+    let (status, _, body) = post(&server, "benign", &json_rows(&[&test[300]]), "").await;
+    assert_eq!(status, 200, "{body}");
+    let dir = stop(server).await;
+    let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"extraction_signals\":[\"off_manifold\"]"),
+        "no evidence recorded"
+    );
+}
+
+/// The audit records so far, one JSON value per line.
+fn audit_records(server: &Server) -> Vec<Value> {
+    std::fs::read_to_string(server.dir.path().join("state/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The detector threshold in the latest answered request's audit record (waits for the audit writer).
+async fn latest_threshold(server: &Server, answered: usize) -> f64 {
+    for _ in 0..100 {
+        let thresholds: Vec<f64> = audit_records(server)
+            .iter()
+            .filter_map(|r| r["defend"]["detector_threshold"].as_f64())
+            .collect();
+        if thresholds.len() >= answered {
+            return thresholds[answered - 1];
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no audit record for request {answered}");
+}
+
+/// Replaces the served model file in one step (a rename), as a deployment would.
+fn replace_model(server: &Server, with: &Path) {
+    let model = server.dir.path().join("model/model.onnx");
+    let staged = server.dir.path().join("model.onnx.new");
+    std::fs::copy(with, &staged).unwrap();
+    std::fs::rename(&staged, &model).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_recalibrates_the_detector_or_is_refused() {
+    let server = start_with("", true).await;
+    let (test, _) = read_rows("test.csv");
+    let row = json_rows(&[&test[300]]);
+    let (status, _, first) = post(&server, "admin", &row, "").await;
+    assert_eq!(status, 200, "{first}");
+    let mut answered = 1;
+    let mlp = latest_threshold(&server, answered).await;
+
+    // A new version (the CNN): its detector is calibrated on its own answers before it serves, and both are
+    // swapped in together, so a request answered with another threshold was answered by the new version.
+    replace_model(&server, &digits("model_cnn/model.onnx"));
+    let mut cnn = mlp;
+    for _ in 0..100 {
+        let (status, _, body) = post(&server, "admin", &row, "").await;
+        assert_eq!(status, 200, "{body}");
+        answered += 1;
+        cnn = latest_threshold(&server, answered).await;
+        if cnn != mlp {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(
+        cnn, mlp,
+        "the new version is not serving, or its detector was not recalibrated"
+    );
+    let reloads = audit_records(&server)
+        .iter()
+        .filter(|r| r["action"] == "deploy.load" && r["outcome"] != "error")
+        .count();
+    assert_eq!(reloads, 2, "start and one reload");
+
+    // A version the defences cannot be built for (4 inputs, not the profile's 64): refused, recorded, and the CNN
+    // keeps serving with its detector.
+    replace_model(
+        &server,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../rampart/tests/eval-fixtures/sigmoid.onnx"),
+    );
+    let mut refused = None;
+    for _ in 0..100 {
+        refused = audit_records(&server)
+            .into_iter()
+            .find(|r| r["action"] == "defend.recalibrate");
+        if refused.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("the refused reload was not recorded");
+    assert_eq!(refused["outcome"], "error", "{refused}");
+    assert!(refused.to_string().contains("64"), "{refused}");
+    let (status, _, third) = post(&server, "admin", &row, "").await;
+    assert_eq!(status, 200, "{third}");
+    answered += 1;
+    assert_eq!(
+        latest_threshold(&server, answered).await,
+        cnn,
+        "the CNN and its detector stopped serving"
+    );
+    stop(server).await;
 }

@@ -12,7 +12,9 @@
 //! it waited is dropped without running.
 //!
 //! A reload ([`ModelPool::swap`]) starts the new version, then swaps it in atomically: requests already queued or
-//! running finish on the old version, whose threads end when its last job is done.
+//! running finish on the old version, whose threads end when its last job is done. A version carries the defences
+//! built for it (`stages::defend`, a detector calibrated on that version's answers): a request takes both from one
+//! [`Serving`] handle, so it never meets one version's model with another's defences.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -22,6 +24,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use rampart_infer::{InferError, Model, Tensor, TensorData};
 use tokio::sync::{oneshot, Semaphore};
+
+use crate::stages::defend::Defences;
 
 /// A model whose median time on a probe input is below this runs inline on the runtime's threads.
 pub const INLINE_BUDGET: Duration = Duration::from_micros(100);
@@ -71,11 +75,37 @@ pub struct ModelPool {
     execution: Execution,
 }
 
-/// One version of the model and how its requests run.
+/// One version of the model, how its requests run, and its defences.
 #[derive(Debug)]
 struct Version {
     model: Arc<dyn Model>,
-    mode: Mode,
+    mode: Arc<Mode>,
+    defences: Option<Arc<Defences>>,
+}
+
+/// The version served when a request arrived: its model, its defences, and its queue, for the whole request.
+#[derive(Debug, Clone)]
+pub struct Serving(Arc<Version>);
+
+impl Serving {
+    /// The model.
+    pub fn model(&self) -> &dyn Model {
+        &*self.0.model
+    }
+
+    /// The defences built for this version, if the model has any.
+    pub fn defences(&self) -> Option<&Defences> {
+        self.0.defences.as_deref()
+    }
+
+    /// Queues a job on this version and waits for its outputs, no later than `deadline`.
+    pub async fn run(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Instant,
+    ) -> Result<Vec<Tensor>, JobError> {
+        self.0.run(inputs, deadline).await
+    }
 }
 
 #[derive(Debug)]
@@ -121,15 +151,27 @@ impl ModelPool {
         })
     }
 
-    /// Serves `model` from now on: starts it, then swaps it in. In-flight jobs finish on the old version.
-    pub fn swap(&self, model: Arc<dyn Model>) -> std::io::Result<()> {
-        self.current.store(Arc::new(Version::start(
-            model,
-            self.workers,
-            self.queue,
-            self.execution,
-        )?));
+    /// Serves `model` from now on, with `defences` built for it: starts it, then swaps both in at once. In-flight
+    /// jobs finish on the old version, with its defences.
+    pub fn swap(
+        &self,
+        model: Arc<dyn Model>,
+        defences: Option<Arc<Defences>>,
+    ) -> std::io::Result<()> {
+        let mut version = Version::start(model, self.workers, self.queue, self.execution)?;
+        version.defences = defences;
+        self.current.store(Arc::new(version));
         Ok(())
+    }
+
+    /// Gives the version served now its defences (at start, once they are built on it).
+    pub fn attach(&self, defences: Arc<Defences>) {
+        let now = self.current.load_full();
+        self.current.store(Arc::new(Version {
+            model: Arc::clone(&now.model),
+            mode: Arc::clone(&now.mode),
+            defences: Some(defences),
+        }));
     }
 
     /// The model served now.
@@ -137,9 +179,19 @@ impl ModelPool {
         Arc::clone(&self.current.load().model)
     }
 
+    /// The defences of the version served now.
+    pub fn defences(&self) -> Option<Arc<Defences>> {
+        self.current.load().defences.clone()
+    }
+
+    /// The version served now, held for one request.
+    pub fn serving(&self) -> Serving {
+        Serving(self.current.load_full())
+    }
+
     /// Whether the model served now runs on the runtime's threads.
     pub fn is_inline(&self) -> bool {
-        matches!(self.current.load().mode, Mode::Inline { .. })
+        matches!(*self.current.load().mode, Mode::Inline { .. })
     }
 
     /// Queues a job and waits for its outputs, no later than `deadline`.
@@ -148,8 +200,7 @@ impl ModelPool {
         inputs: Vec<Tensor>,
         deadline: Instant,
     ) -> Result<Vec<Tensor>, JobError> {
-        let version = self.current.load_full();
-        version.run(inputs, deadline).await
+        self.serving().run(inputs, deadline).await
     }
 }
 
@@ -182,11 +233,12 @@ impl Version {
         if inline {
             return Ok(Version {
                 model,
-                mode: Mode::Inline {
+                mode: Arc::new(Mode::Inline {
                     permits: Semaphore::new(workers.max(1)),
                     waiting: AtomicUsize::new(0),
                     queue,
-                },
+                }),
+                defences: None,
             });
         }
         let (tx, rx) = sync_channel::<Job>(queue);
@@ -200,12 +252,13 @@ impl Version {
         }
         Ok(Version {
             model,
-            mode: Mode::Threads(tx),
+            mode: Arc::new(Mode::Threads(tx)),
+            defences: None,
         })
     }
 
     async fn run(&self, inputs: Vec<Tensor>, deadline: Instant) -> Result<Vec<Tensor>, JobError> {
-        let queue = match &self.mode {
+        let queue = match &*self.mode {
             Mode::Threads(queue) => queue,
             Mode::Inline {
                 permits,

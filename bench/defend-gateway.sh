@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The throughput cost of the inference-time defences in the gateway: wrk against `rampart serve` (TLS 1.3, API key,
+# policy, limits, audit, KServe v2 inference of the digits model) with every `[models.defend]` stage on (schema,
+# sanitiser, detector, extraction, hardening, watermark, anomaly; images on too, idle for FP32 rows), and against the
+# same gateway without them, in one run. Prints both req/s and the ratio (target: the stages cost at most 30%).
+# The request is a clean test row the detector passes (every answer is a 200 on both servers).
+#
+# Usage: bench/defend-gateway.sh [seconds per run, default 10]
+# Needs: wrk, openssl, curl, python3 (Debian: apt-get install wrk openssl curl python3), the Rust toolchain.
+set -euo pipefail
+
+source "$(dirname "$0")/lib-gateway.sh"
+need_tools wrk python3 curl
+build_rampart
+DIGITS="$ROOT/examples/digits"
+
+# The defences' inputs: the training data's profile, clean held-out rows for the detector's calibration (the first
+# 300 test rows; the request is one of the others), a watermark key.
+"$RAMPART" profile "$DIGITS/train.csv" --label-column label -o "$WORK/profile.json" >/dev/null
+head -n 301 "$DIGITS/test.csv" > "$WORK/calibration.csv"
+"$RAMPART" watermark keygen -o "$WORK/wm.key" >/dev/null
+defend_tables() {
+    cat <<CONF
+[models.defend]
+profile = "$WORK/profile.json"
+[models.defend.images]
+[models.defend.schema]
+tolerance = 0.0
+[models.defend.sanitise]
+steps = [{ kind = "bit_depth", bits = 4 }]
+[models.defend.detector]
+calibration_data = "$WORK/calibration.csv"
+action = "reject"
+[models.defend.extraction]
+[models.defend.harden]
+default = { mode = "top_k", k = 3, decimals = 2 }
+[models.defend.watermark]
+key = "$WORK/wm.key"
+[models.defend.anomaly]
+CONF
+}
+ON_PORT="$(free_port)"; OFF_PORT="$(free_port)"
+defend_tables | make_config "$ON_PORT" "$(free_port)" false > "$WORK/on.toml"
+make_config "$OFF_PORT" "$(free_port)" false < /dev/null > "$WORK/off.toml"
+KEY="$("$RAMPART" serve --config "$WORK/off.toml" --check | awk '/API key/ {print $3}')"
+[ -n "$KEY" ] || { echo "error: no API key was printed" >&2; exit 2; }
+"$RAMPART" serve --config "$WORK/on.toml" >/dev/null 2>"$WORK/on.log" &
+PIDS+=($!)
+"$RAMPART" serve --config "$WORK/off.toml" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_up "https://127.0.0.1:$ON_PORT/v2/health/live"
+wait_up "https://127.0.0.1:$OFF_PORT/v2/health/live"
+
+# The first held-out test row (after the calibration rows) that the defences answer with a 200.
+ROW=""
+for line in $(tail -n +302 "$DIGITS/test.csv" | head -n 20); do
+    candidate="$(echo "$line" | cut -d, -f1-64)"
+    write_wrk_script "$WORK/infer.lua" "$KEY" "$candidate"
+    status="$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        -d "$(wrk_body "$WORK/infer.lua")" "https://127.0.0.1:$ON_PORT/v2/models/digits/infer")"
+    if [ "$status" = 200 ]; then ROW="$candidate"; break; fi
+done
+[ -n "$ROW" ] || { echo "error: no test row was answered with 200 by the defended gateway (see $WORK/on.log)" >&2; exit 2; }
+curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$(wrk_body "$WORK/infer.lua")" \
+    "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" >/dev/null || { echo "error: inference without the defences failed" >&2; exit 2; }
+
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, all on this machine ($(nproc) cores)" >&2
+ON="$(run_wrk rampart-defended "https://127.0.0.1:$ON_PORT/v2/models/digits/infer" "$WORK/infer.lua")"
+OFF="$(run_wrk rampart-undefended "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua")"
+
+python3 - "$ON" "$OFF" <<'PY'
+import sys
+rows = [line.split() for line in sys.argv[1:]]
+print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+for name, rps, p50, p99, bad in rows:
+    print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
+(_, on, _, _, on_bad), (_, off, _, _, off_bad) = rows
+ratio = float(on) / float(off)
+print(f"throughput defended/undefended: {ratio:.2f}x; the defences cost {(1 - ratio) * 100:.0f}% (target <= 30%)")
+if int(on_bad) or int(off_bad):
+    print("warning: some answers were not 2xx; the figures include refusals", file=sys.stderr)
+PY

@@ -1,0 +1,107 @@
+# Shared setup of the gateway benchmarks (bench/gateway.sh, bench/defend-gateway.sh); sourced, not run.
+# Defines: ROOT, WORK (removed on exit), PIDS (killed on exit), DURATION, THREADS, CONNECTIONS, RAMPART (release
+# build), and the functions need_tools, free_port, make_config, write_wrk_script, wait_up, run_wrk.
+
+DURATION="${1:-10}"
+THREADS=2
+CONNECTIONS=50
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need_tools() { # tool...
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "error: \`$tool\` is not installed (Debian: apt-get install wrk nginx-light openssl python3 curl)" >&2; exit 2; }
+    done
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+# Where cargo puts what it builds (as cargo resolves it: the environment, a config file, or `target`).
+target_dir() {
+    cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
+build_rampart() {
+    echo "building rampart (release)..." >&2
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+    cargo build --release -q -p rampart --manifest-path "$ROOT/Cargo.toml"
+    RAMPART="$(target_dir)/release/rampart"
+}
+
+# The gateway's config for the digits model with limits out of the way; the model's extra tables (such as
+# `[models.defend]`) come on stdin. The `[audit]` table's keys default to a directory of its own per port.
+make_config() { # port admin_port disable_security_stages(true|false) [audit keys]
+    local audit="${4:-}"
+    [ -n "$audit" ] || audit="dir = \"$WORK/audit-$1\""
+    cat <<CONF
+[server]
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$2"
+state_dir = "$WORK/state"
+disable_security_stages = $3
+[audit]
+$audit
+[deploy]
+trusted_keys = ["$ROOT/examples/digits/release.pub"]
+[limits]
+rate_per_principal = { per_second = 1000000.0, burst = 1000000 }
+rate_per_ip = { per_second = 1000000.0, burst = 1000000 }
+daily_quota = 1000000000
+concurrency_per_principal = 1000
+[[models]]
+name = "digits"
+onnx = "$ROOT/examples/digits/model/model.onnx"
+workers = 2
+queue = 1024
+CONF
+    cat
+}
+
+# A wrk script posting one KServe v2 request of the digits model with the API key.
+write_wrk_script() { # out.lua key row(comma-separated 64 values)
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+row = [float(v) for v in sys.argv[3].split(",")]
+body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]})
+lua = f'''wrk.method = "POST"
+wrk.body = {json.dumps(body)}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {sys.argv[2]}"
+'''
+open(sys.argv[1], "w").write(lua)
+PY
+}
+
+# The body a wrk script posts.
+wrk_body() { sed -n 's/^wrk.body = //p' "$1" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read()))'; }
+
+wait_up() { for _ in $(seq 1 100); do curl -sk -o /dev/null "$1" && return 0; sleep 0.1; done; echo "error: $1 did not come up" >&2; exit 2; }
+
+# Prints `name req/s p50_ms p99_ms non2xx` (the name must not hold spaces).
+run_wrk() { # name url [script] [connections]
+    local out="$WORK/$1.txt"
+    local conns="${4:-$CONNECTIONS}"
+    wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"${DURATION}s" --latency ${3:+-s "$3"} "$2" > "$out"
+    python3 - "$out" "$1" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(v, unit):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(*re.search(r"\s50%\s+([\d.]+)(us|ms|s)", text).groups())
+p99 = ms(*re.search(r"\s99%\s+([\d.]+)(us|ms|s)", text).groups())
+non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+errors = re.search(r"Socket errors:.*", text)
+print(f"{sys.argv[2]} {rps:.0f} {p50:.3f} {p99:.3f} {non2xx.group(1) if non2xx else 0}")
+if errors:
+    print(f"# {sys.argv[2]}: {errors.group(0)}", file=sys.stderr)
+PY
+}

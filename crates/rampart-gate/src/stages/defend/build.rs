@@ -1,0 +1,373 @@
+//! Building the defences of a model version: at start, and again at every reload for the new version (the
+//! detector recalibrated on its answers), carrying over what was learnt about principals.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart_defend::anomaly::AnomalyMonitor;
+use rampart_defend::detect::{Detector, DetectorConfig};
+use rampart_defend::extraction::ExtractionMonitor;
+use rampart_defend::profile::Profile;
+use rampart_defend::sanitise::{ImageShape, Sanitiser};
+use rampart_defend::schema::SchemaCheck;
+use rampart_defend::watermark::{WatermarkKey, Watermarker};
+use rampart_infer::{DataType, Model};
+
+use super::config::{DefendConfig, DetectorStageConfig, Switch};
+use super::extraction::ExtractionStage;
+use super::Defences;
+use crate::config::{Config, ConfigError};
+use crate::stages::infer::ModelPool;
+
+/// Where a model's defences come from: its `[models.defend]` table and the config file around it.
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    settings: DefendConfig,
+    base_dir: PathBuf,
+    source: PathBuf,
+    index: usize,
+}
+
+impl Origin {
+    /// A path of the config, relative to the config's directory.
+    fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// An error about a key of this model's `[models.defend]` table.
+    fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            key: format!(
+                "models[{}].defend{}{key}",
+                self.index,
+                if key.is_empty() { "" } else { "." }
+            ),
+            message,
+        }
+    }
+}
+
+/// Builds the defences of every model whose config has a `[models.defend]` table and attaches them to the version
+/// of the model now served. Calibrates the detectors: blocking start-up work, before any request.
+pub fn build_all(config: &Config, models: &HashMap<String, ModelPool>) -> Result<(), ConfigError> {
+    for (index, spec) in config.models.iter().enumerate() {
+        let (Some(defend), Some(pool)) = (&spec.defend, models.get(&spec.name)) else {
+            continue;
+        };
+        let origin = Origin {
+            settings: defend.clone(),
+            base_dir: config.base_dir.clone(),
+            source: config.source.clone(),
+            index,
+        };
+        let defences = Defences::build(origin, &spec.name, &*pool.model(), None)?;
+        pool.attach(Arc::new(defences));
+    }
+    Ok(())
+}
+
+impl Defences {
+    /// The defences of a new version of the model: built and calibrated on `model` from the same settings, with the
+    /// extraction evidence, penalties and anomaly baselines of these. An error refuses the new version.
+    pub fn for_version(&self, model: &dyn Model) -> Result<Defences, ConfigError> {
+        Defences::build(self.origin.clone(), &self.model, model, Some(self))
+    }
+
+    fn build(
+        origin: Origin,
+        name: &str,
+        model: &dyn Model,
+        previous: Option<&Defences>,
+    ) -> Result<Defences, ConfigError> {
+        let defend = &origin.settings;
+        let invalid = |key: &str, message: String| origin.invalid(key, message);
+        let meta = model.metadata();
+        let input = match (&defend.input, meta.inputs.as_slice()) {
+            (Some(input), _) => meta.inputs.iter().find(|s| &s.name == input),
+            (None, [only]) => Some(only),
+            (None, _) => None,
+        }
+        .filter(|_| meta.inputs.len() == 1)
+        .ok_or_else(|| {
+            invalid(
+                "input",
+                "the defences need a model with one input (FP32 rows); name it with `input`".into(),
+            )
+        })?;
+        if input.datatype != DataType::Fp32 {
+            return Err(invalid(
+                "input",
+                format!("input `{}` must be FP32 to be defended", input.name),
+            ));
+        }
+        if let Some(output) = &defend.output {
+            if !meta.outputs.iter().any(|s| &s.name == output) {
+                return Err(invalid(
+                    "output",
+                    format!("the model has no output `{output}`"),
+                ));
+            }
+        }
+        let profile = match &defend.profile {
+            Some(path) => {
+                let path = origin.resolve(path);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid("profile", format!("cannot read `{}`: {e}", path.display()))
+                })?;
+                Some(
+                    Profile::from_json(&text)
+                        .map_err(|e| invalid("profile", format!("`{}`: {e}", path.display())))?,
+                )
+            }
+            None => None,
+        };
+        let declared = input
+            .shape
+            .iter()
+            .skip(1)
+            .try_fold(1_usize, |acc, &d| usize::try_from(d).ok().map(|d| acc * d));
+        let width = match (declared, &profile) {
+            (Some(w), _) if w > 0 => w,
+            (_, Some(p)) => p.width(),
+            _ => {
+                return Err(invalid(
+                    "profile",
+                    "the model's input width is not fixed; give a profile".into(),
+                ))
+            }
+        };
+        let shape = defend.shape.unwrap_or_else(|| {
+            let side = (width as f64).sqrt().round() as usize;
+            if side * side == width {
+                ImageShape {
+                    height: side,
+                    width: side,
+                    channels: 1,
+                }
+            } else {
+                ImageShape {
+                    height: 1,
+                    width,
+                    channels: 1,
+                }
+            }
+        });
+        if shape.len() != width {
+            return Err(invalid(
+                "shape",
+                format!(
+                    "{}x{}x{} is not the input's {width} values per row",
+                    shape.height, shape.width, shape.channels
+                ),
+            ));
+        }
+        if let Some(p) = &profile {
+            if p.width() != width {
+                return Err(invalid(
+                    "profile",
+                    format!(
+                        "the profile has {} features, the model's input {width}",
+                        p.width()
+                    ),
+                ));
+            }
+        }
+        let need_profile = |stage: &str| {
+            profile.as_ref().ok_or_else(|| {
+                invalid(
+                    stage,
+                    "needs the training data's profile: set `profile` (made by `rampart profile DATA`)"
+                        .into(),
+                )
+            })
+        };
+        let schema = match Switch::on(&defend.schema) {
+            Some(s) => Some(
+                SchemaCheck::new(need_profile("schema")?, s.tolerance)
+                    .map_err(|e| invalid("schema.tolerance", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let sanitisers = Switch::on(&defend.sanitise)
+            .map(|s| s.steps.clone())
+            .unwrap_or_default();
+        for step in &sanitisers {
+            step.validate()
+                .map_err(|e| invalid("sanitise.steps", e.to_string()))?;
+        }
+        let detector = match Switch::on(&defend.detector) {
+            Some(d) => Some(build_detector(
+                &origin,
+                d,
+                shape,
+                need_profile("detector")?,
+                &input.name,
+                model,
+                &sanitisers,
+            )?),
+            None => None,
+        };
+        let extraction = match (Switch::on(&defend.extraction), previous) {
+            (Some(_), Some(p)) => p.extraction.clone(),
+            (Some(e), None) => {
+                let mut monitor = e.monitor.clone();
+                monitor.shadow |= e.shadow;
+                if e.ban_secs == 0
+                    || !(e.throttle.per_second.is_finite() && e.throttle.per_second > 0.0)
+                    || e.throttle.burst == 0
+                {
+                    return Err(invalid(
+                        "extraction",
+                        "`ban_secs` must be at least 1, `throttle` positive".into(),
+                    ));
+                }
+                let checker = ExtractionMonitor::new(monitor.clone(), need_profile("extraction")?)
+                    .map_err(|e| invalid("extraction", e.to_string()))?;
+                Some(Arc::new(ExtractionStage::new(
+                    checker,
+                    e.throttle,
+                    monitor.max_principals,
+                    Duration::from_secs(e.ban_secs),
+                    monitor.shadow,
+                )))
+            }
+            (None, _) => None,
+        };
+        let harden = Switch::on(&defend.harden).cloned();
+        if let Some(h) = &harden {
+            h.validate().map_err(|e| invalid("harden", e.to_string()))?;
+        }
+        let watermark = match Switch::on(&defend.watermark) {
+            Some(w) => {
+                let path = origin.resolve(&w.key);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "watermark.key",
+                        format!(
+                            "cannot read `{}`: {e}; create it with `rampart watermark keygen -o FILE`",
+                            path.display()
+                        ),
+                    )
+                })?;
+                let key = WatermarkKey::from_hex(&text)
+                    .map_err(|e| invalid("watermark.key", e.to_string()))?;
+                Some(
+                    Watermarker::new(key, w.fraction)
+                        .map_err(|e| invalid("watermark.fraction", e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let anomaly = match (Switch::on(&defend.anomaly), previous) {
+            (Some(_), Some(p)) => p.anomaly.clone(),
+            (Some(a), None) => Some(Arc::new(Mutex::new(
+                AnomalyMonitor::new(a.clone()).map_err(|e| invalid("anomaly", e.to_string()))?,
+            ))),
+            (None, _) => None,
+        };
+        tracing::info!(
+            model = name,
+            images = Switch::on(&defend.images).is_some(),
+            schema = schema.is_some(),
+            sanitisers = sanitisers.len(),
+            detector = detector.is_some(),
+            extraction = extraction.is_some(),
+            harden = harden.is_some(),
+            watermark = watermark.as_ref().map(Watermarker::key_id),
+            anomaly = anomaly.is_some(),
+            "defences on"
+        );
+        let (output, on_error, images) = (
+            defend.output.clone(),
+            defend.on_error,
+            Switch::on(&defend.images).copied(),
+        );
+        Ok(Defences {
+            model: name.to_owned(),
+            input: input.name.clone(),
+            output,
+            width,
+            shape,
+            on_error,
+            images,
+            schema,
+            sanitisers,
+            detector,
+            extraction,
+            harden,
+            watermark,
+            anomaly,
+            origin,
+        })
+    }
+}
+
+fn build_detector(
+    origin: &Origin,
+    d: &DetectorStageConfig,
+    shape: ImageShape,
+    profile: &Profile,
+    input: &str,
+    model: &dyn Model,
+    sanitisers: &[Sanitiser],
+) -> Result<Detector, ConfigError> {
+    let invalid = |key: &str, message: String| origin.invalid(key, message);
+    let mut settings = DetectorConfig::for_shape(shape);
+    settings.action = d.action;
+    settings.target_fpr = d.target_fpr;
+    if let Some(s) = &d.squeezers {
+        settings.squeezers = s.clone();
+    }
+    if let Some(k) = d.k {
+        settings.k = k;
+    }
+    if let Some(c) = &d.components {
+        settings.components = c.clone();
+    }
+    let mut detector =
+        Detector::new(settings, profile, input).map_err(|e| invalid("detector", e.to_string()))?;
+    let path = d.calibration_data.as_ref().ok_or_else(|| {
+        invalid(
+            "detector.calibration_data",
+            "the detector cannot decide without calibration: name clean held-out rows (CSV, not the training rows)"
+                .into(),
+        )
+    })?;
+    let path = origin.resolve(path);
+    let file = std::fs::File::open(&path).map_err(|e| {
+        invalid(
+            "detector.calibration_data",
+            format!("cannot read `{}`: {e}", path.display()),
+        )
+    })?;
+    let (_, mut rows, _) = rampart_defend::profile::read_labelled_rows(file, &d.label_column)
+        .map_err(|e| {
+            invalid(
+                "detector.calibration_data",
+                format!("`{}`: {e}", path.display()),
+            )
+        })?;
+    // The detector sees rows after the sanitisers: it is calibrated on clean rows as they will reach it.
+    for step in sanitisers {
+        step.apply_batch(&mut rows, shape)
+            .map_err(|e| invalid("sanitise.steps", e.to_string()))?;
+    }
+    let threshold = detector
+        .calibrate(model, &rows)
+        .map_err(|e| invalid("detector.calibration_data", e.to_string()))?
+        .threshold;
+    tracing::info!(
+        model = %model.metadata().name,
+        threshold,
+        rows = rows.len() / shape.len().max(1),
+        "detector calibrated"
+    );
+    Ok(detector)
+}

@@ -1,0 +1,211 @@
+//! Extraction per principal: the penalties (throttle, ban) decided earlier, and the evidence each query adds.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::header::HeaderValue;
+use hyper::StatusCode;
+use rampart_defend::extraction::{self, ExtractionMonitor};
+
+use super::{Defences, DefendAudit, Pending};
+use crate::metrics::Metrics;
+use crate::pipeline::Refusal;
+use crate::stages::rate::{Gcra, RateDecision};
+
+#[derive(Debug, Clone, Copy)]
+enum Penalty {
+    Throttle,
+    Ban(Instant),
+}
+
+/// The extraction monitor of a model and the penalties it decided; shared by the model's versions.
+#[derive(Debug)]
+pub(super) struct ExtractionStage {
+    pub(super) monitor: Mutex<ExtractionMonitor>,
+    penalties: Mutex<HashMap<String, Penalty>>,
+    throttle: Gcra<String>,
+    ban: Duration,
+    shadow: bool,
+}
+
+impl ExtractionStage {
+    /// A stage with no evidence yet.
+    pub(super) fn new(
+        monitor: ExtractionMonitor,
+        throttle: crate::config::Rate,
+        max_principals: usize,
+        ban: Duration,
+        shadow: bool,
+    ) -> ExtractionStage {
+        ExtractionStage {
+            monitor: Mutex::new(monitor),
+            penalties: Mutex::new(HashMap::new()),
+            throttle: Gcra::new(throttle, max_principals),
+            ban,
+            shadow,
+        }
+    }
+
+    /// Acts on the monitor's decision for `principal`: records it, sets the penalty, and refuses this request too
+    /// when it is a ban.
+    fn decide(
+        &self,
+        defences: &Defences,
+        principal: &str,
+        decision: &extraction::Decision,
+        audit: &mut DefendAudit,
+        metrics: &Metrics,
+    ) -> Result<(), Refusal> {
+        audit.extraction = Some(decision.action);
+        audit.extraction_would = Some(decision.would);
+        audit.extraction_signals = decision.signals.clone();
+        let outcome = match (decision.would, self.shadow) {
+            (extraction::Action::Allow, _) => "allowed",
+            (_, true) => "shadow_flagged",
+            (extraction::Action::Throttle, false) => "throttle",
+            (extraction::Action::Ban, false) => "ban",
+        };
+        defences.count(metrics, "extraction", outcome);
+        let penalty = match decision.action {
+            extraction::Action::Allow => return Ok(()),
+            extraction::Action::Throttle => Penalty::Throttle,
+            extraction::Action::Ban => Penalty::Ban(Instant::now() + self.ban),
+        };
+        let mut penalties = self.penalties.lock().unwrap_or_else(|p| p.into_inner());
+        let first = !matches!(penalties.get(principal), Some(Penalty::Ban(_)));
+        if penalties.len() < 100_000 || penalties.contains_key(principal) {
+            penalties.insert(principal.to_owned(), penalty);
+        }
+        drop(penalties);
+        if let Penalty::Ban(_) = penalty {
+            if first {
+                tracing::warn!(principal = %principal, model = %defences.model, signals = ?decision.signals, queries = decision.queries, "extraction: principal banned");
+            }
+            return Err(Refusal::new(
+                "extraction",
+                StatusCode::FORBIDDEN,
+                "extraction_banned",
+                "banned: the query pattern looks like model extraction",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Defences {
+    /// The penalties decided earlier for `key`: refused while banned, held to the throttle's rate while throttled.
+    pub(super) fn stage_penalties(&self, key: &str, metrics: &Metrics) -> Result<(), Refusal> {
+        let Some(stage) = &self.extraction else {
+            return Ok(());
+        };
+        let penalty = {
+            let mut penalties = stage.penalties.lock().unwrap_or_else(|p| p.into_inner());
+            match penalties.get(key).copied() {
+                Some(Penalty::Ban(until)) if until <= Instant::now() => {
+                    // The ban has run out: the principal starts afresh.
+                    penalties.remove(key);
+                    if let Ok(mut monitor) = stage.monitor.lock() {
+                        monitor.forget(key);
+                    }
+                    None
+                }
+                other => other,
+            }
+        };
+        match penalty {
+            None => Ok(()),
+            Some(Penalty::Ban(until)) => {
+                self.count(metrics, "extraction", "banned");
+                let wait = until.saturating_duration_since(Instant::now());
+                let mut r = Refusal::new(
+                    "extraction",
+                    StatusCode::FORBIDDEN,
+                    "extraction_banned",
+                    "banned: the query pattern looks like model extraction",
+                );
+                r.headers.push((
+                    hyper::header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                ));
+                Err(r)
+            }
+            Some(Penalty::Throttle) => match stage.throttle.check(&key.to_owned()) {
+                RateDecision::Allow { .. } => Ok(()),
+                RateDecision::Deny { retry_after, .. } => {
+                    self.count(metrics, "extraction", "throttled");
+                    let mut r = Refusal::new(
+                        "extraction",
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "extraction_throttled",
+                        "throttled: the query pattern looks like model extraction",
+                    );
+                    r.headers.push((
+                        hyper::header::RETRY_AFTER,
+                        HeaderValue::from(retry_after.as_secs().max(1)),
+                    ));
+                    Err(r)
+                }
+            },
+        }
+    }
+
+    /// A query the schema stage refused, as extraction evidence: one per request however many rows it holds, so a
+    /// benign client's one malformed batch weighs as one query.
+    pub(super) fn observe_refused(
+        &self,
+        principal: &str,
+        audit: &mut DefendAudit,
+        metrics: &Metrics,
+    ) -> Result<(), Refusal> {
+        let Some(stage) = &self.extraction else {
+            return Ok(());
+        };
+        let decision = stage
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe_refused(principal);
+        stage.decide(self, principal, &decision, audit, metrics)
+    }
+}
+
+impl Pending<'_> {
+    /// Each answered row as extraction evidence, with the class the model gave it.
+    pub(super) fn observe(
+        &self,
+        stage: &ExtractionStage,
+        scores: &[Vec<f32>],
+        audit: &mut DefendAudit,
+        metrics: &Metrics,
+    ) -> Result<(), Refusal> {
+        let d = self.defences;
+        let mut last = None;
+        {
+            let mut monitor = stage.monitor.lock().unwrap_or_else(|p| p.into_inner());
+            for (row, s) in self.sent().chunks_exact(d.width).zip(scores) {
+                let Some(predicted) = rampart_defend::argmax(s) else {
+                    continue;
+                };
+                match monitor.observe(&self.principal, row, predicted) {
+                    Ok(decision) => {
+                        let worse = last
+                            .as_ref()
+                            .is_none_or(|l: &extraction::Decision| decision.would >= l.would);
+                        if worse {
+                            last = Some(decision);
+                        }
+                    }
+                    Err(err) => {
+                        drop(monitor);
+                        return d.undecided("extraction", &err, audit, metrics);
+                    }
+                }
+            }
+        }
+        let Some(decision) = last else {
+            return Ok(());
+        };
+        stage.decide(d, &self.principal, &decision, audit, metrics)
+    }
+}

@@ -1,0 +1,168 @@
+//! The stages after the model: detector, extraction evidence, watermark, hardening.
+
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::StatusCode;
+use rampart_defend::detect;
+use rampart_defend::DefendError;
+use rampart_infer::{Tensor, TensorData};
+
+use super::{DefendAudit, Pending};
+use crate::metrics::Metrics;
+use crate::pipeline::Refusal;
+
+impl Pending<'_> {
+    /// The output stages: detector, extraction, watermark, hardening. Returns the tensors to answer with and
+    /// whether the client's list of wanted outputs still applies (not after hardening renames them).
+    pub fn after_infer(
+        self,
+        outputs: Vec<Tensor>,
+        audit: &mut Option<DefendAudit>,
+        headers: &mut Vec<(HeaderName, HeaderValue)>,
+        metrics: &Metrics,
+    ) -> Result<(Vec<Tensor>, bool), Refusal> {
+        let d = self.defences;
+        let audit = audit.get_or_insert_with(DefendAudit::default);
+        let model_error = |message: String| DefendError::Model(message);
+        // The model scored the rows and (with the detector on) their squeezed copies: keep the scores of all for
+        // the detector, answer with the rows' own.
+        let mut outputs = outputs;
+        let index = match &d.output {
+            Some(name) => outputs.iter().position(|t| &t.name == name),
+            None => (!outputs.is_empty()).then_some(0),
+        };
+        let scores = index
+            .and_then(|i| outputs.get(i))
+            .ok_or_else(|| model_error("the model returned no scores".into()))
+            .and_then(rampart_defend::rows_of);
+        let (all_rows, classes, all_scores) = match scores {
+            Ok(s) => s,
+            Err(err) => {
+                d.undecided("detector", &err, audit, metrics)?;
+                return Ok((outputs, true));
+            }
+        };
+        for t in &mut outputs {
+            keep_rows(t, self.rows);
+        }
+        let score_rows: Vec<Vec<f32>> = all_scores
+            .chunks(classes.max(1))
+            .map(<[f32]>::to_vec)
+            .collect();
+        // A refused query still counts for extraction: probing is a pattern even when it is not answered.
+        let mut rejected = None;
+        if let Some(detector) = &d.detector {
+            match detector.assess_scores(&self.values, &score_rows) {
+                Ok(verdicts) => {
+                    let flagged = verdicts.iter().filter(|v| v.adversarial).count();
+                    audit.detector_score = verdicts.iter().map(|v| v.score).reduce(f64::max);
+                    audit.detector_threshold = detector.calibration().map(|c| c.threshold);
+                    audit.adversarial_rows = Some(flagged);
+                    if flagged > 0 {
+                        if detector.config().action == detect::Action::Reject {
+                            d.count(metrics, "detector", "rejected");
+                            rejected = Some(Refusal::new(
+                                "detector",
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "adversarial_input",
+                                "the input looks adversarial",
+                            ));
+                        } else {
+                            d.count(metrics, "detector", "flagged");
+                            headers.push((
+                                HeaderName::from_static("x-rampart-flag"),
+                                HeaderValue::from_static("adversarial"),
+                            ));
+                        }
+                    } else {
+                        d.count(metrics, "detector", "passed");
+                    }
+                }
+                Err(err) => d.undecided("detector", &err, audit, metrics)?,
+            }
+        } else if all_rows != self.rows {
+            let err = model_error(format!("{all_rows} score rows for {} rows", self.rows));
+            d.undecided("infer", &err, audit, metrics)?;
+        }
+        let mut mine: Vec<Vec<f32>> = score_rows.into_iter().take(self.rows).collect();
+        if let Some(stage) = &d.extraction {
+            self.observe(stage, &mine, audit, metrics)?;
+        }
+        if let Some(refused) = rejected {
+            return Err(refused);
+        }
+        if let Some(watermark) = &d.watermark {
+            let mut marked = 0;
+            for (row, scores) in self.sent().chunks_exact(d.width).zip(mine.iter_mut()) {
+                marked += usize::from(watermark.apply(row, scores).is_some());
+            }
+            audit.watermark_key = Some(watermark.key_id());
+            audit.watermarked_rows = Some(marked);
+            if marked > 0 {
+                d.count(metrics, "watermark", "applied");
+            }
+            if let Some(t) = index.and_then(|i| outputs.get_mut(i)) {
+                let flat: Vec<f32> = mine.iter().flatten().copied().collect();
+                t.data = match t.data {
+                    TensorData::Fp64(_) => {
+                        TensorData::Fp64(flat.iter().map(|&v| f64::from(v)).collect())
+                    }
+                    _ => TensorData::Fp32(flat),
+                };
+            }
+        }
+        if let Some(harden) = &d.harden {
+            let roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
+            let policy = harden.policy_for(&roles);
+            audit.hardening = Some(match policy {
+                rampart_defend::harden::OutputPolicy::Full { .. } => "full",
+                rampart_defend::harden::OutputPolicy::TopK { .. } => "top_k",
+                rampart_defend::harden::OutputPolicy::LabelOnly => "label_only",
+            });
+            let scores = index.and_then(|i| outputs.get(i));
+            match scores.map(|s| policy.apply(s)) {
+                Some(Ok(hardened)) => return Ok((hardened, false)),
+                Some(Err(err)) => d.undecided("harden", &err, audit, metrics)?,
+                None => d.undecided("harden", &model_error("no scores".into()), audit, metrics)?,
+            }
+            // Failed open: never the raw scores; the label alone.
+            let label_only = rampart_defend::harden::OutputPolicy::LabelOnly;
+            if let Some(Ok(hardened)) = index
+                .and_then(|i| outputs.get(i))
+                .map(|s| label_only.apply(s))
+            {
+                return Ok((hardened, false));
+            }
+            return Err(Refusal::new(
+                "harden",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "defence_undecided",
+                "the answer could not be hardened",
+            ));
+        }
+        Ok((outputs, true))
+    }
+}
+
+/// Keeps the first `rows` rows of a tensor whose first dimension is the batch.
+fn keep_rows(tensor: &mut Tensor, rows: usize) {
+    let Some(&batch) = tensor.shape.first() else {
+        return;
+    };
+    if batch <= rows || batch == 0 {
+        return;
+    }
+    let per_row = tensor.data.len() / batch;
+    let keep = rows * per_row;
+    match &mut tensor.data {
+        TensorData::Bool(v) => v.truncate(keep),
+        TensorData::Uint8(v) => v.truncate(keep),
+        TensorData::Int32(v) => v.truncate(keep),
+        TensorData::Int64(v) => v.truncate(keep),
+        TensorData::Fp32(v) => v.truncate(keep),
+        TensorData::Fp64(v) => v.truncate(keep),
+        TensorData::Bytes(v) => v.truncate(keep),
+    }
+    if let Some(first) = tensor.shape.first_mut() {
+        *first = rows;
+    }
+}
