@@ -5,26 +5,37 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 
 use crate::load::Row;
 use crate::matrix::{dist2, Matrix};
 
-/// Hash the cells at `columns` (all when `None`), null distinct from empty text.
-pub fn hash_cells(row: &Row, columns: Option<&[usize]>, scratch: &mut Vec<u8>) -> u64 {
+/// Hash the cells at `columns` (all when `None`), null distinct from empty text, into 128 bits.
+///
+/// Each cell is written with its length in front (null as a length no cell has), so that no two different rows
+/// have the same bytes hashed. 128 bits make an accidental collision, which would report a row as a duplicate it is
+/// not, vanishingly rare (about n²/2¹²⁹: below 10⁻²⁰ for ten billion rows); the seed is random per process.
+pub fn hash_cells(row: &Row, columns: Option<&[usize]>, scratch: &mut Vec<u8>) -> u128 {
     scratch.clear();
-    let mut push = |cell: Option<&str>| {
-        match cell {
-            Some(text) => scratch.extend_from_slice(text.as_bytes()),
-            None => scratch.push(0x1e),
+    let mut push = |cell: Option<&str>| match cell {
+        Some(text) => {
+            // A cell is at most a record long (64 MiB): its length fits 32 bits.
+            let length = u32::try_from(text.len()).unwrap_or(u32::MAX - 1);
+            scratch.extend_from_slice(&length.to_le_bytes());
+            scratch.extend_from_slice(text.as_bytes());
         }
-        scratch.push(0x1f);
+        None => scratch.extend_from_slice(&u32::MAX.to_le_bytes()),
     };
     match columns {
         Some(columns) => columns.iter().for_each(|&c| push(row.get(c))),
         None => row.cells().for_each(push),
     }
-    xxh3_64_with_seed(scratch, *ROW_SEED)
+    xxh3_128_with_seed(scratch, *ROW_SEED)
+}
+
+/// The seeded 128-bit hash of one value (unique columns).
+pub fn hash_value(value: &str) -> u128 {
+    xxh3_128_with_seed(value.as_bytes(), *ROW_SEED)
 }
 
 /// Seed of the row hashes, random per process: the maps of row hashes below use the hash itself as their bucket
@@ -54,6 +65,11 @@ impl std::hash::Hasher for PassThrough {
     fn write_u64(&mut self, value: u64) {
         self.0 = value;
     }
+
+    fn write_u128(&mut self, value: u128) {
+        // Both halves are seeded hash bits: fold them.
+        self.0 = (value ^ (value >> 64)) as u64;
+    }
 }
 
 /// Builds [`PassThrough`] hashers.
@@ -69,10 +85,11 @@ pub struct Duplicate {
     pub conflicting_label: bool,
 }
 
-/// Finds exact duplicates as rows stream by (one 64-bit hash per distinct row is kept).
+/// Finds exact duplicates as rows stream by (one 128-bit hash, the first line and the label's hash per distinct
+/// row are kept: 32 bytes).
 #[derive(Debug, Default)]
 pub struct ExactDuplicates {
-    seen: HashMap<u64, (u64, u64), RowHashes>,
+    seen: HashMap<u128, (u64, u64), RowHashes>,
     pub count: u64,
     pub conflicting: u64,
     pub findings: Vec<Duplicate>,
@@ -87,8 +104,19 @@ impl ExactDuplicates {
         }
     }
 
-    /// Record a row by the hash of its features and the hash of its label.
-    pub fn observe(&mut self, line: u64, features: u64, label: u64) {
+    /// Room for `rows` distinct rows from the start: no rehash of a large table (each one moves every entry and
+    /// touches fresh memory) while the file streams by.
+    pub fn with_capacity(keep: usize, rows: usize) -> Self {
+        Self {
+            seen: HashMap::with_capacity_and_hasher(rows, RowHashes::default()),
+            keep,
+            ..Self::default()
+        }
+    }
+
+    /// Record a row by the hash of its features and the hash of its label (a label-hash collision could only hide
+    /// that a duplicate's label differs; it never makes a duplicate).
+    pub fn observe(&mut self, line: u64, features: u128, label: u64) {
         match self.seen.entry(features) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert((line, label));
@@ -115,7 +143,7 @@ impl ExactDuplicates {
 /// Hashes of another split's rows, to find leakage.
 #[derive(Debug, Default)]
 pub struct Against {
-    pub hashes: HashSet<u64, RowHashes>,
+    pub hashes: HashSet<u128, RowHashes>,
     pub rows: u64,
 }
 

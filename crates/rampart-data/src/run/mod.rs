@@ -253,7 +253,12 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
             opts.keep,
         )
     });
-    let mut exact = ExactDuplicates::new(opts.keep);
+    let want_duplicates = opts.wants(Check::Duplicates);
+    let mut exact = if want_duplicates {
+        ExactDuplicates::with_capacity(opts.keep, expected_rows(opts, &*source, buffered.len()))
+    } else {
+        ExactDuplicates::new(opts.keep)
+    };
     let mut leaked: Vec<u64> = Vec::new();
     let mut leaked_count = 0u64;
     let mut class_counts: HashMap<String, u64> = HashMap::new();
@@ -268,15 +273,21 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         if let Some(l) = leaks.as_mut() {
             l.scan_row(row);
         }
-        let features_hash = hash_cells(row, Some(&feature_columns), &mut scratch);
         let label_value = label_index.and_then(|i| row.get(i));
-        let label_hash = label_index.map_or(0, |i| hash_cells(row, Some(&[i]), &mut label_scratch));
-        exact.observe(row.line(), features_hash, label_hash);
-        if let Some(a) = &against {
-            if a.hashes.contains(&features_hash) {
-                leaked_count += 1;
-                if leaked.len() < opts.keep {
-                    leaked.push(row.line());
+        if want_duplicates || against.is_some() {
+            let features_hash = hash_cells(row, Some(&feature_columns), &mut scratch);
+            if want_duplicates {
+                // The low half of the 128-bit hash: labels are only compared with the first duplicate's.
+                let label_hash = label_index
+                    .map_or(0, |i| hash_cells(row, Some(&[i]), &mut label_scratch) as u64);
+                exact.observe(row.line(), features_hash, label_hash);
+            }
+            if let Some(a) = &against {
+                if a.hashes.contains(&features_hash) {
+                    leaked_count += 1;
+                    if leaked.len() < opts.keep {
+                        leaked.push(row.line());
+                    }
                 }
             }
         }
@@ -581,6 +592,17 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     report.seconds = started.elapsed().as_secs_f64();
     report.finish();
     Ok(report)
+}
+
+/// Most rows the duplicate table is sized for up front (32 bytes each); a larger file grows it as it goes.
+const MAX_EXPECTED_ROWS: u64 = 1 << 24;
+
+/// Rows the file probably holds, from its size and the bytes per row of the first `sniffed` rows.
+fn expected_rows(opts: &Options, source: &dyn load::RowSource, sniffed: usize) -> usize {
+    let size = std::fs::metadata(&opts.data).map_or(0, |m| m.len());
+    let per_row = source.bytes_read() / (sniffed as u64).max(1);
+    let rows = size.checked_div(per_row).unwrap_or(sniffed as u64);
+    usize::try_from(rows.clamp(sniffed as u64, MAX_EXPECTED_ROWS)).unwrap_or(sniffed)
 }
 
 fn load_against(
