@@ -87,28 +87,48 @@ pub struct Duplicate {
 
 /// Finds exact duplicates as rows stream by (one 128-bit hash, the first line and the label's hash per distinct
 /// row are kept: 32 bytes).
+///
+/// A table of millions of rows is far larger than the cache, and looking each row up as it comes costs a cache and
+/// TLB miss per row. So the rows are split by the top bits of their hash into [`PARTITIONS`] tables, and once the
+/// first [`DIRECT_ROWS`] are in, a row waits in its partition's queue until [`PENDING`] have gathered, which then go
+/// into that partition's table (small enough to stay in cache) one after another. The first occurrence of a row
+/// is the same either way, since equal rows share a partition and a queue keeps their order; findings come out of
+/// order and are sorted by line in [`ExactDuplicates::finish`], which must be called before reading the results.
 #[derive(Debug, Default)]
 pub struct ExactDuplicates {
-    seen: HashMap<u128, (u64, u64), RowHashes>,
+    tables: Vec<HashMap<u128, (u64, u64), RowHashes>>,
+    pending: Vec<Vec<(u128, u64, u64)>>,
+    rows: u64,
+    /// The `keep` findings of the lowest lines so far (a max-heap on the line).
+    lowest: std::collections::BinaryHeap<(u64, u64, bool)>,
     pub count: u64,
     pub conflicting: u64,
+    /// The first findings in line order (at most `keep`), after [`ExactDuplicates::finish`].
     pub findings: Vec<Duplicate>,
     keep: usize,
 }
 
+/// Partitions of the duplicate table (by the top 8 bits of a row's hash).
+const PARTITIONS: usize = 256;
+/// Rows looked up at once, when they arrive, before queueing starts.
+const DIRECT_ROWS: u64 = 1 << 16;
+/// Rows queued per partition before they go into its table.
+const PENDING: usize = 512;
+
 impl ExactDuplicates {
     pub fn new(keep: usize) -> Self {
-        Self {
-            keep,
-            ..Self::default()
-        }
+        Self::with_capacity(keep, 0)
     }
 
     /// Room for `rows` distinct rows from the start: no rehash of a large table (each one moves every entry and
     /// touches fresh memory) while the file streams by.
     pub fn with_capacity(keep: usize, rows: usize) -> Self {
+        let each = rows / PARTITIONS;
         Self {
-            seen: HashMap::with_capacity_and_hasher(rows, RowHashes::default()),
+            tables: (0..PARTITIONS)
+                .map(|_| HashMap::with_capacity_and_hasher(each, RowHashes::default()))
+                .collect(),
+            pending: (0..PARTITIONS).map(|_| Vec::new()).collect(),
             keep,
             ..Self::default()
         }
@@ -117,7 +137,42 @@ impl ExactDuplicates {
     /// Record a row by the hash of its features and the hash of its label (a label-hash collision could only hide
     /// that a duplicate's label differs; it never makes a duplicate).
     pub fn observe(&mut self, line: u64, features: u128, label: u64) {
-        match self.seen.entry(features) {
+        let partition = (features >> 120) as usize % PARTITIONS;
+        self.rows += 1;
+        if self.rows <= DIRECT_ROWS {
+            self.look_up(partition, features, line, label);
+            return;
+        }
+        let Some(queue) = self.pending.get_mut(partition) else {
+            return;
+        };
+        queue.push((features, line, label));
+        if queue.len() >= PENDING {
+            self.drain(partition);
+        }
+    }
+
+    /// Look up every queued row of a partition.
+    fn drain(&mut self, partition: usize) {
+        let Some(queue) = self.pending.get_mut(partition) else {
+            return;
+        };
+        let queued = std::mem::take(queue);
+        for &(features, line, label) in &queued {
+            self.look_up(partition, features, line, label);
+        }
+        // Give the queue its allocation back.
+        if let Some(queue) = self.pending.get_mut(partition) {
+            *queue = queued;
+            queue.clear();
+        }
+    }
+
+    fn look_up(&mut self, partition: usize, features: u128, line: u64, label: u64) {
+        let Some(table) = self.tables.get_mut(partition) else {
+            return;
+        };
+        match table.entry(features) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert((line, label));
             }
@@ -128,15 +183,30 @@ impl ExactDuplicates {
                 if conflicting_label {
                     self.conflicting += 1;
                 }
-                if self.findings.len() < self.keep {
-                    self.findings.push(Duplicate {
-                        line,
-                        first_line,
-                        conflicting_label,
-                    });
+                if self.keep > 0 {
+                    self.lowest.push((line, first_line, conflicting_label));
+                    if self.lowest.len() > self.keep {
+                        self.lowest.pop();
+                    }
                 }
             }
         }
+    }
+
+    /// Look up the rows still queued and list the findings in line order.
+    pub fn finish(&mut self) {
+        for partition in 0..self.pending.len() {
+            self.drain(partition);
+        }
+        self.findings = std::mem::take(&mut self.lowest)
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(line, first_line, conflicting_label)| Duplicate {
+                line,
+                first_line,
+                conflicting_label,
+            })
+            .collect();
     }
 }
 
@@ -329,6 +399,44 @@ mod tests {
         let pairs = near_duplicate_texts(&texts, 0.7);
         assert_eq!(pairs.len(), 1);
         assert_eq!((pairs[0].line, pairs[0].other_line), (3, 2));
+    }
+
+    #[test]
+    fn queued_lookups_find_what_direct_ones_find() {
+        // Far more rows than are looked up directly, with repeats near and far apart and conflicting labels: the
+        // result must equal a plain map's, first lines and listing order included.
+        let mut rng = crate::matrix::Rng::new(7);
+        let mut fast = ExactDuplicates::new(50);
+        let mut reference: HashMap<u128, (u64, u64)> = HashMap::new();
+        let (mut count, mut conflicting, mut listed) = (0u64, 0u64, Vec::new());
+        for line in 2..300_000u64 {
+            let features = u128::from(rng.next_u64() % 250_000)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+            let label = rng.next_u64() % 3;
+            fast.observe(line, features, label);
+            match reference.entry(features) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert((line, label));
+                }
+                std::collections::hash_map::Entry::Occupied(slot) => {
+                    let (first, first_label) = *slot.get();
+                    count += 1;
+                    conflicting += u64::from(first_label != label);
+                    if listed.len() < 50 {
+                        listed.push((line, first, first_label != label));
+                    }
+                }
+            }
+        }
+        fast.finish();
+        assert!(count > 10_000);
+        assert_eq!((fast.count, fast.conflicting), (count, conflicting));
+        let found: Vec<(u64, u64, bool)> = fast
+            .findings
+            .iter()
+            .map(|d| (d.line, d.first_line, d.conflicting_label))
+            .collect();
+        assert_eq!(found, listed);
     }
 
     #[test]

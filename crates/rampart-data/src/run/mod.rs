@@ -278,8 +278,9 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
             let features_hash = hash_cells(row, Some(&feature_columns), &mut scratch);
             if want_duplicates {
                 // The low half of the 128-bit hash: labels are only compared with the first duplicate's.
-                let label_hash = label_index
-                    .map_or(0, |i| hash_cells(row, Some(&[i]), &mut label_scratch) as u64);
+                let label_hash = label_index.map_or(0, |i| {
+                    hash_cells(row, Some(&[i]), &mut label_scratch) as u64
+                });
                 exact.observe(row.line(), features_hash, label_hash);
             }
             if let Some(a) = &against {
@@ -332,6 +333,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     if let Some(s) = schema.as_mut() {
         s.finish();
     }
+    exact.finish();
     let streamed_seconds = started.elapsed().as_secs_f64();
 
     let mut report = Report::new(&opts.data, &columns, rows, bytes);
