@@ -199,27 +199,31 @@ pub(crate) fn parse_f64(value: &str) -> Option<f64> {
         Some((b'-', rest)) => (true, rest),
         _ => (false, bytes),
     };
-    if (1..=16).contains(&body.len()) {
-        let (mut mantissa, mut digits, mut decimals, mut plain) = (0u64, 0usize, None, true);
-        for (i, &b) in body.iter().enumerate() {
-            match b {
-                b'0'..=b'9' => {
-                    mantissa = mantissa * 10 + u64::from(b - b'0');
-                    digits += 1;
-                }
-                b'.' if decimals.is_none() && i > 0 && i + 1 < body.len() => {
-                    decimals = Some(body.len() - i - 1);
-                }
-                _ => {
-                    plain = false;
-                    break;
-                }
-            }
+    // Integer digits, then optionally a point and decimal digits, and nothing else.
+    let digits = |from: usize, mantissa: &mut u64| {
+        let mut at = from;
+        while let Some(d) = body
+            .get(at)
+            .map(|b| b.wrapping_sub(b'0'))
+            .filter(|d| *d <= 9)
+        {
+            *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+            at += 1;
         }
-        if let (true, true, Some(scale)) = (plain, digits <= 15, POW10.get(decimals.unwrap_or(0))) {
-            let v = mantissa as f64 / scale;
-            return Some(if negative { -v } else { v });
-        }
+        at
+    };
+    let mut mantissa = 0u64;
+    let whole = digits(0, &mut mantissa);
+    let (end, decimals) = if body.get(whole) == Some(&b'.') {
+        let end = digits(whole + 1, &mut mantissa);
+        (end, end - whole - 1)
+    } else {
+        (whole, 0)
+    };
+    let exact = whole > 0 && end == body.len() && (end == whole || decimals > 0);
+    if let (true, Some(scale)) = (exact && whole + decimals <= 15, POW10.get(decimals)) {
+        let v = mantissa as f64 / scale;
+        return Some(if negative { -v } else { v });
     }
     value.trim().parse::<f64>().ok()
 }
@@ -604,4 +608,61 @@ pub fn infer(path: &Path, format: Option<crate::load::Format>) -> Result<Schema>
         max_rows: None,
         columns: profiles.iter().map(|p| p.infer(rows)).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_f64;
+
+    #[test]
+    fn the_fast_decimal_path_gives_the_standard_value() {
+        let mut rng = crate::matrix::Rng::new(5);
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "-0.0",
+            "1.",
+            ".5",
+            "1.5e3",
+            "inf",
+            "NaN",
+            "-",
+            "",
+            " 2.5 ",
+            "1..2",
+            "12a",
+            "0.1",
+            "0.3",
+            "123456789012345",
+            "1234567890123456",
+            "9007199254740993",
+            "0.000000000000001",
+            "99999999999999.9",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for _ in 0..20_000 {
+            let v = rng.next_u64();
+            let decimals = (v % 17) as usize;
+            let digits = format!("{}", v >> 4);
+            let cut = digits.len().saturating_sub(decimals);
+            let sign = if v % 3 == 0 { "-" } else { "" };
+            cases.push(format!(
+                "{sign}{}.{}",
+                &digits[..cut.max(1)],
+                &digits[cut.max(1)..]
+            ));
+            cases.push(format!("{sign}{}", &digits[..cut.max(1)]));
+        }
+        for case in &cases {
+            let standard = case.trim().parse::<f64>().ok();
+            let fast = parse_f64(case);
+            assert_eq!(
+                fast.map(f64::to_bits),
+                standard.map(f64::to_bits),
+                "{case:?}"
+            );
+        }
+    }
 }

@@ -196,6 +196,8 @@ struct Memory {
 }
 
 const SNIFF_ROWS: usize = 1000;
+/// Labels counted in a short list before the hash map takes the others.
+const FEW_CLASSES: usize = 16;
 
 /// Run the checks; `progress(bytes, rows)` is called now and then during the streaming pass.
 pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report> {
@@ -262,6 +264,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     let mut leaked: Vec<u64> = Vec::new();
     let mut leaked_count = 0u64;
     let mut class_counts: HashMap<String, u64> = HashMap::new();
+    // The first few labels are counted here, found by comparison: no hashing of the label on every row.
+    let mut few_classes: Vec<(String, u64)> = Vec::new();
     let mut memory = Memory::default();
     let mut rows = 0u64;
     let mut scratch = Vec::new();
@@ -294,9 +298,13 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         }
         if let Some(label) = label_value {
             // Look up before inserting: no allocation for a label already counted.
-            if let Some(count) = class_counts.get_mut(label) {
+            if let Some((_, count)) = few_classes.iter_mut().find(|(l, _)| l == label) {
                 *count += 1;
-            } else if class_counts.len() < 10_000 {
+            } else if let Some(count) = class_counts.get_mut(label) {
+                *count += 1;
+            } else if few_classes.len() < FEW_CLASSES {
+                few_classes.push((label.to_string(), 1));
+            } else if class_counts.len() + few_classes.len() < 10_000 {
                 class_counts.insert(label.to_string(), 1);
             }
         }
@@ -334,6 +342,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         s.finish();
     }
     exact.finish();
+    class_counts.extend(few_classes);
     let streamed_seconds = started.elapsed().as_secs_f64();
 
     let mut report = Report::new(&opts.data, &columns, rows, bytes);
