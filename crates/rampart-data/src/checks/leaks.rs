@@ -142,15 +142,26 @@ impl LeakScanner {
             return;
         }
         let bytes = cell.as_bytes();
-        // Plain numbers, most cells of most data sets, first: a simple loop without a table the compiler vectorises.
-        let (mut digits, mut other) = (0usize, false);
-        for &b in bytes {
-            let digit = b.is_ascii_digit();
-            digits += usize::from(digit);
-            other |= !(digit || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
-        }
-        if !other && digits < 9 {
-            return;
+        if bytes.len() < 9 {
+            // Fewer than 9 digits and no token run of 10: only an e-mail address could be here.
+            if !bytes.contains(&b'@') {
+                return;
+            }
+        } else {
+            // Plain numbers, most cells of most data sets, first, in a loop that stops at the first other byte.
+            let mut digits = 0usize;
+            let mut plain = true;
+            for &b in bytes {
+                if b.is_ascii_digit() {
+                    digits += 1;
+                } else if !matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') {
+                    plain = false;
+                    break;
+                }
+            }
+            if plain && digits < 9 {
+                return;
+            }
         }
         let stats = CellStats::of(bytes);
         // Every detector needs one of these (see `CellStats`): most cells of a data set stop here, after one pass.
