@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64, xxh3_64_with_seed};
 
 use crate::load::Row;
 use crate::matrix::{dist2, Matrix};
@@ -31,6 +31,12 @@ pub fn hash_cells(row: &Row, columns: Option<&[usize]>, scratch: &mut Vec<u8>) -
         None => row.cells().for_each(push),
     }
     xxh3_128_with_seed(scratch, *ROW_SEED)
+}
+
+/// The seeded 64-bit hash of a label (null as a value no hash of text takes in practice), compared only with the
+/// label of a row's first copy.
+pub fn hash_label(label: Option<&str>) -> u64 {
+    label.map_or(u64::MAX, |l| xxh3_64_with_seed(l.as_bytes(), *ROW_SEED))
 }
 
 /// The seeded 128-bit hash of one value (unique columns).

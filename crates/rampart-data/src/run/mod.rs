@@ -269,7 +269,6 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     let mut memory = Memory::default();
     let mut rows = 0u64;
     let mut scratch = Vec::new();
-    let mut label_scratch = Vec::new();
     let mut visit = |row: &Row, memory: &mut Memory| {
         if let Some(s) = schema.as_mut() {
             s.check_row(row);
@@ -281,10 +280,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         if want_duplicates || against.is_some() {
             let features_hash = hash_cells(row, Some(&feature_columns), &mut scratch);
             if want_duplicates {
-                // The low half of the 128-bit hash: labels are only compared with the first duplicate's.
-                let label_hash = label_index.map_or(0, |i| {
-                    hash_cells(row, Some(&[i]), &mut label_scratch) as u64
-                });
+                let label_hash = label_index.map_or(0, |_| dedup::hash_label(label_value));
                 exact.observe(row.line(), features_hash, label_hash);
             }
             if let Some(a) = &against {
