@@ -278,7 +278,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         }
         let label_value = label_index.and_then(|i| row.get(i));
         if want_duplicates || against.is_some() {
-            let features_hash = hash_cells(row, Some(&feature_columns), &mut scratch);
+            // The features are every column but the label's.
+            let features_hash = dedup::hash_all_but(row, label_index, &mut scratch);
             if want_duplicates {
                 let label_hash = label_index.map_or(0, |_| dedup::hash_label(label_value));
                 exact.observe(row.line(), features_hash, label_hash);
