@@ -8,7 +8,7 @@
 #      logistic regression + confident learning), wall-clock of each process.
 # 2. Throughput of the streaming checks (schema, leaks, exact duplicates) on one core, and of the whole check.
 # Environment: BENCH_CSV_MB (default 1100), RAMPART_PEERS_VENV (Python with cleanlab; default: python3 on PATH),
-# RAMPART_BIN (use this binary instead of building a release one).
+# RAMPART_BIN (use this binary instead of building a release one), BENCH_TMP (where the CSV goes; default $TMPDIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -22,7 +22,7 @@ else
   cargo build --release -q -p rampart
   rampart="$CARGO_TARGET_DIR/release/rampart"
 fi
-work="$(mktemp -d)"
+work="$(mktemp -d -p "${BENCH_TMP:-${TMPDIR:-/tmp}}")"
 trap 'rm -rf "$work"' EXIT
 now() { date +%s.%N; }
 
@@ -70,17 +70,27 @@ awk -v target="$((mb * 1000000))" 'BEGIN {
 size=$(stat -c %s "$csv")
 "$rampart" data schema "$csv" -o "$work/big.toml"
 pin=""; command -v taskset >/dev/null && pin="taskset -c 0"
+# CPU seconds (user + sys) and peak memory of the streaming run, from GNU time when it is there: on a shared machine
+# they measure the work better than the wall clock does.
+timing=""; [ -x /usr/bin/time ] && timing="/usr/bin/time -f %U,%S,%M -o $work/stream.time"
 t0=$(now)
-$pin "$rampart" data check "$csv" --schema "$work/big.toml" --checks schema,leaks,duplicates --max-rows 1 --format json -q -o "$work/stream.json" || true
+$timing $pin "$rampart" data check "$csv" --schema "$work/big.toml" --checks schema,leaks,duplicates --max-rows 1 --format json -q -o "$work/stream.json" || true
 t1=$(now)
 t2=$(now)
 "$rampart" data check "$csv" --schema "$work/big.toml" --format json -q -o "$work/all.json" || true
 t3=$(now)
-"$py" - "$size" "$(awk -v a="$t1" -v b="$t0" "BEGIN{print a-b}")" "$(awk -v a="$t3" -v b="$t2" "BEGIN{print a-b}")" "$work/stream.json" <<'PY'
-import json, sys
+"$py" - "$size" "$(awk -v a="$t1" -v b="$t0" "BEGIN{print a-b}")" "$(awk -v a="$t3" -v b="$t2" "BEGIN{print a-b}")" "$work/stream.json" "$work/stream.time" <<'PY'
+import json, os, sys
 size, stream, whole = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 r = json.load(open(sys.argv[4]))
-print(f"streaming checks (schema, leaks, exact duplicates) on one core: {size/1e6:.0f} MB, {r['rows']} rows in {stream:.2f} s = {size/1e6/stream:.0f} MB/s (target 200 MB/s, ratio {size/1e6/stream/200:.2f})")
+mb = size / 1e6
+print(f"streaming checks (schema, leaks, exact duplicates) on one core: {mb:.0f} MB, {r['rows']} rows")
+print(f"  wall {stream:.2f} s = {mb/stream:.0f} MB/s")
+if os.path.exists(sys.argv[5]):
+    user, system, rss = open(sys.argv[5]).read().strip().splitlines()[-1].split(",")
+    cpu = float(user) + float(system)
+    print(f"  CPU {cpu:.2f} s (user {float(user):.2f} + sys {float(system):.2f}) = {mb/cpu:.0f} MB per CPU-second "
+          f"(target 200, ratio {mb/cpu/200:.2f}); max RSS {int(rss)/1024:.0f} MiB")
 print(f"  findings: " + ", ".join(f"{c['check']} {c['findings']}" for c in r['checks']))
-print(f"whole check (all checks; in-memory ones on the first 200000 rows), both cores: {whole:.2f} s = {size/1e6/whole:.0f} MB/s")
+print(f"whole check (all checks; in-memory ones on the first 200000 rows), both cores: {whole:.2f} s wall = {mb/whole:.0f} MB/s")
 PY

@@ -5,26 +5,66 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64, xxh3_64_with_seed};
 
 use crate::load::Row;
 use crate::matrix::{dist2, Matrix};
 
-/// Hash the cells at `columns` (all when `None`), null distinct from empty text.
-pub fn hash_cells(row: &Row, columns: Option<&[usize]>, scratch: &mut Vec<u8>) -> u64 {
+/// Hash the cells at `columns` (all when `None`), null distinct from empty text, into 128 bits.
+///
+/// What is hashed is the cells' bytes one after another, then each cell's length (32 bits; null as a length no cell
+/// has), so that no two different rows have the same bytes hashed. 128 bits make an accidental collision, which
+/// would report a row as a duplicate it is not, vanishingly rare (about n²/2¹²⁹: below 10⁻²⁰ for ten billion rows);
+/// the seed is random per process.
+pub fn hash_cells(row: &Row, columns: Option<&[usize]>, scratch: &mut Vec<u8>) -> u128 {
     scratch.clear();
-    let mut push = |cell: Option<&str>| {
-        match cell {
-            Some(text) => scratch.extend_from_slice(text.as_bytes()),
-            None => scratch.push(0x1e),
+    let all: Vec<usize>;
+    let columns = match columns {
+        Some(columns) => columns,
+        None => {
+            all = (0..row.len()).collect();
+            &all
         }
-        scratch.push(0x1f);
     };
-    match columns {
-        Some(columns) => columns.iter().for_each(|&c| push(row.get(c))),
-        None => row.cells().for_each(push),
+    for text in columns.iter().filter_map(|&c| row.get(c)) {
+        scratch.extend_from_slice(text.as_bytes());
     }
-    xxh3_64_with_seed(scratch, *ROW_SEED)
+    for &c in columns {
+        push_length(scratch, row.get(c).map(str::len));
+    }
+    xxh3_128_with_seed(scratch, *ROW_SEED)
+}
+
+/// [`hash_cells`] of every column but `skip`, the same hash, from the row's stored text in two copies rather than
+/// one per cell.
+pub fn hash_all_but(row: &Row, skip: Option<usize>, scratch: &mut Vec<u8>) -> u128 {
+    scratch.clear();
+    let (before, after) = row.text_without(skip);
+    scratch.extend_from_slice(before.as_bytes());
+    scratch.extend_from_slice(after.as_bytes());
+    for (index, length) in row.lengths().enumerate() {
+        if Some(index) != skip {
+            push_length(scratch, length);
+        }
+    }
+    xxh3_128_with_seed(scratch, *ROW_SEED)
+}
+
+fn push_length(scratch: &mut Vec<u8>, length: Option<usize>) {
+    // A cell is at most a record long (64 MiB): its length fits 32 bits.
+    let length = length.map_or(u32::MAX, |l| u32::try_from(l).unwrap_or(u32::MAX - 1));
+    scratch.extend_from_slice(&length.to_le_bytes());
+}
+
+/// The seeded 64-bit hash of a label (null as a value no hash of text takes in practice), compared only with the
+/// label of a row's first copy.
+pub fn hash_label(label: Option<&str>) -> u64 {
+    label.map_or(u64::MAX, |l| xxh3_64_with_seed(l.as_bytes(), *ROW_SEED))
+}
+
+/// The seeded 128-bit hash of one value (unique columns).
+pub fn hash_value(value: &str) -> u128 {
+    xxh3_128_with_seed(value.as_bytes(), *ROW_SEED)
 }
 
 /// Seed of the row hashes, random per process: the maps of row hashes below use the hash itself as their bucket
@@ -54,6 +94,11 @@ impl std::hash::Hasher for PassThrough {
     fn write_u64(&mut self, value: u64) {
         self.0 = value;
     }
+
+    fn write_u128(&mut self, value: u128) {
+        // Both halves are seeded hash bits: fold them.
+        self.0 = (value ^ (value >> 64)) as u64;
+    }
 }
 
 /// Builds [`PassThrough`] hashers.
@@ -69,27 +114,94 @@ pub struct Duplicate {
     pub conflicting_label: bool,
 }
 
-/// Finds exact duplicates as rows stream by (one 64-bit hash per distinct row is kept).
+/// Finds exact duplicates as rows stream by (one 128-bit hash, the first line and the label's hash per distinct
+/// row are kept: 32 bytes).
+///
+/// A table of millions of rows is far larger than the cache, and looking each row up as it comes costs a cache and
+/// TLB miss per row. So the rows are split by the top bits of their hash into [`PARTITIONS`] tables, and once the
+/// first [`DIRECT_ROWS`] are in, a row waits in its partition's queue until [`PENDING`] have gathered, which then go
+/// into that partition's table (small enough to stay in cache) one after another. The first occurrence of a row
+/// is the same either way, since equal rows share a partition and a queue keeps their order; findings come out of
+/// order and are sorted by line in [`ExactDuplicates::finish`], which must be called before reading the results.
 #[derive(Debug, Default)]
 pub struct ExactDuplicates {
-    seen: HashMap<u64, (u64, u64), RowHashes>,
+    tables: Vec<HashMap<u128, (u64, u64), RowHashes>>,
+    pending: Vec<Vec<(u128, u64, u64)>>,
+    rows: u64,
+    /// The `keep` findings of the lowest lines so far (a max-heap on the line).
+    lowest: std::collections::BinaryHeap<(u64, u64, bool)>,
     pub count: u64,
     pub conflicting: u64,
+    /// The first findings in line order (at most `keep`), after [`ExactDuplicates::finish`].
     pub findings: Vec<Duplicate>,
     keep: usize,
 }
 
+/// Partitions of the duplicate table (by the top 8 bits of a row's hash).
+const PARTITIONS: usize = 256;
+/// Rows looked up at once, when they arrive, before queueing starts.
+const DIRECT_ROWS: u64 = 1 << 16;
+/// Rows queued per partition before they go into its table.
+const PENDING: usize = 512;
+
 impl ExactDuplicates {
     pub fn new(keep: usize) -> Self {
+        Self::with_capacity(keep, 0)
+    }
+
+    /// Room for `rows` distinct rows from the start: no rehash of a large table (each one moves every entry and
+    /// touches fresh memory) while the file streams by.
+    pub fn with_capacity(keep: usize, rows: usize) -> Self {
+        let each = rows / PARTITIONS;
         Self {
+            tables: (0..PARTITIONS)
+                .map(|_| HashMap::with_capacity_and_hasher(each, RowHashes::default()))
+                .collect(),
+            pending: (0..PARTITIONS).map(|_| Vec::new()).collect(),
             keep,
             ..Self::default()
         }
     }
 
-    /// Record a row by the hash of its features and the hash of its label.
-    pub fn observe(&mut self, line: u64, features: u64, label: u64) {
-        match self.seen.entry(features) {
+    /// Record a row by the hash of its features and the hash of its label (a label-hash collision could only hide
+    /// that a duplicate's label differs; it never makes a duplicate).
+    pub fn observe(&mut self, line: u64, features: u128, label: u64) {
+        let partition = (features >> 120) as usize % PARTITIONS;
+        self.rows += 1;
+        if self.rows <= DIRECT_ROWS {
+            self.look_up(partition, features, line, label);
+            return;
+        }
+        let Some(queue) = self.pending.get_mut(partition) else {
+            return;
+        };
+        queue.push((features, line, label));
+        if queue.len() >= PENDING {
+            self.drain(partition);
+        }
+    }
+
+    /// Look up every queued row of a partition.
+    fn drain(&mut self, partition: usize) {
+        let Some(queue) = self.pending.get_mut(partition) else {
+            return;
+        };
+        let queued = std::mem::take(queue);
+        for &(features, line, label) in &queued {
+            self.look_up(partition, features, line, label);
+        }
+        // Give the queue its allocation back.
+        if let Some(queue) = self.pending.get_mut(partition) {
+            *queue = queued;
+            queue.clear();
+        }
+    }
+
+    fn look_up(&mut self, partition: usize, features: u128, line: u64, label: u64) {
+        let Some(table) = self.tables.get_mut(partition) else {
+            return;
+        };
+        match table.entry(features) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert((line, label));
             }
@@ -100,22 +212,37 @@ impl ExactDuplicates {
                 if conflicting_label {
                     self.conflicting += 1;
                 }
-                if self.findings.len() < self.keep {
-                    self.findings.push(Duplicate {
-                        line,
-                        first_line,
-                        conflicting_label,
-                    });
+                if self.keep > 0 {
+                    self.lowest.push((line, first_line, conflicting_label));
+                    if self.lowest.len() > self.keep {
+                        self.lowest.pop();
+                    }
                 }
             }
         }
+    }
+
+    /// Look up the rows still queued and list the findings in line order.
+    pub fn finish(&mut self) {
+        for partition in 0..self.pending.len() {
+            self.drain(partition);
+        }
+        self.findings = std::mem::take(&mut self.lowest)
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(line, first_line, conflicting_label)| Duplicate {
+                line,
+                first_line,
+                conflicting_label,
+            })
+            .collect();
     }
 }
 
 /// Hashes of another split's rows, to find leakage.
 #[derive(Debug, Default)]
 pub struct Against {
-    pub hashes: HashSet<u64, RowHashes>,
+    pub hashes: HashSet<u128, RowHashes>,
     pub rows: u64,
 }
 
@@ -301,6 +428,73 @@ mod tests {
         let pairs = near_duplicate_texts(&texts, 0.7);
         assert_eq!(pairs.len(), 1);
         assert_eq!((pairs[0].line, pairs[0].other_line), (3, 2));
+    }
+
+    #[test]
+    fn the_row_hash_fast_path_is_the_same_hash() {
+        let rows = [
+            Row::from_cells(2, [Some("a"), None, Some("bc"), Some("1")]),
+            Row::from_cells(3, [None, Some("ab"), Some("c"), None]),
+            Row::from_cells(4, [Some(""), Some("x"), None, Some("y")]),
+        ];
+        let mut scratch = Vec::new();
+        for row in &rows {
+            for skip in [None, Some(0), Some(1), Some(3)] {
+                let columns: Vec<usize> = (0..row.len()).filter(|&c| Some(c) != skip).collect();
+                assert_eq!(
+                    hash_all_but(row, skip, &mut scratch),
+                    hash_cells(row, Some(&columns), &mut scratch),
+                    "{row:?} {skip:?}"
+                );
+            }
+        }
+        // Cells that split the same bytes differently, and null against empty, hash apart.
+        let split = |cells: [Option<&str>; 2]| {
+            hash_cells(&Row::from_cells(2, cells), None, &mut Vec::new())
+        };
+        assert_ne!(
+            split([Some("ab"), Some("c")]),
+            split([Some("a"), Some("bc")])
+        );
+        assert_ne!(split([Some("a"), None]), split([None, Some("a")]));
+    }
+
+    #[test]
+    fn queued_lookups_find_what_direct_ones_find() {
+        // Far more rows than are looked up directly, with repeats near and far apart and conflicting labels: the
+        // result must equal a plain map's, first lines and listing order included.
+        let mut rng = crate::matrix::Rng::new(7);
+        let mut fast = ExactDuplicates::new(50);
+        let mut reference: HashMap<u128, (u64, u64)> = HashMap::new();
+        let (mut count, mut conflicting, mut listed) = (0u64, 0u64, Vec::new());
+        for line in 2..300_000u64 {
+            let features = u128::from(rng.next_u64() % 250_000)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+            let label = rng.next_u64() % 3;
+            fast.observe(line, features, label);
+            match reference.entry(features) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert((line, label));
+                }
+                std::collections::hash_map::Entry::Occupied(slot) => {
+                    let (first, first_label) = *slot.get();
+                    count += 1;
+                    conflicting += u64::from(first_label != label);
+                    if listed.len() < 50 {
+                        listed.push((line, first, first_label != label));
+                    }
+                }
+            }
+        }
+        fast.finish();
+        assert!(count > 10_000);
+        assert_eq!((fast.count, fast.conflicting), (count, conflicting));
+        let found: Vec<(u64, u64, bool)> = fast
+            .findings
+            .iter()
+            .map(|d| (d.line, d.first_line, d.conflicting_label))
+            .collect();
+        assert_eq!(found, listed);
     }
 
     #[test]

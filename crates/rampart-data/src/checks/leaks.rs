@@ -1,9 +1,9 @@
 //! Personal data and secrets in cells: e-mail addresses, phone numbers, payment cards (Luhn), IBANs (mod 97),
 //! private keys, cloud and SaaS access keys, JWTs and high-entropy tokens.
 //!
-//! Built for streaming speed: a row made only of numbers and separators with no long digit run cannot hold any of
-//! these, and is passed over in one byte loop; other cells go through cheap triggers (an `@`, enough digits, a known
-//! prefix) before any regular expression runs. Findings carry a masked excerpt, never the value itself.
+//! Built for streaming speed: one table-driven pass over a cell counts its digits, its longest key-like token and
+//! whether it has an `@`; a cell that none of the detectors could fire on (most of them) stops there, and the others
+//! go through cheap triggers (an `@`, enough digits, a known prefix) before any regular expression runs. Findings carry a masked excerpt, never the value itself.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -113,9 +113,6 @@ impl LeakScanner {
 
     /// Scan one row.
     pub fn scan_row(&mut self, row: &Row) {
-        if row_is_plain_numbers(row) {
-            return;
-        }
         for index in 0..row.len() {
             if self.skip.get(index).copied().unwrap_or(false) {
                 continue;
@@ -145,103 +142,194 @@ impl LeakScanner {
             return;
         }
         let bytes = cell.as_bytes();
-        // One pass: digits, whether the cell is a plain number, and the longest key-like token.
-        let (mut digits, mut plain, mut run, mut longest) = (0usize, true, 0usize, 0usize);
-        for &b in bytes {
-            if b.is_ascii_digit() {
-                digits += 1;
-            } else if !matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') {
-                plain = false;
+        if bytes.len() < 9 {
+            // Fewer than 9 digits and no token run of 10: only an e-mail address could be here.
+            if !bytes.contains(&b'@') {
+                return;
             }
-            if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'=' | b'/' | b'+') {
-                run += 1;
-                longest = longest.max(run);
-            } else {
-                run = 0;
+        } else {
+            // Plain numbers, most cells of most data sets, first, in a loop that stops at the first other byte.
+            let mut digits = 0usize;
+            let mut plain = true;
+            for &b in bytes {
+                if b.is_ascii_digit() {
+                    digits += 1;
+                } else if !matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') {
+                    plain = false;
+                    break;
+                }
+            }
+            if plain && digits < 9 {
+                return;
             }
         }
-        if plain && digits < 9 {
+        let stats = CellStats::of(bytes);
+        // Every detector needs one of these (see `CellStats`): most cells of a data set stop here, after one pass.
+        if !(stats.at || stats.digits >= 9 || stats.longest >= MIN_TRIGGER_RUN) {
             return;
         }
-        let mut hits: Vec<(&'static str, usize, usize)> = Vec::new();
-        if cell.contains("-----BEGIN") && cell.contains("PRIVATE KEY") {
-            let start = cell.find("-----BEGIN").unwrap_or(0);
-            hits.push(("private-key", start, cell.len()));
+        for (kind, start, end) in detect(cell, &stats) {
+            let text = cell.get(start..end).unwrap_or_default();
+            self.found(line, column, kind, text);
         }
-        if bytes.contains(&b'@') {
-            for m in EMAIL.find_iter(cell) {
-                hits.push(("email", m.start(), m.end()));
-            }
+    }
+
+    /// [`LeakScanner::scan_cell`] without the triggers that pass cells over: the reference its findings are
+    /// tested against.
+    #[cfg(test)]
+    fn scan_cell_reference(&mut self, line: u64, column: usize, cell: &str) {
+        if cell.len() < 6 {
+            return;
         }
-        if cell.contains("eyJ") {
-            for m in JWT.find_iter(cell) {
-                hits.push(("jwt", m.start(), m.end()));
-            }
-        }
-        if longest >= 16 || cell.contains("service_account") {
-            let (set, each) = &*KEYS;
-            for index in set.matches(cell).iter() {
-                if let (Some((kind, _)), Some(re)) = (KEY_PATTERNS.get(index), each.get(index)) {
-                    for m in re.find_iter(cell) {
-                        hits.push((kind, m.start(), m.end()));
-                    }
-                }
-            }
-        }
-        if digits >= 12 {
-            for (start, end) in card_candidates(bytes) {
-                hits.push(("payment-card", start, end));
-            }
-            for m in IBAN.find_iter(cell) {
-                if iban_valid(m.as_str()) {
-                    hits.push(("iban", m.start(), m.end()));
-                }
-            }
-        }
-        if digits >= 9 {
-            for m in PHONE.find_iter(cell) {
-                let n = m.as_str().bytes().filter(u8::is_ascii_digit).count();
-                let overlaps = hits.iter().any(|&(_, s, e)| m.start() < e && s < m.end());
-                if (9..=15).contains(&n) && !overlaps && !looks_like_date(m.as_str()) {
-                    hits.push(("phone", m.start(), m.end()));
-                }
-            }
-        }
-        if longest >= 24 {
-            for (start, end) in high_entropy_tokens(cell) {
-                if !hits.iter().any(|&(_, s, e)| start < e && s < end) {
-                    hits.push(("high-entropy-token", start, end));
-                }
-            }
-        }
-        for (kind, start, end) in hits {
+        for (kind, start, end) in detect(cell, &CellStats::of(cell.as_bytes())) {
             let text = cell.get(start..end).unwrap_or_default();
             self.found(line, column, kind, text);
         }
     }
 }
 
-/// True when the row holds only numbers and separators, with no run of 9 or more digits: no detector can fire.
-fn row_is_plain_numbers(row: &Row) -> bool {
-    let mut run_digits = 0u32;
-    for cell in row.cells().flatten() {
-        for &b in cell.as_bytes() {
-            match b {
-                b'0'..=b'9' => {
-                    run_digits += 1;
-                    if run_digits >= 9 {
-                        return false;
-                    }
+/// Every detector over one cell: (kind, start, end) of each match.
+fn detect(cell: &str, stats: &CellStats) -> Vec<(&'static str, usize, usize)> {
+    let &CellStats {
+        digits,
+        plain,
+        longest,
+        at,
+    } = stats;
+    let bytes = cell.as_bytes();
+    let mut hits: Vec<(&'static str, usize, usize)> = Vec::new();
+    if plain && digits < 9 {
+        return hits;
+    }
+    if cell.contains("-----BEGIN") && cell.contains("PRIVATE KEY") {
+        let start = cell.find("-----BEGIN").unwrap_or(0);
+        hits.push(("private-key", start, cell.len()));
+    }
+    if at {
+        for m in EMAIL.find_iter(cell) {
+            hits.push(("email", m.start(), m.end()));
+        }
+    }
+    if cell.contains("eyJ") {
+        for m in JWT.find_iter(cell) {
+            hits.push(("jwt", m.start(), m.end()));
+        }
+    }
+    if longest >= 16 || cell.contains("service_account") {
+        let (set, each) = &*KEYS;
+        for index in set.matches(cell).iter() {
+            if let (Some((kind, _)), Some(re)) = (KEY_PATTERNS.get(index), each.get(index)) {
+                for m in re.find_iter(cell) {
+                    hits.push((kind, m.start(), m.end()));
                 }
-                b'.' | b'-' | b'+' | b'e' | b'E' => {}
-                b' ' | b'(' | b')' => {}
-                _ => return false,
             }
         }
-        // Cells are separate values: a run does not continue across them.
-        run_digits = 0;
     }
-    true
+    if digits >= 12 {
+        for (start, end) in card_candidates(bytes) {
+            hits.push(("payment-card", start, end));
+        }
+        for m in IBAN.find_iter(cell) {
+            if iban_valid(m.as_str()) {
+                hits.push(("iban", m.start(), m.end()));
+            }
+        }
+    }
+    if digits >= 9 {
+        for m in PHONE.find_iter(cell) {
+            let n = m.as_str().bytes().filter(u8::is_ascii_digit).count();
+            let overlaps = hits.iter().any(|&(_, s, e)| m.start() < e && s < m.end());
+            if (9..=15).contains(&n) && !overlaps && !looks_like_date(m.as_str()) {
+                hits.push(("phone", m.start(), m.end()));
+            }
+        }
+    }
+    if longest >= 24 {
+        for (start, end) in high_entropy_tokens(cell) {
+            if !hits.iter().any(|&(_, s, e)| start < e && s < end) {
+                hits.push(("high-entropy-token", start, end));
+            }
+        }
+    }
+    hits
+}
+
+/// Shortest run of token bytes that a detector without another trigger needs: `-----BEGIN` (10) for private keys;
+/// `service_account` (15) and 16 or more for the access keys; 24 for JWTs and high-entropy tokens.
+const MIN_TRIGGER_RUN: usize = 10;
+
+/// Byte classes for the one pass over a cell.
+const DIGIT: u8 = 1;
+/// Part of a key-like token: ASCII letters and digits, `_ - . = / +`.
+const TOKEN: u8 = 2;
+/// Part of a plain number: digits, `. - + e E`.
+const NUMERIC: u8 = 4;
+const AT: u8 = 8;
+
+static CLASSES: [u8; 256] = byte_classes();
+
+#[expect(
+    clippy::indexing_slicing,
+    reason = "i < 256, the table's length; const fn has no get_mut yet"
+)]
+const fn byte_classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut class = 0;
+        if b.is_ascii_digit() {
+            class |= DIGIT | NUMERIC;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'=' | b'/' | b'+') {
+            class |= TOKEN;
+        }
+        if matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') {
+            class |= NUMERIC;
+        }
+        if b == b'@' {
+            class |= AT;
+        }
+        table[i] = class;
+        i += 1;
+    }
+    table
+}
+
+/// What one pass over a cell tells: enough to skip every detector that cannot fire.
+///
+/// E-mail needs an `@`; phone numbers 9 digits, cards and IBANs 12; every other detector a token run of at least
+/// [`MIN_TRIGGER_RUN`] bytes. A plain number (digits and `. - + e E` only) with fewer than 9 digits holds nothing.
+struct CellStats {
+    digits: usize,
+    plain: bool,
+    longest: usize,
+    at: bool,
+}
+
+impl CellStats {
+    fn of(bytes: &[u8]) -> Self {
+        let (mut digits, mut run, mut longest) = (0usize, 0usize, 0usize);
+        let (mut any, mut all) = (0u8, u8::MAX);
+        for &b in bytes {
+            let class = CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+            digits += usize::from(class & DIGIT);
+            any |= class;
+            all &= class;
+            if class & TOKEN != 0 {
+                run += 1;
+                longest = longest.max(run);
+            } else {
+                run = 0;
+            }
+        }
+        Self {
+            digits,
+            plain: all & NUMERIC != 0,
+            longest,
+            at: any & AT != 0,
+        }
+    }
 }
 
 fn looks_like_date(text: &str) -> bool {
@@ -538,15 +626,87 @@ mod tests {
     }
 
     #[test]
-    fn plain_numeric_rows_are_skipped_only_when_safe() {
-        assert!(row_is_plain_numbers(&Row::from_cells(
-            2,
-            [Some("0.625"), Some("1"), None]
-        )));
-        assert!(!row_is_plain_numbers(&Row::from_cells(
-            2,
-            [Some("4111111111111111")]
-        )));
-        assert!(!row_is_plain_numbers(&Row::from_cells(2, [Some("a@b.co")])));
+    fn the_triggers_never_hide_a_finding() {
+        // Cells of random text, numbers and tokens, with leaks of every kind planted in some: the scanner with its
+        // triggers must find exactly what every detector run on every cell finds.
+        let planted = [
+            "jane.doe@example.com",
+            "4111 1111 1111 1111",
+            "5500-0000-0000-0004",
+            "DE89 3704 0044 0532 0130 00",
+            "GB82WEST12345698765432",
+            "+1 415-555-0132",
+            "(415) 555 0132",
+            "555-123-4567",
+            "AKIAIOSFODNN7EXAMPLE",
+            "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
+            "\"type\": \"service_account\"",
+            "Zk9xT2pWcUx3R1h5bE1uQjd8aQ4rS9vW",
+            "xoxb-1234567890-abcdefghij",
+        ];
+        let alphabet = b"abcXYZ0123456789 .-+@_/=:eE()";
+        let mut rng = crate::matrix::Rng::new(11);
+        let columns = vec!["c".to_string()];
+        let mut fast = LeakScanner::new(&columns, &[], 100_000);
+        let mut reference = LeakScanner::new(&columns, &[], 100_000);
+        for line in 0..20_000u64 {
+            let length = (rng.next_u64() % 40) as usize;
+            let mut cell: String = (0..length)
+                .map(|_| char::from(alphabet[(rng.next_u64() % alphabet.len() as u64) as usize]))
+                .collect();
+            match rng.next_u64() % 4 {
+                0 => cell = format!("{:.6}", rng.next_u64() as f64 / 1e9),
+                1 => cell.push_str(planted[(rng.next_u64() % planted.len() as u64) as usize]),
+                _ => {}
+            }
+            fast.scan_cell(line, 0, &cell);
+            reference.scan_cell_reference(line, 0, &cell);
+        }
+        let kinds = |s: &LeakScanner| -> Vec<(u64, &'static str, String)> {
+            s.findings
+                .iter()
+                .map(|f| (f.line, f.kind, f.excerpt.clone()))
+                .collect()
+        };
+        assert!(reference.total > 3_000, "{}", reference.total);
+        assert_eq!(reference.counts.len(), 11, "{:?}", reference.counts);
+        assert_eq!(kinds(&fast), kinds(&reference));
+        assert_eq!(fast.counts, reference.counts);
+    }
+
+    #[test]
+    fn numbers_only_rows_are_still_scanned() {
+        // Regression: a row of numbers and dashes used to be passed over whole, and its phone number with it.
+        let mut scanner = LeakScanner::new(&["id".to_string(), "phone".to_string()], &[], 10);
+        scanner.scan_row(&Row::from_cells(2, [Some("17"), Some("555-123-4567")]));
+        assert_eq!(scanner.findings.len(), 1);
+        assert_eq!(scanner.findings[0].kind, "phone");
+        let mut scanner = LeakScanner::new(&["a".to_string(), "b".to_string()], &[], 10);
+        scanner.scan_row(&Row::from_cells(2, [Some("0.625"), Some("-1.5e-3"), None]));
+        assert_eq!(scanner.total, 0);
+    }
+
+    #[test]
+    fn the_one_pass_sees_every_trigger() {
+        let stats = CellStats::of(b"0.625e-3");
+        assert!(stats.plain && stats.digits == 5 && !stats.at);
+        let stats = CellStats::of(b"x -----BEGIN y@z");
+        assert!(!stats.plain && stats.at && stats.longest == 10);
+        // The shortest cells each detector fires on pass the trigger.
+        for cell in [
+            "a@b.co",
+            "+1 415-555-0132",
+            "AKIAIOSFODNN7EXAMPLE",
+            "\"type\": \"service_account\"",
+            "-----BEGIN RSA PRIVATE KEY-----",
+        ] {
+            let s = CellStats::of(cell.as_bytes());
+            assert!(
+                s.at || s.digits >= 9 || s.longest >= MIN_TRIGGER_RUN,
+                "{cell}"
+            );
+        }
     }
 }

@@ -101,6 +101,23 @@ impl Row {
         (0..self.cells.len()).map(|i| self.get(i))
     }
 
+    /// The text of every cell but `skip`, as two slices: cells are stored back to back, in order (nulls take no
+    /// bytes), so this is the concatenation of those cells.
+    pub(crate) fn text_without(&self, skip: Option<usize>) -> (&str, &str) {
+        match skip.and_then(|i| self.cells.get(i).copied().flatten()) {
+            Some((start, end)) => (
+                self.text.get(..start).unwrap_or_default(),
+                self.text.get(end..).unwrap_or_default(),
+            ),
+            None => (self.text.as_str(), ""),
+        }
+    }
+
+    /// Each cell's length in bytes, `None` for a missing one.
+    pub(crate) fn lengths(&self) -> impl Iterator<Item = Option<usize>> + '_ {
+        self.cells.iter().map(|c| c.map(|(start, end)| end - start))
+    }
+
     pub(crate) fn clear(&mut self, line: u64) {
         self.line = line;
         self.text.clear();

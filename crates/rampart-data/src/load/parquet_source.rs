@@ -106,8 +106,24 @@ impl RowSource for ParquetSource {
 
 /// Run a call into the `parquet` crate, turning a panic on a malformed file into an error: its decoders are not
 /// hardened against hostile input everywhere, and a data check must fail with a message, not abort.
+///
+/// The panic is also kept off stderr: the process's panic hook is wrapped (once) so that it stays silent, logging
+/// at debug level instead, while this thread is inside such a call; every other panic goes to the hook as before.
 fn guarded<T>(path: &Path, record: u64, f: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_DECODER.with(std::cell::Cell::get) {
+                tracing::debug!("the Parquet decoder gave up: {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    IN_DECODER.with(|flag| flag.set(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_DECODER.with(|flag| flag.set(false));
+    outcome.map_err(|_| {
         DataError::record(
             path,
             record,
@@ -115,6 +131,13 @@ fn guarded<T>(path: &Path, record: u64, f: impl FnOnce() -> T) -> Result<T> {
             "malformed Parquet data (the decoder gave up); the file is corrupt or not Parquet",
         )
     })
+}
+
+static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+
+thread_local! {
+    /// Whether this thread is inside [`guarded`].
+    static IN_DECODER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A field as the text the checks see: numbers in their shortest round-trip form (the parquet crate's `Display`

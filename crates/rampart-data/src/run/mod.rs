@@ -196,6 +196,8 @@ struct Memory {
 }
 
 const SNIFF_ROWS: usize = 1000;
+/// Labels counted in a short list before the hash map takes the others.
+const FEW_CLASSES: usize = 16;
 
 /// Run the checks; `progress(bytes, rows)` is called now and then during the streaming pass.
 pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report> {
@@ -253,14 +255,20 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
             opts.keep,
         )
     });
-    let mut exact = ExactDuplicates::new(opts.keep);
+    let want_duplicates = opts.wants(Check::Duplicates);
+    let mut exact = if want_duplicates {
+        ExactDuplicates::with_capacity(opts.keep, expected_rows(opts, &*source, buffered.len()))
+    } else {
+        ExactDuplicates::new(opts.keep)
+    };
     let mut leaked: Vec<u64> = Vec::new();
     let mut leaked_count = 0u64;
     let mut class_counts: HashMap<String, u64> = HashMap::new();
+    // The first few labels are counted here, found by comparison: no hashing of the label on every row.
+    let mut few_classes: Vec<(String, u64)> = Vec::new();
     let mut memory = Memory::default();
     let mut rows = 0u64;
     let mut scratch = Vec::new();
-    let mut label_scratch = Vec::new();
     let mut visit = |row: &Row, memory: &mut Memory| {
         if let Some(s) = schema.as_mut() {
             s.check_row(row);
@@ -268,23 +276,32 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
         if let Some(l) = leaks.as_mut() {
             l.scan_row(row);
         }
-        let features_hash = hash_cells(row, Some(&feature_columns), &mut scratch);
         let label_value = label_index.and_then(|i| row.get(i));
-        let label_hash = label_index.map_or(0, |i| hash_cells(row, Some(&[i]), &mut label_scratch));
-        exact.observe(row.line(), features_hash, label_hash);
-        if let Some(a) = &against {
-            if a.hashes.contains(&features_hash) {
-                leaked_count += 1;
-                if leaked.len() < opts.keep {
-                    leaked.push(row.line());
+        if want_duplicates || against.is_some() {
+            // The features are every column but the label's.
+            let features_hash = dedup::hash_all_but(row, label_index, &mut scratch);
+            if want_duplicates {
+                let label_hash = label_index.map_or(0, |_| dedup::hash_label(label_value));
+                exact.observe(row.line(), features_hash, label_hash);
+            }
+            if let Some(a) = &against {
+                if a.hashes.contains(&features_hash) {
+                    leaked_count += 1;
+                    if leaked.len() < opts.keep {
+                        leaked.push(row.line());
+                    }
                 }
             }
         }
         if let Some(label) = label_value {
             // Look up before inserting: no allocation for a label already counted.
-            if let Some(count) = class_counts.get_mut(label) {
+            if let Some((_, count)) = few_classes.iter_mut().find(|(l, _)| l == label) {
                 *count += 1;
-            } else if class_counts.len() < 10_000 {
+            } else if let Some(count) = class_counts.get_mut(label) {
+                *count += 1;
+            } else if few_classes.len() < FEW_CLASSES {
+                few_classes.push((label.to_string(), 1));
+            } else if class_counts.len() + few_classes.len() < 10_000 {
                 class_counts.insert(label.to_string(), 1);
             }
         }
@@ -321,6 +338,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     if let Some(s) = schema.as_mut() {
         s.finish();
     }
+    exact.finish();
+    class_counts.extend(few_classes);
     let streamed_seconds = started.elapsed().as_secs_f64();
 
     let mut report = Report::new(&opts.data, &columns, rows, bytes);
@@ -581,6 +600,17 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(u64, u64)) -> Result<Report>
     report.seconds = started.elapsed().as_secs_f64();
     report.finish();
     Ok(report)
+}
+
+/// Most rows the duplicate table is sized for up front (32 bytes each); a larger file grows it as it goes.
+const MAX_EXPECTED_ROWS: u64 = 1 << 24;
+
+/// Rows the file probably holds, from its size and the bytes per row of the first `sniffed` rows.
+fn expected_rows(opts: &Options, source: &dyn load::RowSource, sniffed: usize) -> usize {
+    let size = std::fs::metadata(&opts.data).map_or(0, |m| m.len());
+    let per_row = source.bytes_read() / (sniffed as u64).max(1);
+    let rows = size.checked_div(per_row).unwrap_or(sniffed as u64);
+    usize::try_from(rows.clamp(sniffed as u64, MAX_EXPECTED_ROWS)).unwrap_or(sniffed)
 }
 
 fn load_against(
