@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use crate::knn::{squared_distance, Reference};
+use crate::knn::{squared_distance, Neighbour, Reference};
 use crate::profile::{FeatureProfile, Profile};
 use crate::shapiro::shapiro_wilk;
 use crate::stats::{binomial_sf, quantile_sorted};
@@ -246,6 +246,25 @@ impl ExtractionMonitor {
         query: &[f32],
         predicted: usize,
     ) -> Result<Decision, DefendError> {
+        let nearest = self.reference.nearest(query, 1, None).into_iter().next();
+        self.observe_near(principal, query, predicted, nearest)
+    }
+
+    /// The reference sample queries are compared with: a caller that shares the monitor behind a lock finds a
+    /// query's nearest row in a copy of it, outside the lock, and passes it to [`ExtractionMonitor::observe_near`].
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// [`ExtractionMonitor::observe`] with the query's nearest reference row already found (`reference().nearest(query,
+    /// 1, None)`), the costly part of an observation.
+    pub fn observe_near(
+        &mut self,
+        principal: &str,
+        query: &[f32],
+        predicted: usize,
+        nearest: Option<Neighbour>,
+    ) -> Result<Decision, DefendError> {
         if query.len() != self.reference.width || query.iter().any(|v| !v.is_finite()) {
             return Err(DefendError::Input(format!(
                 "a query must have {} finite values",
@@ -255,11 +274,10 @@ impl ExtractionMonitor {
         self.make_room(principal);
         let config = &self.config;
         let baseline = &self.baseline;
-        let nearest = self.reference.nearest(query, 1, None);
         let state = self.principals.entry(principal.to_string()).or_default();
         state.last_seen = self.clock;
         state.queries += 1;
-        if let Some(n) = nearest.first() {
+        if let Some(n) = nearest {
             state.covered.insert(n.index);
             if n.distance > baseline.far {
                 state.off_manifold += 1;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use hyper::header::HeaderValue;
 use hyper::StatusCode;
 use rampart_defend::extraction::{self, ExtractionMonitor};
+use rampart_defend::knn::Reference;
 
 use super::{Defences, DefendAudit, Pending};
 use crate::metrics::Metrics;
@@ -23,6 +24,8 @@ enum Penalty {
 #[derive(Debug)]
 pub(super) struct ExtractionStage {
     pub(super) monitor: Mutex<ExtractionMonitor>,
+    /// The monitor's reference sample, searched outside the lock: the search is most of an observation's cost.
+    reference: Reference,
     penalties: Mutex<HashMap<String, Penalty>>,
     throttle: Gcra<String>,
     ban: Duration,
@@ -39,6 +42,7 @@ impl ExtractionStage {
         shadow: bool,
     ) -> ExtractionStage {
         ExtractionStage {
+            reference: monitor.reference().clone(),
             monitor: Mutex::new(monitor),
             penalties: Mutex::new(HashMap::new()),
             throttle: Gcra::new(throttle, max_principals),
@@ -181,13 +185,18 @@ impl Pending<'_> {
     ) -> Result<(), Refusal> {
         let d = self.defences;
         let mut last = None;
+        let nearest: Vec<_> = self
+            .sent()
+            .chunks_exact(d.width)
+            .map(|row| stage.reference.nearest(row, 1, None).into_iter().next())
+            .collect();
         {
             let mut monitor = stage.monitor.lock().unwrap_or_else(|p| p.into_inner());
-            for (row, s) in self.sent().chunks_exact(d.width).zip(scores) {
+            for ((row, s), near) in self.sent().chunks_exact(d.width).zip(scores).zip(nearest) {
                 let Some(predicted) = rampart_defend::argmax(s) else {
                     continue;
                 };
-                match monitor.observe(&self.principal, row, predicted) {
+                match monitor.observe_near(&self.principal, row, predicted, near) {
                     Ok(decision) => {
                         let worse = last
                             .as_ref()
