@@ -10,20 +10,18 @@
     reason = "test code"
 )]
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+mod common;
+
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rampart_gate::config::Config;
-use rampart_gate::Parts;
+use common::Gateway;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 /// The upstream model: y = 2x + 1 on FP32 [N, 4], in MLServer's custom-runtime API.
 const MODEL_PY: &str = r#"
@@ -117,93 +115,52 @@ fn mlserver() -> Option<Upstream> {
     panic!("mlserver did not become ready in 90 s:\n{log}");
 }
 
-struct Gateway {
-    addr: SocketAddr,
-    key: String,
-    cert: CertificateDer<'static>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn gateway(upstream_port: u16) -> Gateway {
+/// The gateway in front of the upstream on `upstream_port`, serving its `affine` as `scaled` (to show the mapping);
+/// returns it, an admin API key, and the directory it runs in.
+async fn gateway(upstream_port: u16) -> (Gateway, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    // The gateway serves the upstream's `affine` under another name, to show the mapping.
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nshutdown_grace_secs = 2\n\
-         [[models]]\nname = \"scaled\"\nupstream = \"http://127.0.0.1:{upstream_port}\"\nupstream_model = \"affine\"\nworkers = 2\nqueue = 16\n",
-        dir.path().display()
+    std::fs::copy(
+        common::example("release.pub"),
+        dir.path().join("release.pub"),
+    )
+    .unwrap();
+    let key = common::api_key(&dir.path().join("state"), "ops", &["admin"]);
+    let extra = format!(
+        "[[models]]\nname = \"scaled\"\nupstream = \"http://127.0.0.1:{upstream_port}\"\nupstream_model = \"affine\"\nworkers = 2\nqueue = 16\n"
     );
-    let config = Config::parse(&text, Path::new("test.toml"), Path::new(".")).unwrap();
-    let prepared = rampart_gate::prepare(&config, Parts::default())
-        .await
-        .unwrap();
-    let pem = std::fs::read(dir.path().join("tls/cert.pem")).unwrap();
-    use rustls::pki_types::pem::PemObject;
-    let cert = CertificateDer::from_pem_slice(&pem).unwrap();
-    let (stop, shutdown) = watch::channel(false);
-    let addr = prepared.address;
-    let key = prepared.new_api_key.clone().unwrap();
-    let task = tokio::spawn(prepared.serve(shutdown));
-    Gateway {
-        addr,
-        key,
-        cert,
-        stop,
-        task,
-        _dir: dir,
-    }
+    let gateway = common::start(dir.path(), &extra).await;
+    (gateway, key, dir)
 }
 
-async fn tls(gateway: &Gateway, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+/// One request over HTTP/1.1; returns the status and the JSON body.
+async fn http1(gateway: &Gateway, key: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, body) = common::https(gateway, key, method, path, body.as_bytes()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// One request over HTTP/2; returns the status and the JSON body.
+async fn http2(gateway: &Gateway, key: &str, path: &str, body: &str) -> (u16, Value) {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(gateway.cert.clone()).unwrap();
+    for cert in CertificateDer::pem_file_iter(gateway.cert.as_ref().unwrap()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .unwrap()
-}
-
-/// One request over HTTP/1.1 (`Connection: close`); returns the status and the JSON body.
-async fn http1(gateway: &Gateway, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut stream = tls(gateway, b"http/1.1").await;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        gateway.key,
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .ok();
-    let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-/// One request over HTTP/2; returns the status and the JSON body.
-async fn http2(gateway: &Gateway, path: &str, body: &str) -> (u16, Value) {
-    let stream = tls(gateway, b"h2").await;
+        .unwrap();
     let (client, connection) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
     let request = hyper::Request::post(format!("https://localhost{path}"))
-        .header("authorization", format!("Bearer {}", gateway.key))
+        .header("authorization", format!("Bearer {key}"))
         .header("content-type", "application/json")
         .body(())
         .unwrap();
@@ -242,10 +199,10 @@ async fn mlserver_behind_the_gateway_over_http1_and_http2() {
     let Some(upstream) = tokio::task::spawn_blocking(mlserver).await.unwrap() else {
         return;
     };
-    let gateway = gateway(upstream.port).await;
+    let (gateway, key, _dir) = gateway(upstream.port).await;
 
     // Metadata comes from the upstream, under the gateway's name for the model.
-    let (status, meta) = http1(&gateway, "GET", "/v2/models/scaled", "").await;
+    let (status, meta) = http1(&gateway, &key, "GET", "/v2/models/scaled", "").await;
     assert_eq!(status, 200, "{meta}");
     assert_eq!(meta["name"], "scaled");
     assert_eq!(meta["inputs"][0]["name"], "x");
@@ -256,6 +213,7 @@ async fn mlserver_behind_the_gateway_over_http1_and_http2() {
     let want: Vec<f64> = x.iter().map(|v| f64::from(*v) * 2.0 + 1.0).collect();
     let (status, body) = http1(
         &gateway,
+        &key,
         "POST",
         "/v2/models/scaled/infer",
         &infer_body(&x, 2),
@@ -266,13 +224,20 @@ async fn mlserver_behind_the_gateway_over_http1_and_http2() {
     assert_eq!(body["id"], "u1");
     assert_eq!(body["outputs"][0]["shape"], json!([2, 4]));
     assert_eq!(outputs_of(&body), want);
-    let (status, body) = http2(&gateway, "/v2/models/scaled/infer", &infer_body(&x, 2)).await;
+    let (status, body) = http2(
+        &gateway,
+        &key,
+        "/v2/models/scaled/infer",
+        &infer_body(&x, 2),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(outputs_of(&body), want);
 
     // A tensor that disagrees with the upstream's metadata is refused by the gateway itself.
     let (status, body) = http1(
         &gateway,
+        &key,
         "POST",
         "/v2/models/scaled/infer",
         &infer_body(&x[..7], 2),
@@ -281,6 +246,7 @@ async fn mlserver_behind_the_gateway_over_http1_and_http2() {
     assert_eq!(status, 400, "{body}");
     let (status, body) = http2(
         &gateway,
+        &key,
         "/v2/models/scaled/infer",
         &json!({"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 4], "data": [1, 2, 3, 4]}]}).to_string(),
     )
@@ -291,6 +257,7 @@ async fn mlserver_behind_the_gateway_over_http1_and_http2() {
     drop(upstream);
     let (status, body) = http1(
         &gateway,
+        &key,
         "POST",
         "/v2/models/scaled/infer",
         &infer_body(&x, 2),
@@ -302,9 +269,8 @@ async fn mlserver_behind_the_gateway_over_http1_and_http2() {
         !error.contains("127.0.0.1"),
         "the error leaks the upstream's address: {error}"
     );
-    let (status, _) = http1(&gateway, "GET", "/v2/health/live", "").await;
+    let (status, _) = http1(&gateway, &key, "GET", "/v2/health/live", "").await;
     assert_eq!(status, 200);
 
-    let _ = gateway.stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), gateway.task).await;
+    gateway.stop().await;
 }
