@@ -22,8 +22,6 @@ use common::{example, sign, MALICIOUS_PICKLE};
 use rampart_gate::config::Config;
 use rampart_gate::Parts;
 use rampart_sign::{Curve, SigningKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// A work directory with a signing key, its public half in `release.pub`, and a signed model in `model/`.
@@ -87,29 +85,8 @@ async fn request_as(
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (status, body) = common::http(addr, key, method, path, body.as_bytes()).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The logits for a fixed input, as text; panics unless the answer is 200.

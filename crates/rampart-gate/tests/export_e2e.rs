@@ -10,17 +10,15 @@
     reason = "test code"
 )]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use rampart_deploy::export::ExportControl;
 use rampart_deploy::{totp, GateConfig, Registry, TrustedKey};
 use rampart_gate::config::Config;
 use rampart_gate::Parts;
-use rampart_sign::{sign_dir, Curve, SignOptions, SigningKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const PERMISSIVE: &str = r#"
@@ -32,28 +30,12 @@ permit (
 );
 "#;
 
-fn example_onnx() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/digits/model/model.onnx")
-}
-
 /// A state dir with version `1` of `digits` in the registry, approver `bob` enrolled, and API keys for `carol`
-/// (requester) and `bob`; returns the keys and bob's TOTP secret.
-fn setup(dir: &Path) -> (String, String, Vec<u8>) {
-    let key = SigningKey::generate(Curve::P256);
-    std::fs::write(
-        dir.join("release.pub"),
-        key.verifying_key().to_pem().unwrap(),
-    )
-    .unwrap();
-    let model = dir.join("model");
-    std::fs::create_dir(&model).unwrap();
-    std::fs::copy(example_onnx(), model.join("model.onnx")).unwrap();
-    let mut options = SignOptions::default();
-    options
-        .ignore
-        .add(rampart_digest::ManifestPath::new("model.sig").unwrap());
-    let (_, bundle) = sign_dir(&model, &key, &options).unwrap();
-    std::fs::write(model.join("model.sig"), bundle.to_json().unwrap()).unwrap();
+/// (requester) and `bob`; returns the work directory, the keys and bob's TOTP secret.
+fn setup() -> (tempfile::TempDir, String, String, Vec<u8>) {
+    let (work, key) = common::workspace();
+    let dir = work.path();
+    let model = common::model_dir(dir, "model", Some(&key));
     let state = dir.join("state");
     let registry = Registry::open(&state);
     let gate = GateConfig::new(vec![TrustedKey {
@@ -67,7 +49,12 @@ fn setup(dir: &Path) -> (String, String, Vec<u8>) {
     let keys = rampart_auth::ApiKeyStore::open(&state).unwrap();
     let carol = keys.add("carol", &["user".to_owned()]).unwrap().key;
     let bob = keys.add("bob", &["user".to_owned()]).unwrap().key;
-    (carol, bob, totp::base32_decode(&enrollment.secret).unwrap())
+    (
+        work,
+        carol,
+        bob,
+        totp::base32_decode(&enrollment.secret).unwrap(),
+    )
 }
 
 async fn start(
@@ -87,22 +74,7 @@ async fn start(
 }
 
 async fn call(addr: SocketAddr, key: &str, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, out[split + 4..].to_vec())
+    common::http(addr, key, method, path, body.as_bytes()).await
 }
 
 fn text(body: &[u8]) -> String {
@@ -111,8 +83,7 @@ fn text(body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_is_refused_by_default_and_allowed_once_per_approval() {
-    let dir = tempfile::tempdir().unwrap();
-    let (carol, bob, secret) = setup(dir.path());
+    let (dir, carol, bob, secret) = setup();
     let ask = r#"{"model": "digits", "version": "1"}"#;
     let fetch = "/v2/models/digits/versions/1/export";
 

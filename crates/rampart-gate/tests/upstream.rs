@@ -14,13 +14,10 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::Gateway;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 
 /// The upstream model: y = 2x + 1 on FP32 [N, 4], in MLServer's custom-runtime API.
@@ -140,22 +137,7 @@ async fn http1(gateway: &Gateway, key: &str, method: &str, path: &str, body: &st
 
 /// One request over HTTP/2; returns the status and the JSON body.
 async fn http2(gateway: &Gateway, key: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(gateway.cert.as_ref().unwrap()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let stream = common::tls(gateway, b"h2").await;
     let (client, connection) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();

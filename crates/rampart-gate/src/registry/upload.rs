@@ -104,7 +104,8 @@ impl Gate {
             result
         })
         .await
-        .map_err(|_| {
+        .map_err(|err| {
+            tracing::error!(error = %err, "the push's blocking work failed");
             refusal(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "push_failed",
@@ -167,14 +168,16 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let failed = || {
+    // The cause (a full disk, permissions) is for the operator's log; the client learns only that it failed.
+    let failed = |err: std::io::Error| {
+        tracing::error!(error = %err, path = %path.display(), "cannot store an upload");
         refusal(
             StatusCode::INTERNAL_SERVER_ERROR,
             "push_failed",
             "cannot store the upload",
         )
     };
-    let mut file = tokio::fs::File::create(path).await.map_err(|_| failed())?;
+    let mut file = tokio::fs::File::create(path).await.map_err(failed)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut body = std::pin::pin!(body);
@@ -205,9 +208,9 @@ where
             return Err(too_large(limit));
         }
         hasher.update(&data);
-        file.write_all(&data).await.map_err(|_| failed())?;
+        file.write_all(&data).await.map_err(failed)?;
     }
-    file.flush().await.map_err(|_| failed())?;
+    file.flush().await.map_err(failed)?;
     Ok((hex::encode(hasher.finalize()), size))
 }
 

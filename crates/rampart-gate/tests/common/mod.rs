@@ -113,6 +113,30 @@ pub async fn start(dir: &Path, extra: &str) -> Gateway {
     }
 }
 
+/// A TLS 1.3 connection to `gateway` that trusts its certificate and offers `alpn`.
+pub async fn tls(
+    gateway: &Gateway,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(gateway.cert.as_ref().unwrap()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
 /// One HTTPS/1.1 request to `gateway` (trusting its certificate), `Connection: close`; the status and the body.
 pub async fn https(
     gateway: &Gateway,
@@ -121,24 +145,33 @@ pub async fn https(
     path: &str,
     body: &[u8],
 ) -> (u16, String) {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(gateway.cert.as_ref().unwrap()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut stream = tls(gateway, b"http/1.1").await;
+    let (status, body) = exchange(&mut stream, key, method, path, body).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One plain HTTP/1.1 request to a gateway on `addr` (`plain_http`), `Connection: close`; the status and the body.
+pub async fn http(
+    addr: SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange(&mut stream, key, method, path, body).await
+}
+
+/// Writes one JSON request with `key` as its bearer token and reads the answer to the end.
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -150,10 +183,7 @@ pub async fn https(
     let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&out[..split]).into_owned();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        String::from_utf8_lossy(&out[split + 4..]).into_owned(),
-    )
+    (status, out[split + 4..].to_vec())
 }
 
 /// The entries of the log in `dir` that its checkpoint covers.
