@@ -8,14 +8,20 @@
 //! Everything streams in 64 KiB chunks: memory stays flat on multi-GiB models. Output is written to a
 //! temporary file next to the destination and renamed into place only once complete and authenticated:
 //! an error (a wrong key, a truncated or tampered file) leaves no plaintext and no partial file behind.
+//!
+//! Sealing goes through the `age` crate. Unsealing a binary age file parses the header and decrypts the
+//! payload here (`header`, `payload`), so that its independent chunks are decrypted on all cores; the
+//! file key is still unwrapped by the `age` crate's identities. Armored files go through the `age` crate.
 
 mod archive;
 mod error;
+mod header;
 mod keys;
+mod payload;
 mod pipe;
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 
 use pipe::{ReadAhead, WriteBehind};
 use std::path::Path;
@@ -184,6 +190,61 @@ fn open<R: std::io::BufRead>(
         .map_err(|e| Error::from_decrypt(e, path))
 }
 
+/// A sealed stream opened for reading: decrypted here in parallel (binary age files), or by the `age`
+/// crate (armored files).
+enum Opened<'a, S> {
+    Parallel(payload::Plaintext<S>),
+    Age(Box<dyn BufRead + 'a>),
+}
+
+/// Reads the header of `input` and opens its payload; `source` makes the batch reader of a binary file.
+fn open_sealed<'a, R: BufRead + 'a, S: payload::Source>(
+    mut input: R,
+    keys: &Identities,
+    path: &Path,
+    source: impl FnOnce(R) -> std::io::Result<S>,
+) -> Result<Opened<'a, S>> {
+    match header::read(&mut input, path)? {
+        header::Start::Armored => {
+            let stream = open(age::armor::ArmoredReader::new(input), keys, path)?;
+            Ok(Opened::Age(Box::new(BufReader::with_capacity(
+                CHUNK * 4,
+                stream,
+            ))))
+        }
+        header::Start::V1(header) => {
+            let cipher = header::payload_cipher(&header, &mut input, keys, path)?;
+            let source = source(input).map_err(Error::io("read", path))?;
+            Ok(Opened::Parallel(payload::Plaintext::new(cipher, source)))
+        }
+    }
+}
+
+impl<S: payload::Source> Read for Opened<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Opened::Parallel(p) => p.read(buf),
+            Opened::Age(r) => r.read(buf),
+        }
+    }
+}
+
+impl<S: payload::Source> BufRead for Opened<'_, S> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        match self {
+            Opened::Parallel(p) => p.fill_buf(),
+            Opened::Age(r) => r.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        match self {
+            Opened::Parallel(p) => p.consume(amount),
+            Opened::Age(r) => r.consume(amount),
+        }
+    }
+}
+
 /// Unseals `input` to `output`: a file, or a directory if it was sealed from one. `output` must not exist.
 pub fn unseal(input: &Path, keys: &Identities, output: &Path) -> Result<Unsealed> {
     if output.symlink_metadata().is_ok() {
@@ -191,10 +252,13 @@ pub fn unseal(input: &Path, keys: &Identities, output: &Path) -> Result<Unsealed
             path: output.to_owned(),
         });
     }
-    let file = File::open(input)
-        .and_then(ReadAhead::new)
-        .map_err(Error::io("read", input))?;
-    let mut reader = BufReader::with_capacity(CHUNK * 4, open(file, keys, input)?);
+    let file = File::open(input).map_err(Error::io("read", input))?;
+    let mut reader = open_sealed(
+        BufReader::with_capacity(CHUNK, file),
+        keys,
+        input,
+        payload::ReadAhead::spawn,
+    )?;
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -211,18 +275,27 @@ pub fn unseal(input: &Path, keys: &Identities, output: &Path) -> Result<Unsealed
         .prefix(".rampart-unseal-")
         .tempfile_in(dir)
         .map_err(Error::io("create a temporary file in", dir))?;
-    let mut out = tmp
+    let out = tmp
         .as_file()
         .try_clone()
-        .and_then(WriteBehind::new)
         .map_err(Error::io("write", output))?;
-    let bytes = copy_buffered(
-        &mut reader,
-        &mut out,
-        |e| Error::from_stream(e, input),
-        output,
-    )?;
-    out.finish().map_err(Error::io("write", output))?;
+    let bytes = match reader {
+        Opened::Parallel(plaintext) => plaintext.write_to(out).map_err(|e| match e {
+            payload::Failure::Read(e) => Error::from_stream(e, input),
+            payload::Failure::Write(e) => Error::io("write", output)(e),
+        })?,
+        Opened::Age(mut reader) => {
+            let mut out = WriteBehind::new(out).map_err(Error::io("write", output))?;
+            let bytes = copy_buffered(
+                &mut reader,
+                &mut out,
+                |e| Error::from_stream(e, input),
+                output,
+            )?;
+            out.finish().map_err(Error::io("write", output))?;
+            bytes
+        }
+    };
     tmp.as_file()
         .sync_all()
         .map_err(Error::io("sync", output))?;
@@ -265,23 +338,30 @@ pub fn unseal_to_memory(
     name: &Path,
     limit: u64,
 ) -> Result<Vec<MemoryFile>> {
-    let mut reader = BufReader::with_capacity(
-        CHUNK * 4,
-        open(BufReader::with_capacity(CHUNK, input), keys, name)?,
-    );
+    let mut reader = open_sealed(
+        BufReader::with_capacity(CHUNK, input),
+        keys,
+        name,
+        |input| Ok(payload::Batches::new(input)),
+    )?;
     if archive::starts_with_marker(&mut reader).map_err(|e| Error::from_stream(e, name))? {
         return archive::read_to_memory(&mut reader, name, limit);
     }
     let mut data = Vec::new();
-    let read = (&mut reader)
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut data)
-        .map_err(|e| Error::from_stream(e, name))?;
-    if read as u64 > limit {
-        return Err(Error::TooLarge {
-            path: name.to_owned(),
-            limit,
-        });
+    loop {
+        let buf = reader.fill_buf().map_err(|e| Error::from_stream(e, name))?;
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len();
+        if (data.len() as u64).saturating_add(n as u64) > limit {
+            return Err(Error::TooLarge {
+                path: name.to_owned(),
+                limit,
+            });
+        }
+        data.extend_from_slice(buf);
+        reader.consume(n);
     }
     let file_name = name
         .file_name()

@@ -350,7 +350,7 @@ fn rampart_opens_what_the_age_cli_seals() {
     let out = tmp.path().join("out");
     unseal(&sealed, &identities(&k), &out).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&input).unwrap());
-    // Armored files are not accepted silently as something else.
+    // Armored files open too (through the age crate's armor reader).
     let armored = tmp.path().join("armored.age");
     let status = Command::new("age")
         .arg("-a")
@@ -364,6 +364,17 @@ fn rampart_opens_what_the_age_cli_seals() {
     assert!(status.success());
     let _ = age::x25519::Recipient::from_str(&k.recipient).unwrap();
     let out2 = tmp.path().join("out2");
-    assert!(unseal(&armored, &identities(&k), &out2).is_err());
-    assert!(!out2.exists());
+    unseal(&armored, &identities(&k), &out2).unwrap();
+    assert_eq!(
+        std::fs::read(&out2).unwrap(),
+        std::fs::read(&input).unwrap()
+    );
+    let files = unseal_to_memory(
+        std::fs::File::open(&armored).unwrap(),
+        &identities(&k),
+        &armored,
+        1 << 30,
+    )
+    .unwrap();
+    assert_eq!(files[0].data, std::fs::read(&input).unwrap());
 }

@@ -1,0 +1,466 @@
+//! The age payload (c2sp.org/age, "Payload"): 64 KiB chunks, each ChaCha20-Poly1305 with the nonce
+//! `11-byte big-endian counter || final flag`. The chunks are independent, so they are read in batches
+//! and decrypted in place across the cores; the plaintext is then served in order, as a [`BufRead`] or
+//! written straight to a file, without another copy.
+//!
+//! The spec's rules, as the `age` CLI applies them: the last chunk must carry the final flag (a file
+//! that ends without one was truncated); a final chunk may be empty only if it is the whole payload;
+//! nothing may follow the final chunk. Memory stays bounded: a handful of batches of [`BATCH`] bytes.
+
+use std::fs::File;
+use std::io::{self, BufRead, IoSlice, Read, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use chacha20poly1305::aead::AeadInPlace as _;
+use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
+use rayon::prelude::*;
+
+/// Plaintext bytes of a full chunk.
+pub(crate) const CHUNK: usize = 64 * 1024;
+/// The Poly1305 tag after each chunk.
+const TAG: usize = 16;
+/// Ciphertext bytes of a full chunk.
+const SEALED_CHUNK: usize = CHUNK + TAG;
+/// Chunks per batch: enough work to spread over the cores, little memory (about 1 MiB).
+const BATCH_CHUNKS: usize = 16;
+/// Ciphertext bytes per batch.
+const BATCH: usize = BATCH_CHUNKS * SEALED_CHUNK;
+/// Batches queued between the reader, the decryption and the writer.
+const DEPTH: usize = 2;
+
+/// A run of consecutive sealed chunks; after [`open`] their plaintext sits in place, before each tag.
+pub(crate) struct Batch {
+    /// [`BATCH`] bytes long (kept so, for reuse without zeroing); `len` of them hold data.
+    buf: Vec<u8>,
+    len: usize,
+    /// The stream index of its first chunk.
+    first: u64,
+    /// Nothing follows it: its last chunk must be the final chunk.
+    last: bool,
+}
+
+impl Batch {
+    /// The plaintext of each chunk (valid once opened).
+    fn plaintexts(&self) -> impl Iterator<Item = &[u8]> {
+        self.buf
+            .get(..self.len)
+            .unwrap_or(&[])
+            .chunks(SEALED_CHUNK)
+            .map(|c| c.get(..c.len().saturating_sub(TAG)).unwrap_or(&[]))
+    }
+}
+
+/// Reads the payload in batches of whole chunks, with one byte of look-ahead so that each batch knows
+/// whether it is the last.
+pub(crate) struct Batches<R> {
+    input: R,
+    next_first: u64,
+    peeked: Option<u8>,
+    ended: bool,
+    spares: Vec<Vec<u8>>,
+}
+
+impl<R: Read> Batches<R> {
+    pub(crate) fn new(input: R) -> Batches<R> {
+        Batches {
+            input,
+            next_first: 0,
+            peeked: None,
+            ended: false,
+            spares: Vec::new(),
+        }
+    }
+
+    /// The next batch into `buf` (a recycled buffer, or empty), or `None` after the last one.
+    fn read(&mut self, mut buf: Vec<u8>) -> io::Result<Option<Batch>> {
+        if self.ended {
+            return Ok(None);
+        }
+        buf.resize(BATCH, 0);
+        let mut len = 0;
+        if let (Some(byte), Some(slot)) = (self.peeked.take(), buf.first_mut()) {
+            *slot = byte;
+            len = 1;
+        }
+        len += read_full(&mut self.input, buf.get_mut(len..).unwrap_or(&mut []))?;
+        let mut last = len < BATCH;
+        if !last {
+            let mut one = [0u8];
+            if read_full(&mut self.input, &mut one)? == 0 {
+                last = true;
+            } else {
+                self.peeked = Some(one[0]);
+            }
+        }
+        self.ended = last;
+        let first = self.next_first;
+        self.next_first = first
+            .checked_add(BATCH_CHUNKS as u64)
+            .ok_or_else(|| invalid("the chunk counter overflowed"))?;
+        Ok(Some(Batch {
+            buf,
+            len,
+            first,
+            last,
+        }))
+    }
+}
+
+/// Where batches come from: read on the calling thread, or by a reader thread ahead of it.
+pub(crate) trait Source {
+    /// The next batch, or `None` after the last.
+    fn next(&mut self) -> io::Result<Option<Batch>>;
+    /// Hands a batch's buffer back for reuse.
+    fn recycle(&mut self, buf: Vec<u8>);
+    /// Where another thread can hand buffers back, if anywhere.
+    fn recycler(&self) -> Option<SyncSender<Vec<u8>>> {
+        None
+    }
+}
+
+impl<R: Read> Source for Batches<R> {
+    fn next(&mut self) -> io::Result<Option<Batch>> {
+        let buf = self.spares.pop().unwrap_or_default();
+        self.read(buf)
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spares.len() < 2 {
+            self.spares.push(buf);
+        }
+    }
+}
+
+/// Batches read by their own thread, up to [`DEPTH`] ahead.
+pub(crate) struct ReadAhead {
+    batches: Receiver<io::Result<Batch>>,
+    spare: SyncSender<Vec<u8>>,
+}
+
+impl ReadAhead {
+    pub(crate) fn spawn(input: impl Read + Send + 'static) -> io::Result<ReadAhead> {
+        let (tx, batches) = sync_channel(DEPTH);
+        let (spare, spares) = sync_channel::<Vec<u8>>(2 * DEPTH + 2);
+        let mut reader = Batches::new(input);
+        std::thread::Builder::new()
+            .name("rampart-unseal-read".into())
+            .spawn(move || loop {
+                let buf = spares.try_recv().unwrap_or_default();
+                match reader.read(buf) {
+                    Ok(Some(batch)) => {
+                        if tx.send(Ok(batch)).is_err() {
+                            return;
+                        }
+                    }
+                    // Dropping the sender ends the stream.
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            })?;
+        Ok(ReadAhead { batches, spare })
+    }
+}
+
+impl Source for ReadAhead {
+    fn next(&mut self) -> io::Result<Option<Batch>> {
+        match self.batches.recv() {
+            Ok(batch) => batch.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        let _ = self.spare.try_send(buf);
+    }
+
+    fn recycler(&self) -> Option<SyncSender<Vec<u8>>> {
+        Some(self.spare.clone())
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.into())
+}
+
+/// The chunk nonce: an 11-byte big-endian counter, then 1 for the final chunk and 0 before it.
+fn nonce(index: u64, last: bool) -> Nonce {
+    let mut nonce = Nonce::default();
+    for (to, from) in nonce.iter_mut().skip(3).zip(index.to_be_bytes()) {
+        *to = from;
+    }
+    if let Some(flag) = nonce.last_mut() {
+        *flag = u8::from(last);
+    }
+    nonce
+}
+
+/// Decrypts one sealed chunk in place, or says exactly what is wrong with it.
+fn open_chunk(
+    cipher: &ChaCha20Poly1305,
+    chunk: &mut [u8],
+    index: u64,
+    last: bool,
+) -> io::Result<()> {
+    let Some(split) = chunk.len().checked_sub(TAG) else {
+        return Err(invalid(format!(
+            "chunk {index} is cut short: the file was truncated"
+        )));
+    };
+    if last && split == 0 && index != 0 {
+        return Err(invalid(format!(
+            "the final chunk ({index}) is empty, which only an empty file may have"
+        )));
+    }
+    let (data, tag) = chunk.split_at_mut(split);
+    let mut tag_copy = Tag::default();
+    tag_copy.copy_from_slice(tag);
+    let tag = tag_copy;
+    // On failure the buffer is left as it was (the tag is checked first), so a second try is sound.
+    if cipher
+        .decrypt_in_place_detached(&nonce(index, last), &[], data, &tag)
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let as_other = cipher
+        .decrypt_in_place_detached(&nonce(index, !last), &[], data, &tag)
+        .is_ok();
+    Err(invalid(match (as_other, last) {
+        (true, true) => {
+            format!("the file ends after chunk {index} without its final chunk: it was truncated")
+        }
+        (true, false) => format!("data follows the final chunk ({index})"),
+        (false, _) => {
+            format!("chunk {index} failed authentication: the file was modified or is corrupt")
+        }
+    }))
+}
+
+/// Decrypts a batch in place, its chunks spread over the cores.
+fn open(cipher: &ChaCha20Poly1305, batch: &mut Batch) -> io::Result<()> {
+    let data = batch.buf.get_mut(..batch.len).unwrap_or(&mut []);
+    if data.is_empty() {
+        return Err(invalid(
+            "the payload has no chunk: the file was truncated after its header",
+        ));
+    }
+    let count = data.len().div_ceil(SEALED_CHUNK);
+    let (first, last) = (batch.first, batch.last);
+    data.par_chunks_mut(SEALED_CHUNK)
+        .enumerate()
+        .try_for_each(|(i, chunk)| {
+            let index = first
+                .checked_add(i as u64)
+                .ok_or_else(|| invalid("the chunk counter overflowed"))?;
+            open_chunk(cipher, chunk, index, last && i + 1 == count)
+        })
+}
+
+/// The decrypted payload, in order. As a [`BufRead`] it serves each chunk's plaintext where it was
+/// decrypted; [`Plaintext::write_to`] hands whole batches to a writer thread instead.
+pub(crate) struct Plaintext<S> {
+    cipher: ChaCha20Poly1305,
+    source: S,
+    current: Option<Batch>,
+    /// The chunk of `current` being read, and the offset in its plaintext.
+    chunk: usize,
+    pos: usize,
+    /// The final chunk has been authenticated.
+    done: bool,
+}
+
+impl<S: Source> Plaintext<S> {
+    pub(crate) fn new(cipher: ChaCha20Poly1305, source: S) -> Plaintext<S> {
+        Plaintext {
+            cipher,
+            source,
+            current: None,
+            chunk: 0,
+            pos: 0,
+            done: false,
+        }
+    }
+
+    /// The next batch, decrypted; `None` once the final chunk has been authenticated.
+    fn next_batch(&mut self) -> io::Result<Option<Batch>> {
+        if self.done {
+            return Ok(None);
+        }
+        let Some(mut batch) = self.source.next()? else {
+            // The reader stopped without a last batch: never treat that as the end.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the payload ended before its final chunk: the file was truncated",
+            ));
+        };
+        open(&self.cipher, &mut batch)?;
+        self.done = batch.last;
+        Ok(Some(batch))
+    }
+
+    /// The plaintext bytes left in the current chunk.
+    fn available(&self) -> Option<usize> {
+        let batch = self.current.as_ref()?;
+        let chunk = batch.plaintexts().nth(self.chunk)?;
+        Some(chunk.len().saturating_sub(self.pos))
+    }
+}
+
+impl<S: Source> Plaintext<S> {
+    /// Writes the rest of the plaintext to `file` from a writer thread, batch by batch (one `writev` per
+    /// batch, no copy), while the next batch is decrypted. Returns the bytes written.
+    pub(crate) fn write_to(mut self, file: File) -> Result<u64, Failure> {
+        let (tx, rx) = sync_channel::<(Batch, usize, usize)>(DEPTH);
+        let recycler = self.source.recycler();
+        let writer: JoinHandle<io::Result<u64>> = std::thread::Builder::new()
+            .name("rampart-unseal-write".into())
+            .spawn(move || {
+                let mut file = file;
+                let mut written = 0u64;
+                for (batch, chunk, pos) in rx {
+                    written += write_batch(&mut file, &batch, chunk, pos)?;
+                    if let Some(spare) = &recycler {
+                        let _ = spare.try_send(batch.buf);
+                    }
+                }
+                file.flush()?;
+                Ok(written)
+            })
+            .map_err(Failure::Write)?;
+        let mut pending = self.current.take().map(|b| (b, self.chunk, self.pos));
+        loop {
+            let job = match pending.take() {
+                Some(job) => job,
+                None => match self.next_batch() {
+                    Ok(Some(batch)) => (batch, 0, 0),
+                    Ok(None) => break,
+                    Err(e) => {
+                        drop(tx);
+                        let _ = writer.join();
+                        return Err(Failure::Read(e));
+                    }
+                },
+            };
+            if tx.send(job).is_err() {
+                break; // the writer stopped: its error says why
+            }
+        }
+        drop(tx);
+        let written = writer
+            .join()
+            .map_err(|_| Failure::Write(io::Error::other("the file writer failed")))?
+            .map_err(Failure::Write)?;
+        if !self.done {
+            return Err(Failure::Write(io::Error::other(
+                "the file writer stopped before the end",
+            )));
+        }
+        Ok(written)
+    }
+}
+
+/// Why [`Plaintext::write_to`] failed.
+pub(crate) enum Failure {
+    /// Reading or authenticating the sealed file.
+    Read(io::Error),
+    /// Writing the plaintext.
+    Write(io::Error),
+}
+
+/// Writes a batch's plaintext from chunk `chunk`, offset `pos`, with vectored writes.
+fn write_batch(file: &mut File, batch: &Batch, chunk: usize, pos: usize) -> io::Result<u64> {
+    let mut slices: Vec<IoSlice<'_>> = batch
+        .plaintexts()
+        .skip(chunk)
+        .enumerate()
+        .map(|(i, p)| {
+            IoSlice::new(if i == 0 {
+                p.get(pos..).unwrap_or(&[])
+            } else {
+                p
+            })
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let mut slices = slices.as_mut_slice();
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total as u64)
+}
+
+impl<S: Source> BufRead for Plaintext<S> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        loop {
+            match self.available() {
+                Some(0) => {
+                    self.chunk += 1;
+                    self.pos = 0;
+                }
+                Some(_) => break,
+                None => {
+                    if let Some(batch) = self.current.take() {
+                        self.source.recycle(batch.buf);
+                    }
+                    match self.next_batch()? {
+                        Some(batch) => {
+                            self.current = Some(batch);
+                            self.chunk = 0;
+                            self.pos = 0;
+                        }
+                        None => return Ok(&[]),
+                    }
+                }
+            }
+        }
+        let chunk = self
+            .current
+            .as_ref()
+            .and_then(|b| b.plaintexts().nth(self.chunk));
+        Ok(chunk.and_then(|c| c.get(self.pos..)).unwrap_or(&[]))
+    }
+
+    fn consume(&mut self, amount: usize) {
+        let left = self.available().unwrap_or(0);
+        self.pos += amount.min(left);
+    }
+}
+
+impl<S: Source> Read for Plaintext<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), available.get(..n)) {
+            to.copy_from_slice(from);
+        }
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// Fills `buf` unless the input ends first; returns how many bytes were read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while let Some(rest) = buf.get_mut(filled..) {
+        if rest.is_empty() {
+            break;
+        }
+        match reader.read(rest) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
