@@ -1,4 +1,5 @@
-//! Sealed files (age headers, STREAM payloads, tar archives inside) from hostile bytes: no panic, bounded memory.
+//! Sealed files from hostile bytes (the age v1 header parser, the parallel STREAM payload decryption, armor,
+//! tar archives inside): no panic, bounded memory.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
