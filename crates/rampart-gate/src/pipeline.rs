@@ -374,9 +374,18 @@ impl Gate {
             // Public routes too: the per-IP limit is what keeps an unauthenticated flood cheap.
             self.stage_rate_ip(conn, trace)?;
         }
-        let _slot: Option<Slot> = if self.security && !public {
+        let principal = if self.security && !public {
             let principal = self.stage_authn(conn, request.headers()).await?;
             trace.principal = Some(principal.clone());
+            Some(principal)
+        } else {
+            None
+        };
+        // A registry-only model's unversioned route becomes its latest version's, once the caller is known (the
+        // registry is not read for unauthenticated requests) and before Cedar, so both routes run alike.
+        let route = self.resolve_unversioned(route).await?;
+        trace.route = Some(route.clone());
+        let _slot: Option<Slot> = if let Some(principal) = principal {
             self.stage_policy(&principal, &route)?;
             self.stage_rate_principal(&principal, trace)?;
             Some(self.stage_concurrency(&principal)?)

@@ -3,7 +3,9 @@
 //! and answers inference by version; an unsigned, a tampered or a malicious model, a garbage upload and a principal
 //! without the `publisher` role are refused with nothing stored; a second push of a version is 409; with one
 //! version loaded at a time, a version unloaded by another comes back on its next request; a fingerprint that does
-//! not match makes the client refuse the gateway; every push is in the audit log with its digest.
+//! not match makes the client refuse the gateway; every push is in the audit log with its digest. An upload is
+//! unpacked as it arrives (staging never holds the archive beside its unpacked copy). A model that is only in the
+//! registry answers its unversioned routes with its latest version.
 
 #![allow(
     clippy::unwrap_used,
@@ -174,6 +176,12 @@ async fn a_pushed_version_is_listed_and_served_by_version() {
         .map(|e| e["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["ok", "ok", "exists"], "{pushes:?}");
+    // The 409 comes before the body is read: no digest, said explicitly, with the size the client declared.
+    assert!(pushes[2]["subject"].get("upload_sha256").is_none());
+    assert!(pushes[2]["details"]["upload_sha256"].is_null());
+    assert_eq!(pushes[2]["details"]["reason"], "exists_before_upload");
+    // `rampart push` streams its body (chunked), so it declares no size.
+    assert!(pushes[2]["details"].get("declared_bytes").is_some());
     assert!(
         pushes[0]["subject"]["upload_sha256"]
             .as_str()
@@ -352,4 +360,184 @@ async fn a_stored_version_that_fails_the_gate_is_never_served() {
         .map(|e| e["outcome"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(loads, ["refused"], "refused once, then remembered");
+}
+
+/// The upload's bytes on disk while it arrives: every file under the staging directories, and their total size.
+fn staging(state: &Path) -> (Vec<String>, u64) {
+    let root = state.join("registry");
+    let mut files = Vec::new();
+    let mut total = 0;
+    // Files come and go while the upload is unpacked: what cannot be read now is not counted.
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".upload-") {
+            for file in files_under(&entry.path()) {
+                total += std::fs::metadata(entry.path().join(&file)).map_or(0, |m| m.len());
+                files.push(file);
+            }
+        }
+    }
+    (files, total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_unpacked_as_it_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (dir, key) = workspace();
+    let state = dir.path().join("state");
+    let publisher = api_key(&state, "ci", &["publisher"]);
+    let model = model_dir(dir.path(), "big", None);
+    std::fs::write(
+        model.join("notes.txt"),
+        "weights and notes\n".repeat(200_000),
+    )
+    .unwrap();
+    sign(&model, &key);
+    let mut tar = Vec::new();
+    rampart_deploy::upload::pack(&model, &mut tar).unwrap();
+    let gateway = gateway(dir.path(), &key).await;
+
+    let mut stream = common::tls(&gateway, b"http/1.1").await;
+    let head = format!(
+        "PUT /v2/models/digits/versions/1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {publisher}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        tar.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let half = tar.len() / 2;
+    stream.write_all(&tar[..half]).await.unwrap();
+    stream.flush().await.unwrap();
+    // Half sent: what is staged is the unpacked model only, no archive, and no more than was sent.
+    let mut staged = (Vec::new(), 0);
+    for _ in 0..200 {
+        staged = staging(&state);
+        if staged.1 > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (files, bytes) = staged;
+    assert!(bytes > 0, "nothing unpacked while the upload arrives");
+    assert!(files.iter().all(|f| f.starts_with("model/")), "{files:?}");
+    assert!(bytes <= half as u64, "{bytes} bytes staged of {half} sent");
+    stream.write_all(&tar[half..]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(staging(&state).0.is_empty());
+    gateway.stop().await;
+    let pushes: Vec<serde_json::Value> = log_entries(&state.join("audit"))
+        .into_iter()
+        .filter(|e| e["action"] == "registry.push")
+        .collect();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(
+        pushes[0]["subject"]["upload_sha256"].as_str().unwrap(),
+        rampart_digest_hex(&tar)
+    );
+}
+
+fn rampart_digest_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_only_model_answers_its_unversioned_routes_with_its_latest_version() {
+    let (dir, key) = workspace();
+    let state = dir.path().join("state");
+    let publisher = api_key(&state, "ci", &["publisher"]);
+    let user = api_key(&state, "alice", &["user"]);
+    let one = model_dir(dir.path(), "one", Some(&key));
+    let gateway = gateway(dir.path(), &key).await;
+
+    // Before any push: an unknown model.
+    let (status, _) = https(&gateway, &user, "GET", "/v2/models/digits", b"").await;
+    assert_eq!(status, 404);
+    // `10` is pushed before `9`: the latest is the highest number, not the last push.
+    for version in ["10", "9"] {
+        push(&one, &options(&gateway, &publisher, version))
+            .await
+            .unwrap();
+    }
+    let (status, body) = https(&gateway, &user, "GET", "/v2/models/digits", b"").await;
+    assert_eq!(status, 200, "{body}");
+    let metadata: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(metadata["versions"], serde_json::json!(["10"]));
+    assert_eq!(metadata["inputs"][0]["name"], "input");
+    let (status, body) = https(&gateway, &user, "GET", "/v2/models/digits/ready", b"").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"version\":\"10\""), "{body}");
+    let (status, body) = https(
+        &gateway,
+        &user,
+        "POST",
+        "/v2/models/digits/infer",
+        &infer_body(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, by_version) = infer(&gateway, &user, "10").await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&by_version).unwrap()
+    );
+    // The same gate as the versioned route: no credential, no inference; a publisher may not infer.
+    let (status, _) = https(
+        &gateway,
+        "rmp_000000000000_nope",
+        "POST",
+        "/v2/models/digits/infer",
+        &infer_body(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = https(
+        &gateway,
+        &publisher,
+        "POST",
+        "/v2/models/digits/infer",
+        &infer_body(),
+    )
+    .await;
+    let (versioned, _) = https(
+        &gateway,
+        &publisher,
+        "POST",
+        "/v2/models/digits/versions/10/infer",
+        &infer_body(),
+    )
+    .await;
+    assert_eq!(status, versioned);
+    // A configured model keeps its own unversioned routes.
+    let (status, body) = https(&gateway, &user, "GET", "/v2/models/base", b"").await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["versions"],
+        serde_json::json!(["10"])
+    );
+    let (status, _) = https(&gateway, &user, "GET", "/v2/models/nope/ready", b"").await;
+    assert_eq!(status, 404);
+    gateway.stop().await;
+
+    // Logged as the versioned route it resolved to, with the version served.
+    let entries = log_entries(&state.join("audit"));
+    let unversioned = entries
+        .iter()
+        .filter(|e| {
+            e["principal"] == "alice"
+                && e["version"] == "10"
+                && e["route"] == "/v2/models/{name}/versions/{version}/infer"
+        })
+        .count();
+    assert_eq!(
+        unversioned, 2,
+        "the unversioned and the versioned inference"
+    );
 }

@@ -15,6 +15,12 @@
 //!   version the gate refuses is logged, answered 409 and never served. At most `registry.max_loaded` versions
 //!   stay loaded, the least recently used is unloaded first (an unloaded version loads again on its next request).
 //!
+//! - `GET /v2/models/{name}`, `.../ready`, `POST .../infer` of a model that is **not configured** but has versions in
+//!   the registry: its latest version ([`latest`]), as if the route named it. The route is resolved once the
+//!   caller is authenticated and before Cedar, so it runs exactly as the versioned route does (action, defences,
+//!   limits, logging; the audit records the versioned route and the version served, and the metadata's `versions`
+//!   names it). A configured model keeps its unversioned routes; a model with neither is 404.
+//!
 //! Every route runs the same pipeline as a configured model's (ban, per-IP rate, authentication, Cedar, per-principal
 //! rate, quota and concurrency, audit). Cedar's resource is the model: the version is **not** an attribute of the
 //! request, so every version of a model shares the model's permissions (what a principal may do with `digits`, it
@@ -190,6 +196,43 @@ impl VersionRoute {
     }
 }
 
+/// The version an unversioned route resolves to: when every stored version is a version number (`3`, `1.2`,
+/// `v1.2.3`, `2.0.0-rc.1`: semantic versions, missing parts 0, a leading `v` ignored), the highest by semantic
+/// version precedence; otherwise the most recently pushed (`pushed_at`). Ties go to the most recently pushed,
+/// then to the greatest name.
+pub fn latest(
+    stored: &[rampart_deploy::registry::VersionInfo],
+) -> Option<&rampart_deploy::registry::VersionInfo> {
+    let numbers: Option<Vec<semver::Version>> =
+        stored.iter().map(|v| version_number(&v.version)).collect();
+    let by_push =
+        |v: &&rampart_deploy::registry::VersionInfo| (v.pushed_at.clone(), v.version.clone());
+    match numbers {
+        Some(numbers) => stored
+            .iter()
+            .zip(numbers)
+            .max_by(|(a, na), (b, nb)| {
+                na.cmp_precedence(nb)
+                    .then_with(|| by_push(a).cmp(&by_push(b)))
+            })
+            .map(|(v, _)| v),
+        None => stored.iter().max_by_key(by_push),
+    }
+}
+
+/// A version name as a semantic version: `1` and `1.2` are `1.0.0` and `1.2.0`; a leading `v` is ignored.
+fn version_number(name: &str) -> Option<semver::Version> {
+    let name = name.strip_prefix(['v', 'V']).unwrap_or(name);
+    let (core, rest) = name.split_at(name.find(['-', '+']).unwrap_or(name.len()));
+    let padded = match core.split('.').count() {
+        1 => format!("{core}.0.0{rest}"),
+        2 => format!("{core}.0{rest}"),
+        3 => name.to_owned(),
+        _ => return None,
+    };
+    semver::Version::parse(&padded).ok()
+}
+
 fn refusal(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refusal {
     Refusal::new("registry", status, reason, message)
 }
@@ -250,6 +293,51 @@ impl Gate {
                 }
             }
         }
+    }
+
+    /// An unversioned model route of a model that is not configured but is in the registry, as the route of its
+    /// [`latest`] version; any other route as it is.
+    pub(crate) async fn resolve_unversioned(
+        &self,
+        route: crate::pipeline::Route,
+    ) -> Result<crate::pipeline::Route, Refusal> {
+        use crate::pipeline::Route;
+        let (Route::ModelMetadata(name) | Route::ModelReady(name) | Route::Infer(name)) = &route
+        else {
+            return Ok(route);
+        };
+        let Some(versions) = self.registry.as_ref() else {
+            return Ok(route);
+        };
+        let stored_model = rampart_deploy::check_name("model name", name).is_ok()
+            && versions.registry.dir().join("registry").join(name).is_dir();
+        if self.models.contains_key(name) || !stored_model {
+            return Ok(route);
+        }
+        let versions = Arc::clone(versions);
+        let model = name.clone();
+        let listed =
+            tokio::task::spawn_blocking(move || versions.registry.list(Some(&model))).await;
+        let stored = match listed {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(DeployError::Name { .. })) => return Ok(route),
+            _ => {
+                return Err(refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "registry_failed",
+                    "cannot read the registry",
+                ))
+            }
+        };
+        let Some(version) = latest(&stored).map(|v| v.version.clone()) else {
+            return Ok(route);
+        };
+        Ok(Route::Version(match route {
+            Route::ModelMetadata(m) => VersionRoute::Metadata(m, version),
+            Route::ModelReady(m) => VersionRoute::Ready(m, version),
+            Route::Infer(m) => VersionRoute::Infer(m, version),
+            other => return Ok(other),
+        }))
     }
 
     /// A registry version, loaded through the deployment gate if it is not yet.
@@ -368,6 +456,58 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(version: &str, pushed_at: &str) -> rampart_deploy::registry::VersionInfo {
+        rampart_deploy::registry::VersionInfo {
+            model: "m".into(),
+            version: version.into(),
+            pushed_by: "ci".into(),
+            pushed_at: pushed_at.into(),
+            root_digest: String::new(),
+            signer: String::new(),
+            sealed_bytes: 0,
+        }
+    }
+
+    fn latest_of(stored: &[(&str, &str)]) -> Option<String> {
+        let stored: Vec<_> = stored.iter().map(|(v, t)| info(v, t)).collect();
+        latest(&stored).map(|v| v.version.clone())
+    }
+
+    #[test]
+    fn latest_is_the_highest_version_number_else_the_last_pushed() {
+        let (t1, t2, t3) = (
+            "2026-01-01T00:00:01Z",
+            "2026-01-01T00:00:02Z",
+            "2026-01-01T00:00:03Z",
+        );
+        assert_eq!(latest_of(&[]), None);
+        // Numbers compare as numbers, not text, whatever the push order.
+        assert_eq!(
+            latest_of(&[("10", t1), ("9", t2), ("2", t3)]).as_deref(),
+            Some("10")
+        );
+        assert_eq!(
+            latest_of(&[("v1.2.3", t3), ("1.10", t1)]).as_deref(),
+            Some("1.10")
+        );
+        // A release outranks its pre-release.
+        assert_eq!(
+            latest_of(&[("2.0.0", t1), ("2.0.0-rc.1", t2)]).as_deref(),
+            Some("2.0.0")
+        );
+        // `1` and `1.0.0` are equal: the later push wins.
+        assert_eq!(latest_of(&[("1", t2), ("1.0.0", t1)]).as_deref(), Some("1"));
+        // One name that is not a number: the most recently pushed.
+        assert_eq!(
+            latest_of(&[("10", t1), ("beta", t2), ("2", t3)]).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            latest_of(&[("a", t3), ("b", t3), ("c", t1)]).as_deref(),
+            Some("b")
+        );
+    }
 
     #[test]
     fn versioned_routes_parse() {

@@ -1,5 +1,5 @@
-//! `PUT /v2/models/{name}/versions/{v}`: an upload received into a staging directory, unpacked, gated, sealed
-//! and stored, or refused with nothing left behind (see the module above).
+//! `PUT /v2/models/{name}/versions/{v}`: an upload unpacked into a staging directory as it is received, gated,
+//! sealed and stored, or refused with nothing left behind (see the module above).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +11,6 @@ use hyper::body::Body;
 use hyper::{Request, StatusCode};
 use rampart_deploy::Error as DeployError;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::{json_value, refusal};
 use crate::pipeline::{Refusal, Reply, Trace};
@@ -47,47 +46,80 @@ impl Gate {
             }
         })?;
         if versions.registry.exists(model, version) {
-            let record = rampart_log::Record::new("registry.push", &pusher)
+            // Refused before the body is read, so there is no upload digest to record: the entry says so
+            // explicitly (`upload_sha256: null`, `reason: exists_before_upload`) with the size the client
+            // declared. Reading and hashing a body that is refused anyway would let any publisher make the
+            // gateway receive up to `max_push_bytes` per request for nothing.
+            let mut record = rampart_log::Record::new("registry.push", &pusher)
                 .subject("model", model)
                 .subject("version", version)
                 .outcome("exists");
+            record
+                .details
+                .insert("upload_sha256".into(), serde_json::Value::Null);
+            record
+                .details
+                .insert("reason".into(), "exists_before_upload".into());
+            let declared = request
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            record
+                .details
+                .insert("declared_bytes".into(), declared.into());
             if let Err(err) = versions.registry.audit(&record) {
                 tracing::error!(error = %err, "cannot record a refused push in the audit log");
             }
             return Err(exists(model, version));
         }
         let staging = staging_dir(versions.registry.dir())?;
-        let upload = staging.path().join("upload.tar");
+        let unpacked = staging.path().join("model");
         let deadline = Instant::now() + Duration::from_secs(versions.config.push_timeout_secs);
-        let (digest, bytes) = receive(request.into_body(), &upload, limit, deadline).await?;
+        // The body is unpacked as it arrives (never stored as an archive), so staging holds about the upload's
+        // size once, not the archive and its unpacked copy. The unpacking task owns the staging directory until
+        // it ends, so the directory outlives every write into it even if this request is dropped.
+        let (frames, body_reader) = tokio::sync::mpsc::channel(FRAMES_IN_FLIGHT);
+        let unpacking = {
+            let versions = Arc::clone(&versions);
+            let unpacked = unpacked.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = std::fs::create_dir(&unpacked)
+                    .map_err(|e| DeployError::BadUpload(format!("cannot stage the upload: {e}")))
+                    .and_then(|()| {
+                        rampart_deploy::upload::unpack(
+                            std::io::BufReader::with_capacity(64 * 1024, Frames::new(body_reader)),
+                            &unpacked,
+                            &versions.gate.policy,
+                        )
+                    });
+                (staging, result)
+            })
+        };
+        let received = receive(request.into_body(), frames, limit, deadline).await;
+        let (staging, unpack_result) = unpacking.await.map_err(|err| {
+            tracing::error!(error = %err, "the upload's unpacking failed");
+            refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "push_failed",
+                "the push failed; nothing was stored",
+            )
+        })?;
+        let (digest, bytes) = received?;
         trace.input_sha256 = Some(digest.clone());
         tracing::info!(model, version, bytes, principal = %pusher, "upload received; running the deployment gate");
         let (model, version) = (model.to_owned(), version.to_owned());
-        // Unpacking, the gate (hashing, scanning) and sealing are blocking work.
+        // The gate (hashing, scanning) and sealing are blocking work.
         let pushed = tokio::task::spawn_blocking(move || {
-            let unpacked = staging.path().join("model");
-            let result = std::fs::File::open(&upload)
-                .map_err(|e| DeployError::BadUpload(format!("cannot reopen the upload: {e}")))
-                .and_then(|file| {
-                    std::fs::create_dir(&unpacked).map_err(|e| {
-                        DeployError::BadUpload(format!("cannot stage the upload: {e}"))
-                    })?;
-                    rampart_deploy::upload::unpack(
-                        std::io::BufReader::new(file),
-                        &unpacked,
-                        &versions.gate.policy,
-                    )
-                })
-                .and_then(|_| {
-                    versions.registry.push_upload(
-                        &unpacked,
-                        &model,
-                        &version,
-                        &pusher,
-                        &versions.gate,
-                        Some(&digest),
-                    )
-                });
+            let result = unpack_result.and_then(|_| {
+                versions.registry.push_upload(
+                    &unpacked,
+                    &model,
+                    &version,
+                    &pusher,
+                    &versions.gate,
+                    Some(&digest),
+                )
+            });
             if let Err(DeployError::BadUpload(reason)) = &result {
                 let mut record = rampart_log::Record::new("registry.push", &pusher)
                     .subject("model", model.as_str())
@@ -157,10 +189,47 @@ fn staging_dir(state_dir: &Path) -> Result<tempfile::TempDir, Refusal> {
         })
 }
 
-/// Streams the body to `path`, at most `limit` bytes, by `deadline`; returns its hex SHA-256 and size.
+/// Upload frames queued between the receiving task and the unpacker.
+const FRAMES_IN_FLIGHT: usize = 16;
+
+/// The upload's frames as a blocking reader, for the unpacker; it ends when the receiving side stops.
+struct Frames {
+    frames: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Frames {
+    fn new(frames: tokio::sync::mpsc::Receiver<Bytes>) -> Frames {
+        Frames {
+            frames,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for Frames {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.frames.blocking_recv() {
+                Some(frame) => self.current = frame,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        let data = self.current.split_to(n);
+        if let Some(to) = buf.get_mut(..n) {
+            to.copy_from_slice(&data);
+        }
+        Ok(n)
+    }
+}
+
+/// Receives the body, at most `limit` bytes, by `deadline`, handing each frame to the unpacker; returns its hex
+/// SHA-256 and size. Once the unpacker stops (the archive ended, or it refused it), the rest of the body is
+/// still read and hashed (not kept), so that the audit's digest is always of the whole upload.
 async fn receive<B>(
     body: B,
-    path: &Path,
+    frames: tokio::sync::mpsc::Sender<Bytes>,
     limit: u64,
     deadline: Instant,
 ) -> Result<(String, u64), Refusal>
@@ -168,28 +237,20 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    // The cause (a full disk, permissions) is for the operator's log; the client learns only that it failed.
-    let failed = |err: std::io::Error| {
-        tracing::error!(error = %err, path = %path.display(), "cannot store an upload");
+    let timeout = || {
         refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "push_failed",
-            "cannot store the upload",
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_timeout",
+            "the upload came too slowly (registry.push_timeout_secs)",
         )
     };
-    let mut file = tokio::fs::File::create(path).await.map_err(failed)?;
+    let mut frames = Some(frames);
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut body = std::pin::pin!(body);
     loop {
         let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
-            Err(_) => {
-                return Err(refusal(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "upload_timeout",
-                    "the upload came too slowly (registry.push_timeout_secs)",
-                ))
-            }
+            Err(_) => return Err(timeout()),
             Ok(None) => break,
             Ok(Some(Err(_))) => {
                 return Err(refusal(
@@ -208,9 +269,15 @@ where
             return Err(too_large(limit));
         }
         hasher.update(&data);
-        file.write_all(&data).await.map_err(failed)?;
+        if let Some(to) = &frames {
+            match tokio::time::timeout_at(deadline.into(), to.send(data)).await {
+                Err(_) => return Err(timeout()),
+                Ok(Ok(())) => {}
+                // The unpacker has stopped: keep hashing what is left.
+                Ok(Err(_)) => frames = None,
+            }
+        }
     }
-    file.flush().await.map_err(failed)?;
     Ok((hex::encode(hasher.finalize()), size))
 }
 
