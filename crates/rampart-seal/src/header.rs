@@ -11,7 +11,8 @@
 //!
 //! The MAC is HMAC-SHA-256 over the header up to and including `---`, keyed with
 //! HKDF-SHA-256(file key, salt empty, info "header"); the payload key is HKDF-SHA-256(file key,
-//! salt = the payload's 16-byte nonce, info "payload").
+//! salt = the payload's 16-byte nonce, info "payload"). [`new_file`] writes such a header for sealing, the file
+//! key wrapped by the `age` crate's recipients.
 
 use std::io::{BufRead, Read};
 use std::path::Path;
@@ -193,6 +194,83 @@ pub(crate) fn read(input: &mut impl BufRead, path: &Path) -> Result<Start> {
             ));
         }
     }
+}
+
+/// The keys of a new file: a fresh file key wrapped to `recipients` (all of them must accept being mixed, as
+/// their labels say), the header with its MAC, and the payload cipher for a fresh nonce. Returns the header and
+/// nonce (to write first) and the cipher.
+pub(crate) fn new_file(recipients: &[&dyn age::Recipient]) -> Result<(Vec<u8>, ChaCha20Poly1305)> {
+    let encrypt_error = |e: &dyn std::fmt::Display| Error::Encrypt(e.to_string());
+    let mut file_key = [0u8; 16];
+    getrandom::getrandom(&mut file_key).map_err(|e| encrypt_error(&e))?;
+    let file_key = age_core::format::FileKey::new(Box::new(file_key));
+    let mut stanzas = Vec::new();
+    let mut labels = None;
+    for recipient in recipients {
+        let (mut wrapped, these) = recipient
+            .wrap_file_key(&file_key)
+            .map_err(|e| encrypt_error(&e))?;
+        match &labels {
+            Some(first) if *first != these => {
+                return Err(Error::Encrypt(
+                    "these recipients cannot be mixed in one file (a passphrase is always alone)"
+                        .into(),
+                ))
+            }
+            _ => labels = Some(these),
+        }
+        stanzas.append(&mut wrapped);
+    }
+    if stanzas.is_empty() {
+        return Err(Error::NoRecipients);
+    }
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut out = VERSION_LINE.to_vec();
+    out.push(b'\n');
+    for stanza in &stanzas {
+        out.extend_from_slice(STANZA_PREFIX);
+        out.extend_from_slice(stanza.tag.as_bytes());
+        for arg in &stanza.args {
+            out.push(b' ');
+            out.extend_from_slice(arg.as_bytes());
+        }
+        out.push(b'\n');
+        let body = b64.encode(&stanza.body);
+        let mut rest = body.as_bytes();
+        // Full 64-column lines, then a shorter (possibly empty) last one.
+        loop {
+            let (line, tail) = rest.split_at(rest.len().min(BODY_COLUMNS));
+            out.extend_from_slice(line);
+            out.push(b'\n');
+            rest = tail;
+            if line.len() < BODY_COLUMNS {
+                break;
+            }
+        }
+    }
+    out.extend_from_slice(MAC_MARK);
+    let file_key = file_key.expose_secret();
+    let mac_key = age::secrecy::SecretBox::new(Box::new(age_core::primitives::hkdf(
+        &[],
+        b"header",
+        file_key,
+    )));
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(mac_key.expose_secret())
+        .map_err(|e| encrypt_error(&e))?;
+    mac.update(&out);
+    out.push(b' ');
+    out.extend_from_slice(b64.encode(mac.finalize().into_bytes()).as_bytes());
+    out.push(b'\n');
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::getrandom(&mut nonce).map_err(|e| encrypt_error(&e))?;
+    out.extend_from_slice(&nonce);
+    let payload_key = age::secrecy::SecretBox::new(Box::new(age_core::primitives::hkdf(
+        &nonce, b"payload", file_key,
+    )));
+    Ok((
+        out,
+        ChaCha20Poly1305::new(payload_key.expose_secret().into()),
+    ))
 }
 
 /// Reads the payload nonce, unwraps the file key with `keys`, checks the header's MAC and returns the

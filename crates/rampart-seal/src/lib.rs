@@ -9,9 +9,9 @@
 //! temporary file next to the destination and renamed into place only once complete and authenticated:
 //! an error (a wrong key, a truncated or tampered file) leaves no plaintext and no partial file behind.
 //!
-//! Sealing goes through the `age` crate. Unsealing a binary age file parses the header and decrypts the
-//! payload here (`header`, `payload`), so that its independent chunks are decrypted on all cores; the
-//! file key is still unwrapped by the `age` crate's identities. Armored files go through the `age` crate.
+//! The age header and payload are written and read here (`header`, `payload`), so that the payload's
+//! independent chunks are encrypted and decrypted on all cores; the file key is still wrapped and
+//! unwrapped by the `age` crate's recipients and identities. Armored files are read through the `age` crate.
 
 mod archive;
 mod error;
@@ -68,14 +68,19 @@ pub struct Unsealed {
     pub files: u64,
 }
 
-fn encryptor(to: &SealTo) -> Result<age::Encryptor> {
+/// A new file's header (with its nonce) and payload cipher, for the recipients or the passphrase.
+fn new_file(to: &SealTo) -> Result<(Vec<u8>, chacha20poly1305::ChaCha20Poly1305)> {
     match to {
-        SealTo::Passphrase(p) => Ok(age::Encryptor::with_user_passphrase(p.clone())),
+        SealTo::Passphrase(p) => {
+            let recipient = age::scrypt::Recipient::new(p.clone());
+            header::new_file(&[&recipient as &dyn age::Recipient])
+        }
         SealTo::Recipients(r) => {
             if r.is_empty() {
                 return Err(Error::NoRecipients);
             }
-            age::Encryptor::with_recipients(r.iter()).map_err(|e| Error::Encrypt(e.to_string()))
+            let recipients: Vec<&dyn age::Recipient> = r.iter().collect();
+            header::new_file(&recipients)
         }
     }
 }
@@ -83,7 +88,7 @@ fn encryptor(to: &SealTo) -> Result<age::Encryptor> {
 /// Seals `input` (a file, or a directory as a tar stream) to `output`, atomically.
 pub fn seal(input: &Path, to: &SealTo, output: &Path) -> Result<Sealed> {
     let meta = std::fs::metadata(input).map_err(Error::io("read", input))?;
-    let encryptor = encryptor(to)?;
+    let (header, cipher) = new_file(to)?;
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -92,13 +97,13 @@ pub fn seal(input: &Path, to: &SealTo, output: &Path) -> Result<Sealed> {
         .prefix(".rampart-seal-")
         .tempfile_in(dir)
         .map_err(Error::io("create a temporary file in", dir))?;
-    let out = tmp
+    let mut writer = tmp
         .as_file()
         .try_clone()
-        .and_then(WriteBehind::new)
-        .map_err(Error::io("write", output))?;
-    let mut writer = encryptor
-        .wrap_output(out)
+        .and_then(|mut file| {
+            file.write_all(&header)?;
+            payload::Sealer::new(cipher, file)
+        })
         .map_err(Error::io("write", output))?;
     let sealed = if meta.is_dir() {
         let (bytes, files) = archive::write_tar(input, &mut writer)?;
@@ -125,10 +130,7 @@ pub fn seal(input: &Path, to: &SealTo, output: &Path) -> Result<Sealed> {
             path: input.to_owned(),
         });
     };
-    writer
-        .finish()
-        .and_then(WriteBehind::finish)
-        .map_err(Error::io("write", output))?;
+    writer.finish().map_err(Error::io("write", output))?;
     tmp.as_file()
         .sync_all()
         .map_err(Error::io("sync", output))?;

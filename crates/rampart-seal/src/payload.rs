@@ -6,6 +6,7 @@
 //! The spec's rules, as the `age` CLI applies them: the last chunk must carry the final flag (a file
 //! that ends without one was truncated); a final chunk may be empty only if it is the whole payload;
 //! nothing may follow the final chunk. Memory stays bounded: a handful of batches of [`BATCH`] bytes.
+//! [`Sealer`] does the reverse for sealing, with the same batches.
 
 use std::fs::File;
 use std::io::{self, BufRead, IoSlice, Read, Write};
@@ -445,6 +446,142 @@ impl<S: Source> Read for Plaintext<S> {
         }
         self.consume(n);
         Ok(n)
+    }
+}
+
+/// Plaintext bytes of a full batch.
+const BATCH_PLAIN: usize = BATCH_CHUNKS * CHUNK;
+
+/// Encrypts a payload: plaintext is gathered into a batch laid out as sealed chunks (room left for each tag),
+/// and a full batch is encrypted in place across the cores and handed to a writer thread. A full batch waits
+/// for the next byte, since only then is it known not to hold the final chunk; [`Sealer::finish`] seals the
+/// last one with the final flag (an empty payload is one empty final chunk).
+pub(crate) struct Sealer {
+    cipher: ChaCha20Poly1305,
+    buf: Vec<u8>,
+    /// Plaintext bytes in `buf`.
+    filled: usize,
+    /// The stream index of `buf`'s first chunk.
+    first: u64,
+    batches: Option<SyncSender<(Vec<u8>, usize)>>,
+    spares: Receiver<Vec<u8>>,
+    writer: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Sealer {
+    /// Seals into `file` (positioned after the header and nonce).
+    pub(crate) fn new(cipher: ChaCha20Poly1305, mut file: File) -> io::Result<Sealer> {
+        let (batches, rx) = sync_channel::<(Vec<u8>, usize)>(DEPTH);
+        let (spare, spares) = sync_channel::<Vec<u8>>(DEPTH + 1);
+        let writer = std::thread::Builder::new()
+            .name("rampart-seal-write".into())
+            .spawn(move || {
+                for (buf, len) in rx {
+                    file.write_all(buf.get(..len).unwrap_or(&[]))?;
+                    let _ = spare.try_send(buf);
+                }
+                file.flush()
+            })?;
+        Ok(Sealer {
+            cipher,
+            buf: vec![0; BATCH],
+            filled: 0,
+            first: 0,
+            batches: Some(batches),
+            spares,
+            writer: Some(writer),
+        })
+    }
+
+    /// Encrypts the batch in place and hands it to the writer; `last`: its last chunk is the final one.
+    fn seal_batch(&mut self, last: bool) -> io::Result<()> {
+        let chunks = self.filled.div_ceil(CHUNK).max(1);
+        let tail = self.filled - (chunks - 1) * CHUNK;
+        let len = (chunks - 1) * SEALED_CHUNK + tail + TAG;
+        let (cipher, first) = (&self.cipher, self.first);
+        self.buf
+            .get_mut(..len)
+            .unwrap_or(&mut [])
+            .par_chunks_mut(SEALED_CHUNK)
+            .enumerate()
+            .try_for_each(|(i, chunk)| {
+                let index = first
+                    .checked_add(i as u64)
+                    .ok_or_else(|| invalid("the chunk counter overflowed"))?;
+                let split = chunk.len().saturating_sub(TAG);
+                let (data, tag) = chunk.split_at_mut(split);
+                let sealed = cipher
+                    .encrypt_in_place_detached(&nonce(index, last && i + 1 == chunks), &[], data)
+                    .map_err(|_| io::Error::other("cannot encrypt a chunk"))?;
+                tag.copy_from_slice(&sealed);
+                Ok::<(), io::Error>(())
+            })?;
+        let next = self.spares.try_recv().unwrap_or_else(|_| vec![0; BATCH]);
+        let batch = std::mem::replace(&mut self.buf, next);
+        let sent = self
+            .batches
+            .as_ref()
+            .is_some_and(|b| b.send((batch, len)).is_ok());
+        if !sent {
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| io::Error::other("the file writer stopped early")));
+        }
+        self.filled = 0;
+        self.first = first
+            .checked_add(BATCH_CHUNKS as u64)
+            .ok_or_else(|| invalid("the chunk counter overflowed"))?;
+        Ok(())
+    }
+
+    fn join(&mut self) -> io::Result<()> {
+        self.batches = None;
+        match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the file writer failed")),
+            None => Err(io::Error::other("the file writer has already stopped")),
+        }
+    }
+
+    /// Seals the final chunk and waits until everything is written.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        self.seal_batch(true)?;
+        self.join()
+    }
+}
+
+impl Write for Sealer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if self.filled == BATCH_PLAIN {
+            self.seal_batch(false)?;
+        }
+        let (chunk, offset) = (self.filled / CHUNK, self.filled % CHUNK);
+        let n = (CHUNK - offset).min(data.len());
+        let start = chunk * SEALED_CHUNK + offset;
+        match (self.buf.get_mut(start..start + n), data.get(..n)) {
+            (Some(to), Some(from)) => to.copy_from_slice(from),
+            _ => return Err(io::Error::other("the sealing buffer is inconsistent")),
+        }
+        self.filled += n;
+        Ok(n)
+    }
+
+    /// Nothing to do: plaintext is sealed a batch at a time, and [`Sealer::finish`] seals the rest.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        self.batches = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 

@@ -356,3 +356,65 @@ fn chunk_layouts_no_honest_encoder_writes_are_judged_as_age_judges_them() {
         env.check(case, &craft(&r, &chunks), None);
     }
 }
+
+#[test]
+fn what_rampart_seals_at_chunk_and_batch_edges_opens_with_age() {
+    let mut env = env();
+    for len in [
+        0,
+        1,
+        CHUNK,
+        CHUNK + 1,
+        16 * CHUNK,
+        16 * CHUNK + 1,
+        32 * CHUNK + 7,
+    ] {
+        let data = plaintext(len);
+        let input = env.path("plain");
+        std::fs::write(&input, &data).unwrap();
+        let sealed = env.path("sealed.age");
+        let mut recipients = rampart_seal::Recipients::new();
+        recipients.push(Box::new(env.recipient.clone()));
+        rampart_seal::seal(
+            &input,
+            &rampart_seal::SealTo::Recipients(recipients),
+            &sealed,
+        )
+        .unwrap();
+        let bytes = std::fs::read(&sealed).unwrap();
+        // Full chunks, then a final one that is short (or full, or the one empty chunk of an empty file).
+        let payload = bytes.len() - payload_start(&bytes) - 16;
+        assert_eq!(payload, len + 16 * len.div_ceil(CHUNK).max(1), "{len}");
+        env.check(
+            &format!("sealed by Rampart, {len} bytes"),
+            &bytes,
+            Some(&data),
+        );
+    }
+}
+
+#[test]
+fn a_passphrase_sealed_file_opens_with_the_age_crate() {
+    let mut env = env();
+    let data = plaintext(CHUNK + 3);
+    let input = env.path("plain");
+    std::fs::write(&input, &data).unwrap();
+    let sealed = env.path("sealed.age");
+    let passphrase = age::secrecy::SecretString::from("correct horse battery staple".to_owned());
+    rampart_seal::seal(
+        &input,
+        &rampart_seal::SealTo::Passphrase(passphrase.clone()),
+        &sealed,
+    )
+    .unwrap();
+    let bytes = std::fs::read(&sealed).unwrap();
+    let decryptor = age::Decryptor::new(&bytes[..]).unwrap();
+    assert!(decryptor.is_scrypt());
+    let identity = age::scrypt::Identity::new(passphrase);
+    let mut reader = decryptor
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut out).unwrap();
+    assert_eq!(out, data);
+}
