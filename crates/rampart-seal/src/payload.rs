@@ -1,7 +1,7 @@
 //! The age payload (c2sp.org/age, "Payload"): 64 KiB chunks, each ChaCha20-Poly1305 with the nonce
 //! `11-byte big-endian counter || final flag`. The chunks are independent, so they are read in batches
 //! and decrypted in place across the cores; the plaintext is then served in order, as a [`BufRead`], or
-//! written to a file one contiguous write per batch.
+//! written to a file by a writer thread, without another copy.
 //!
 //! The spec's rules, as the `age` CLI applies them: the last chunk must carry the final flag (a file
 //! that ends without one was truncated); a final chunk may be empty only if it is the whole payload;
@@ -312,8 +312,8 @@ impl<S: Source> Plaintext<S> {
 }
 
 impl<S: Source> Plaintext<S> {
-    /// Writes the rest of the plaintext to `file` from a writer thread, batch by batch (one write per
-    /// batch), while the next batch is decrypted. Returns the bytes written.
+    /// Writes the rest of the plaintext to `file` from a writer thread, batch by batch (a write per
+    /// chunk, no copy), while the next batch is decrypted. Returns the bytes written.
     pub(crate) fn write_to(mut self, file: File) -> Result<u64, Failure> {
         let (tx, rx) = sync_channel::<(Batch, usize, usize)>(DEPTH);
         let recycler = self.source.recycler();
@@ -322,8 +322,8 @@ impl<S: Source> Plaintext<S> {
             .spawn(move || {
                 let mut file = file;
                 let mut written = 0u64;
-                for (mut batch, chunk, pos) in rx {
-                    written += write_batch(&mut file, &mut batch, chunk, pos)?;
+                for (batch, chunk, pos) in rx {
+                    written += write_batch(&mut file, &batch, chunk, pos)?;
                     if let Some(spare) = &recycler {
                         let _ = spare.try_send(batch.buf);
                     }
@@ -372,23 +372,21 @@ pub(crate) enum Failure {
     Write(io::Error),
 }
 
-/// Writes a batch's plaintext from chunk `chunk`, offset `pos`: first moved together at the start of the buffer
-/// (closing the gaps the tags leave), then written with one call. One contiguous write is much faster than a
-/// vectored write of the chunks on this kernel's ext4 (measured: 1 GiB in 0.25 s against 0.7 to 1.6 s).
-fn write_batch(file: &mut File, batch: &mut Batch, chunk: usize, pos: usize) -> io::Result<u64> {
-    let mut end = 0;
-    for k in chunk..batch.len.div_ceil(SEALED_CHUNK) {
-        let start = k * SEALED_CHUNK + if k == chunk { pos } else { 0 };
-        let stop = (k * SEALED_CHUNK + SEALED_CHUNK)
-            .min(batch.len)
-            .saturating_sub(TAG);
-        if start < stop {
-            batch.buf.copy_within(start..stop, end);
-            end += stop - start;
-        }
+/// Writes a batch's plaintext from chunk `chunk`, offset `pos`, one 64 KiB chunk a call. Not one large write:
+/// on this machine's kernel, ext4 turns 1 MiB-aligned writes into large page-cache folios whose allocation stalls
+/// in memory compaction (measured on 1 GiB: 1.6 to 2.2 s against 0.7 s in 64 KiB writes).
+fn write_batch(file: &mut File, batch: &Batch, chunk: usize, pos: usize) -> io::Result<u64> {
+    let mut written = 0u64;
+    for (i, plaintext) in batch.plaintexts().skip(chunk).enumerate() {
+        let data = if i == 0 {
+            plaintext.get(pos..).unwrap_or(&[])
+        } else {
+            plaintext
+        };
+        file.write_all(data)?;
+        written += data.len() as u64;
     }
-    file.write_all(batch.buf.get(..end).unwrap_or(&[]))?;
-    Ok(end as u64)
+    Ok(written)
 }
 
 impl<S: Source> BufRead for Plaintext<S> {
