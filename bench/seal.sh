@@ -22,8 +22,8 @@ age_unseal() { age -d -i "$work/key.txt" -o "$work/a.out" "$work/r.age" && sync 
 min() { echo "if ($1 < $2) $1 else $2" | bc -l; }
 rs=999999; as=999999; ru=999999; au=999999
 # Each output is checked and removed as soon as it is measured (each tool opens the other's sealed file), so that
-# the disk holds at most four copies of the input at once. Which tool goes first alternates from round to round:
-# on this machine, whichever writes first after the 2 GiB of sealing is slowed by the disk's write-back.
+# the disk holds at most four copies of the input at once. Which tool goes first alternates from round to round,
+# so that neither always writes right after the other's gigabytes (write-back and page-cache state carry over).
 same() { cmp -s "$work/model.bin" "$1" || { echo "round trip differs: $1" >&2; exit 1; }; rm -f "$1"; }
 r_seal() { rs=$(min "$rs" "$(seconds "$rampart" seal "$work/model.bin" -r "$recipient" -o "$work/r.age")"); }
 a_seal() { as=$(min "$as" "$(seconds age_seal)"); }
