@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use crate::knn::{squared_distance, Neighbour, Reference};
+use crate::knn::{squared_distance, Index, Neighbour, Reference};
 use crate::profile::{FeatureProfile, Profile};
 use crate::shapiro::shapiro_wilk;
 use crate::stats::{binomial_sf, quantile_sorted};
@@ -154,6 +154,8 @@ struct Principal {
 pub struct ExtractionMonitor {
     config: ExtractionConfig,
     reference: Reference,
+    /// The reference laid out for search.
+    index: Index,
     features: Vec<FeatureProfile>,
     baseline: Baseline,
     principals: HashMap<String, Principal>,
@@ -194,12 +196,13 @@ impl ExtractionMonitor {
             ));
         }
         let width = reference.width;
+        let index = Index::new(&reference);
         let rows: Vec<&[f32]> = reference.rows.chunks_exact(width).collect();
         let mut nn: Vec<f64> = rows
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                reference
+                index
                     .nearest(r, 1, Some(i))
                     .first()
                     .map_or(0.0, |n| n.distance)
@@ -232,6 +235,7 @@ impl ExtractionMonitor {
         Ok(ExtractionMonitor {
             config,
             reference,
+            index,
             features,
             baseline,
             principals: HashMap::new(),
@@ -246,17 +250,18 @@ impl ExtractionMonitor {
         query: &[f32],
         predicted: usize,
     ) -> Result<Decision, DefendError> {
-        let nearest = self.reference.nearest(query, 1, None).into_iter().next();
+        let nearest = self.index.nearest(query, 1, None).into_iter().next();
         self.observe_near(principal, query, predicted, nearest)
     }
 
-    /// The reference sample queries are compared with: a caller that shares the monitor behind a lock finds a
-    /// query's nearest row in a copy of it, outside the lock, and passes it to [`ExtractionMonitor::observe_near`].
-    pub fn reference(&self) -> &Reference {
-        &self.reference
+    /// The reference sample queries are compared with, laid out for search: a caller that shares the monitor behind
+    /// a lock finds a query's nearest row in a copy of it, outside the lock, and passes it to
+    /// [`ExtractionMonitor::observe_near`].
+    pub fn index(&self) -> &Index {
+        &self.index
     }
 
-    /// [`ExtractionMonitor::observe`] with the query's nearest reference row already found (`reference().nearest(query,
+    /// [`ExtractionMonitor::observe`] with the query's nearest reference row already found (`index().nearest(query,
     /// 1, None)`), the costly part of an observation.
     pub fn observe_near(
         &mut self,
