@@ -493,6 +493,13 @@ impl Collector for Near {
         self.all.worst().max(own.worst())
     }
 
+    fn max_bound(&self) -> f32 {
+        self.all
+            .worst()
+            .max(self.same.worst())
+            .max(self.other.worst())
+    }
+
     fn offer(&mut self, squared: f32, index: usize, label: i64) {
         self.all.push(squared, index, label);
         if label == self.class {

@@ -1,16 +1,17 @@
 //! Exact nearest neighbours in a labelled reference set.
 //!
-//! The reference sets here are thousands of rows, searched on every request the gateway serves, so the search is
-//! brute force made cheap rather than a tree (trees lose to a scan at 64 dimensions):
+//! The reference sets here are thousands of rows, searched on every request the gateway serves. Trees lose to a
+//! scan at 64 dimensions, so [`Index`] scans, but mostly over a lower bound that is four times smaller than the rows:
 //!
-//! - [`Index`] stores the rows in blocks of [`LANES`] rows interleaved dimension by dimension, so that eight distances
-//!   accumulate in one vector with no horizontal sum per row, and the dimensions in order of falling variance, so
-//!   that a partial distance grows quickly.
-//! - Every [`STEP`] dimensions a block whose eight partial distances all exceed what the caller could still keep is
-//!   abandoned (partial distance search). Partial sums of squares only grow, so this is exact: the answer is the one
-//!   a full scan gives, ties included (the earlier row wins).
-//! - Rows are sorted by label, so that a block is one class and a caller that keeps the nearest rows per class (the
-//!   detector) prunes with that class's bound.
+//! - At build, the top principal directions of the reference (subspace iteration on its covariance, then
+//!   Gram-Schmidt, so that they are orthonormal whether or not the iteration converged) and each row's projection
+//!   on them. A projection onto orthonormal directions never lengthens a vector, so the distance between two
+//!   projections is a lower bound of the distance between the rows.
+//! - A search projects the query, computes the bound for every row (eight rows per vector, from a block layout),
+//!   and computes the exact distance only for a row whose bound does not exclude it. The bound is lowered by a
+//!   margin far above the rounding of its arithmetic, so it never excludes a row that the exact distance would keep.
+//! - The exact distance is [`squared_distance`] on the row as stored, so every answer (ties included: the earlier
+//!   row wins) is the one a full scan gives.
 
 /// A labelled reference set, such as a profile's sample of the training data.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -92,15 +93,22 @@ impl Reference {
     }
 }
 
-/// Rows per block of an [`Index`]: one vector of eight `f32` distances.
-pub const LANES: usize = 8;
-/// Dimensions between two pruning checks.
-pub const STEP: usize = 16;
+/// Rows per block of the bounds' layout: one vector of eight `f32` lanes.
+const LANES: usize = 8;
+/// Principal directions an [`Index`] bounds distances with (fewer when the rows have fewer dimensions).
+const DIRECTIONS: usize = 12;
+/// Subspace iterations at build: enough for the leading directions of real data; convergence is not needed for
+/// correctness, only for tight bounds.
+const ITERATIONS: usize = 40;
+/// The relative margin taken off each bound: the bound's rounding error is below 1e-5 of the squared norms involved.
+const MARGIN: f32 = 1e-4;
 
 /// What a search keeps: it says how far a row of a label may be to still matter, and is offered the rows within.
 pub trait Collector {
     /// A row of `label` at a squared distance above this cannot be kept (`f32::INFINITY` while anything can).
     fn bound(&self, label: i64) -> f32;
+    /// The largest [`Collector::bound`] over all labels.
+    fn max_bound(&self) -> f32;
     /// A row within [`Collector::bound`]: its squared distance, its index in the reference, its label.
     fn offer(&mut self, squared: f32, index: usize, label: i64);
 }
@@ -110,6 +118,8 @@ pub trait Collector {
 pub struct KBest {
     k: usize,
     items: Vec<(f32, usize, i64)>,
+    /// [`KBest::worst`], kept up to date: searches ask for it once per row.
+    worst: f32,
 }
 
 impl KBest {
@@ -118,16 +128,17 @@ impl KBest {
         KBest {
             k,
             items: Vec::with_capacity(k + 1),
+            worst: if k == 0 {
+                f32::NEG_INFINITY
+            } else {
+                f32::INFINITY
+            },
         }
     }
 
     /// The squared distance a row must not exceed to be kept; infinite until `k` rows are kept.
     pub fn worst(&self) -> f32 {
-        match self.items.last() {
-            Some(&(d, _, _)) if self.items.len() == self.k => d,
-            _ if self.k == 0 => f32::NEG_INFINITY,
-            _ => f32::INFINITY,
-        }
+        self.worst
     }
 
     /// Offers a row.
@@ -148,6 +159,9 @@ impl KBest {
             .partition_point(|&(x, i, _)| x < squared || (x == squared && i < index));
         self.items.insert(at, (squared, index, label));
         self.items.truncate(self.k);
+        if self.items.len() == self.k {
+            self.worst = self.items.last().map_or(f32::INFINITY, |&(d, _, _)| d);
+        }
     }
 
     /// The kept rows: squared distance, row index, label; nearest first.
@@ -173,6 +187,10 @@ impl Collector for KBest {
         self.worst()
     }
 
+    fn max_bound(&self) -> f32 {
+        self.worst()
+    }
+
     fn offer(&mut self, squared: f32, index: usize, label: i64) {
         self.push(squared, index, label);
     }
@@ -182,87 +200,81 @@ impl Collector for KBest {
 #[derive(Debug, Clone)]
 pub struct Index {
     width: usize,
-    /// The query's dimensions in search order: highest variance first.
-    order: Vec<usize>,
-    /// Per block, `width × LANES` values: dimension `order[j]` of the block's rows at `j * LANES ..`.
-    blocks: Vec<f32>,
-    /// Per slot (block × LANES + lane): the row's index in the reference and its label; `None` pads the last block.
-    slots: Vec<Option<(usize, i64)>>,
-    len: usize,
+    /// The rows as given, row after row: exact distances are taken on them.
+    rows: Vec<f32>,
+    labels: Vec<i64>,
+    /// The reference's mean, subtracted before projecting.
+    mean: Vec<f64>,
+    /// Orthonormal directions, `width` values each.
+    directions: Vec<Vec<f64>>,
+    /// The rows' projections in blocks of `LANES` rows: direction `k` of a block's rows at `k * LANES ..`; the
+    /// last block is padded with copies of the origin (their bounds are ignored).
+    projected: Vec<f32>,
+    /// The largest squared norm of a row's projection (for the margin).
+    largest: f32,
 }
 
 impl Index {
     /// Lays out `reference` for search.
     pub fn new(reference: &Reference) -> Index {
         let width = reference.width;
-        let rows: Vec<&[f32]> = if width == 0 {
-            Vec::new()
-        } else {
-            reference.rows.chunks_exact(width).collect()
-        };
-        let n = rows.len().min(reference.labels.len());
-        let mut order: Vec<usize> = (0..width).collect();
-        let variance: Vec<f64> = (0..width)
-            .map(|j| {
-                let values = rows.iter().filter_map(|r| r.get(j)).map(|&v| f64::from(v));
-                let (count, sum, sq) =
-                    values.fold((0.0, 0.0, 0.0), |(c, s, q), v| (c + 1.0, s + v, q + v * v));
-                if count > 0.0 {
-                    sq / count - (sum / count) * (sum / count)
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        order.sort_by(|&a, &b| {
-            let (va, vb) = (variance.get(a), variance.get(b));
-            vb.partial_cmp(&va)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
-        });
-        let mut sorted: Vec<(usize, i64)> = reference
-            .labels
-            .iter()
-            .copied()
-            .enumerate()
-            .take(n)
-            .collect();
-        sorted.sort_by_key(|&(i, label)| (label, i));
-        let mut blocks = Vec::with_capacity(sorted.len().div_ceil(LANES) * LANES * width);
-        let mut slots = Vec::with_capacity(sorted.len().div_ceil(LANES) * LANES);
-        for chunk in sorted.chunks(LANES) {
-            for &j in &order {
-                for lane in 0..LANES {
-                    let value = chunk
-                        .get(lane)
-                        .and_then(|&(i, _)| rows.get(i))
-                        .and_then(|r| r.get(j))
-                        .copied()
-                        .unwrap_or(0.0);
-                    blocks.push(value);
+        let n = reference
+            .rows
+            .len()
+            .checked_div(width)
+            .unwrap_or(0)
+            .min(reference.labels.len());
+        let rows = reference.rows.get(..n * width).unwrap_or_default().to_vec();
+        let labels = reference.labels.get(..n).unwrap_or_default().to_vec();
+        let mut mean = vec![0.0_f64; width];
+        if n > 0 {
+            for row in rows.chunks_exact(width) {
+                for (m, &v) in mean.iter_mut().zip(row) {
+                    *m += f64::from(v);
                 }
             }
-            for lane in 0..LANES {
-                slots.push(chunk.get(lane).copied());
+            mean.iter_mut().for_each(|m| *m /= n as f64);
+        }
+        let directions = principal_directions(&rows, width, &mean, DIRECTIONS.min(width));
+        let m = directions.len();
+        let mut projected = Vec::with_capacity(n.div_ceil(LANES) * LANES * m);
+        let mut largest = 0.0_f32;
+        if width > 0 {
+            let projections: Vec<Vec<f32>> = rows
+                .chunks_exact(width)
+                .map(|row| project(&directions, &mean, row))
+                .collect();
+            for p in &projections {
+                largest = largest.max(p.iter().map(|v| v * v).sum());
+            }
+            for block in projections.chunks(LANES) {
+                for k in 0..m {
+                    for lane in 0..LANES {
+                        let v = block.get(lane).and_then(|p| p.get(k)).copied();
+                        projected.push(v.unwrap_or(0.0));
+                    }
+                }
             }
         }
         Index {
             width,
-            order,
-            blocks,
-            slots,
-            len: n,
+            rows,
+            labels,
+            mean,
+            directions,
+            projected,
+            largest,
         }
     }
 
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.len
+        self.labels.len()
     }
 
     /// Whether there is no row.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.labels.is_empty()
     }
 
     /// Row width.
@@ -270,59 +282,54 @@ impl Index {
         self.width
     }
 
-    /// Offers `collector` every row it could keep (and perhaps others), with its exact squared distance to `query`.
-    /// A query of another width finds nothing.
+    /// Offers `collector` every row it could keep (and perhaps others), with its exact squared distance to `query`
+    /// ([`squared_distance`]). A query of another width finds nothing.
     pub fn search(&self, query: &[f32], collector: &mut impl Collector) {
-        if self.width == 0 || query.len() != self.width {
+        if self.width == 0 || query.len() != self.width || self.labels.is_empty() {
             return;
         }
-        let q: Vec<f32> = self
-            .order
-            .iter()
-            .filter_map(|&j| query.get(j))
-            .copied()
-            .collect();
-        let span = self.width * LANES;
-        for (block, slots) in self
-            .blocks
-            .chunks_exact(span)
-            .zip(self.slots.chunks_exact(LANES))
+        let bounds = self.lower_bounds(query);
+        let rows = self.rows.chunks_exact(self.width);
+        // The cheap test first: most rows are beyond every label's bound, which only falls when a row is offered.
+        let mut limit = collector.max_bound();
+        for ((row, &label), (index, &bound)) in
+            rows.zip(&self.labels).zip(bounds.iter().enumerate())
         {
-            // Bounds only fall as rows are kept, so the bound at the block's start is safe for all of it.
-            let mut bound = f32::NEG_INFINITY;
-            let mut last = None;
-            for &(_, label) in slots.iter().flatten() {
-                if last != Some(label) {
-                    bound = bound.max(collector.bound(label));
-                    last = Some(label);
-                }
-            }
-            let mut acc = [0.0_f32; LANES];
-            let mut abandoned = false;
-            for (part, qs) in block.chunks(STEP * LANES).zip(q.chunks(STEP)) {
-                for (column, &qj) in part.chunks_exact(LANES).zip(qs) {
-                    for (a, &v) in acc.iter_mut().zip(column) {
-                        let d = v - qj;
-                        *a += d * d;
-                    }
-                }
-                if acc.iter().all(|&a| a > bound) {
-                    abandoned = true;
-                    break;
-                }
-            }
-            if abandoned {
+            if bound > limit || bound > collector.bound(label) {
                 continue;
             }
-            for (&d, slot) in acc.iter().zip(slots) {
-                if let Some((index, label)) = *slot {
-                    // A NaN distance (a NaN in the query) is offered: the collector decides, as a full scan would.
-                    if d.is_nan() || d <= collector.bound(label) {
-                        collector.offer(d, index, label);
-                    }
-                }
+            let d = squared_distance(row, query);
+            // A NaN distance (a NaN in the query) is offered: the collector decides, as a full scan would.
+            if d.is_nan() || d <= collector.bound(label) {
+                collector.offer(d, index, label);
+                limit = collector.max_bound();
             }
         }
+    }
+
+    /// A lower bound of each row's squared distance to `query`, margin taken.
+    fn lower_bounds(&self, query: &[f32]) -> Vec<f32> {
+        let q = project(&self.directions, &self.mean, query);
+        let m = q.len();
+        let n = self.labels.len();
+        let slack = MARGIN * (self.largest + q.iter().map(|v| v * v).sum::<f32>());
+        let mut bounds = Vec::with_capacity(n.div_ceil(LANES) * LANES);
+        if m == 0 {
+            bounds.resize(n, f32::NEG_INFINITY);
+            return bounds;
+        }
+        for block in self.projected.chunks_exact(m * LANES) {
+            let mut acc = [0.0_f32; LANES];
+            for (column, &qk) in block.chunks_exact(LANES).zip(&q) {
+                for (a, &v) in acc.iter_mut().zip(column) {
+                    let d = v - qk;
+                    *a += d * d;
+                }
+            }
+            bounds.extend(acc.iter().map(|&a| a * (1.0 - MARGIN) - slack));
+        }
+        bounds.truncate(n);
+        bounds
     }
 
     /// The `k` nearest rows, nearest first (ties: the earlier row first); `skip_index` leaves one row out (for
@@ -334,6 +341,9 @@ impl Index {
         }
         impl Collector for Skipping {
             fn bound(&self, _label: i64) -> f32 {
+                self.best.worst()
+            }
+            fn max_bound(&self) -> f32 {
                 self.best.worst()
             }
             fn offer(&mut self, squared: f32, index: usize, label: i64) {
@@ -349,6 +359,88 @@ impl Index {
         self.search(query, &mut collector);
         collector.best.neighbours()
     }
+}
+
+/// The projection of `row` (minus `mean`) on `directions`, computed in `f64`.
+fn project(directions: &[Vec<f64>], mean: &[f64], row: &[f32]) -> Vec<f32> {
+    directions
+        .iter()
+        .map(|d| {
+            d.iter()
+                .zip(mean)
+                .zip(row)
+                .map(|((&w, &m), &v)| w * (f64::from(v) - m))
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// Up to `m` orthonormal directions spanning (approximately) the top principal subspace of the centred rows:
+/// subspace iteration on the covariance, each round orthonormalised. Directions that vanish (data of lower rank)
+/// are dropped: fewer directions only loosen the bound.
+fn principal_directions(rows: &[f32], width: usize, mean: &[f64], m: usize) -> Vec<Vec<f64>> {
+    if width == 0 || m == 0 {
+        return Vec::new();
+    }
+    let mut cov = vec![vec![0.0_f64; width]; width];
+    for row in rows.chunks_exact(width) {
+        let centred: Vec<f64> = row
+            .iter()
+            .zip(mean)
+            .map(|(&v, &mu)| f64::from(v) - mu)
+            .collect();
+        for (ci, &a) in cov.iter_mut().zip(&centred) {
+            for (c, &b) in ci.iter_mut().zip(&centred) {
+                *c += a * b;
+            }
+        }
+    }
+    // Start from the coordinate axes of largest variance, slightly mixed so no start is orthogonal to a direction.
+    let mut axes: Vec<usize> = (0..width).collect();
+    let variance = |j: usize| cov.get(j).and_then(|r| r.get(j)).copied().unwrap_or(0.0);
+    axes.sort_by(|&a, &b| variance(b).total_cmp(&variance(a)).then(a.cmp(&b)));
+    let mut basis: Vec<Vec<f64>> = axes
+        .iter()
+        .take(m)
+        .map(|&j| {
+            (0..width)
+                .map(|i| if i == j { 1.0 } else { 1e-3 / (1.0 + i as f64) })
+                .collect()
+        })
+        .collect();
+    basis = orthonormal(basis);
+    for _ in 0..ITERATIONS {
+        let multiplied: Vec<Vec<f64>> = basis
+            .iter()
+            .map(|v| {
+                cov.iter()
+                    .map(|r| r.iter().zip(v).map(|(a, b)| a * b).sum())
+                    .collect()
+            })
+            .collect();
+        basis = orthonormal(multiplied);
+    }
+    basis
+}
+
+/// Modified Gram-Schmidt, twice for orthogonality to rounding; drops vectors that vanish.
+fn orthonormal(vectors: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
+    let mut out: Vec<Vec<f64>> = Vec::with_capacity(vectors.len());
+    for mut v in vectors {
+        let before = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for _ in 0..2 {
+            for u in &out {
+                let dot: f64 = u.iter().zip(&v).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(x, &y)| *x -= dot * y);
+            }
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm.is_finite() && norm > 1e-9 * before.max(f64::MIN_POSITIVE) && norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+            out.push(v);
+        }
+    }
+    out
 }
 
 /// Squared Euclidean distance in `f32`, eight lanes at a time (the compiler vectorises the lanes).
@@ -491,6 +583,12 @@ mod tests {
                     .get(label as usize)
                     .map_or(f32::NEG_INFINITY, KBest::worst)
             }
+            fn max_bound(&self) -> f32 {
+                self.0
+                    .iter()
+                    .map(KBest::worst)
+                    .fold(f32::NEG_INFINITY, f32::max)
+            }
             fn offer(&mut self, squared: f32, index: usize, label: i64) {
                 if let Some(best) = self.0.get_mut(label as usize) {
                     best.push(squared, index, label);
@@ -526,5 +624,68 @@ mod tests {
         })
         .nearest(&[], 1, None)
         .is_empty());
+    }
+
+    #[test]
+    fn index_matches_a_full_scan_on_continuous_and_degenerate_data() {
+        let mut seed = 0x9e37_79b9_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 1_000_003) as f32 / 1_000_003.0
+        };
+        let scan = |r: &Reference, q: &[f32], k: usize| -> Vec<usize> {
+            let mut all: Vec<(f32, usize)> = r
+                .rows
+                .chunks_exact(r.width)
+                .enumerate()
+                .map(|(i, row)| (squared_distance(row, q), i))
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            all.into_iter().take(k).map(|x| x.1).collect()
+        };
+        for (n, width, kind) in [
+            (400, 64, "spread"),
+            (300, 64, "rank one"),
+            (50, 20, "constant"),
+            (90, 5, "spread"),
+        ] {
+            let mut rows = Vec::new();
+            for i in 0..n {
+                let t = next();
+                for j in 0..width {
+                    rows.push(match kind {
+                        "rank one" => t * (j as f32 + 1.0),
+                        "constant" => 0.5,
+                        // Correlated dimensions, as in images, plus duplicates every tenth row.
+                        _ if i % 10 == 9 => rows.get((i - 1) * width + j).copied().unwrap_or(0.0),
+                        _ => t + 0.3 * next() + 0.01 * j as f32,
+                    });
+                }
+            }
+            let r = Reference {
+                width,
+                rows,
+                labels: (0..n as i64).map(|i| i % 3).collect(),
+            };
+            let index = Index::new(&r);
+            for _ in 0..25 {
+                let q: Vec<f32> = (0..width).map(|_| 1.2 * next()).collect();
+                for k in [1, 5, 17] {
+                    let got: Vec<usize> =
+                        index.nearest(&q, k, None).iter().map(|x| x.index).collect();
+                    assert_eq!(got, scan(&r, &q, k), "{kind} k {k}");
+                }
+            }
+            // A reference row as the query: itself first, then its duplicates, in row order.
+            let q = r
+                .rows
+                .get(9 * width..10 * width)
+                .unwrap_or_default()
+                .to_vec();
+            let got: Vec<usize> = index.nearest(&q, 3, None).iter().map(|x| x.index).collect();
+            assert_eq!(got, scan(&r, &q, 3), "{kind} self");
+        }
     }
 }
