@@ -615,6 +615,24 @@ fn cost(profile: &str, model: &str, test: &str) -> Res<()> {
             Ok(())
         })?;
     }
+    // One long-lived principal: 5,000 distinct queries (test rows, each with one pixel moved to a level of its own),
+    // timed over the last 1,000, when its history and PRADA's distances are full.
+    let mut long = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
+    let mut late = 0.0;
+    for q in 0..5000 {
+        let i = q % n;
+        let mut row = x[i * 64..(i + 1) * 64].to_vec();
+        row[(q * 7) % 64] = ((q / n) % 17) as f32 / 16.0;
+        let t = Instant::now();
+        long.observe("long-lived", &row, y[i] as usize)?;
+        if q >= 4000 {
+            late += t.elapsed().as_secs_f64();
+        }
+    }
+    println!(
+        "cost: extraction monitor, one principal's queries 4,001-5,000: {:.1} us/request",
+        late / 1000.0 * 1e6
+    );
     let model_us = times["model inference"] / n as f64 * 1e6;
     let mut names: Vec<_> = times.keys().copied().collect();
     names.sort_unstable();
