@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -70,74 +70,6 @@ pub struct Listener {
     connections: Arc<Semaphore>,
     max_connections: u32,
     per_ip: Arc<PerIp>,
-    threads: ConnectionThreads,
-}
-
-/// Threads that each run a single-threaded runtime, one per core, like the worker processes of nginx: a
-/// connection lives on one of them from accept to close, so serving a request never wakes another thread
-/// (a work-stealing runtime hands ready tasks between its workers with futex wake-ups and IPIs).
-#[derive(Debug)]
-struct ConnectionThreads {
-    handles: Vec<tokio::runtime::Handle>,
-    /// The runtime that accepts, used when no connection thread could start.
-    fallback: tokio::runtime::Handle,
-    next: AtomicUsize,
-    /// Dropping these ends the threads; tasks still running on them are cancelled.
-    stop: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
-}
-
-impl ConnectionThreads {
-    /// One thread per available core.
-    fn start(fallback: tokio::runtime::Handle) -> ConnectionThreads {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let mut handles = Vec::with_capacity(cores);
-        let mut stops = Vec::with_capacity(cores);
-        for i in 0..cores {
-            let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let spawned = std::thread::Builder::new()
-                .name(format!("rampart-conn-{i}"))
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "cannot start a connection thread's runtime");
-                            return;
-                        }
-                    };
-                    let _ = handle_tx.send(runtime.handle().clone());
-                    let _ = runtime.block_on(stop_rx);
-                });
-            match spawned.map(|_| handle_rx.recv()) {
-                Ok(Ok(handle)) => {
-                    handles.push(handle);
-                    stops.push(stop_tx);
-                }
-                Ok(Err(_)) => {}
-                Err(err) => tracing::warn!(error = %err, "cannot start a connection thread"),
-            }
-        }
-        ConnectionThreads {
-            handles,
-            fallback,
-            next: AtomicUsize::new(0),
-            stop: Mutex::new(stops),
-        }
-    }
-
-    /// Ends the threads, cancelling the connections still open on them.
-    fn stop(&self) {
-        self.stop.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    /// The runtime for the next connection, round robin.
-    fn next(&self) -> &tokio::runtime::Handle {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len().max(1);
-        self.handles.get(i).unwrap_or(&self.fallback)
-    }
 }
 
 impl std::fmt::Debug for Listener {
@@ -159,7 +91,6 @@ impl Listener {
             connections: Arc::new(Semaphore::new(max as usize)),
             max_connections: max,
             per_ip: Arc::new(PerIp::default()),
-            threads: ConnectionThreads::start(tokio::runtime::Handle::current()),
         }
     }
 
@@ -204,22 +135,9 @@ impl Listener {
             metrics.connections.inc();
             let this = Arc::clone(&self);
             let shutdown = shutdown.clone();
-            // The connection moves to one of the connection threads: it leaves this runtime's reactor and
-            // joins that thread's.
-            let stream = match stream.into_std() {
-                Ok(stream) => stream,
-                Err(err) => {
-                    tracing::debug!(client_ip = %ip, error = %err, "cannot hand the connection over");
-                    continue;
-                }
-            };
-            self.threads.next().spawn(async move {
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => this.connection(stream, ip, shutdown, permit, ip_guard).await,
-                    Err(err) => {
-                        tracing::debug!(client_ip = %ip, error = %err, "cannot register the connection")
-                    }
-                }
+            tokio::spawn(async move {
+                this.connection(stream, ip, shutdown, permit, ip_guard)
+                    .await;
             });
         }
         drop(listener);
@@ -232,7 +150,6 @@ impl Listener {
         if drained.is_err() {
             tracing::warn!("connections still open after the grace period; closing them");
         }
-        self.threads.stop();
     }
 
     async fn connection(
