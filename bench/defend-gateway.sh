@@ -2,8 +2,10 @@
 # The throughput cost of the inference-time defences in the gateway: wrk against `rampart serve` (TLS 1.3, API key,
 # policy, limits, audit, KServe v2 inference of the digits model) with every `[models.defend]` stage on (schema,
 # sanitiser, detector, extraction, hardening, watermark, anomaly; images on too, idle for FP32 rows), and against the
-# same gateway without them, in one run. Prints both req/s and the ratio (target: the stages cost at most 30%).
-# The request is a clean test row the detector passes (every answer is a 200 on both servers).
+# same gateway without them, in one run. Prints both req/s and the ratio (target: the stages cost at most 30%), then
+# the throughput with each stage alone, so that a stage's own cost shows.
+# The request is a clean test row the detector passes (every answer is a 200 on every server). It is the same row
+# every time: the extraction monitor's per-principal history check then meets a repeat, its cheapest path.
 #
 # Usage: bench/defend-gateway.sh [seconds per run, default 10]
 # Needs: wrk, openssl, curl, python3 (Debian: apt-get install wrk openssl curl python3), the Rust toolchain.
@@ -19,26 +21,24 @@ DIGITS="$ROOT/examples/digits"
 "$RAMPART" profile "$DIGITS/train.csv" --label-column label -o "$WORK/profile.json" >/dev/null
 head -n 301 "$DIGITS/test.csv" > "$WORK/calibration.csv"
 "$RAMPART" watermark keygen -o "$WORK/wm.key" >/dev/null
-defend_tables() {
-    cat <<CONF
-[models.defend]
-profile = "$WORK/profile.json"
-[models.defend.images]
-[models.defend.schema]
-tolerance = 0.0
-[models.defend.sanitise]
-steps = [{ kind = "bit_depth", bits = 4 }]
-[models.defend.detector]
-calibration_data = "$WORK/calibration.csv"
-action = "reject"
-[models.defend.extraction]
-[models.defend.harden]
-default = { mode = "top_k", k = 3, decimals = 2 }
-[models.defend.watermark]
-key = "$WORK/wm.key"
-[models.defend.anomaly]
-CONF
+# The `[models.defend]` tables of every stage, or (with an argument) of that stage alone.
+defend_tables() { # [stage]
+    local only="${1:-}"
+    echo "[models.defend]"
+    echo "profile = \"$WORK/profile.json\""
+    stage() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+    if stage images; then echo "[models.defend.images]"; fi
+    if stage schema; then printf '[models.defend.schema]\ntolerance = 0.0\n'; fi
+    if stage sanitise; then printf '[models.defend.sanitise]\nsteps = [{ kind = "bit_depth", bits = 4 }]\n'; fi
+    if stage detector; then
+        printf '[models.defend.detector]\ncalibration_data = "%s"\naction = "reject"\n' "$WORK/calibration.csv"
+    fi
+    if stage extraction; then echo "[models.defend.extraction]"; fi
+    if stage harden; then printf '[models.defend.harden]\ndefault = { mode = "top_k", k = 3, decimals = 2 }\n'; fi
+    if stage watermark; then printf '[models.defend.watermark]\nkey = "%s"\n' "$WORK/wm.key"; fi
+    if stage anomaly; then echo "[models.defend.anomaly]"; fi
 }
+STAGES=(schema sanitise detector extraction harden watermark anomaly)
 ON_PORT="$(free_port)"; OFF_PORT="$(free_port)"
 defend_tables | make_config "$ON_PORT" "$(free_port)" false > "$WORK/on.toml"
 make_config "$OFF_PORT" "$(free_port)" false < /dev/null > "$WORK/off.toml"
@@ -48,8 +48,16 @@ KEY="$("$RAMPART" serve --config "$WORK/off.toml" --check | awk '/API key/ {prin
 PIDS+=($!)
 "$RAMPART" serve --config "$WORK/off.toml" >/dev/null 2>&1 &
 PIDS+=($!)
+declare -A STAGE_PORT
+for s in "${STAGES[@]}"; do
+    STAGE_PORT[$s]="$(free_port)"
+    defend_tables "$s" | make_config "${STAGE_PORT[$s]}" "$(free_port)" false > "$WORK/$s.toml"
+    "$RAMPART" serve --config "$WORK/$s.toml" >/dev/null 2>"$WORK/$s.log" &
+    PIDS+=($!)
+done
 wait_up "https://127.0.0.1:$ON_PORT/v2/health/live"
 wait_up "https://127.0.0.1:$OFF_PORT/v2/health/live"
+for s in "${STAGES[@]}"; do wait_up "https://127.0.0.1:${STAGE_PORT[$s]}/v2/health/live"; done
 
 # The first held-out test row (after the calibration rows) that the defences answer with a 200.
 ROW=""
@@ -67,16 +75,26 @@ curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, all on this machine ($(nproc) cores)" >&2
 ON="$(run_wrk rampart-defended "https://127.0.0.1:$ON_PORT/v2/models/digits/infer" "$WORK/infer.lua")"
 OFF="$(run_wrk rampart-undefended "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua")"
+echo "then each stage alone" >&2
+ALONE=()
+for s in "${STAGES[@]}"; do
+    ALONE+=("$(run_wrk "only-$s" "https://127.0.0.1:${STAGE_PORT[$s]}/v2/models/digits/infer" "$WORK/infer.lua")")
+done
 
-python3 - "$ON" "$OFF" <<'PY'
+python3 - "$ON" "$OFF" "${ALONE[@]}" <<'PY'
 import sys
 rows = [line.split() for line in sys.argv[1:]]
+alone, rows = rows[2:], rows[:2]
 print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
 for name, rps, p50, p99, bad in rows:
     print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
 (_, on, _, _, on_bad), (_, off, _, _, off_bad) = rows
 ratio = float(on) / float(off)
 print(f"throughput defended/undefended: {ratio:.2f}x; the defences cost {(1 - ratio) * 100:.0f}% (target <= 30%)")
+print(f"each stage alone, against the undefended gateway of the same run:")
+for name, rps, p50, p99, bad in alone:
+    print(f"  {name[5:]:<12}{float(rps):>10.0f} req/s{float(rps) / float(off):>8.2f}x  costs {(1 - float(rps) / float(off)) * 100:>4.0f}%"
+          + (f"  ({bad} non-2xx)" if int(bad) else ""))
 if int(on_bad) or int(off_bad):
     print("warning: some answers were not 2xx; the figures include refusals", file=sys.stderr)
 PY

@@ -54,10 +54,14 @@ echo "== extraction" >&2
 "$PY" bench/defend_attacks.py jbda $MODEL $DIGITS/test.csv "$WORK/jbda.csv" --seeds 100 --rounds 3
 "$HARNESS" extraction "$WORK/profile.json" $MODEL $DIGITS/test.csv "$WORK/jbda.csv"
 
+echo "== natural-data extraction against output hardening: surrogate fidelity" >&2
+"$PY" bench/defend_attacks.py thief-queries $DIGITS/train.csv "$WORK/thief.csv" --count 5000
+"$HARNESS" serve-hardened $MODEL "$WORK/thief.csv" "$WORK"
+"$PY" bench/defend_attacks.py fidelity $MODEL $DIGITS/test.csv "$WORK" 2>/dev/null
+
 echo "== watermark" >&2
 rm -f "$WORK/wm.key"
 "$RAMPART" watermark keygen -o "$WORK/wm.key" >/dev/null
-"$PY" bench/defend_attacks.py thief-queries $DIGITS/train.csv "$WORK/thief.csv" --count 5000
 "$HARNESS" serve-watermarked $MODEL "$WORK/wm.key" "$WORK/thief.csv" "$WORK/served.csv" "$WORK/log.csv"
 "$PY" bench/defend_attacks.py train "$WORK/served.csv" "$WORK/surrogate.onnx" --seed 1 --hidden 256 --max-iter 1000 2>/dev/null
 set +e

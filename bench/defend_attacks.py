@@ -274,6 +274,43 @@ def xorshift_order(n, seed):
     return order
 
 
+def cmd_fidelity(a):
+    """Surrogates trained on what each hardening policy returns, at several query budgets (what a quota allows),
+    and how often they agree with the victim on the test rows (fidelity)."""
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    victim = Mlp(a.model)
+    xt, yt = load_csv(a.test)
+    truth = victim.forward(xt).argmax(1)
+    fidelity = {}
+    for name in a.served:
+        with open(os.path.join(a.dir, name + ".csv")) as f:
+            r = csv.reader(f)
+            header = next(r)
+            data = np.array([[float(v) for v in row] for row in r])
+        probs = [i for i, h in enumerate(header) if h.startswith("p") and not h.startswith("px")]
+        for budget in a.budgets:
+            x, rows = data[:budget, :64], data[:budget]
+            if probs:
+                # Distillation: regress the returned probabilities (withheld ones are zeros), predict the largest.
+                m = MLPRegressor(hidden_layer_sizes=(a.hidden,), max_iter=a.max_iter, random_state=a.seed)
+                m.fit(x, rows[:, probs])
+                pred = m.predict(xt).argmax(1)
+            else:
+                m = MLPClassifier(hidden_layer_sizes=(a.hidden,), max_iter=a.max_iter, random_state=a.seed)
+                m.fit(x, rows[:, -1].astype(int))
+                pred = m.predict(xt)
+            fidelity[(name, budget)] = (float((pred == truth).mean()), float((pred == yt).mean()))
+    print("natural extraction: fidelity (accuracy) of a surrogate trained on the answers, by queries answered")
+    print(f"  {'outputs':<12}" + "".join(f"{b:>18}" for b in a.budgets))
+    for name in a.served:
+        print(f"  {name:<12}" + "".join(f"{fidelity[(name, b)][0]:>10.4f} ({fidelity[(name, b)][1]:.3f})"
+                                        for b in a.budgets))
+    if "full" in a.served and "label_only" in a.served:
+        taken = [(fidelity[("full", b)][0] - fidelity[("label_only", b)][0]) * 100 for b in a.budgets]
+        print("  fidelity label-only outputs take away, against full probabilities: "
+              + ", ".join(f"{t:+.1f} points at {b}" for t, b in zip(taken, a.budgets)))
+
+
 def cmd_thief_queries(a):
     """5,000 natural-looking queries: training rows with small noise (distinct inputs, as a thief with data has)."""
     x, _ = load_csv(a.data)
@@ -295,11 +332,16 @@ def main():
     s.add_argument("--hidden", type=int, default=128); s.add_argument("--max-iter", type=int, default=400)
     s = sub.add_parser("squeeze-baseline"); s.add_argument("model"); s.add_argument("test"); s.add_argument("attacks")
     s.add_argument("--names", default="fgsm,pgd,pgd-early,square,pgd-lattice")
+    s = sub.add_parser("fidelity"); s.add_argument("model"); s.add_argument("test"); s.add_argument("dir")
+    s.add_argument("--served", nargs="+", default=["full", "top_k", "label_only"])
+    s.add_argument("--budgets", nargs="+", type=int, default=[100, 300, 1000, 5000])
+    s.add_argument("--seed", type=int, default=1); s.add_argument("--hidden", type=int, default=256)
+    s.add_argument("--max-iter", type=int, default=1000)
     s = sub.add_parser("thief-queries"); s.add_argument("data"); s.add_argument("out")
     s.add_argument("--count", type=int, default=5000); s.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
     {"attacks": cmd_attacks, "jbda": cmd_jbda, "train": cmd_train, "squeeze-baseline": cmd_squeeze_baseline,
-     "thief-queries": cmd_thief_queries}[a.cmd](a)
+     "thief-queries": cmd_thief_queries, "fidelity": cmd_fidelity}[a.cmd](a)
 
 
 if __name__ == "__main__":

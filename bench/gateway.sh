@@ -3,7 +3,9 @@
 # digits model) and against nginx serving a static 200-byte JSON over TLS 1.3, on the same machine, in one run; then
 # the same Rampart with its security stages off, to show what they cost.
 #
-# Usage: bench/gateway.sh [seconds per run, default 10]
+# Usage: bench/gateway.sh [seconds per run, default 10] [rounds, default 3]
+# The three servers are measured in turn, round after round; each figure is the median of the rounds (this machine is
+# shared: one run can be off by a third), and every round's figures are printed too.
 # Needs: wrk, nginx, openssl (Debian: apt-get install wrk nginx-light openssl), the Rust toolchain.
 set -euo pipefail
 
@@ -71,18 +73,35 @@ curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d
     "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" >/dev/null || { echo "error: inference through the gateway failed" >&2; exit 2; }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, all on this machine ($(nproc) cores)" >&2
-NGINX="$(run_wrk nginx "https://127.0.0.1:$NGINX_PORT/static.json")"
-FULL="$(run_wrk rampart "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" "$WORK/infer.lua")"
-OFF="$(run_wrk rampart-no-security "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua")"
+ROUNDS="${2:-3}"
+NGINX=(); FULL=(); OFF=()
+for round in $(seq "$ROUNDS"); do
+    echo "round $round of $ROUNDS" >&2
+    NGINX+=("$(run_wrk nginx "https://127.0.0.1:$NGINX_PORT/static.json")")
+    FULL+=("$(run_wrk rampart "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
+    OFF+=("$(run_wrk rampart-no-security "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
+done
 # What the stages cost a request, without queueing: one connection, one request at a time, on each server.
 echo "then one connection at a time (-c1), for the cost of the security stages" >&2
 FULL1="$(run_wrk rampart-c1 "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" "$WORK/infer.lua" 1)"
 OFF1="$(run_wrk rampart-no-security-c1 "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua" 1)"
 
-python3 - "$NGINX" "$FULL" "$OFF" "$FULL1" "$OFF1" <<'PY'
-import sys
-rows = [line.split() for line in sys.argv[1:]]
-print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+python3 - "$ROUNDS" "${NGINX[@]}" "${FULL[@]}" "${OFF[@]}" "$FULL1" "$OFF1" <<'PY'
+import statistics, sys
+rounds = int(sys.argv[1])
+runs = [line.split() for line in sys.argv[2:]]
+def median(group):
+    return [group[0][0]] + [statistics.median(float(r[i]) for r in group) for i in range(1, 5)]
+head = f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}"
+if rounds > 1:
+    print("each round:")
+    print(head)
+    for i in range(rounds):
+        for name, rps, p50, p99, bad in (runs[i], runs[rounds + i], runs[2 * rounds + i]):
+            print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
+    print(f"median of {rounds} rounds:")
+rows = [median(runs[k * rounds:(k + 1) * rounds]) for k in range(3)] + [median([r]) for r in runs[3 * rounds:]]
+print(head)
 for name, rps, p50, p99, bad in rows:
     print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
 (_, n_rps, n_p50, n_p99, _), (_, f_rps, f_p50, f_p99, _), (_, o_rps, o_p50, o_p99, _), (_, _, f1_p50, _, _), (_, _, o1_p50, _, _) = rows

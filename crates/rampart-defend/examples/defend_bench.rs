@@ -88,9 +88,10 @@ fn main() -> Res<()> {
         "sanitise" => sanitise(&arg(2), &arg(3), &arg(4)),
         "extraction" => extraction(&arg(2), &arg(3), &arg(4), &arg(5)),
         "serve-watermarked" => serve_watermarked(&arg(2), &arg(3), &arg(4), &arg(5), &arg(6)),
+        "serve-hardened" => serve_hardened(&arg(2), &arg(3), &arg(4)),
         "cost" => cost(&arg(2), &arg(3), &arg(4)),
         _ => Err(
-            "usage: defend_bench attacks|detect|sanitise|extraction|serve-watermarked|cost ..."
+            "usage: defend_bench attacks|detect|sanitise|extraction|serve-watermarked|serve-hardened|cost ..."
                 .into(),
         ),
     }
@@ -452,6 +453,91 @@ fn serve_watermarked(model: &str, key: &str, queries: &str, served: &str, log: &
     Ok(())
 }
 
+/// Natural-data extraction against output hardening: answers `queries` as the gateway would under each policy and
+/// writes what a thief receives, one CSV per policy in `out_dir`: `full.csv` and `top_k.csv` with the probabilities
+/// returned (`p0`..`p9`, zero where withheld) and the label, `label_only.csv` with the label alone.
+fn serve_hardened(model: &str, queries: &str, out_dir: &str) -> Res<()> {
+    let model = OnnxModel::from_path("digits", Path::new(model))?;
+    let (x, _) = read_csv(queries)?;
+    let n = x.len() / 64;
+    let scores = predict(&model, "input", n, 64, x.clone())?;
+    let flat: Vec<f32> = scores.iter().flatten().copied().collect();
+    let classes = flat.len() / n;
+    let tensor = Tensor::new("logits", vec![n, classes], TensorData::Fp32(flat))?;
+    let pixels = (0..64)
+        .map(|i| format!("px{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let policies = [
+        ("full", OutputPolicy::Full { decimals: None }),
+        (
+            "top_k",
+            OutputPolicy::TopK {
+                k: 3,
+                decimals: Some(2),
+            },
+        ),
+        ("label_only", OutputPolicy::LabelOnly),
+    ];
+    for (name, policy) in policies {
+        let out = policy.apply(&tensor)?;
+        let get = |name: &str| out.iter().find(|t| t.name == name);
+        let ints = |t: Option<&Tensor>| match t.map(|t| &t.data) {
+            Some(TensorData::Int64(v)) => v.clone(),
+            _ => Vec::new(),
+        };
+        let floats = |t: Option<&Tensor>| match t.map(|t| &t.data) {
+            Some(TensorData::Fp32(v)) => v.clone(),
+            _ => Vec::new(),
+        };
+        let labels = ints(get("label"));
+        // What the thief sees of the probabilities, as a dense row per query.
+        let mut probs = vec![0.0_f32; n * classes];
+        match policy {
+            OutputPolicy::Full { .. } => probs = floats(get("probabilities")),
+            OutputPolicy::TopK { k, .. } => {
+                let (at, p) = (
+                    ints(get("top_k_labels")),
+                    floats(get("top_k_probabilities")),
+                );
+                for (i, (l, v)) in at.iter().zip(&p).enumerate() {
+                    probs[(i / k) * classes + *l as usize] = *v;
+                }
+            }
+            OutputPolicy::LabelOnly => {}
+        }
+        let header = match policy {
+            OutputPolicy::LabelOnly => format!("{pixels},label\n"),
+            _ => {
+                let p = (0..classes)
+                    .map(|c| format!("p{c}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                format!("{pixels},{p},label\n")
+            }
+        };
+        let mut text = header;
+        for (i, row) in x.chunks_exact(64).enumerate() {
+            let mut cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+            if !matches!(policy, OutputPolicy::LabelOnly) {
+                cells.extend(
+                    probs[i * classes..(i + 1) * classes]
+                        .iter()
+                        .map(|v| v.to_string()),
+                );
+            }
+            cells.push(labels[i].to_string());
+            text += &cells.join(",");
+            text.push('\n');
+        }
+        std::fs::write(Path::new(out_dir).join(format!("{name}.csv")), text)?;
+    }
+    println!(
+        "hardening: served {n} natural queries under full, top_k (k 3, 2 decimals) and label_only"
+    );
+    Ok(())
+}
+
 /// Per-request cost of each stage (one row per request, as clients send), next to the model's own inference.
 fn cost(profile: &str, model: &str, test: &str) -> Res<()> {
     let profile = Profile::from_json(&std::fs::read_to_string(profile)?)?;
@@ -529,6 +615,24 @@ fn cost(profile: &str, model: &str, test: &str) -> Res<()> {
             Ok(())
         })?;
     }
+    // One long-lived principal: 5,000 distinct queries (test rows, each with one pixel moved to a level of its own),
+    // timed over the last 1,000, when its history and PRADA's distances are full.
+    let mut long = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
+    let mut late = 0.0;
+    for q in 0..5000 {
+        let i = q % n;
+        let mut row = x[i * 64..(i + 1) * 64].to_vec();
+        row[(q * 7) % 64] = ((q / n) % 17) as f32 / 16.0;
+        let t = Instant::now();
+        long.observe("long-lived", &row, y[i] as usize)?;
+        if q >= 4000 {
+            late += t.elapsed().as_secs_f64();
+        }
+    }
+    println!(
+        "cost: extraction monitor, one principal's queries 4,001-5,000: {:.1} us/request",
+        late / 1000.0 * 1e6
+    );
     let model_us = times["model inference"] / n as f64 * 1e6;
     let mut names: Vec<_> = times.keys().copied().collect();
     names.sort_unstable();

@@ -23,7 +23,7 @@
 
 use rampart_infer::Model;
 
-use crate::knn::{squared_distance, Reference};
+use crate::knn::{Collector, Index, KBest};
 use crate::profile::{FeatureProfile, Profile};
 use crate::sanitise::{ImageShape, Sanitiser};
 use crate::stats::extrapolated_tail;
@@ -161,7 +161,8 @@ pub struct Assessment {
 #[derive(Debug, Clone)]
 pub struct Detector {
     config: DetectorConfig,
-    reference: Reference,
+    /// The profile's reference sample, laid out for search.
+    index: Index,
     features: Vec<FeatureProfile>,
     input_name: String,
     calibration: Option<Calibration>,
@@ -188,7 +189,7 @@ impl Detector {
         }
         Ok(Detector {
             config,
-            reference: reference.clone(),
+            index: Index::new(reference),
             features: profile.features.clone(),
             input_name: input_name.to_string(),
             calibration: None,
@@ -304,25 +305,21 @@ impl Detector {
             let predicted = argmax(probs)
                 .ok_or_else(|| DefendError::Model("the model returned NaN scores".into()))?;
             let class = predicted as i64;
-            // The k nearest overall, of the predicted class and of the others, in one pass over the reference
+            // The k nearest overall, of the predicted class and of the others, in one search of the reference
             // (ties keep the earlier row, as a stable sort would).
-            let (mut all, mut same, mut other) = (KBest::new(k), KBest::new(k), KBest::new(k));
-            for (r, &label) in self
-                .reference
-                .rows
-                .chunks_exact(width)
-                .zip(&self.reference.labels)
-            {
-                let d = squared_distance(r, row);
-                all.push(d, label);
-                if label == class {
-                    same.push(d, label);
-                } else {
-                    other.push(d, label);
-                }
-            }
-            let disagree = all.items.iter().filter(|(_, l)| *l != class).count() as f64 / k as f64;
-            let (same, other) = (same.mean_distance(), other.mean_distance());
+            let mut near = Near {
+                class,
+                all: KBest::new(k),
+                same: KBest::new(k),
+                other: KBest::new(k),
+            };
+            self.index.search(row, &mut near);
+            let Near {
+                all, same, other, ..
+            } = near;
+            let disagree =
+                all.items().iter().filter(|&&(_, _, l)| l != class).count() as f64 / k as f64;
+            let (same, other) = (mean_distance(&same), mean_distance(&other));
             // A class absent from the reference is maximally suspicious; guard 0/0 for exact duplicates.
             let ratio = if same.is_infinite() {
                 f64::MAX
@@ -478,40 +475,52 @@ fn fisher_leave_one_out(
         .sum()
 }
 
-/// The `k` smallest squared distances seen, ascending, with their labels.
-struct KBest {
-    k: usize,
-    items: Vec<(f32, i64)>,
+/// What the detector keeps of one search: the `k` nearest rows overall, of the predicted class, and of the others.
+struct Near {
+    class: i64,
+    all: KBest,
+    same: KBest,
+    other: KBest,
 }
 
-impl KBest {
-    fn new(k: usize) -> KBest {
-        KBest {
-            k,
-            items: Vec::with_capacity(k + 1),
-        }
+impl Collector for Near {
+    fn bound(&self, label: i64) -> f32 {
+        let own = if label == self.class {
+            &self.same
+        } else {
+            &self.other
+        };
+        self.all.worst().max(own.worst())
     }
 
-    fn push(&mut self, d: f32, label: i64) {
-        if self.items.len() == self.k && self.items.last().is_some_and(|&(w, _)| d >= w) {
-            return;
-        }
-        let at = self.items.partition_point(|&(x, _)| x <= d);
-        self.items.insert(at, (d, label));
-        self.items.truncate(self.k);
+    fn max_bound(&self) -> f32 {
+        self.all
+            .worst()
+            .max(self.same.worst())
+            .max(self.other.worst())
     }
 
-    /// The mean Euclidean distance of the kept rows; infinite when none.
-    fn mean_distance(&self) -> f64 {
-        if self.items.is_empty() {
-            return f64::INFINITY;
+    fn offer(&mut self, squared: f32, index: usize, label: i64) {
+        self.all.push(squared, index, label);
+        if label == self.class {
+            self.same.push(squared, index, label);
+        } else {
+            self.other.push(squared, index, label);
         }
-        self.items
-            .iter()
-            .map(|&(d, _)| f64::from(d).sqrt())
-            .sum::<f64>()
-            / self.items.len() as f64
     }
+}
+
+/// The mean Euclidean distance of the kept rows; infinite when none.
+fn mean_distance(best: &KBest) -> f64 {
+    let items = best.items();
+    if items.is_empty() {
+        return f64::INFINITY;
+    }
+    items
+        .iter()
+        .map(|&(d, _, _)| f64::from(d).sqrt())
+        .sum::<f64>()
+        / items.len() as f64
 }
 
 /// Fisher's combination of the enabled components' tail probabilities among the clean rows.

@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use crate::knn::{squared_distance, Neighbour, Reference};
+use crate::knn::{squared_distance, Index, Neighbour, Reference};
 use crate::profile::{FeatureProfile, Profile};
 use crate::shapiro::shapiro_wilk;
 use crate::stats::{binomial_sf, quantile_sorted};
@@ -137,8 +137,14 @@ struct Principal {
     queries: u64,
     distinct: u64,
     history: Vec<Vec<f32>>,
+    /// A 128-bit digest of each row in `history`, so that a repeat is found without scanning it.
+    seen: std::collections::HashSet<[u8; 16]>,
     growing: HashMap<usize, Vec<Vec<f32>>>,
     distances: Vec<f64>,
+    /// Sum and sum of squares of `distances`, kept as they change.
+    distance_sums: (f64, f64),
+    /// How many distances there were at PRADA's last test.
+    tested_at: usize,
     off_manifold: u64,
     off_support: u64,
     near_duplicates: u64,
@@ -154,6 +160,8 @@ struct Principal {
 pub struct ExtractionMonitor {
     config: ExtractionConfig,
     reference: Reference,
+    /// The reference laid out for search.
+    index: Index,
     features: Vec<FeatureProfile>,
     baseline: Baseline,
     principals: HashMap<String, Principal>,
@@ -194,12 +202,13 @@ impl ExtractionMonitor {
             ));
         }
         let width = reference.width;
+        let index = Index::new(&reference);
         let rows: Vec<&[f32]> = reference.rows.chunks_exact(width).collect();
         let mut nn: Vec<f64> = rows
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                reference
+                index
                     .nearest(r, 1, Some(i))
                     .first()
                     .map_or(0.0, |n| n.distance)
@@ -232,6 +241,7 @@ impl ExtractionMonitor {
         Ok(ExtractionMonitor {
             config,
             reference,
+            index,
             features,
             baseline,
             principals: HashMap::new(),
@@ -246,17 +256,18 @@ impl ExtractionMonitor {
         query: &[f32],
         predicted: usize,
     ) -> Result<Decision, DefendError> {
-        let nearest = self.reference.nearest(query, 1, None).into_iter().next();
+        let nearest = self.index.nearest(query, 1, None).into_iter().next();
         self.observe_near(principal, query, predicted, nearest)
     }
 
-    /// The reference sample queries are compared with: a caller that shares the monitor behind a lock finds a
-    /// query's nearest row in a copy of it, outside the lock, and passes it to [`ExtractionMonitor::observe_near`].
-    pub fn reference(&self) -> &Reference {
-        &self.reference
+    /// The reference sample queries are compared with, laid out for search: a caller that shares the monitor behind
+    /// a lock finds a query's nearest row in a copy of it, outside the lock, and passes it to
+    /// [`ExtractionMonitor::observe_near`].
+    pub fn index(&self) -> &Index {
+        &self.index
     }
 
-    /// [`ExtractionMonitor::observe`] with the query's nearest reference row already found (`reference().nearest(query,
+    /// [`ExtractionMonitor::observe`] with the query's nearest reference row already found (`index().nearest(query,
     /// 1, None)`), the costly part of an observation.
     pub fn observe_near(
         &mut self,
@@ -286,15 +297,15 @@ impl ExtractionMonitor {
         if off_support(&self.features, query) {
             state.off_support += 1;
         }
-        let repeat = state.history.iter().any(|h| h.as_slice() == query);
+        let digest = row_digest(query);
+        let repeat = state.seen.contains(&digest);
         if !repeat {
             state.distinct += 1;
-            let closest = state
+            let near = state
                 .history
                 .iter()
-                .map(|h| squared_distance(h, query))
-                .fold(f32::INFINITY, f32::min);
-            if f64::from(closest).sqrt() <= baseline.near {
+                .any(|h| f64::from(squared_distance(h, query)).sqrt() <= baseline.near);
+            if near {
                 state.near_duplicates += 1;
             }
             if let Some(last) = state.history.last() {
@@ -305,6 +316,7 @@ impl ExtractionMonitor {
             prada_step(state, query, predicted, config.max_history);
             if state.history.len() < config.max_history {
                 state.history.push(query.to_vec());
+                state.seen.insert(digest);
             }
         }
         Ok(judge(
@@ -368,8 +380,10 @@ fn judge(
     reference_len: usize,
 ) -> Decision {
     let mut raised = Vec::new();
-    if state.distances.len() >= config.prada_min {
-        let window = state.distances.len().saturating_sub(5000);
+    let len = state.distances.len();
+    if len >= config.prada_min && prada_due(len, state.tested_at) {
+        state.tested_at = len;
+        let window = len.saturating_sub(5000);
         if let Some(sw) = state.distances.get(window..).and_then(shapiro_wilk) {
             state.prada_w = Some(sw.w);
             if sw.w < baseline.prada_w {
@@ -440,19 +454,21 @@ fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize) {
         return;
     };
     state.distances.push(min);
+    state.distance_sums.0 += min;
+    state.distance_sums.1 += min * min;
     if state.distances.len() > 10_000 {
         // Bounded memory: PRADA tests the latest 5,000 distances anyway.
         state.distances.drain(..5_000);
+        state.distance_sums = state
+            .distances
+            .iter()
+            .fold((0.0, 0.0), |(s, q), d| (s + d, q + d * d));
     }
+    // Mean and standard deviation from the running sums: this runs on every query, over up to 10,000 distances.
     let n = state.distances.len() as f64;
-    let mean = state.distances.iter().sum::<f64>() / n;
-    let std = (state
-        .distances
-        .iter()
-        .map(|d| (d - mean) * (d - mean))
-        .sum::<f64>()
-        / n)
-        .sqrt();
+    let (sum, squares) = state.distance_sums;
+    let mean = sum / n;
+    let std = (squares / n - mean * mean).max(0.0).sqrt();
     if min > mean - std && set.len() < cap {
         set.push(query.to_vec());
     }
@@ -495,8 +511,10 @@ fn natural_prada_w(reference: &Reference, config: &ExtractionConfig) -> f64 {
                 continue;
             };
             prada_step(&mut state, row, label.max(0) as usize, config.max_history);
-            // Every fourth step: `W` moves slowly, and the streams are many.
-            if state.distances.len() >= config.prada_min && state.distances.len() % 4 == 0 {
+            // On the schedule the live test follows.
+            let len = state.distances.len();
+            if len >= config.prada_min && prada_due(len, state.tested_at) {
+                state.tested_at = len;
                 if let Some(sw) = shapiro_wilk(&state.distances) {
                     lowest = lowest.min(sw.w);
                 }
@@ -512,6 +530,28 @@ fn natural_prada_w(reference: &Reference, config: &ExtractionConfig) -> f64 {
         );
     }
     calibrated
+}
+
+/// Whether PRADA's test is due with `len` distances, the last test having been at `tested` distances: every fourth
+/// distance up to 512, then every `len / 128`-th. `W` moves slowly, and a Shapiro-Wilk test sorts and weighs up to
+/// 5,000 distances: on every query it made a long-lived principal's query cost milliseconds (under the monitor's lock).
+/// The natural streams that set PRADA's threshold are tested on the same schedule.
+fn prada_due(len: usize, tested: usize) -> bool {
+    let step = if len <= 512 { 4 } else { len / 128 };
+    len < tested || len >= tested + step
+}
+
+/// A 128-bit digest of a row's values (`-0.0` as `0.0`, so that rows equal as numbers digest equal).
+fn row_digest(row: &[f32]) -> [u8; 16] {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for v in row {
+        hasher.update((v + 0.0).to_le_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut out = [0u8; 16];
+    out.iter_mut().zip(digest.iter()).for_each(|(o, d)| *o = *d);
+    out
 }
 
 /// How many features differ between two rows.
@@ -637,5 +677,33 @@ mod tests {
         assert!(!off_support(&m.features, row));
         let nudged: Vec<f32> = row.iter().map(|v| (v + 0.02).min(1.0)).collect();
         assert!(off_support(&m.features, &nudged));
+    }
+
+    #[test]
+    fn prada_is_tested_every_fourth_distance_then_every_128th_of_them() {
+        let mut tested = 0;
+        let mut at = Vec::new();
+        for len in 1..=2000 {
+            if prada_due(len, tested) {
+                tested = len;
+                at.push(len);
+            }
+        }
+        assert_eq!(at.get(..3), Some(&[4, 8, 12][..]));
+        assert!(at.contains(&512));
+        let after: Vec<usize> = at.iter().copied().filter(|&l| l > 512).collect();
+        assert!(after.windows(2).all(|w| {
+            let gap = w[1] - w[0];
+            gap >= 4 && gap <= w[1] / 128 + 1
+        }));
+        assert!(after.len() < 200, "{} tests after 512", after.len());
+        // A drained history is tested again at once.
+        assert!(prada_due(5_001, 10_000));
+    }
+
+    #[test]
+    fn rows_equal_as_numbers_digest_equal() {
+        assert_eq!(row_digest(&[0.0, 1.5]), row_digest(&[-0.0, 1.5]));
+        assert_ne!(row_digest(&[0.0, 1.5]), row_digest(&[1.5, 0.0]));
     }
 }

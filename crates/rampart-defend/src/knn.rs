@@ -1,4 +1,17 @@
-//! Exact nearest neighbours in a labelled reference set (brute force: the reference sets here are thousands of rows).
+//! Exact nearest neighbours in a labelled reference set.
+//!
+//! The reference sets here are thousands of rows, searched on every request the gateway serves. Trees lose to a
+//! scan at 64 dimensions, so [`Index`] scans, but mostly over a lower bound that is four times smaller than the rows:
+//!
+//! - At build, the top principal directions of the reference (subspace iteration on its covariance, then
+//!   Gram-Schmidt, so that they are orthonormal whether or not the iteration converged) and each row's projection
+//!   on them. A projection onto orthonormal directions never lengthens a vector, so the distance between two
+//!   projections is a lower bound of the distance between the rows.
+//! - A search projects the query, computes the bound for every row (eight rows per vector, from a block layout),
+//!   and computes the exact distance only for a row whose bound does not exclude it. The bound is lowered by a
+//!   margin far above the rounding of its arithmetic, so it never excludes a row that the exact distance would keep.
+//! - The exact distance is [`squared_distance`] on the row as stored, so every answer (ties included: the earlier
+//!   row wins) is the one a full scan gives.
 
 /// A labelled reference set, such as a profile's sample of the training data.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -80,6 +93,356 @@ impl Reference {
     }
 }
 
+/// Rows per block of the bounds' layout: one vector of eight `f32` lanes.
+const LANES: usize = 8;
+/// Principal directions an [`Index`] bounds distances with (fewer when the rows have fewer dimensions).
+const DIRECTIONS: usize = 12;
+/// Subspace iterations at build: enough for the leading directions of real data; convergence is not needed for
+/// correctness, only for tight bounds.
+const ITERATIONS: usize = 40;
+/// The relative margin taken off each bound: the bound's rounding error is below 1e-5 of the squared norms involved.
+const MARGIN: f32 = 1e-4;
+
+/// What a search keeps: it says how far a row of a label may be to still matter, and is offered the rows within.
+pub trait Collector {
+    /// A row of `label` at a squared distance above this cannot be kept (`f32::INFINITY` while anything can).
+    fn bound(&self, label: i64) -> f32;
+    /// The largest [`Collector::bound`] over all labels.
+    fn max_bound(&self) -> f32;
+    /// A row within [`Collector::bound`]: its squared distance, its index in the reference, its label.
+    fn offer(&mut self, squared: f32, index: usize, label: i64);
+}
+
+/// The `k` nearest rows by squared distance, nearest first; ties keep the earlier row.
+#[derive(Debug, Clone)]
+pub struct KBest {
+    k: usize,
+    items: Vec<(f32, usize, i64)>,
+    /// [`KBest::worst`], kept up to date: searches ask for it once per row.
+    worst: f32,
+}
+
+impl KBest {
+    /// Keeps at most `k` rows.
+    pub fn new(k: usize) -> KBest {
+        KBest {
+            k,
+            items: Vec::with_capacity(k + 1),
+            worst: if k == 0 {
+                f32::NEG_INFINITY
+            } else {
+                f32::INFINITY
+            },
+        }
+    }
+
+    /// The squared distance a row must not exceed to be kept; infinite until `k` rows are kept.
+    pub fn worst(&self) -> f32 {
+        self.worst
+    }
+
+    /// Offers a row.
+    pub fn push(&mut self, squared: f32, index: usize, label: i64) {
+        if self.k == 0 {
+            return;
+        }
+        if self.items.len() == self.k
+            && self
+                .items
+                .last()
+                .is_some_and(|&(w, i, _)| squared > w || (squared == w && index > i))
+        {
+            return;
+        }
+        let at = self
+            .items
+            .partition_point(|&(x, i, _)| x < squared || (x == squared && i < index));
+        self.items.insert(at, (squared, index, label));
+        self.items.truncate(self.k);
+        if self.items.len() == self.k {
+            self.worst = self.items.last().map_or(f32::INFINITY, |&(d, _, _)| d);
+        }
+    }
+
+    /// The kept rows: squared distance, row index, label; nearest first.
+    pub fn items(&self) -> &[(f32, usize, i64)] {
+        &self.items
+    }
+
+    /// The kept rows as neighbours, nearest first.
+    pub fn neighbours(&self) -> Vec<Neighbour> {
+        self.items
+            .iter()
+            .map(|&(d, index, label)| Neighbour {
+                distance: f64::from(d).sqrt(),
+                label,
+                index,
+            })
+            .collect()
+    }
+}
+
+impl Collector for KBest {
+    fn bound(&self, _label: i64) -> f32 {
+        self.worst()
+    }
+
+    fn max_bound(&self) -> f32 {
+        self.worst()
+    }
+
+    fn offer(&mut self, squared: f32, index: usize, label: i64) {
+        self.push(squared, index, label);
+    }
+}
+
+/// A reference set laid out for search (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct Index {
+    width: usize,
+    /// The rows as given, row after row: exact distances are taken on them.
+    rows: Vec<f32>,
+    labels: Vec<i64>,
+    /// The reference's mean, subtracted before projecting.
+    mean: Vec<f64>,
+    /// Orthonormal directions, `width` values each.
+    directions: Vec<Vec<f64>>,
+    /// The rows' projections in blocks of `LANES` rows: direction `k` of a block's rows at `k * LANES ..`; the
+    /// last block is padded with copies of the origin (their bounds are ignored).
+    projected: Vec<f32>,
+    /// The largest squared norm of a row's projection (for the margin).
+    largest: f32,
+}
+
+impl Index {
+    /// Lays out `reference` for search.
+    pub fn new(reference: &Reference) -> Index {
+        let width = reference.width;
+        let n = reference
+            .rows
+            .len()
+            .checked_div(width)
+            .unwrap_or(0)
+            .min(reference.labels.len());
+        let rows = reference.rows.get(..n * width).unwrap_or_default().to_vec();
+        let labels = reference.labels.get(..n).unwrap_or_default().to_vec();
+        let mut mean = vec![0.0_f64; width];
+        if n > 0 {
+            for row in rows.chunks_exact(width) {
+                for (m, &v) in mean.iter_mut().zip(row) {
+                    *m += f64::from(v);
+                }
+            }
+            mean.iter_mut().for_each(|m| *m /= n as f64);
+        }
+        let directions = principal_directions(&rows, width, &mean, DIRECTIONS.min(width));
+        let m = directions.len();
+        let mut projected = Vec::with_capacity(n.div_ceil(LANES) * LANES * m);
+        let mut largest = 0.0_f32;
+        if width > 0 {
+            let projections: Vec<Vec<f32>> = rows
+                .chunks_exact(width)
+                .map(|row| project(&directions, &mean, row))
+                .collect();
+            for p in &projections {
+                largest = largest.max(p.iter().map(|v| v * v).sum());
+            }
+            for block in projections.chunks(LANES) {
+                for k in 0..m {
+                    for lane in 0..LANES {
+                        let v = block.get(lane).and_then(|p| p.get(k)).copied();
+                        projected.push(v.unwrap_or(0.0));
+                    }
+                }
+            }
+        }
+        Index {
+            width,
+            rows,
+            labels,
+            mean,
+            directions,
+            projected,
+            largest,
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Row width.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Offers `collector` every row it could keep (and perhaps others), with its exact squared distance to `query`
+    /// ([`squared_distance`]). A query of another width finds nothing.
+    pub fn search(&self, query: &[f32], collector: &mut impl Collector) {
+        if self.width == 0 || query.len() != self.width || self.labels.is_empty() {
+            return;
+        }
+        let bounds = self.lower_bounds(query);
+        let rows = self.rows.chunks_exact(self.width);
+        // The cheap test first: most rows are beyond every label's bound, which only falls when a row is offered.
+        let mut limit = collector.max_bound();
+        for ((row, &label), (index, &bound)) in
+            rows.zip(&self.labels).zip(bounds.iter().enumerate())
+        {
+            if bound > limit || bound > collector.bound(label) {
+                continue;
+            }
+            let d = squared_distance(row, query);
+            // A NaN distance (a NaN in the query) is offered: the collector decides, as a full scan would.
+            if d.is_nan() || d <= collector.bound(label) {
+                collector.offer(d, index, label);
+                limit = collector.max_bound();
+            }
+        }
+    }
+
+    /// A lower bound of each row's squared distance to `query`, margin taken.
+    fn lower_bounds(&self, query: &[f32]) -> Vec<f32> {
+        let q = project(&self.directions, &self.mean, query);
+        let m = q.len();
+        let n = self.labels.len();
+        let slack = MARGIN * (self.largest + q.iter().map(|v| v * v).sum::<f32>());
+        let mut bounds = Vec::with_capacity(n.div_ceil(LANES) * LANES);
+        if m == 0 {
+            bounds.resize(n, f32::NEG_INFINITY);
+            return bounds;
+        }
+        for block in self.projected.chunks_exact(m * LANES) {
+            let mut acc = [0.0_f32; LANES];
+            for (column, &qk) in block.chunks_exact(LANES).zip(&q) {
+                for (a, &v) in acc.iter_mut().zip(column) {
+                    let d = v - qk;
+                    *a += d * d;
+                }
+            }
+            bounds.extend(acc.iter().map(|&a| a * (1.0 - MARGIN) - slack));
+        }
+        bounds.truncate(n);
+        bounds
+    }
+
+    /// The `k` nearest rows, nearest first (ties: the earlier row first); `skip_index` leaves one row out (for
+    /// leave-one-out calibration).
+    pub fn nearest(&self, query: &[f32], k: usize, skip_index: Option<usize>) -> Vec<Neighbour> {
+        struct Skipping {
+            best: KBest,
+            skip: Option<usize>,
+        }
+        impl Collector for Skipping {
+            fn bound(&self, _label: i64) -> f32 {
+                self.best.worst()
+            }
+            fn max_bound(&self) -> f32 {
+                self.best.worst()
+            }
+            fn offer(&mut self, squared: f32, index: usize, label: i64) {
+                if Some(index) != self.skip {
+                    self.best.push(squared, index, label);
+                }
+            }
+        }
+        let mut collector = Skipping {
+            best: KBest::new(k),
+            skip: skip_index,
+        };
+        self.search(query, &mut collector);
+        collector.best.neighbours()
+    }
+}
+
+/// The projection of `row` (minus `mean`) on `directions`, computed in `f64`.
+fn project(directions: &[Vec<f64>], mean: &[f64], row: &[f32]) -> Vec<f32> {
+    directions
+        .iter()
+        .map(|d| {
+            d.iter()
+                .zip(mean)
+                .zip(row)
+                .map(|((&w, &m), &v)| w * (f64::from(v) - m))
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// Up to `m` orthonormal directions spanning (approximately) the top principal subspace of the centred rows:
+/// subspace iteration on the covariance, each round orthonormalised. Directions that vanish (data of lower rank)
+/// are dropped: fewer directions only loosen the bound.
+fn principal_directions(rows: &[f32], width: usize, mean: &[f64], m: usize) -> Vec<Vec<f64>> {
+    if width == 0 || m == 0 {
+        return Vec::new();
+    }
+    let mut cov = vec![vec![0.0_f64; width]; width];
+    for row in rows.chunks_exact(width) {
+        let centred: Vec<f64> = row
+            .iter()
+            .zip(mean)
+            .map(|(&v, &mu)| f64::from(v) - mu)
+            .collect();
+        for (ci, &a) in cov.iter_mut().zip(&centred) {
+            for (c, &b) in ci.iter_mut().zip(&centred) {
+                *c += a * b;
+            }
+        }
+    }
+    // Start from the coordinate axes of largest variance, slightly mixed so no start is orthogonal to a direction.
+    let mut axes: Vec<usize> = (0..width).collect();
+    let variance = |j: usize| cov.get(j).and_then(|r| r.get(j)).copied().unwrap_or(0.0);
+    axes.sort_by(|&a, &b| variance(b).total_cmp(&variance(a)).then(a.cmp(&b)));
+    let mut basis: Vec<Vec<f64>> = axes
+        .iter()
+        .take(m)
+        .map(|&j| {
+            (0..width)
+                .map(|i| if i == j { 1.0 } else { 1e-3 / (1.0 + i as f64) })
+                .collect()
+        })
+        .collect();
+    basis = orthonormal(basis);
+    for _ in 0..ITERATIONS {
+        let multiplied: Vec<Vec<f64>> = basis
+            .iter()
+            .map(|v| {
+                cov.iter()
+                    .map(|r| r.iter().zip(v).map(|(a, b)| a * b).sum())
+                    .collect()
+            })
+            .collect();
+        basis = orthonormal(multiplied);
+    }
+    basis
+}
+
+/// Modified Gram-Schmidt, twice for orthogonality to rounding; drops vectors that vanish.
+fn orthonormal(vectors: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
+    let mut out: Vec<Vec<f64>> = Vec::with_capacity(vectors.len());
+    for mut v in vectors {
+        let before = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for _ in 0..2 {
+            for u in &out {
+                let dot: f64 = u.iter().zip(&v).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(x, &y)| *x -= dot * y);
+            }
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm.is_finite() && norm > 1e-9 * before.max(f64::MIN_POSITIVE) && norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+            out.push(v);
+        }
+    }
+    out
+}
+
 /// Squared Euclidean distance in `f32`, eight lanes at a time (the compiler vectorises the lanes).
 pub fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0_f32; 8];
@@ -124,5 +487,205 @@ mod tests {
         let n = r.nearest(&[0.0, 0.0], 5, Some(0));
         assert_eq!(n.iter().map(|x| x.label).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(n[1].distance, 5.0);
+    }
+
+    /// Brute force in the reference's row order: every distance, sorted by (distance, row).
+    fn brute(r: &Reference, q: &[f32]) -> Vec<(f32, usize)> {
+        let mut all: Vec<(f32, usize)> = r
+            .rows
+            .chunks_exact(r.width)
+            .enumerate()
+            .map(|(i, row)| {
+                (
+                    row.iter()
+                        .zip(q)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f32>(),
+                    i,
+                )
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        all
+    }
+
+    fn sample(seed: u64, rows: usize, width: usize, levels: u64) -> Reference {
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut rows_out = Vec::new();
+        let mut labels = Vec::new();
+        for _ in 0..rows {
+            let label = (next() % 4) as i64;
+            for j in 0..width {
+                // Few levels so that ties and duplicate rows occur; per-label offsets on some dimensions.
+                let base = (next() % levels) as f32 / levels as f32;
+                rows_out.push(if j % 5 == 0 {
+                    base + label as f32
+                } else {
+                    base
+                });
+            }
+            labels.push(label);
+        }
+        Reference {
+            width,
+            rows: rows_out,
+            labels,
+        }
+    }
+
+    #[test]
+    fn index_matches_brute_force_with_ties() {
+        // Levels of 1/2^n keep every sum exact, so ties are real ties in any summation order.
+        for (seed, n, width, levels) in [
+            (1, 300, 64, 4),
+            (2, 37, 7, 2),
+            (3, 8, 16, 8),
+            (4, 1, 3, 4),
+            (5, 129, 33, 16),
+        ] {
+            let r = sample(seed, n, width, levels);
+            let index = Index::new(&r);
+            assert_eq!(index.len(), n);
+            for qi in 0..20u64 {
+                let q: Vec<f32> = sample(seed * 100 + qi, 1, width, levels).rows;
+                let expect = brute(&r, &q);
+                for k in [1, 3, 10, n + 2] {
+                    let got: Vec<usize> =
+                        index.nearest(&q, k, None).iter().map(|x| x.index).collect();
+                    let want: Vec<usize> = expect.iter().take(k).map(|x| x.1).collect();
+                    assert_eq!(got, want, "seed {seed} query {qi} k {k}");
+                }
+                let skip = expect.first().map(|x| x.1);
+                let got: Vec<usize> = index.nearest(&q, 2, skip).iter().map(|x| x.index).collect();
+                let want: Vec<usize> = expect
+                    .iter()
+                    .filter(|x| Some(x.1) != skip)
+                    .take(2)
+                    .map(|x| x.1)
+                    .collect();
+                assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn index_prunes_per_label_exactly() {
+        struct PerLabel(Vec<KBest>);
+        impl Collector for PerLabel {
+            fn bound(&self, label: i64) -> f32 {
+                self.0
+                    .get(label as usize)
+                    .map_or(f32::NEG_INFINITY, KBest::worst)
+            }
+            fn max_bound(&self) -> f32 {
+                self.0
+                    .iter()
+                    .map(KBest::worst)
+                    .fold(f32::NEG_INFINITY, f32::max)
+            }
+            fn offer(&mut self, squared: f32, index: usize, label: i64) {
+                if let Some(best) = self.0.get_mut(label as usize) {
+                    best.push(squared, index, label);
+                }
+            }
+        }
+        let r = sample(9, 500, 64, 4);
+        let index = Index::new(&r);
+        let q = sample(77, 1, 64, 4).rows;
+        let mut per = PerLabel((0..4).map(|_| KBest::new(5)).collect());
+        index.search(&q, &mut per);
+        let expect = brute(&r, &q);
+        for (label, best) in per.0.iter().enumerate() {
+            let got: Vec<usize> = best.items().iter().map(|x| x.1).collect();
+            let want: Vec<usize> = expect
+                .iter()
+                .filter(|x| r.labels[x.1] == label as i64)
+                .take(5)
+                .map(|x| x.1)
+                .collect();
+            assert_eq!(got, want, "label {label}");
+        }
+    }
+
+    #[test]
+    fn index_of_another_width_finds_nothing() {
+        let r = sample(3, 10, 4, 4);
+        assert!(Index::new(&r).nearest(&[0.0; 3], 2, None).is_empty());
+        assert!(Index::new(&Reference {
+            width: 0,
+            rows: vec![],
+            labels: vec![]
+        })
+        .nearest(&[], 1, None)
+        .is_empty());
+    }
+
+    #[test]
+    fn index_matches_a_full_scan_on_continuous_and_degenerate_data() {
+        let mut seed = 0x9e37_79b9_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 1_000_003) as f32 / 1_000_003.0
+        };
+        let scan = |r: &Reference, q: &[f32], k: usize| -> Vec<usize> {
+            let mut all: Vec<(f32, usize)> = r
+                .rows
+                .chunks_exact(r.width)
+                .enumerate()
+                .map(|(i, row)| (squared_distance(row, q), i))
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            all.into_iter().take(k).map(|x| x.1).collect()
+        };
+        for (n, width, kind) in [
+            (400, 64, "spread"),
+            (300, 64, "rank one"),
+            (50, 20, "constant"),
+            (90, 5, "spread"),
+        ] {
+            let mut rows = Vec::new();
+            for i in 0..n {
+                let t = next();
+                for j in 0..width {
+                    rows.push(match kind {
+                        "rank one" => t * (j as f32 + 1.0),
+                        "constant" => 0.5,
+                        // Correlated dimensions, as in images, plus duplicates every tenth row.
+                        _ if i % 10 == 9 => rows.get((i - 1) * width + j).copied().unwrap_or(0.0),
+                        _ => t + 0.3 * next() + 0.01 * j as f32,
+                    });
+                }
+            }
+            let r = Reference {
+                width,
+                rows,
+                labels: (0..n as i64).map(|i| i % 3).collect(),
+            };
+            let index = Index::new(&r);
+            for _ in 0..25 {
+                let q: Vec<f32> = (0..width).map(|_| 1.2 * next()).collect();
+                for k in [1, 5, 17] {
+                    let got: Vec<usize> =
+                        index.nearest(&q, k, None).iter().map(|x| x.index).collect();
+                    assert_eq!(got, scan(&r, &q, k), "{kind} k {k}");
+                }
+            }
+            // A reference row as the query: itself first, then its duplicates, in row order.
+            let q = r
+                .rows
+                .get(9 * width..10 * width)
+                .unwrap_or_default()
+                .to_vec();
+            let got: Vec<usize> = index.nearest(&q, 3, None).iter().map(|x| x.index).collect();
+            assert_eq!(got, scan(&r, &q, 3), "{kind} self");
+        }
     }
 }

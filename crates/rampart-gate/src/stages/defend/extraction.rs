@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hyper::header::HeaderValue;
 use hyper::StatusCode;
 use rampart_defend::extraction::{self, ExtractionMonitor};
-use rampart_defend::knn::Reference;
+use rampart_defend::knn::Index;
 
 use super::{Defences, DefendAudit, Pending};
 use crate::metrics::Metrics;
@@ -25,7 +25,7 @@ enum Penalty {
 pub(super) struct ExtractionStage {
     pub(super) monitor: Mutex<ExtractionMonitor>,
     /// The monitor's reference sample, searched outside the lock: the search is most of an observation's cost.
-    reference: Reference,
+    reference: Index,
     penalties: Mutex<HashMap<String, Penalty>>,
     throttle: Gcra<String>,
     ban: Duration,
@@ -42,7 +42,7 @@ impl ExtractionStage {
         shadow: bool,
     ) -> ExtractionStage {
         ExtractionStage {
-            reference: monitor.reference().clone(),
+            reference: monitor.index().clone(),
             monitor: Mutex::new(monitor),
             penalties: Mutex::new(HashMap::new()),
             throttle: Gcra::new(throttle, max_principals),
