@@ -14,7 +14,13 @@ recipient="$(age-keygen -y "$work/key.txt")"
 head -c "$((size_mib * 1024 * 1024))" /dev/urandom > "$work/model.bin"
 cat "$work/model.bin" > /dev/null  # warm the page cache for both
 
-seconds() { local s e; sync; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
+# A tool that fails stops the benchmark with its own message (a full disk, say), not a timing of the failure.
+seconds() {
+  local s e
+  sync; s=$(date +%s.%N)
+  "$@" >/dev/null 2>"$work/err" || { echo "error: \`$*\` failed: $(tail -n1 "$work/err")" >&2; return 1; }
+  e=$(date +%s.%N); echo "$e - $s" | bc -l
+}
 # Rampart fsyncs its output before renaming it into place (durable, never half-written); age does not.
 # age's figure below includes an fsync of its output (`sync FILE`) so that both do the same work.
 age_seal() { age -r "$recipient" -o "$work/a.age" "$work/model.bin" && sync "$work/a.age"; }
@@ -25,10 +31,13 @@ rs=999999; as=999999; ru=999999; au=999999
 # the disk holds at most four copies of the input at once. Which tool goes first alternates from round to round,
 # so that neither always writes right after the other's gigabytes (write-back and page-cache state carry over).
 same() { cmp -s "$work/model.bin" "$1" || { echo "round trip differs: $1" >&2; exit 1; }; rm -f "$1"; }
-r_seal() { rs=$(min "$rs" "$(seconds "$rampart" seal "$work/model.bin" -r "$recipient" -o "$work/r.age")"); }
-a_seal() { as=$(min "$as" "$(seconds age_seal)"); }
-r_unseal() { ru=$(min "$ru" "$(seconds "$rampart" unseal "$work/a.age" -i "$work/key.txt" -o "$work/r.out")"); same "$work/r.out"; }
-a_unseal() { au=$(min "$au" "$(seconds age_unseal)"); same "$work/a.out"; }
+r_seal() { local t; t=$(seconds "$rampart" seal "$work/model.bin" -r "$recipient" -o "$work/r.age") || exit 2; rs=$(min "$rs" "$t"); }
+a_seal() { local t; t=$(seconds age_seal) || exit 2; as=$(min "$as" "$t"); }
+r_unseal() {
+  local t; t=$(seconds "$rampart" unseal "$work/a.age" -i "$work/key.txt" -o "$work/r.out") || exit 2
+  ru=$(min "$ru" "$t"); same "$work/r.out"
+}
+a_unseal() { local t; t=$(seconds age_unseal) || exit 2; au=$(min "$au" "$t"); same "$work/a.out"; }
 for round in $(seq "$rounds"); do
   rm -f "$work/r.age" "$work/a.age" "$work/r.out" "$work/a.out"
   if (( round % 2 )); then r_seal; a_seal; r_unseal; a_unseal; else a_seal; r_seal; a_unseal; r_unseal; fi
