@@ -306,12 +306,17 @@ impl Gate {
         else {
             return Ok(route);
         };
+        // A configured model keeps its routes: decided before the registry's directory is looked at, so that
+        // the hot path (inference on a configured model) costs no file-system call.
+        if self.models.contains_key(name) {
+            return Ok(route);
+        }
         let Some(versions) = self.registry.as_ref() else {
             return Ok(route);
         };
         let stored_model = rampart_deploy::check_name("model name", name).is_ok()
             && versions.registry.dir().join("registry").join(name).is_dir();
-        if self.models.contains_key(name) || !stored_model {
+        if !stored_model {
             return Ok(route);
         }
         let versions = Arc::clone(versions);
