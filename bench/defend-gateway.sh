@@ -7,7 +7,7 @@
 # The request is a clean test row the detector passes (every answer is a 200 on every server). It is the same row
 # every time: the extraction monitor's per-principal history check then meets a repeat, its cheapest path.
 #
-# Usage: bench/defend-gateway.sh [seconds per run, default 10]
+# Usage: bench/defend-gateway.sh [seconds per run, default 10] [rounds, default 3; each figure is the median]
 # Needs: wrk, openssl, curl, python3 (Debian: apt-get install wrk openssl curl python3), the Rust toolchain.
 set -euo pipefail
 
@@ -73,28 +73,39 @@ curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d
     "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" >/dev/null || { echo "error: inference without the defences failed" >&2; exit 2; }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, all on this machine ($(nproc) cores)" >&2
-ON="$(run_wrk rampart-defended "https://127.0.0.1:$ON_PORT/v2/models/digits/infer" "$WORK/infer.lua")"
-OFF="$(run_wrk rampart-undefended "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua")"
-echo "then each stage alone" >&2
-ALONE=()
-for s in "${STAGES[@]}"; do
-    ALONE+=("$(run_wrk "only-$s" "https://127.0.0.1:${STAGE_PORT[$s]}/v2/models/digits/infer" "$WORK/infer.lua")")
+ROUNDS="${2:-3}"
+RUNS=()
+for round in $(seq "$ROUNDS"); do
+    echo "round $round of $ROUNDS: defended, undefended, then each stage alone" >&2
+    RUNS+=("$(run_wrk rampart-defended "https://127.0.0.1:$ON_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
+    RUNS+=("$(run_wrk rampart-undefended "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
+    for s in "${STAGES[@]}"; do
+        RUNS+=("$(run_wrk "only-$s" "https://127.0.0.1:${STAGE_PORT[$s]}/v2/models/digits/infer" "$WORK/infer.lua")")
+    done
 done
 
-python3 - "$ON" "$OFF" "${ALONE[@]}" <<'PY'
-import sys
-rows = [line.split() for line in sys.argv[1:]]
+python3 - "$ROUNDS" "${RUNS[@]}" <<'PY'
+import statistics, sys
+rounds = int(sys.argv[1])
+runs = [line.split() for line in sys.argv[2:]]
+per = len(runs) // rounds
+# Each server's median over the rounds (this machine is shared: one run can be off by a third).
+rows = []
+for k in range(per):
+    group = [runs[r * per + k] for r in range(rounds)]
+    rows.append([group[0][0]] + [statistics.median(float(g[i]) for g in group) for i in range(1, 5)])
 alone, rows = rows[2:], rows[:2]
+print(f"median of {rounds} round(s)")
 print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
 for name, rps, p50, p99, bad in rows:
     print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
 (_, on, _, _, on_bad), (_, off, _, _, off_bad) = rows
 ratio = float(on) / float(off)
 print(f"throughput defended/undefended: {ratio:.2f}x; the defences cost {(1 - ratio) * 100:.0f}% (target <= 30%)")
-print(f"each stage alone, against the undefended gateway of the same run:")
+print(f"each stage alone, against the undefended gateway:")
 for name, rps, p50, p99, bad in alone:
     print(f"  {name[5:]:<12}{float(rps):>10.0f} req/s{float(rps) / float(off):>8.2f}x  costs {(1 - float(rps) / float(off)) * 100:>4.0f}%"
-          + (f"  ({bad} non-2xx)" if int(bad) else ""))
+          + (f"  ({int(bad)} non-2xx)" if int(bad) else ""))
 if int(on_bad) or int(off_bad):
     print("warning: some answers were not 2xx; the figures include refusals", file=sys.stderr)
 PY
