@@ -14,7 +14,7 @@ need_tools wrk curl python3
 build_rampart
 
 audit_keys() { # sink
-    printf 'sink = "%s"\ndir = "%s"\npath = "%s"' "$1" "$WORK/audit-log" "$WORK/audit.jsonl"
+    printf 'sink = "%s"\ndir = "%s"\npath = "%s"' "$1" "$STATE/audit-log" "$STATE/audit.jsonl"
 }
 JSONL_PORT="$(free_port)"; LOG_PORT="$(free_port)"
 make_config "$JSONL_PORT" "$(free_port)" false "$(audit_keys jsonl)" < /dev/null > "$WORK/jsonl.toml"
@@ -41,7 +41,7 @@ done
 # SIGTERM the log gateway: it drains, flushes and signs a final checkpoint; the log must verify.
 kill -TERM "$LOG_PID"
 for _ in $(seq 1 150); do kill -0 "$LOG_PID" 2>/dev/null || break; sleep 0.1; done
-VERIFY="$("$RAMPART" audit verify "$WORK/audit-log" --no-state 2>/dev/null || true)"
+VERIFY="$("$RAMPART" audit verify "$STATE/audit-log" --no-state 2>/dev/null || true)"
 
 python3 - "$VERIFY" "${RESULTS[@]}" <<'PY'
 import sys

@@ -1,17 +1,24 @@
-# Shared setup of the gateway benchmarks (bench/gateway.sh, bench/defend-gateway.sh); sourced, not run.
-# Defines: ROOT, WORK (removed on exit), PIDS (killed on exit), DURATION, THREADS, CONNECTIONS, RAMPART (release
-# build), and the functions need_tools, free_port, make_config, write_wrk_script, wait_up, run_wrk.
-
+# Shared setup of the gateway benchmarks (bench/gateway.sh, bench/defend-gateway.sh, bench/gateway-log.sh); sourced,
+# not run. Defines: ROOT, WORK and STATE (removed on exit), PIDS (killed on exit), DURATION, THREADS, CONNECTIONS,
+# RAMPART (release build), and the functions need_tools, free_port, make_config, write_wrk_script, wait_up, run_wrk.
+#
+# The gateways' state and audit logs go to STATE: under the repository's target/ (as the default `.rampart` sits in
+# the working directory), or under RAMPART_BENCH_STATE=DIR. The audit log writes two tile files per 256 entries, and
+# on a disk like the development machine's (ext4 without a journal, which skips inodes deleted in the last minutes
+# when it allocates one) creating a file cost anywhere from 27 us to 590 us, depending on what other processes had
+# just deleted near it: compare with RAMPART_BENCH_STATE=/dev/shm to see how much of a run that was.
 DURATION="${1:-10}"
 THREADS=2
 CONNECTIONS=50
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="$(mktemp -d)"
+mkdir -p "${RAMPART_BENCH_STATE:-$ROOT/target}"
+STATE="$(mktemp -d "${RAMPART_BENCH_STATE:-$ROOT/target}/bench-state.XXXXXX")"
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$WORK"
+    rm -rf "$WORK" "$STATE"
 }
 trap cleanup EXIT
 
@@ -40,12 +47,12 @@ build_rampart() {
 # `[models.defend]`) come on stdin. The `[audit]` table's keys default to a directory of its own per port.
 make_config() { # port admin_port disable_security_stages(true|false) [audit keys]
     local audit="${4:-}"
-    [ -n "$audit" ] || audit="dir = \"$WORK/audit-$1\""
+    [ -n "$audit" ] || audit="dir = \"$STATE/audit-$1\""
     cat <<CONF
 [server]
 listen = "127.0.0.1:$1"
 admin_listen = "127.0.0.1:$2"
-state_dir = "$WORK/state"
+state_dir = "$STATE/state"
 disable_security_stages = $3
 [audit]
 $audit
