@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use crate::knn::{squared_distance, Index, Neighbour, Reference};
+use crate::knn::{Index, Neighbour, Reference};
 use crate::profile::{FeatureProfile, Profile};
 use crate::shapiro::shapiro_wilk;
 use crate::stats::{binomial_sf, quantile_sorted};
@@ -136,10 +136,10 @@ struct Principal {
     last_seen: u64,
     queries: u64,
     distinct: u64,
-    history: Vec<Vec<f32>>,
+    history: Rows,
     /// A 128-bit digest of each row in `history`, so that a repeat is found without scanning it.
     seen: std::collections::HashSet<[u8; 16]>,
-    growing: HashMap<usize, Vec<Vec<f32>>>,
+    growing: HashMap<usize, Rows>,
     distances: Vec<f64>,
     /// Sum and sum of squares of `distances`, kept as they change.
     distance_sums: (f64, f64),
@@ -301,11 +301,7 @@ impl ExtractionMonitor {
         let repeat = state.seen.contains(&digest);
         if !repeat {
             state.distinct += 1;
-            let near = state
-                .history
-                .iter()
-                .any(|h| f64::from(squared_distance(h, query)).sqrt() <= baseline.near);
-            if near {
+            if state.history.any_within(query, baseline.near) {
                 state.near_duplicates += 1;
             }
             if let Some(last) = state.history.last() {
@@ -315,7 +311,7 @@ impl ExtractionMonitor {
             }
             prada_step(state, query, predicted, config.max_history);
             if state.history.len() < config.max_history {
-                state.history.push(query.to_vec());
+                state.history.push(query);
                 state.seen.insert(digest);
             }
         }
@@ -445,12 +441,8 @@ fn judge(
 /// that distance exceeds `mean(D) - std(D)` (or the set is empty).
 fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize) {
     let set = state.growing.entry(class).or_default();
-    let Some(min) = set
-        .iter()
-        .map(|g| f64::from(squared_distance(g, query)).sqrt())
-        .reduce(f64::min)
-    else {
-        set.push(query.to_vec());
+    let Some(min) = set.min_distance(query) else {
+        set.push(query);
         return;
     };
     state.distances.push(min);
@@ -470,7 +462,7 @@ fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize) {
     let mean = sum / n;
     let std = (squares / n - mean * mean).max(0.0).sqrt();
     if min > mean - std && set.len() < cap {
-        set.push(query.to_vec());
+        set.push(query);
     }
 }
 
@@ -530,6 +522,96 @@ fn natural_prada_w(reference: &Reference, config: &ExtractionConfig) -> f64 {
         );
     }
     calibrated
+}
+
+/// Remembered rows, eight to a block and interleaved by feature, so that the distances from a query to eight rows
+/// accumulate in one vector: a long-lived principal's history (up to `max_history` rows) is scanned on every query it
+/// sends, under the monitor's lock. Each distance is the sum of squares in feature order.
+#[derive(Debug, Default)]
+struct Rows {
+    width: usize,
+    blocks: Vec<f32>,
+    len: usize,
+    last: Vec<f32>,
+}
+
+/// Rows per block of [`Rows`].
+const ROW_LANES: usize = 8;
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The last row remembered.
+    fn last(&self) -> Option<&[f32]> {
+        (self.len > 0).then_some(self.last.as_slice())
+    }
+
+    /// Remembers `row` (every row of one set has the width of the first).
+    fn push(&mut self, row: &[f32]) {
+        if self.len == 0 {
+            self.width = row.len();
+        }
+        if row.len() != self.width {
+            return;
+        }
+        let lane = self.len % ROW_LANES;
+        if lane == 0 {
+            self.blocks
+                .resize(self.blocks.len() + self.width * ROW_LANES, 0.0);
+        }
+        let span = self.width * ROW_LANES;
+        if let Some(block) = self.blocks.chunks_exact_mut(span).last() {
+            for (column, &v) in block.chunks_exact_mut(ROW_LANES).zip(row) {
+                if let Some(slot) = column.get_mut(lane) {
+                    *slot = v;
+                }
+            }
+        }
+        self.len += 1;
+        self.last = row.to_vec();
+    }
+
+    /// The squared distance from `query` to each remembered row, in order, to `visit` until it returns `true`;
+    /// whether one did.
+    fn scan(&self, query: &[f32], mut visit: impl FnMut(f32) -> bool) -> bool {
+        if self.len == 0 || query.len() != self.width {
+            return false;
+        }
+        let mut left = self.len;
+        for block in self.blocks.chunks_exact(self.width * ROW_LANES) {
+            let mut acc = [0.0_f32; ROW_LANES];
+            for (column, &q) in block.chunks_exact(ROW_LANES).zip(query) {
+                for (a, &v) in acc.iter_mut().zip(column) {
+                    let d = v - q;
+                    *a += d * d;
+                }
+            }
+            for &d in acc.iter().take(left.min(ROW_LANES)) {
+                if visit(d) {
+                    return true;
+                }
+            }
+            left = left.saturating_sub(ROW_LANES);
+        }
+        false
+    }
+
+    /// Whether some remembered row lies within Euclidean distance `near` of `query`.
+    fn any_within(&self, query: &[f32], near: f64) -> bool {
+        self.scan(query, |d| f64::from(d).sqrt() <= near)
+    }
+
+    /// The Euclidean distance from `query` to the nearest remembered row; `None` when there is none.
+    fn min_distance(&self, query: &[f32]) -> Option<f64> {
+        let mut best = f32::INFINITY;
+        self.scan(query, |d| {
+            best = best.min(d);
+            false
+        });
+        (self.len > 0).then(|| f64::from(best).sqrt())
+    }
 }
 
 /// Whether PRADA's test is due with `len` distances, the last test having been at `tested` distances: every fourth
@@ -705,5 +787,56 @@ mod tests {
     fn rows_equal_as_numbers_digest_equal() {
         assert_eq!(row_digest(&[0.0, 1.5]), row_digest(&[-0.0, 1.5]));
         assert_ne!(row_digest(&[0.0, 1.5]), row_digest(&[1.5, 0.0]));
+    }
+
+    #[test]
+    fn remembered_rows_answer_as_a_scan_of_each_row_does() {
+        let mut seed = 0x2545_f491_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 1_000_003) as f32 / 1_000_003.0
+        };
+        // The sum of squares in feature order: the distance the blocks compute.
+        let distance = |a: &[f32], b: &[f32]| -> f64 {
+            let squared = a
+                .iter()
+                .zip(b)
+                .fold(0.0_f32, |acc, (x, y)| acc + (x - y) * (x - y));
+            f64::from(squared).sqrt()
+        };
+        for count in [0_usize, 1, 7, 8, 9, 300] {
+            let mut rows = Rows::default();
+            let mut all: Vec<Vec<f32>> = Vec::new();
+            for i in 0..count {
+                let scale = if i % 7 == 0 { 1_000.0 } else { 1.0 };
+                let row: Vec<f32> = (0..13).map(|_| scale * next()).collect();
+                rows.push(&row);
+                all.push(row);
+            }
+            assert_eq!(rows.len(), count);
+            assert_eq!(rows.last(), all.last().map(Vec::as_slice));
+            for _ in 0..20 {
+                let query: Vec<f32> = (0..13).map(|_| next()).collect();
+                let exact: Vec<f64> = all.iter().map(|r| distance(r, &query)).collect();
+                let min = exact.iter().copied().reduce(f64::min);
+                assert_eq!(rows.min_distance(&query), min);
+                for &d in exact.iter().step_by(5) {
+                    assert!(rows.any_within(&query, d));
+                    let below = d * (1.0 - 1e-9);
+                    assert_eq!(
+                        rows.any_within(&query, below),
+                        exact.iter().any(|&e| e <= below)
+                    );
+                }
+            }
+            // Once the width is set, a row of another width is neither remembered nor matched.
+            if count > 0 {
+                rows.push(&[0.5; 3]);
+                assert_eq!(rows.len(), count);
+                assert!(!rows.any_within(&[0.5; 3], 1.0));
+            }
+        }
     }
 }
