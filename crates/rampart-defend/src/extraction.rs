@@ -159,8 +159,7 @@ struct Principal {
 #[derive(Debug)]
 pub struct ExtractionMonitor {
     config: ExtractionConfig,
-    reference: Reference,
-    /// The reference laid out for search.
+    /// The profile's reference sample, laid out for search.
     index: Index,
     features: Vec<FeatureProfile>,
     baseline: Baseline,
@@ -240,7 +239,6 @@ impl ExtractionMonitor {
         tracing::debug!(far, near, prada_w, "extraction baseline measured");
         Ok(ExtractionMonitor {
             config,
-            reference,
             index,
             features,
             baseline,
@@ -276,10 +274,10 @@ impl ExtractionMonitor {
         predicted: usize,
         nearest: Option<Neighbour>,
     ) -> Result<Decision, DefendError> {
-        if query.len() != self.reference.width || query.iter().any(|v| !v.is_finite()) {
+        if query.len() != self.index.width() || query.iter().any(|v| !v.is_finite()) {
             return Err(DefendError::Input(format!(
                 "a query must have {} finite values",
-                self.reference.width
+                self.index.width()
             )));
         }
         self.make_room(principal);
@@ -315,13 +313,7 @@ impl ExtractionMonitor {
                 state.seen.insert(digest);
             }
         }
-        Ok(judge(
-            config,
-            baseline,
-            state,
-            principal,
-            self.reference.len(),
-        ))
+        Ok(judge(config, baseline, state, principal, self.index.len()))
     }
 
     /// Records a query from `principal` that was refused before the model saw it because it lies outside the
@@ -340,7 +332,7 @@ impl ExtractionMonitor {
             &self.baseline,
             state,
             principal,
-            self.reference.len(),
+            self.index.len(),
         )
     }
 

@@ -46,51 +46,6 @@ impl Reference {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
-
-    /// All distances from `query` to the reference rows, in row order.
-    pub fn distances(&self, query: &[f32]) -> Vec<Neighbour> {
-        if self.width == 0 {
-            return Vec::new();
-        }
-        self.rows
-            .chunks_exact(self.width)
-            .zip(&self.labels)
-            .enumerate()
-            .map(|(index, (row, &label))| Neighbour {
-                distance: euclidean(row, query),
-                label,
-                index,
-            })
-            .collect()
-    }
-
-    /// The `k` nearest rows, nearest first (ties: the earlier row first); `skip_index` leaves one row out (for
-    /// leave-one-out calibration). One pass, no allocation beyond the `k` answers.
-    pub fn nearest(&self, query: &[f32], k: usize, skip_index: Option<usize>) -> Vec<Neighbour> {
-        if self.width == 0 || k == 0 {
-            return Vec::new();
-        }
-        let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-        for (index, row) in self.rows.chunks_exact(self.width).enumerate() {
-            if Some(index) == skip_index {
-                continue;
-            }
-            let d = squared_distance(row, query);
-            if best.len() == k && best.last().is_some_and(|&(w, _)| d >= w) {
-                continue;
-            }
-            let at = best.partition_point(|&(x, _)| x <= d);
-            best.insert(at, (d, index));
-            best.truncate(k);
-        }
-        best.into_iter()
-            .map(|(d, index)| Neighbour {
-                distance: f64::from(d).sqrt(),
-                label: self.labels.get(index).copied().unwrap_or(0),
-                index,
-            })
-            .collect()
-    }
 }
 
 /// Rows per block of the bounds' layout: one vector of eight `f32` lanes.
@@ -458,18 +413,6 @@ pub fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// Euclidean distance in `f64`.
-pub fn euclidean(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| {
-            let d = f64::from(x) - f64::from(y);
-            d * d
-        })
-        .sum::<f64>()
-        .sqrt()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,10 +424,11 @@ mod tests {
             rows: vec![0.0, 0.0, 3.0, 4.0, 1.0, 0.0],
             labels: vec![0, 1, 2],
         };
-        let n = r.nearest(&[0.0, 0.0], 2, None);
+        let index = Index::new(&r);
+        let n = index.nearest(&[0.0, 0.0], 2, None);
         assert_eq!((n[0].label, n[1].label), (0, 2));
         assert_eq!(n[1].distance, 1.0);
-        let n = r.nearest(&[0.0, 0.0], 5, Some(0));
+        let n = index.nearest(&[0.0, 0.0], 5, Some(0));
         assert_eq!(n.iter().map(|x| x.label).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(n[1].distance, 5.0);
     }

@@ -250,13 +250,7 @@ pub(crate) fn new_file(recipients: &[&dyn age::Recipient]) -> Result<(Vec<u8>, C
     }
     out.extend_from_slice(MAC_MARK);
     let file_key = file_key.expose_secret();
-    let mac_key = age::secrecy::SecretBox::new(Box::new(age_core::primitives::hkdf(
-        &[],
-        b"header",
-        file_key,
-    )));
-    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(mac_key.expose_secret())
-        .map_err(|e| encrypt_error(&e))?;
+    let mut mac = header_mac(file_key).map_err(|e| encrypt_error(&e))?;
     mac.update(&out);
     out.push(b' ');
     out.extend_from_slice(b64.encode(mac.finalize().into_bytes()).as_bytes());
@@ -264,13 +258,28 @@ pub(crate) fn new_file(recipients: &[&dyn age::Recipient]) -> Result<(Vec<u8>, C
     let mut nonce = [0u8; NONCE_BYTES];
     getrandom::getrandom(&mut nonce).map_err(|e| encrypt_error(&e))?;
     out.extend_from_slice(&nonce);
-    let payload_key = age::secrecy::SecretBox::new(Box::new(age_core::primitives::hkdf(
-        &nonce, b"payload", file_key,
+    Ok((out, payload(file_key, &nonce)))
+}
+
+/// The header's MAC, unfed: HMAC-SHA-256 keyed with HKDF-SHA-256(file key, salt empty, info "header").
+fn header_mac(
+    file_key: &[u8],
+) -> std::result::Result<hmac::Hmac<sha2::Sha256>, hmac::digest::InvalidLength> {
+    let mac_key = age::secrecy::SecretBox::new(Box::new(age_core::primitives::hkdf(
+        &[],
+        b"header",
+        file_key,
     )));
-    Ok((
-        out,
-        ChaCha20Poly1305::new(payload_key.expose_secret().into()),
-    ))
+    <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(mac_key.expose_secret())
+}
+
+/// The payload cipher: ChaCha20-Poly1305 keyed with HKDF-SHA-256(file key, salt = the payload nonce, info
+/// "payload").
+fn payload(file_key: &[u8], nonce: &[u8; NONCE_BYTES]) -> ChaCha20Poly1305 {
+    let payload_key = age::secrecy::SecretBox::new(Box::new(age_core::primitives::hkdf(
+        nonce, b"payload", file_key,
+    )));
+    ChaCha20Poly1305::new(payload_key.expose_secret().into())
 }
 
 /// Reads the payload nonce, unwraps the file key with `keys`, checks the header's MAC and returns the
@@ -312,13 +321,7 @@ pub(crate) fn payload_cipher(
         .map_err(|e| Error::from_decrypt(e, path))?;
     let file_key = file_key.expose_secret();
 
-    let mac_key = age::secrecy::SecretBox::new(Box::new(age_core::primitives::hkdf(
-        &[],
-        b"header",
-        file_key,
-    )));
-    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(mac_key.expose_secret())
-        .map_err(|_| not_age(path, "the header key is unusable"))?;
+    let mut mac = header_mac(file_key).map_err(|_| not_age(path, "the header key is unusable"))?;
     mac.update(&header.authenticated);
     mac.verify_slice(&header.mac).map_err(|_| Error::Damaged {
         path: path.to_owned(),
@@ -333,10 +336,7 @@ pub(crate) fn payload_cipher(
         },
         _ => Error::io("read", path)(e),
     })?;
-    let payload_key = age::secrecy::SecretBox::new(Box::new(age_core::primitives::hkdf(
-        &nonce, b"payload", file_key,
-    )));
-    Ok(ChaCha20Poly1305::new(payload_key.expose_secret().into()))
+    Ok(payload(file_key, &nonce))
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use chacha20poly1305::aead::AeadInPlace as _;
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use rayon::prelude::*;
 
+use crate::pipe::read_full;
+
 /// Plaintext bytes of a full chunk.
 pub(crate) const CHUNK: usize = 64 * 1024;
 /// The Poly1305 tag after each chunk.
@@ -572,21 +574,4 @@ impl Drop for Sealer {
             let _ = writer.join();
         }
     }
-}
-
-/// Fills `buf` unless the input ends first; returns how many bytes were read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while let Some(rest) = buf.get_mut(filled..) {
-        if rest.is_empty() {
-            break;
-        }
-        match reader.read(rest) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }

@@ -93,7 +93,7 @@ impl Read for ReadAhead {
 }
 
 /// Fills `buf` unless the input ends first; returns how many bytes were read (0 at the end).
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while let Some(rest) = buf.get_mut(filled..) {
         if rest.is_empty() {
