@@ -305,18 +305,19 @@ impl Detector {
             let predicted = argmax(probs)
                 .ok_or_else(|| DefendError::Model("the model returned NaN scores".into()))?;
             let class = predicted as i64;
-            // The k nearest overall, of the predicted class and of the others, in one search of the reference
-            // (ties keep the earlier row, as a stable sort would).
+            // The k nearest of the predicted class and of the others, in one search of the reference (ties keep the
+            // earlier row, as a stable sort would); the k nearest overall are the k nearest of those.
             let mut near = Near {
                 class,
-                all: KBest::new(k),
                 same: KBest::new(k),
                 other: KBest::new(k),
             };
             self.index.search(row, &mut near);
-            let Near {
-                all, same, other, ..
-            } = near;
+            let Near { same, other, .. } = near;
+            let mut all = KBest::new(k);
+            for &(d, index, label) in same.items().iter().chain(other.items()) {
+                all.push(d, index, label);
+            }
             let disagree =
                 all.items().iter().filter(|&&(_, _, l)| l != class).count() as f64 / k as f64;
             let (same, other) = (mean_distance(&same), mean_distance(&other));
@@ -475,10 +476,9 @@ fn fisher_leave_one_out(
         .sum()
 }
 
-/// What the detector keeps of one search: the `k` nearest rows overall, of the predicted class, and of the others.
+/// What the detector keeps of one search: the `k` nearest rows of the predicted class and of the others.
 struct Near {
     class: i64,
-    all: KBest,
     same: KBest,
     other: KBest,
 }
@@ -490,18 +490,10 @@ impl Collector for Near {
         } else {
             &self.other
         };
-        self.all.worst().max(own.worst())
-    }
-
-    fn max_bound(&self) -> f32 {
-        self.all
-            .worst()
-            .max(self.same.worst())
-            .max(self.other.worst())
+        own.worst()
     }
 
     fn offer(&mut self, squared: f32, index: usize, label: i64) {
-        self.all.push(squared, index, label);
         if label == self.class {
             self.same.push(squared, index, label);
         } else {
