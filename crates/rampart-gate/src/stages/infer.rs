@@ -27,7 +27,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::stages::defend::Defences;
 
-/// A model whose median time on a probe input is below this runs inline on the runtime's threads.
+/// A model whose fastest time on a probe input is below this runs inline on the runtime's threads.
 pub const INLINE_BUDGET: Duration = Duration::from_micros(100);
 
 /// How a model's requests are executed (`execution` in a model's config).
@@ -217,11 +217,11 @@ impl Version {
             Execution::Inline => true,
             Execution::Threads => false,
             Execution::Auto => match probe(&*model) {
-                Some(median) => {
-                    let inline = median < INLINE_BUDGET;
+                Some(fastest) => {
+                    let inline = fastest < INLINE_BUDGET;
                     tracing::info!(
                         model = %name,
-                        probe_us = median.as_micros() as u64,
+                        probe_us = fastest.as_micros() as u64,
                         execution = if inline { "inline" } else { "threads" },
                         "chose how to run the model"
                     );
@@ -307,8 +307,10 @@ impl Version {
     }
 }
 
-/// The median time of a few runs on an all-zero input shaped as the model declares (any-size dimensions as 1), after
-/// one warm-up run; `None` when the model is not in process or does not take such an input.
+/// The fastest of a few runs on an all-zero input shaped as the model declares (any-size dimensions as 1), after one
+/// warm-up run; `None` when the model is not in process or does not take such an input. The fastest, not the median:
+/// at start-up the machine may be busy (other gateways starting, a build), and being preempted only adds time, so the
+/// fastest run is the model's own cost and the choice does not depend on what else ran then.
 fn probe(model: &dyn Model) -> Option<Duration> {
     let metadata = model.metadata();
     if metadata.platform != "onnx" {
@@ -339,14 +341,13 @@ fn probe(model: &dyn Model) -> Option<Duration> {
         inputs.push(Tensor::new(spec.name.clone(), shape, data).ok()?);
     }
     model.infer(&inputs).ok()?;
-    let mut times = Vec::with_capacity(5);
-    for _ in 0..5 {
+    let mut fastest = Duration::MAX;
+    for _ in 0..7 {
         let started = Instant::now();
         model.infer(&inputs).ok()?;
-        times.push(started.elapsed());
+        fastest = fastest.min(started.elapsed());
     }
-    times.sort_unstable();
-    times.get(times.len() / 2).copied()
+    Some(fastest)
 }
 
 fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>) {

@@ -81,10 +81,15 @@ impl<K: Hash + Eq + Clone> Gcra<K> {
                 retry_after: Duration::from_nanos(ahead - self.tolerance_ns),
             };
         }
-        if map.len() >= self.max_per_shard && !map.contains_key(key) {
-            map.retain(|_, t| *t > now);
+        // A known client is updated in place: no key is cloned on the common path.
+        if let Some(t) = map.get_mut(key) {
+            *t = new_tat;
+        } else {
+            if map.len() >= self.max_per_shard {
+                map.retain(|_, t| *t > now);
+            }
+            map.insert(key.clone(), new_tat);
         }
-        map.insert(key.clone(), new_tat);
         RateDecision::Allow {
             limit: self.burst,
             remaining: u32::try_from((self.tolerance_ns - ahead) / self.interval_ns)
@@ -121,7 +126,12 @@ impl DailyQuota {
         if used.len() > 100_000 {
             used.retain(|_, (d, _)| *d == day);
         }
-        let entry = used.entry(principal.to_owned()).or_insert((day, 0));
+        if !used.contains_key(principal) {
+            used.insert(principal.to_owned(), (day, 0));
+        }
+        let Some(entry) = used.get_mut(principal) else {
+            return Err(until_midnight);
+        };
         if entry.0 != day {
             *entry = (day, 0);
         }
@@ -171,7 +181,10 @@ impl Concurrency {
     /// Takes a slot for `principal`, or `None` when it has `limit` requests in flight.
     pub fn acquire(&self, principal: &str) -> Option<Slot> {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(principal.to_owned()).or_insert(0);
+        if !map.contains_key(principal) {
+            map.insert(principal.to_owned(), 0);
+        }
+        let n = map.get_mut(principal)?;
         if *n >= self.limit {
             return None;
         }
