@@ -23,7 +23,7 @@
 
 use rampart_infer::Model;
 
-use crate::knn::{Collector, Index, KBest};
+use crate::knn::{Collector, Index, KBest, Neighbour};
 use crate::profile::{FeatureProfile, Profile};
 use crate::sanitise::{ImageShape, Sanitiser};
 use crate::stats::extrapolated_tail;
@@ -155,6 +155,10 @@ pub struct Assessment {
     pub score: f64,
     /// Whether the score passes the threshold.
     pub adversarial: bool,
+    /// The row's nearest reference row (the first of its `k` nearest), found by the search the components need:
+    /// the extraction monitor, which asks the same of the same reference, takes it from here.
+    #[serde(skip)]
+    pub nearest: Option<Neighbour>,
 }
 
 /// The detector: configuration, the profile's reference sample and features, and (once calibrated) the threshold.
@@ -233,13 +237,20 @@ impl Detector {
         model: &dyn Model,
         values: &[f32],
     ) -> Result<Vec<(usize, [f64; COMPONENTS])>, DefendError> {
-        let rows = self.rows_in(values)?;
+        Ok(self
+            .scored_rows(model, values)?
+            .into_iter()
+            .map(|r| (r.predicted, r.components))
+            .collect())
+    }
+
+    /// The rows and their squeezed copies through the model, then [`Detector::scored`].
+    fn scored_rows(&self, model: &dyn Model, values: &[f32]) -> Result<Vec<Scored>, DefendError> {
         let width = self.config.shape.len();
         let mut batch = values.to_vec();
         batch.extend(self.squeezed(values)?);
         let scores = predict(model, &self.input_name, batch.len() / width, width, batch)?;
-        debug_assert_eq!(scores.len(), rows * (1 + self.config.squeezers.len()));
-        self.components_from_scores(values, &scores)
+        self.scored(values, &scores)
     }
 
     /// The squeezed copies of a flat batch, one after the other in the order of the configured squeezers: what the
@@ -276,6 +287,15 @@ impl Detector {
         values: &[f32],
         scores: &[Vec<f32>],
     ) -> Result<Vec<(usize, [f64; COMPONENTS])>, DefendError> {
+        Ok(self
+            .scored(values, scores)?
+            .into_iter()
+            .map(|r| (r.predicted, r.components))
+            .collect())
+    }
+
+    /// [`Detector::components_from_scores`], with each row's nearest reference row.
+    fn scored(&self, values: &[f32], scores: &[Vec<f32>]) -> Result<Vec<Scored>, DefendError> {
         let rows = self.rows_in(values)?;
         let width = self.config.shape.len();
         if scores.len() != rows * (1 + self.config.squeezers.len()) {
@@ -346,7 +366,11 @@ impl Detector {
                 .zip(row)
                 .map(|(f, &v)| f.off_support(f64::from(v)))
                 .sum();
-            result.push((predicted, [s, disagree, ratio, low_margin, off_support]));
+            result.push(Scored {
+                predicted,
+                components: [s, disagree, ratio, low_margin, off_support],
+                nearest: all.neighbours().first().copied(),
+            });
         }
         Ok(result)
     }
@@ -410,8 +434,8 @@ impl Detector {
         values: &[f32],
     ) -> Result<Vec<Assessment>, DefendError> {
         self.calibrated()?;
-        let components = self.components(model, values)?;
-        self.verdicts(components)
+        let rows = self.scored_rows(model, values)?;
+        self.verdicts(rows)
     }
 
     /// Like [`Detector::assess`], with the model's scores already computed on the rows and their squeezed copies
@@ -422,8 +446,8 @@ impl Detector {
         scores: &[Vec<f32>],
     ) -> Result<Vec<Assessment>, DefendError> {
         self.calibrated()?;
-        let components = self.components_from_scores(values, scores)?;
-        self.verdicts(components)
+        let rows = self.scored(values, scores)?;
+        self.verdicts(rows)
     }
 
     fn calibrated(&self) -> Result<&Calibration, DefendError> {
@@ -432,14 +456,16 @@ impl Detector {
         })
     }
 
-    fn verdicts(
-        &self,
-        components: Vec<(usize, [f64; COMPONENTS])>,
-    ) -> Result<Vec<Assessment>, DefendError> {
+    fn verdicts(&self, rows: Vec<Scored>) -> Result<Vec<Assessment>, DefendError> {
         let calibration = self.calibrated()?;
-        Ok(components
+        Ok(rows
             .into_iter()
-            .map(|(predicted, components)| {
+            .map(|row| {
+                let Scored {
+                    predicted,
+                    components,
+                    nearest,
+                } = row;
                 let score = fisher(
                     &calibration.components,
                     &self.config.components,
@@ -450,6 +476,7 @@ impl Detector {
                     components,
                     score,
                     adversarial: score > calibration.threshold,
+                    nearest,
                 }
             })
             .collect())
@@ -474,6 +501,13 @@ fn fisher_leave_one_out(
             Some(-extrapolated_tail(&rest, value).ln())
         })
         .sum()
+}
+
+/// One row's components, before the calibration scores them.
+struct Scored {
+    predicted: usize,
+    components: [f64; COMPONENTS],
+    nearest: Option<Neighbour>,
 }
 
 /// What the detector keeps of one search: the `k` nearest rows of the predicted class and of the others.
@@ -556,6 +590,15 @@ mod tests {
         let clean = detector.assess(&model, held).unwrap();
         let fpr = clean.iter().filter(|a| a.adversarial).count() as f64 / clean.len() as f64;
         assert!(fpr <= 0.05, "held-out false-positive rate {fpr}");
+        // Each verdict carries the row's nearest reference row, the one a search of its own finds.
+        let index = Index::new(&profile.reference);
+        for (row, verdict) in held.chunks_exact(64).zip(&clean) {
+            assert_eq!(
+                verdict.nearest,
+                index.nearest(row, 1, None).first().copied()
+            );
+            assert!(verdict.nearest.is_some());
+        }
         // Uniform noise is nothing like a digit: the neighbour scores flag nearly all of it.
         let noise: Vec<f32> = (0..64 * 50)
             .map(|i| ((i * 7919 % 101) as f32) / 100.0)

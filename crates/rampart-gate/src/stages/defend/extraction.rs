@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hyper::header::HeaderValue;
 use hyper::StatusCode;
 use rampart_defend::extraction::{self, ExtractionMonitor};
-use rampart_defend::knn::Index;
+use rampart_defend::knn::{Index, Neighbour};
 
 use super::{Defences, DefendAudit, Pending};
 use crate::metrics::Metrics;
@@ -175,21 +175,26 @@ impl Defences {
 }
 
 impl Pending<'_> {
-    /// Each answered row as extraction evidence, with the class the model gave it.
+    /// Each answered row as extraction evidence, with the class the model gave it; `nearest`, when given, holds
+    /// each row's nearest reference row (else they are searched here).
     pub(super) fn observe(
         &self,
         stage: &ExtractionStage,
         scores: &[Vec<f32>],
+        nearest: Option<Vec<Option<Neighbour>>>,
         audit: &mut DefendAudit,
         metrics: &Metrics,
     ) -> Result<(), Refusal> {
         let d = self.defences;
         let mut last = None;
-        let nearest: Vec<_> = self
-            .sent()
-            .chunks_exact(d.width)
-            .map(|row| stage.reference.nearest(row, 1, None).into_iter().next())
-            .collect();
+        let nearest: Vec<_> = match nearest {
+            Some(found) => found,
+            None => self
+                .sent()
+                .chunks_exact(d.width)
+                .map(|row| stage.reference.nearest(row, 1, None).into_iter().next())
+                .collect(),
+        };
         {
             let mut monitor = stage.monitor.lock().unwrap_or_else(|p| p.into_inner());
             for ((row, s), near) in self.sent().chunks_exact(d.width).zip(scores).zip(nearest) {

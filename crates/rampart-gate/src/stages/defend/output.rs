@@ -50,9 +50,15 @@ impl Pending<'_> {
             .collect();
         // A refused query still counts for extraction: probing is a pattern even when it is not answered.
         let mut rejected = None;
+        // The detector's search finds each row's nearest reference row, which the extraction monitor needs too
+        // (same reference): kept when the detector saw the rows as sent, that is when no sanitiser changed them.
+        let mut nearest = None;
         if let Some(detector) = &d.detector {
             match detector.assess_scores(&self.values, &score_rows) {
                 Ok(verdicts) => {
+                    if self.sent.is_none() && verdicts.len() == self.rows {
+                        nearest = Some(verdicts.iter().map(|v| v.nearest).collect::<Vec<_>>());
+                    }
                     let flagged = verdicts.iter().filter(|v| v.adversarial).count();
                     audit.detector_score = verdicts.iter().map(|v| v.score).reduce(f64::max);
                     audit.detector_threshold = detector.calibration().map(|c| c.threshold);
@@ -85,7 +91,7 @@ impl Pending<'_> {
         }
         let mut mine: Vec<Vec<f32>> = score_rows.into_iter().take(self.rows).collect();
         if let Some(stage) = &d.extraction {
-            self.observe(stage, &mine, audit, metrics)?;
+            self.observe(stage, &mine, nearest, audit, metrics)?;
         }
         if let Some(refused) = rejected {
             return Err(refused);
