@@ -102,9 +102,14 @@ for name, rps, p50, p99, bad in rows:
 (_, on, _, _, on_bad), (_, off, _, _, off_bad) = rows
 ratio = float(on) / float(off)
 print(f"throughput defended/undefended: {ratio:.2f}x; the defences cost {(1 - ratio) * 100:.0f}% (target <= 30%)")
-print(f"each stage alone, against the undefended gateway:")
-for name, rps, p50, p99, bad in alone:
-    print(f"  {name[5:]:<12}{float(rps):>10.0f} req/s{float(rps) / float(off):>8.2f}x  costs {(1 - float(rps) / float(off)) * 100:>4.0f}%"
+paired = statistics.median(float(runs[r * per][1]) / float(runs[r * per + 1][1]) for r in range(rounds))
+print(f"  the same, as the median of each round's ratio: {paired:.2f}x; cost {(1 - paired) * 100:.0f}%")
+# A stage's cost is taken against the undefended run of the same round, and the median of those ratios printed: the
+# machine's speed drifts over minutes, and a ratio within a round is less exposed to it than a ratio of medians.
+print(f"each stage alone, against the undefended gateway of the same round (median of the rounds' ratios):")
+for k, (name, rps, p50, p99, bad) in enumerate(alone):
+    paired = statistics.median(float(runs[r * per + 2 + k][1]) / float(runs[r * per + 1][1]) for r in range(rounds))
+    print(f"  {name[5:]:<12}{float(rps):>10.0f} req/s{paired:>8.2f}x  costs {(1 - paired) * 100:>4.0f}%"
           + (f"  ({int(bad)} non-2xx)" if int(bad) else ""))
 if int(on_bad) or int(off_bad):
     print("warning: some answers were not 2xx; the figures include refusals", file=sys.stderr)
