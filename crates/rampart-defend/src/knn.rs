@@ -304,7 +304,7 @@ impl Index {
         let mut groups: Vec<(f32, &Group)> = self
             .groups
             .iter()
-            .map(|g| (distance_squared(&g.centroid, &q), g))
+            .map(|g| (squared_distance(&g.centroid, &q), g))
             .collect();
         groups.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.start.cmp(&b.1.start)));
         for (_, group) in groups {
@@ -395,11 +395,6 @@ impl Index {
         self.search(query, &mut collector);
         collector.best.neighbours()
     }
-}
-
-/// The squared distance between two projections.
-fn distance_squared(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
 /// The projection of `row` (minus `mean`) on `directions`, computed in `f64`.

@@ -124,8 +124,9 @@ impl AuditSink for JsonLinesSink {
     }
 }
 
-/// How long the writer waits after the first record of a batch for more to arrive. Records are durable within this
-/// and the log's commit; `[audit] flush_ms` bounds how long the writer may go without a sync.
+/// How long the writer waits after the first record of a batch for more to arrive: a record reaches the sink within
+/// this (the tamper-evident log then makes it durable in its next commit); `[audit] flush_ms` bounds how long the
+/// writer may go without a sync.
 pub const LINGER: Duration = Duration::from_millis(10);
 
 /// The handle stages record through; cheap to clone.
