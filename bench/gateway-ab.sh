@@ -29,6 +29,23 @@ make_config "$PORT" "$(free_port)" false < "$EXTRA" > "$WORK/ab.toml"
 KEY="$("$A" serve --config "$WORK/ab.toml" --check | awk '/API key/ {print $3}')"
 [ -n "$KEY" ] || { echo "error: no API key was printed" >&2; exit 2; }
 write_wrk_script "$WORK/infer.lua" "$KEY" "$(python3 -c 'print(",".join(str(round((i % 17) / 16, 4)) for i in range(64)))')"
+if [ "$EXTRA" != /dev/null ]; then
+    # With defences, a row they answer with 200 (a detector refuses the synthetic one): the first held-out test row
+    # after the 300 that bench/defend-gateway.sh calibrates on that build A answers.
+    "$A" serve --config "$WORK/ab.toml" >/dev/null 2>"$WORK/pick.log" &
+    PICK=$!
+    wait_up "https://127.0.0.1:$PORT/v2/health/live"
+    ROW=""
+    for line in $(tail -n +302 "$ROOT/examples/digits/test.csv" | head -n 20); do
+        candidate="$(echo "$line" | cut -d, -f1-64)"
+        write_wrk_script "$WORK/infer.lua" "$KEY" "$candidate"
+        status="$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+            -d "$(wrk_body "$WORK/infer.lua")" "https://127.0.0.1:$PORT/v2/models/digits/infer")"
+        if [ "$status" = 200 ]; then ROW="$candidate"; break; fi
+    done
+    kill "$PICK"; wait "$PICK" 2>/dev/null || true
+    [ -n "$ROW" ] || { echo "error: no test row was answered with 200 (see $WORK/pick.log)" >&2; exit 2; }
+fi
 
 # Prints `label req/s user_us_per_request system_us_per_request`.
 measure() { # label binary
