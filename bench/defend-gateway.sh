@@ -60,15 +60,8 @@ wait_up "https://127.0.0.1:$OFF_PORT/v2/health/live"
 for s in "${STAGES[@]}"; do wait_up "https://127.0.0.1:${STAGE_PORT[$s]}/v2/health/live"; done
 
 # The first held-out test row (after the calibration rows) that the defences answer with a 200.
-ROW=""
-for line in $(tail -n +302 "$DIGITS/test.csv" | head -n 20); do
-    candidate="$(echo "$line" | cut -d, -f1-64)"
-    write_wrk_script "$WORK/infer.lua" "$KEY" "$candidate"
-    status="$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-        -d "$(wrk_body "$WORK/infer.lua")" "https://127.0.0.1:$ON_PORT/v2/models/digits/infer")"
-    if [ "$status" = 200 ]; then ROW="$candidate"; break; fi
-done
-[ -n "$ROW" ] || { echo "error: no test row was answered with 200 by the defended gateway (see $WORK/on.log)" >&2; exit 2; }
+write_answered_row "$WORK/infer.lua" "$KEY" "$ON_PORT" \
+    || { echo "error: no test row was answered with 200 by the defended gateway (see $WORK/on.log)" >&2; exit 2; }
 curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$(wrk_body "$WORK/infer.lua")" \
     "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" >/dev/null || { echo "error: inference without the defences failed" >&2; exit 2; }
 

@@ -35,16 +35,10 @@ if [ "$EXTRA" != /dev/null ]; then
     "$A" serve --config "$WORK/ab.toml" >/dev/null 2>"$WORK/pick.log" &
     PICK=$!
     wait_up "https://127.0.0.1:$PORT/v2/health/live"
-    ROW=""
-    for line in $(tail -n +302 "$ROOT/examples/digits/test.csv" | head -n 20); do
-        candidate="$(echo "$line" | cut -d, -f1-64)"
-        write_wrk_script "$WORK/infer.lua" "$KEY" "$candidate"
-        status="$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-            -d "$(wrk_body "$WORK/infer.lua")" "https://127.0.0.1:$PORT/v2/models/digits/infer")"
-        if [ "$status" = 200 ]; then ROW="$candidate"; break; fi
-    done
+    ANSWERED=true
+    write_answered_row "$WORK/infer.lua" "$KEY" "$PORT" || ANSWERED=false
     kill "$PICK"; wait "$PICK" 2>/dev/null || true
-    [ -n "$ROW" ] || { echo "error: no test row was answered with 200 (see $WORK/pick.log)" >&2; exit 2; }
+    $ANSWERED || { echo "error: no test row was answered with 200 (see $WORK/pick.log)" >&2; exit 2; }
 fi
 
 # Prints `label req/s user_us_per_request system_us_per_request`.

@@ -1,6 +1,8 @@
-# Shared setup of the gateway benchmarks (bench/gateway.sh, bench/defend-gateway.sh, bench/gateway-log.sh); sourced,
-# not run. Defines: ROOT, WORK and STATE (removed on exit), PIDS (killed on exit), DURATION, THREADS, CONNECTIONS,
-# RAMPART (release build), and the functions need_tools, free_port, make_config, write_wrk_script, wait_up, run_wrk.
+# Shared setup of the gateway benchmarks (bench/gateway.sh, bench/gateway-ab.sh, bench/defend-gateway.sh,
+# bench/gateway-log.sh); sourced, not run. Defines: ROOT, WORK and STATE (removed on exit), PIDS (killed on exit),
+# DURATION, THREADS, CONNECTIONS,
+# RAMPART (release build), and the functions need_tools, free_port, make_config, write_wrk_script,
+# write_answered_row, wrk_body, wait_up, run_wrk.
 #
 # The gateways' state and audit logs go to STATE: under the repository's target/ (as the default `.rampart` sits in
 # the working directory), or under RAMPART_BENCH_STATE=DIR. The audit log writes two tile files per 256 entries, and
@@ -85,6 +87,21 @@ wrk.headers["Authorization"] = "Bearer {sys.argv[2]}"
 '''
 open(sys.argv[1], "w").write(lua)
 PY
+}
+
+# Writes to out.lua the first held-out digits test row after the 300 that bench/defend-gateway.sh calibrates its
+# detector on that the gateway on `port` answers with 200 (a detector refuses the synthetic row); fails if none of
+# the next 20 is.
+write_answered_row() { # out.lua key port
+    local line candidate status
+    for line in $(tail -n +302 "$ROOT/examples/digits/test.csv" | head -n 20); do
+        candidate="$(echo "$line" | cut -d, -f1-64)"
+        write_wrk_script "$1" "$2" "$candidate"
+        status="$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $2" -H 'Content-Type: application/json' \
+            -d "$(wrk_body "$1")" "https://127.0.0.1:$3/v2/models/digits/infer")"
+        [ "$status" = 200 ] && return 0
+    done
+    return 1
 }
 
 # The body a wrk script posts.

@@ -783,13 +783,7 @@ mod tests {
 
     #[test]
     fn remembered_rows_answer_as_a_scan_of_each_row_does() {
-        let mut seed = 0x2545_f491_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % 1_000_003) as f32 / 1_000_003.0
-        };
+        let mut next = crate::testutil::uniform(0x2545_f491_u64);
         // The sum of squares in feature order: the distance the blocks compute.
         let distance = |a: &[f32], b: &[f32]| -> f64 {
             let squared = a

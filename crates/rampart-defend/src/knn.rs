@@ -683,13 +683,7 @@ mod tests {
 
     #[test]
     fn index_matches_a_full_scan_on_continuous_and_degenerate_data() {
-        let mut seed = 0x9e37_79b9_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % 1_000_003) as f32 / 1_000_003.0
-        };
+        let mut next = crate::testutil::uniform(0x9e37_79b9_u64);
         let scan = |r: &Reference, q: &[f32], k: usize| -> Vec<usize> {
             let mut all: Vec<(f32, usize)> = r
                 .rows

@@ -129,6 +129,16 @@ pub(crate) mod testutil {
         (rows, labels)
     }
 
+    /// Uniform values in [0, 1) from a xorshift generator seeded with `seed` (not zero): reproducible test data.
+    pub fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 1_000_003) as f32 / 1_000_003.0
+        }
+    }
+
     /// The digits MLP.
     pub fn digits_model() -> rampart_infer::OnnxModel {
         let path = format!(

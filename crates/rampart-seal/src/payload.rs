@@ -528,11 +528,7 @@ impl Sealer {
 
     fn join(&mut self) -> io::Result<()> {
         self.batches = None;
-        match self.writer.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the file writer failed")),
-            None => Err(io::Error::other("the file writer has already stopped")),
-        }
+        crate::pipe::join_writer(self.writer.take())
     }
 
     /// Seals the final chunk and waits until everything is written.

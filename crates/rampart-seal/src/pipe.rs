@@ -170,11 +170,7 @@ impl WriteBehind {
     /// Closes the channel and waits for the writer thread.
     fn join(&mut self) -> io::Result<()> {
         self.blocks = None;
-        match self.writer.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the file writer failed")),
-            None => Err(io::Error::other("the file writer has already stopped")),
-        }
+        join_writer(self.writer.take())
     }
 
     /// Writes everything buffered and waits until it is in the file.
@@ -207,6 +203,15 @@ impl Drop for WriteBehind {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+    }
+}
+
+/// Waits for a file-writer thread (its channel already closed): its own result, or why there is none.
+pub(crate) fn join_writer(writer: Option<JoinHandle<io::Result<()>>>) -> io::Result<()> {
+    match writer.map(JoinHandle::join) {
+        Some(Ok(result)) => result,
+        Some(Err(_)) => Err(io::Error::other("the file writer failed")),
+        None => Err(io::Error::other("the file writer has already stopped")),
     }
 }
 

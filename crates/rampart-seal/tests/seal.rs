@@ -8,6 +8,8 @@
     reason = "tests fail loudly on the first surprise"
 )]
 
+mod common;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,21 +19,6 @@ use age::secrecy::ExposeSecret as _;
 use rampart_seal::{
     load_identities, seal, unseal, unseal_to_memory, Error, Identities, Recipients, SealTo,
 };
-
-fn have_age() -> bool {
-    let ok = Command::new("age")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("RAMPART_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "the age CLI is missing (Debian package `age`)"
-        );
-        eprintln!("skipping: the age CLI is not installed");
-    }
-    ok
-}
 
 struct Keys {
     identity_file: PathBuf,
@@ -285,7 +272,7 @@ impl TapMkdir for PathBuf {
 
 #[test]
 fn age_cli_opens_what_rampart_seals() {
-    if !have_age() {
+    if !common::have_age("skipping") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -331,7 +318,7 @@ fn age_cli_opens_what_rampart_seals() {
 
 #[test]
 fn rampart_opens_what_the_age_cli_seals() {
-    if !have_age() {
+    if !common::have_age("skipping") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -10,6 +10,8 @@
     reason = "tests fail loudly on the first surprise"
 )]
 
+mod common;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,23 +25,6 @@ use rampart_seal::{identities_from_text, unseal, unseal_to_memory, Identities};
 
 const CHUNK: usize = 64 * 1024;
 const SEALED_CHUNK: usize = CHUNK + 16;
-
-fn have_age() -> bool {
-    let ok = Command::new("age")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("RAMPART_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "the age CLI is missing (Debian package `age`)"
-        );
-        eprintln!(
-            "the age CLI is not installed: checking Rampart against the spec's verdicts only"
-        );
-    }
-    ok
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -73,7 +58,7 @@ fn env() -> Env {
         dir,
         key_file,
         ids,
-        age: have_age(),
+        age: common::have_age("checking Rampart against the spec's verdicts only"),
         n: 0,
     }
 }
