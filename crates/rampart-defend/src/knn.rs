@@ -11,7 +11,10 @@
 //! - The rows are grouped by label, and ordered within a group along the first direction, in blocks of eight: a
 //!   search asks the collector once per group how far a row may be, and passes over a whole block when all eight
 //!   bounds exclude it, as they mostly do once the nearest rows are found. Groups are searched nearest centroid
-//!   first, so that they are found early.
+//!   first, so that they are found early, and a group whose box (the range of its projections on each direction)
+//!   lies beyond the collector's bound is passed over whole.
+//! - A search may start from a row known to be near ([`Index::nearest_from`]): its distance bounds the search from
+//!   the first block.
 //! - A row whose bound does not exclude it gets its exact distance, [`squared_distance`] on the row as stored. The
 //!   bound is lowered by a margin far above the rounding of its arithmetic, so it never excludes a row that the
 //!   exact distance would keep; rows are offered with their index in the reference, and [`KBest`] breaks ties by
@@ -158,6 +161,8 @@ pub struct Index {
     rows: Vec<f32>,
     /// Each stored row's index in the reference.
     original: Vec<usize>,
+    /// Each reference row's stored position (the inverse of `original`).
+    position: Vec<usize>,
     groups: Vec<Group>,
     /// The reference's mean, subtracted before projecting.
     mean: Vec<f64>,
@@ -179,6 +184,9 @@ struct Group {
     block: usize,
     /// The mean of the group's projections: groups are searched nearest first.
     centroid: Vec<f32>,
+    /// The smallest and the largest projection on each direction: a box that bounds a whole group at once.
+    low: Vec<f32>,
+    high: Vec<f32>,
 }
 
 impl Index {
@@ -235,6 +243,7 @@ impl Index {
             width,
             rows: Vec::with_capacity(order.len() * width),
             original: Vec::with_capacity(order.len()),
+            position: vec![0; order.len()],
             groups: Vec::new(),
             mean,
             directions,
@@ -250,12 +259,20 @@ impl Index {
                 }
             }
             centroid.iter_mut().for_each(|c| *c /= group.len() as f32);
+            let (mut low, mut high) = (vec![f32::INFINITY; m], vec![f32::NEG_INFINITY; m]);
+            for p in group.iter().filter_map(|&i| projections.get(i)) {
+                for ((l, h), &v) in low.iter_mut().zip(high.iter_mut()).zip(p) {
+                    (*l, *h) = (l.min(v), h.max(v));
+                }
+            }
             index.groups.push(Group {
                 label: group.first().map_or(0, |&i| label_of(i)),
                 start: index.original.len(),
                 len: group.len(),
                 block: blocks,
                 centroid,
+                low,
+                high,
             });
             for &i in group {
                 index.original.push(i);
@@ -272,6 +289,11 @@ impl Index {
                         index.projected.push(v.unwrap_or(0.0));
                     }
                 }
+            }
+        }
+        for (at, &i) in index.original.iter().enumerate() {
+            if let Some(p) = index.position.get_mut(i) {
+                *p = at;
             }
         }
         index
@@ -315,6 +337,20 @@ impl Index {
                 .chunks_exact(self.width)
                 .enumerate();
             let mut limit = collector.bound(group.label);
+            // Every row of the group lies in its box: the box's distance bounds them all.
+            let outside: f32 = group
+                .low
+                .iter()
+                .zip(&group.high)
+                .zip(&q)
+                .map(|((&l, &h), &v)| {
+                    let d = (l - v).max(v - h).max(0.0);
+                    d * d
+                })
+                .sum();
+            if outside * (1.0 - MARGIN) - slack > limit {
+                continue;
+            }
             if m == 0 {
                 for (at, row) in rows {
                     self.offer(group, at, row, query, &mut limit, collector);
@@ -369,6 +405,34 @@ impl Index {
             collector.offer(d, index, group.label);
             *limit = collector.bound(group.label);
         }
+    }
+
+    /// The nearest row, as `nearest(query, 1, None)` finds it, searched from `hint`: a reference row known to lie
+    /// near `query`, such as the nearest row of a slightly different query (the same input before a sanitiser
+    /// changed it). The hint's exact distance bounds the search from its first block, so most blocks are skipped
+    /// without computing a distance. A hint out of range only loses that head start.
+    pub fn nearest_from(&self, query: &[f32], hint: usize) -> Option<Neighbour> {
+        let mut best = KBest::new(1);
+        if let Some((row, label)) = self.row(hint) {
+            let d = squared_distance(row, query);
+            // A NaN seed would bound nothing, and the full scan's answer for such a query is its own.
+            if query.len() == self.width && !d.is_nan() {
+                best.push(d, hint, label);
+            }
+        }
+        self.search(query, &mut best);
+        best.neighbours().into_iter().next()
+    }
+
+    /// The reference's row `index` and its label.
+    fn row(&self, index: usize) -> Option<(&[f32], i64)> {
+        let at = *self.position.get(index)?;
+        let row = self.rows.get(at * self.width..(at + 1) * self.width)?;
+        let group = self
+            .groups
+            .iter()
+            .find(|g| (g.start..g.start + g.len).contains(&at))?;
+        Some((row, group.label))
     }
 
     /// The `k` nearest rows, nearest first (ties: the earlier row first); `skip_index` leaves one row out (for
@@ -666,6 +730,33 @@ mod tests {
                 assert_eq!(got, want, "seed {seed} k {k}");
             }
         }
+    }
+
+    #[test]
+    fn nearest_from_any_hint_is_the_nearest() {
+        // Duplicate rows under two labels, as above; every row as the hint, and one out of range: the answer is
+        // always the full scan's, ties included (quarters: the distances are exact, so ties are real).
+        let base = sample(5, 60, 16, 4);
+        let mut r = base.clone();
+        for (row, &label) in base.rows.chunks_exact(16).zip(&base.labels).take(20) {
+            r.rows.extend_from_slice(row);
+            r.labels.push(2 - label);
+        }
+        let index = Index::new(&r);
+        for seed in 0..6 {
+            let q = sample(200 + seed, 1, 16, 4).rows;
+            let want = brute(&r, &q).first().map(|x| x.1);
+            assert_eq!(index.nearest(&q, 1, None).first().map(|n| n.index), want);
+            for hint in 0..=r.labels.len() {
+                let got = index.nearest_from(&q, hint);
+                assert_eq!(got.map(|n| n.index), want, "seed {seed} hint {hint}");
+                let label = got.map(|n| n.label);
+                assert_eq!(label, want.map(|i| r.labels[i]), "seed {seed} hint {hint}");
+            }
+        }
+        // A duplicate of a row whose later twin is the hint: the earlier row still wins the tie.
+        let twin = r.rows[..16].to_vec();
+        assert_eq!(index.nearest_from(&twin, 60).map(|n| n.index), Some(0));
     }
 
     #[test]

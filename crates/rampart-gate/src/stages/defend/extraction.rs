@@ -174,24 +174,39 @@ impl Defences {
     }
 }
 
+/// What the detector's search already tells of each row's nearest reference row.
+#[derive(Debug)]
+pub(super) enum Nearest {
+    /// The nearest row of each row as sent.
+    Found(Vec<Option<Neighbour>>),
+    /// The nearest row of each row as a sanitiser changed it: near the answer, a bound to search from.
+    Hints(Vec<Option<Neighbour>>),
+}
+
 impl Pending<'_> {
-    /// Each answered row as extraction evidence, with the class the model gave it; `nearest`, when given, holds
-    /// each row's nearest reference row (else they are searched here).
+    /// Each answered row as extraction evidence, with the class the model gave it; `nearest` is what the detector
+    /// found of each row's nearest reference row (without it, they are searched here).
     pub(super) fn observe(
         &self,
         stage: &ExtractionStage,
         scores: &[Vec<f32>],
-        nearest: Option<Vec<Option<Neighbour>>>,
+        nearest: Option<Nearest>,
         audit: &mut DefendAudit,
         metrics: &Metrics,
     ) -> Result<(), Refusal> {
         let d = self.defences;
         let mut last = None;
+        let rows = self.sent().chunks_exact(d.width);
         let nearest: Vec<_> = match nearest {
-            Some(found) => found,
-            None => self
-                .sent()
-                .chunks_exact(d.width)
+            Some(Nearest::Found(found)) => found,
+            Some(Nearest::Hints(hints)) => rows
+                .zip(hints)
+                .map(|(row, hint)| match hint {
+                    Some(hint) => stage.reference.nearest_from(row, hint.index),
+                    None => stage.reference.nearest(row, 1, None).into_iter().next(),
+                })
+                .collect(),
+            None => rows
                 .map(|row| stage.reference.nearest(row, 1, None).into_iter().next())
                 .collect(),
         };

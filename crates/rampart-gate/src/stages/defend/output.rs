@@ -6,6 +6,7 @@ use rampart_defend::detect;
 use rampart_defend::DefendError;
 use rampart_infer::{Tensor, TensorData};
 
+use super::extraction::Nearest;
 use super::{DefendAudit, Pending};
 use crate::metrics::Metrics;
 use crate::pipeline::Refusal;
@@ -51,13 +52,19 @@ impl Pending<'_> {
         // A refused query still counts for extraction: probing is a pattern even when it is not answered.
         let mut rejected = None;
         // The detector's search finds each row's nearest reference row, which the extraction monitor needs too
-        // (same reference): kept when the detector saw the rows as sent, that is when no sanitiser changed them.
+        // (same reference): as it is when the detector saw the rows as sent, as the start of a short search when a
+        // sanitiser changed them.
         let mut nearest = None;
         if let Some(detector) = &d.detector {
             match detector.assess_scores(&self.values, &score_rows) {
                 Ok(verdicts) => {
-                    if self.sent.is_none() && verdicts.len() == self.rows {
-                        nearest = Some(verdicts.iter().map(|v| v.nearest).collect::<Vec<_>>());
+                    if verdicts.len() == self.rows {
+                        let found = verdicts.iter().map(|v| v.nearest).collect();
+                        nearest = Some(if self.sent.is_none() {
+                            Nearest::Found(found)
+                        } else {
+                            Nearest::Hints(found)
+                        });
                     }
                     let flagged = verdicts.iter().filter(|v| v.adversarial).count();
                     audit.detector_score = verdicts.iter().map(|v| v.score).reduce(f64::max);
