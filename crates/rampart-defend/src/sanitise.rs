@@ -157,15 +157,20 @@ pub fn median(row: &mut [f32], shape: ImageShape, size: usize) {
     let source = row.to_vec();
     let center = (size / 2) as isize;
     let rank = size * size / 2;
+    // The reflected coordinates of each window, once per axis rather than once per pixel and channel.
+    let offsets = |n: usize| -> Vec<usize> {
+        (0..n as isize)
+            .flat_map(|i| (0..size as isize).map(move |d| reflect(i + d - center, n)))
+            .collect()
+    };
+    let (rows, columns) = (offsets(shape.height), offsets(shape.width));
     let mut window = Vec::with_capacity(size * size);
-    for y in 0..shape.height {
-        for x in 0..shape.width {
+    for (y, ys) in rows.chunks_exact(size.max(1)).enumerate() {
+        for (x, xs) in columns.chunks_exact(size.max(1)).enumerate() {
             for c in 0..shape.channels {
                 window.clear();
-                for dy in 0..size as isize {
-                    for dx in 0..size as isize {
-                        let yy = reflect(y as isize + dy - center, shape.height);
-                        let xx = reflect(x as isize + dx - center, shape.width);
+                for &yy in ys {
+                    for &xx in xs {
                         window.push(at(&source, shape, yy, xx, c));
                     }
                 }
