@@ -279,13 +279,39 @@ pub fn rfc3339(time: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    let fields = [
+        (year, 4, b'-'),
+        (month, 2, b'-'),
+        (day, 2, b'T'),
+        ((rem / 3600) as i64, 2, b':'),
+        ((rem % 3600 / 60) as i64, 2, b':'),
+        ((rem % 60) as i64, 2, b'.'),
+        (i64::from(since.subsec_millis()), 3, b'Z'),
+    ];
+    if !(0..=9999).contains(&year) {
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            since.subsec_millis()
+        );
+    }
+    // Digit by digit: this runs for every audit record, and `format!` costs several times as much.
+    let mut text = String::with_capacity(24);
+    for (value, width, separator) in fields {
+        let mut digits = [b'0'; 4];
+        let mut rest = value.unsigned_abs();
+        for d in digits.iter_mut().take(width).rev() {
+            *d = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        for &d in digits.iter().take(width) {
+            text.push(char::from(d));
+        }
+        text.push(char::from(separator));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -297,6 +323,12 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+        let t = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+        assert_eq!(rfc3339(t), "9999-12-31T23:59:59.999Z");
+        let t = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert_eq!(rfc3339(t), "10000-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(951_782_400_007);
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.007Z");
     }
 
     #[tokio::test]

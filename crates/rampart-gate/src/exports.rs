@@ -54,7 +54,11 @@ fn parse(method: &Method, path: &str) -> Option<ExportRoute> {
 
 /// Whether a request is for these routes (checked before the inference pipeline's routes).
 pub fn claims(method: &Method, path: &str) -> bool {
-    parse(method, path).is_some()
+    // Every export route starts with `/v2/exports` or ends with `/export`: other paths (every inference request)
+    // are not split.
+    let trimmed = path.trim_end_matches('/');
+    (trimmed.starts_with("/v2/exports") || trimmed.ends_with("/export"))
+        && parse(method, path).is_some()
 }
 
 /// The registry and the gate it checks exported versions with.
@@ -294,5 +298,20 @@ mod tests {
         );
         assert_eq!(parse(&Method::GET, "/v2/exports"), None);
         assert_eq!(parse(&Method::POST, "/v2/models/d/infer"), None);
+        // `claims` passes over other paths before parsing, and agrees with `parse` on these.
+        for (method, path, claimed) in [
+            (Method::POST, "/v2/exports", true),
+            (Method::POST, "/v2/exports/", true),
+            (Method::POST, "/v2/exports/ab12/approve", true),
+            (Method::POST, "/v2/exports/ab12/approve/", true),
+            (Method::GET, "/v2/models/d/versions/1/export", true),
+            (Method::GET, "/v2/models/d/versions/1/export/", true),
+            (Method::GET, "/v2/exports", false),
+            (Method::POST, "/v2/models/d/infer", false),
+            (Method::GET, "/v2/models/d/export", false),
+        ] {
+            assert_eq!(claims(&method, path), claimed, "{method} {path}");
+            assert_eq!(parse(&method, path).is_some(), claimed, "{method} {path}");
+        }
     }
 }
