@@ -398,12 +398,10 @@ impl Gate {
                 self.infer_on(conn, &name, pool, request, started, trace)
                     .await
             }
-            Route::Version(VersionRoute::Infer(name, version)) => {
-                let loaded = self.registry_version(&name, &version).await?;
-                self.infer_on(conn, &name, &loaded.pool, request, started, trace)
+            Route::Version(route) => {
+                self.registry_route(conn, route, request, started, trace)
                     .await
             }
-            Route::Version(route) => self.registry_route(route, request, trace).await,
             Route::Live => Ok(json_reply(StatusCode::OK, br#"{"live":true}"#.to_vec())),
             Route::Ready => {
                 let ready = self.is_ready();
@@ -454,7 +452,7 @@ impl Gate {
 
     /// The body, validation, defences, the model and the answer of an inference on `pool` (a configured model or a
     /// registry version of `name`; the defences configured for `name` apply to both).
-    async fn infer_on<B>(
+    pub(crate) async fn infer_on<B>(
         &self,
         conn: &ConnInfo,
         name: &str,

@@ -44,6 +44,7 @@ use serde::Deserialize;
 
 use crate::config::{Config, ConfigError};
 use crate::pipeline::{json_reply, Refusal, Reply, Trace};
+use crate::ConnInfo;
 use crate::Gate;
 use versions::Unservable;
 pub use versions::{LoadedVersion, Versions};
@@ -378,11 +379,13 @@ impl Gate {
         }
     }
 
-    /// The registry's routes other than inference.
+    /// The registry's routes; a version's inference runs the pipeline's (`Gate::infer_on`) on the loaded version.
     pub(crate) async fn registry_route<B>(
         &self,
+        conn: &ConnInfo,
         route: VersionRoute,
         request: Request<B>,
+        started: Instant,
         trace: &mut Trace,
     ) -> Result<Reply, Refusal>
     where
@@ -415,9 +418,9 @@ impl Gate {
             }
             VersionRoute::Push(model, version) => self.push(&model, &version, request, trace).await,
             VersionRoute::Infer(model, version) => {
-                // The pipeline runs inference itself (`Gate::infer_on`); never reached.
-                let _ = (model, version, request);
-                Err(crate::pipeline::unknown_model())
+                let loaded = self.registry_version(&model, &version).await?;
+                self.infer_on(conn, &model, &loaded.pool, request, started, trace)
+                    .await
             }
         }
     }
