@@ -6,6 +6,7 @@
 //! the query; the next 8 bytes pick the wrong label `(true + 1 + h mod (K - 1)) mod K`. The same input always gets
 //! the same answer, so repeating a query reveals nothing.
 
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -37,11 +38,16 @@ impl WatermarkKey {
             .chain_update(b"rampart-watermark-key-id\0")
             .chain_update(secret)
             .finalize();
+        let mut padded = [0u8; 64];
+        padded
+            .iter_mut()
+            .zip(secret)
+            .for_each(|(p, byte)| *p = byte);
         WatermarkKey {
             secret,
-            // HMAC takes a key of any length: keying never fails.
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(&secret)
-                .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default())),
+            // HMAC pads a key shorter than SHA-256's 64-byte block with zeros: the padded key is the same key, and
+            // keying with a whole block cannot fail.
+            mac: <Hmac<Sha256> as KeyInit>::new(&padded.into()),
             id: digest.iter().take(8).map(|b| format!("{b:02x}")).collect(),
         }
     }
