@@ -279,39 +279,35 @@ pub fn rfc3339(time: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let fields = [
-        (year, 4, b'-'),
-        (month, 2, b'-'),
-        (day, 2, b'T'),
-        ((rem / 3600) as i64, 2, b':'),
-        ((rem % 3600 / 60) as i64, 2, b':'),
-        ((rem % 60) as i64, 2, b'.'),
-        (i64::from(since.subsec_millis()), 3, b'Z'),
-    ];
-    if !(0..=9999).contains(&year) {
-        return format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            since.subsec_millis()
-        );
-    }
-    // Digit by digit: this runs for every audit record, and `format!` costs several times as much.
+    // Digit by digit: this runs for every audit record, and `format!` costs several times as much. The year has
+    // four digits until 9999 (the time is never before 1970).
     let mut text = String::with_capacity(24);
-    for (value, width, separator) in fields {
-        let mut digits = [b'0'; 4];
-        let mut rest = value.unsigned_abs();
-        for d in digits.iter_mut().take(width).rev() {
-            *d = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
-        for &d in digits.iter().take(width) {
-            text.push(char::from(d));
-        }
-        text.push(char::from(separator));
+    if year > 9999 {
+        text.push_str(&year.to_string());
+    } else {
+        push_digits(&mut text, year.unsigned_abs(), 4);
     }
+    for (separator, value, width) in [
+        ('-', month.unsigned_abs(), 2),
+        ('-', day.unsigned_abs(), 2),
+        ('T', rem / 3600, 2),
+        (':', rem % 3600 / 60, 2),
+        (':', rem % 60, 2),
+        ('.', u64::from(since.subsec_millis()), 3),
+    ] {
+        text.push(separator);
+        push_digits(&mut text, value, width);
+    }
+    text.push('Z');
     text
+}
+
+/// Appends the last `width` decimal digits of `value`, zero-padded.
+fn push_digits(text: &mut String, value: u64, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10_u64.pow(place) % 10;
+        text.push(char::from(b'0' + digit as u8));
+    }
 }
 
 #[cfg(test)]
