@@ -126,6 +126,7 @@ impl DailyQuota {
         if used.len() > 100_000 {
             used.retain(|_, (d, _)| *d == day);
         }
+        // Not `entry()`: it takes an owned key, an allocation on every request where a lookup finds one on most.
         if !used.contains_key(principal) {
             used.insert(principal.to_owned(), (day, 0));
         }
@@ -181,6 +182,7 @@ impl Concurrency {
     /// Takes a slot for `principal`, or `None` when it has `limit` requests in flight.
     pub fn acquire(&self, principal: &str) -> Option<Slot> {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // Not `entry()`, as in `DailyQuota::take`: the key is allocated only for a principal not yet in the map.
         if !map.contains_key(principal) {
             map.insert(principal.to_owned(), 0);
         }
