@@ -1,6 +1,6 @@
 # Shared setup of the gateway benchmarks (bench/gateway.sh, bench/gateway-ab.sh, bench/defend-gateway.sh,
 # bench/gateway-log.sh); sourced, not run. Defines: ROOT, WORK and STATE (removed on exit), PIDS (killed on exit),
-# DURATION, THREADS, CONNECTIONS, RAMPART (release build), and the functions need_tools, free_port, make_config,
+# DURATION, THREADS, CONNECTIONS, RAMPART (a release build, or RAMPART_PROFILE's), and the functions need_tools, free_port, make_config,
 # write_wrk_script, write_answered_row, wrk_body, wait_up, run_wrk.
 #
 # The gateways' state and audit logs go to STATE: under the repository's target/ (as the default `.rampart` sits in

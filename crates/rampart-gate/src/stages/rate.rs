@@ -126,7 +126,8 @@ impl DailyQuota {
         if used.len() > 100_000 {
             used.retain(|_, (d, _)| *d == day);
         }
-        // Not `entry()`: it takes an owned key, an allocation on every request where a lookup finds one on most.
+        // Not `entry()`: it needs an owned key, an allocation on every request; looking up first allocates only for
+        // a principal not yet in the map.
         if !used.contains_key(principal) {
             used.insert(principal.to_owned(), (day, 0));
         }

@@ -197,18 +197,14 @@ impl Pending<'_> {
         let d = self.defences;
         let mut last = None;
         let rows = self.sent().chunks_exact(d.width);
+        let search = |row: &[f32], hint: Option<Neighbour>| match hint {
+            Some(hint) => stage.reference.nearest_from(row, hint.index),
+            None => stage.reference.nearest(row, 1, None).into_iter().next(),
+        };
         let nearest: Vec<_> = match nearest {
             Some(Nearest::Found(found)) => found,
-            Some(Nearest::Hints(hints)) => rows
-                .zip(hints)
-                .map(|(row, hint)| match hint {
-                    Some(hint) => stage.reference.nearest_from(row, hint.index),
-                    None => stage.reference.nearest(row, 1, None).into_iter().next(),
-                })
-                .collect(),
-            None => rows
-                .map(|row| stage.reference.nearest(row, 1, None).into_iter().next())
-                .collect(),
+            Some(Nearest::Hints(hints)) => rows.zip(hints).map(|(row, h)| search(row, h)).collect(),
+            None => rows.map(|row| search(row, None)).collect(),
         };
         {
             let mut monitor = stage.monitor.lock().unwrap_or_else(|p| p.into_inner());
