@@ -15,6 +15,7 @@ pub mod kserve;
 mod onnx;
 mod tensor;
 mod upstream;
+mod vector_state;
 
 pub use onnx::OnnxModel;
 pub use tensor::{DataType, Tensor, TensorData, TensorSpec};

@@ -58,10 +58,10 @@ impl OnnxModel {
             typed.output_outlets().map_err(|e| load(e.to_string()))?,
         )
         .map_err(load)?;
-        let plan = typed
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(|err| load(format!("cannot optimise the graph: {err:#}")))?;
+        let plan = typed.into_optimized().and_then(|m| m.into_runnable());
+        // Optimising folds constants with tract's kernels.
+        crate::vector_state::clear();
+        let plan = plan.map_err(|err| load(format!("cannot optimise the graph: {err:#}")))?;
         let metadata = ModelMetadata {
             name: name.to_owned(),
             versions: Vec::new(),
@@ -230,7 +230,9 @@ impl Model for OnnxModel {
             Some(state) => state,
             None => self.plan.spawn().map_err(runtime)?,
         };
-        let outputs = state.run(values).map_err(runtime)?;
+        let outputs = state.run(values);
+        crate::vector_state::clear();
+        let outputs = outputs.map_err(runtime)?;
         if let Ok(mut states) = self.states.lock() {
             if states.len() < MAX_IDLE_STATES {
                 states.push(state);
