@@ -45,8 +45,10 @@ make_config "$OFF_PORT" "$(free_port)" false < /dev/null > "$WORK/off.toml"
 KEY="$("$RAMPART" serve --config "$WORK/off.toml" --check | awk '/API key/ {print $3}')"
 [ -n "$KEY" ] || { echo "error: no API key was printed" >&2; exit 2; }
 "$RAMPART" serve --config "$WORK/on.toml" >/dev/null 2>"$WORK/on.log" &
+ON_PID=$!
 PIDS+=($!)
 "$RAMPART" serve --config "$WORK/off.toml" >/dev/null 2>&1 &
+OFF_PID=$!
 PIDS+=($!)
 declare -A STAGE_PORT
 for s in "${STAGES[@]}"; do
@@ -70,8 +72,8 @@ ROUNDS="${2:-3}"
 RUNS=()
 for round in $(seq "$ROUNDS"); do
     echo "round $round of $ROUNDS: defended, undefended, then each stage alone" >&2
-    RUNS+=("$(run_wrk rampart-defended "https://127.0.0.1:$ON_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
-    RUNS+=("$(run_wrk rampart-undefended "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
+    RUNS+=("$(run_wrk rampart-defended "https://127.0.0.1:$ON_PORT/v2/models/digits/infer" "$WORK/infer.lua" "" "$ON_PID")")
+    RUNS+=("$(run_wrk rampart-undefended "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua" "" "$OFF_PID")")
     for s in "${STAGES[@]}"; do
         RUNS+=("$(run_wrk "only-$s" "https://127.0.0.1:${STAGE_PORT[$s]}/v2/models/digits/infer" "$WORK/infer.lua")")
     done
@@ -97,6 +99,10 @@ ratio = float(on) / float(off)
 print(f"throughput defended/undefended: {ratio:.2f}x; the defences cost {(1 - ratio) * 100:.0f}% (target <= 30%)")
 paired = statistics.median(float(runs[r * per][1]) / float(runs[r * per + 1][1]) for r in range(rounds))
 print(f"  the same, as the median of each round's ratio: {paired:.2f}x; cost {(1 - paired) * 100:.0f}%")
+# The gateway's own CPU time per request (all its threads), which drifts less with the machine than req/s does; wrk's
+# share of the two cores is not in it.
+on_cpu, off_cpu = (statistics.median(float(runs[r * per + k][5]) for r in range(rounds)) for k in (0, 1))
+print(f"gateway CPU a request: defended {on_cpu:.1f} us, undefended {off_cpu:.1f} us; the defences add {on_cpu - off_cpu:.1f} us")
 # A stage's cost is taken against the undefended run of the same round, and the median of those ratios printed: the
 # machine's speed drifts over minutes, and a ratio within a round is less exposed to it than a ratio of medians.
 print(f"each stage alone, against the undefended gateway of the same round (median of the rounds' ratios):")

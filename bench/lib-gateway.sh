@@ -111,12 +111,16 @@ wrk_body() { sed -n 's/^wrk.body = //p' "$1" | python3 -c 'import json,sys; prin
 
 wait_up() { for _ in $(seq 1 100); do curl -sk -o /dev/null "$1" && return 0; sleep 0.1; done; echo "error: $1 did not come up" >&2; exit 2; }
 
-# Prints `name req/s p50_ms p99_ms non2xx` (the name must not hold spaces).
-run_wrk() { # name url [script] [connections]
+# Prints `name req/s p50_ms p99_ms non2xx`, and with a server's pid its CPU time (user and system, all threads) per
+# request in microseconds as a sixth field (the name must not hold spaces).
+run_wrk() { # name url [script] [connections] [server_pid]
     local out="$WORK/$1.txt"
     local conns="${4:-$CONNECTIONS}"
+    local before=0 after=0
+    [ -z "${5:-}" ] || before="$(awk '{print $14 + $15}' "/proc/$5/stat")"
     wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"${DURATION}s" --latency ${3:+-s "$3"} "$2" > "$out"
-    python3 - "$out" "$1" <<'PY'
+    [ -z "${5:-}" ] || after="$(awk '{print $14 + $15}' "/proc/$5/stat")"
+    python3 - "$out" "$1" "${5:+$((after - before))}" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 def ms(v, unit):
@@ -126,7 +130,9 @@ p50 = ms(*re.search(r"\s50%\s+([\d.]+)(us|ms|s)", text).groups())
 p99 = ms(*re.search(r"\s99%\s+([\d.]+)(us|ms|s)", text).groups())
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 errors = re.search(r"Socket errors:.*", text)
-print(f"{sys.argv[2]} {rps:.0f} {p50:.3f} {p99:.3f} {non2xx.group(1) if non2xx else 0}")
+done = int(re.search(r"(\d+) requests in", text).group(1))
+cpu = f" {int(sys.argv[3]) / int(sys.argv[4]) * 1e6 / max(done, 1):.1f}" if sys.argv[3] else ""
+print(f"{sys.argv[2]} {rps:.0f} {p50:.3f} {p99:.3f} {non2xx.group(1) if non2xx else 0}{cpu}")
 if errors:
     print(f"# {sys.argv[2]}: {errors.group(0)}", file=sys.stderr)
 PY
