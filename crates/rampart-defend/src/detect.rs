@@ -155,10 +155,11 @@ pub struct Assessment {
     pub score: f64,
     /// Whether the score passes the threshold.
     pub adversarial: bool,
-    /// The row's nearest reference row (the first of its `k` nearest), found by the search the components need:
-    /// the extraction monitor, which asks the same of the same reference, takes it from here.
+    /// The row's `k` nearest reference rows, nearest first (every reference row nearer than the last is among
+    /// them), found by the search the components need: the extraction monitor, which asks for the nearest row of
+    /// the same reference, takes it from here ([`crate::knn::Index::nearest_near`] when a sanitiser changed the row).
     #[serde(skip)]
-    pub nearest: Option<Neighbour>,
+    pub neighbours: Vec<Neighbour>,
 }
 
 /// The detector: configuration, the profile's reference sample and features, and (once calibrated) the threshold.
@@ -369,7 +370,7 @@ impl Detector {
             result.push(Scored {
                 predicted,
                 components: [s, disagree, ratio, low_margin, off_support],
-                nearest: all.neighbours().first().copied(),
+                neighbours: all.neighbours(),
             });
         }
         Ok(result)
@@ -464,7 +465,7 @@ impl Detector {
                 let Scored {
                     predicted,
                     components,
-                    nearest,
+                    neighbours,
                 } = row;
                 let score = fisher(
                     &calibration.components,
@@ -476,7 +477,7 @@ impl Detector {
                     components,
                     score,
                     adversarial: score > calibration.threshold,
-                    nearest,
+                    neighbours,
                 }
             })
             .collect())
@@ -507,7 +508,7 @@ fn fisher_leave_one_out(
 struct Scored {
     predicted: usize,
     components: [f64; COMPONENTS],
-    nearest: Option<Neighbour>,
+    neighbours: Vec<Neighbour>,
 }
 
 /// What the detector keeps of one search: the `k` nearest rows of the predicted class and of the others.
@@ -590,14 +591,15 @@ mod tests {
         let clean = detector.assess(&model, held).unwrap();
         let fpr = clean.iter().filter(|a| a.adversarial).count() as f64 / clean.len() as f64;
         assert!(fpr <= 0.05, "held-out false-positive rate {fpr}");
-        // Each verdict carries the row's nearest reference row, the one a search of its own finds.
+        // Each verdict carries the row's k nearest reference rows, the ones a search of its own finds: what
+        // `Index::nearest_near` relies on.
         let index = Index::new(&profile.reference);
         for (row, verdict) in held.chunks_exact(64).zip(&clean) {
             assert_eq!(
-                verdict.nearest,
-                index.nearest(row, 1, None).first().copied()
+                verdict.neighbours,
+                index.nearest(row, detector.config().k, None)
             );
-            assert!(verdict.nearest.is_some());
+            assert_eq!(verdict.neighbours.len(), detector.config().k);
         }
         // Uniform noise is nothing like a digit: the neighbour scores flag nearly all of it.
         let noise: Vec<f32> = (0..64 * 50)

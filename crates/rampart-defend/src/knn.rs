@@ -424,6 +424,51 @@ impl Index {
         best.neighbours().into_iter().next()
     }
 
+    /// The nearest row, as `nearest(query, 1, None)` finds it, given what a search found around a row near
+    /// `query` (the same input before a sanitiser changed it): `known` holds `around`'s nearest rows, nearest first,
+    /// and every reference row nearer to `around` than the last of them (a detector's `k` nearest).
+    ///
+    /// `query`'s nearest row lies within `d + 2δ` of `around` (`d`: `around`'s nearest distance; `δ`: the distance
+    /// between the two rows; the triangle inequality twice), and so does every row tied with it. When that reach is
+    /// below the last known distance, the answer is among `known`, and only those rows are measured; otherwise the
+    /// search starts from `around`'s nearest ([`Index::nearest_from`]). Either way the answer is the full scan's,
+    /// ties included.
+    pub fn nearest_near(
+        &self,
+        query: &[f32],
+        around: &[f32],
+        known: &[Neighbour],
+    ) -> Option<Neighbour> {
+        if self.encloses(query, around, known) {
+            let mut best = KBest::new(1);
+            for n in known {
+                if let Some((row, label)) = self.row(n.index) {
+                    best.push(squared_distance(row, query), n.index, label);
+                }
+            }
+            return best.neighbours().into_iter().next();
+        }
+        match known.first() {
+            Some(n) => self.nearest_from(query, n.index),
+            None => self.nearest(query, 1, None).into_iter().next(),
+        }
+    }
+
+    /// Whether `known` must hold `query`'s nearest row and its ties (see [`Index::nearest_near`]). Both sides of the
+    /// test keep a relative margin far above the rounding of the distances.
+    fn encloses(&self, query: &[f32], around: &[f32], known: &[Neighbour]) -> bool {
+        let (Some(first), Some(last)) = (known.first(), known.last()) else {
+            return false;
+        };
+        if query.len() != self.width || around.len() != self.width {
+            return false;
+        }
+        let margin = f64::from(MARGIN);
+        let apart = f64::from(squared_distance(query, around)).sqrt();
+        // A NaN (in either row) fails the test: such a query is searched.
+        (first.distance + 2.0 * apart) * (1.0 + margin) < last.distance * (1.0 - margin)
+    }
+
     /// The reference's row `index` and its label.
     fn row(&self, index: usize) -> Option<(&[f32], i64)> {
         let at = *self.position.get(index)?;
@@ -757,6 +802,77 @@ mod tests {
         // A duplicate of a row whose later twin is the hint: the earlier row still wins the tie.
         let twin = r.rows[..16].to_vec();
         assert_eq!(index.nearest_from(&twin, 60).map(|n| n.index), Some(0));
+    }
+
+    #[test]
+    fn nearest_near_answers_as_a_full_scan_from_what_was_found_around() {
+        // Duplicate rows under two labels (ties across groups); `around` rows moved from the query by a sixteenth
+        // to a whole unit on a few dimensions, so that the known rows hold the answer for small moves and not for
+        // large ones; k from 1 to more than the reference.
+        let base = sample(21, 80, 16, 4);
+        let mut r = base.clone();
+        for (row, &label) in base.rows.chunks_exact(16).zip(&base.labels).take(25) {
+            r.rows.extend_from_slice(row);
+            r.labels.push(3 - label);
+        }
+        let index = Index::new(&r);
+        let (mut enclosed, mut searched) = (0, 0);
+        for seed in 0..12 {
+            let q = sample(300 + seed, 1, 16, 4).rows;
+            let want = brute(&r, &q).first().map(|x| x.1);
+            for (step, moved) in [(0.0625, 1), (0.0625, 3), (0.25, 2), (1.0, 4)] {
+                let mut around = q.clone();
+                for j in 0..moved {
+                    around[(j * 5 + seed as usize) % 16] += step;
+                }
+                for k in [1, 2, 5, 12, r.labels.len() + 3] {
+                    let known = index.nearest(&around, k, None);
+                    if index.encloses(&q, &around, &known) {
+                        enclosed += 1;
+                    } else {
+                        searched += 1;
+                    }
+                    let got = index.nearest_near(&q, &around, &known);
+                    assert_eq!(got.map(|n| n.index), want, "seed {seed} step {step} k {k}");
+                    assert_eq!(got.map(|n| n.label), want.map(|i| r.labels[i]));
+                }
+            }
+            // Nothing known: a search of its own.
+            assert_eq!(index.nearest_near(&q, &q, &[]).map(|n| n.index), want);
+        }
+        assert!(
+            enclosed > 50 && searched > 50,
+            "{enclosed} answered from the known rows, {searched} searched"
+        );
+        // A query on a row duplicated under another label, around itself: the earlier twin wins the tie.
+        let twin = r.rows[..16].to_vec();
+        let known = index.nearest(&twin, 5, None);
+        assert!(index.encloses(&twin, &twin, &known));
+        assert_eq!(
+            index.nearest_near(&twin, &twin, &known).map(|n| n.index),
+            Some(0)
+        );
+        // The reach is `d + 2δ`, no less. On a line, around 0 and the query at 0.4: around's two nearest rows are
+        // at -0.5 and -1.15, beyond `d + 1.5δ` = 1.1, yet the query's nearest row is the one at 1.2.
+        let line = Index::new(&Reference {
+            width: 1,
+            rows: vec![-0.5, -1.15, 1.2],
+            labels: vec![0, 1, 2],
+        });
+        let known = line.nearest(&[0.0], 2, None);
+        assert_eq!(
+            known.iter().map(|n| n.index).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert!(!line.encloses(&[0.4], &[0.0], &known));
+        assert_eq!(
+            line.nearest_near(&[0.4], &[0.0], &known).map(|n| n.index),
+            Some(2)
+        );
+        // A NaN is searched, never answered from the known rows.
+        let mut nan = twin.clone();
+        nan[3] = f32::NAN;
+        assert!(!index.encloses(&nan, &twin, &known));
     }
 
     #[test]

@@ -179,8 +179,9 @@ impl Defences {
 pub(super) enum Nearest {
     /// The nearest row of each row as sent.
     Found(Vec<Option<Neighbour>>),
-    /// The nearest row of each row as a sanitiser changed it: near the answer, a bound to search from.
-    Hints(Vec<Option<Neighbour>>),
+    /// The `k` nearest rows of each row as a sanitiser changed it, nearest first: they hold the answer when the
+    /// sanitiser moved the row little, and bound the search otherwise (`Index::nearest_near`).
+    Around(Vec<Vec<Neighbour>>),
 }
 
 impl Pending<'_> {
@@ -197,14 +198,16 @@ impl Pending<'_> {
         let d = self.defences;
         let mut last = None;
         let rows = self.sent().chunks_exact(d.width);
-        let search = |row: &[f32], hint: Option<Neighbour>| match hint {
-            Some(hint) => stage.reference.nearest_from(row, hint.index),
-            None => stage.reference.nearest(row, 1, None).into_iter().next(),
-        };
         let nearest: Vec<_> = match nearest {
             Some(Nearest::Found(found)) => found,
-            Some(Nearest::Hints(hints)) => rows.zip(hints).map(|(row, h)| search(row, h)).collect(),
-            None => rows.map(|row| search(row, None)).collect(),
+            Some(Nearest::Around(known)) => rows
+                .zip(self.values.chunks_exact(d.width))
+                .zip(known)
+                .map(|((row, around), known)| stage.reference.nearest_near(row, around, &known))
+                .collect(),
+            None => rows
+                .map(|row| stage.reference.nearest(row, 1, None).into_iter().next())
+                .collect(),
         };
         {
             let mut monitor = stage.monitor.lock().unwrap_or_else(|p| p.into_inner());

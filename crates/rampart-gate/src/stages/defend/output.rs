@@ -51,19 +51,23 @@ impl Pending<'_> {
             .collect();
         // A refused query still counts for extraction: probing is a pattern even when it is not answered.
         let mut rejected = None;
-        // The detector's search finds each row's nearest reference row, which the extraction monitor needs too
-        // (same reference): as it is when the detector saw the rows as sent, as the start of a short search when a
-        // sanitiser changed them.
+        // The detector's search finds each row's nearest reference rows, and the extraction monitor needs the nearest
+        // (same reference): as it is when the detector saw the rows as sent; when a sanitiser changed them, most
+        // often among those rows, else from the start of a short search.
         let mut nearest = None;
         if let Some(detector) = &d.detector {
             match detector.assess_scores(&self.values, &score_rows) {
                 Ok(verdicts) => {
                     if verdicts.len() == self.rows {
-                        let found = verdicts.iter().map(|v| v.nearest).collect();
                         nearest = Some(if self.sent.is_none() {
-                            Nearest::Found(found)
+                            Nearest::Found(
+                                verdicts
+                                    .iter()
+                                    .map(|v| v.neighbours.first().copied())
+                                    .collect(),
+                            )
                         } else {
-                            Nearest::Hints(found)
+                            Nearest::Around(verdicts.iter().map(|v| v.neighbours.clone()).collect())
                         });
                     }
                     let flagged = verdicts.iter().filter(|v| v.adversarial).count();
