@@ -441,12 +441,17 @@ impl Index {
     ) -> Option<Neighbour> {
         if self.encloses(query, around, known) {
             let mut best = KBest::new(1);
-            for n in known {
-                if let Some((row, label)) = self.row(n.index) {
+            // A known row this index does not hold (another reference) would leave a hole: search instead.
+            let held = known.iter().all(|n| match self.row(n.index) {
+                Some((row, label)) => {
                     best.push(squared_distance(row, query), n.index, label);
+                    true
                 }
+                None => false,
+            });
+            if held {
+                return best.neighbours().into_iter().next();
             }
-            return best.neighbours().into_iter().next();
         }
         match known.first() {
             Some(n) => self.nearest_from(query, n.index),
@@ -673,6 +678,22 @@ mod tests {
         }
     }
 
+    /// `base` with its first `count` rows appended again under the label `flip - label`: duplicate rows under two
+    /// labels, so that ties cross groups.
+    fn with_twins(base: &Reference, count: usize, flip: i64) -> Reference {
+        let mut r = base.clone();
+        for (row, &label) in base
+            .rows
+            .chunks_exact(base.width)
+            .zip(&base.labels)
+            .take(count)
+        {
+            r.rows.extend_from_slice(row);
+            r.labels.push(flip - label);
+        }
+        r
+    }
+
     #[test]
     fn index_matches_brute_force_with_ties() {
         // Levels of 1/2^n keep every sum exact, so ties are real ties in any summation order.
@@ -781,12 +802,7 @@ mod tests {
     fn nearest_from_any_hint_is_the_nearest() {
         // Duplicate rows under two labels, as above; every row as the hint, and one out of range: the answer is
         // always the full scan's, ties included (quarters: the distances are exact, so ties are real).
-        let base = sample(5, 60, 16, 4);
-        let mut r = base.clone();
-        for (row, &label) in base.rows.chunks_exact(16).zip(&base.labels).take(20) {
-            r.rows.extend_from_slice(row);
-            r.labels.push(2 - label);
-        }
+        let r = with_twins(&sample(5, 60, 16, 4), 20, 2);
         let index = Index::new(&r);
         for seed in 0..6 {
             let q = sample(200 + seed, 1, 16, 4).rows;
@@ -809,12 +825,7 @@ mod tests {
         // Duplicate rows under two labels (ties across groups); `around` rows moved from the query by a sixteenth
         // to a whole unit on a few dimensions, so that the known rows hold the answer for small moves and not for
         // large ones; k from 1 to more than the reference.
-        let base = sample(21, 80, 16, 4);
-        let mut r = base.clone();
-        for (row, &label) in base.rows.chunks_exact(16).zip(&base.labels).take(25) {
-            r.rows.extend_from_slice(row);
-            r.labels.push(3 - label);
-        }
+        let r = with_twins(&sample(21, 80, 16, 4), 25, 3);
         let index = Index::new(&r);
         let (mut enclosed, mut searched) = (0, 0);
         for seed in 0..12 {
@@ -852,6 +863,10 @@ mod tests {
             index.nearest_near(&twin, &twin, &known).map(|n| n.index),
             Some(0)
         );
+        // A NaN is searched, never answered from the known rows.
+        let mut nan = twin.clone();
+        nan[3] = f32::NAN;
+        assert!(!index.encloses(&nan, &twin, &known));
         // The reach is `d + 2δ`, no less. On a line, around 0 and the query at 0.4: around's two nearest rows are
         // at -0.5 and -1.15, beyond `d + 1.5δ` = 1.1, yet the query's nearest row is the one at 1.2.
         let line = Index::new(&Reference {
@@ -869,10 +884,6 @@ mod tests {
             line.nearest_near(&[0.4], &[0.0], &known).map(|n| n.index),
             Some(2)
         );
-        // A NaN is searched, never answered from the known rows.
-        let mut nan = twin.clone();
-        nan[3] = f32::NAN;
-        assert!(!index.encloses(&nan, &twin, &known));
     }
 
     #[test]
