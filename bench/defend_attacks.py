@@ -8,6 +8,7 @@ Usage: defend_attacks.py attacks MODEL.onnx TEST.csv OUTDIR
        defend_attacks.py train IN.csv OUT.onnx --label-column COL --seed S [--hidden H]
        defend_attacks.py squeeze-baseline MODEL.onnx TEST.csv ATTACKDIR
        defend_attacks.py thief-queries TRAIN.csv OUT.csv [--count N]
+       defend_attacks.py sanitise-time HxWxC DIR RAMPART_TIMES
 """
 import argparse
 import csv
@@ -320,6 +321,44 @@ def cmd_thief_queries(a):
     write_csv(a.out, q)
 
 
+def cmd_sanitise_time(a):
+    """The peer of Rampart's sanitisers: scipy.ndimage (median, Gaussian) and numpy (bit depth, FFT low-pass) on the
+    image `defend_bench sanitise-time` used, timed the same way (best of 7), each output compared with Rampart's."""
+    from scipy import ndimage
+    h, w, c = (int(v) for v in a.shape.split("x"))
+    image = ((np.arange(h * w * c) * 7919 % 1000) / 1000).astype(np.float32).reshape(h, w, c)
+
+    def low_pass(x, cutoff):
+        fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+        keep = np.sqrt(fy * fy + fx * fx) <= cutoff
+        out = np.empty_like(x)
+        for k in range(c):
+            out[:, :, k] = np.clip(np.fft.ifft2(np.fft.fft2(x[:, :, k].astype(np.float64)) * keep).real, 0, 1)
+        return out
+
+    peers = {
+        "bit_depth_4": lambda x: np.round(np.clip(x, 0, 1) * np.float32(15)) / np.float32(15),
+        "median_2": lambda x: ndimage.median_filter(x, size=(2, 2, 1), mode="reflect"),
+        "median_3": lambda x: ndimage.median_filter(x, size=(3, 3, 1), mode="reflect"),
+        "median_5": lambda x: ndimage.median_filter(x, size=(5, 5, 1), mode="reflect"),
+        "gaussian_1": lambda x: ndimage.gaussian_filter(x.astype(np.float64), sigma=(1, 1, 0), mode="reflect"),
+        "low_pass_0.25": lambda x: low_pass(x, 0.25),
+    }
+    ours = dict(line.split() for line in open(a.times) if line.strip())
+    print(f"{'sanitiser':<16}{'Rampart ms':>12}{'scipy ms':>12}{'ratio':>9}{'max |diff|':>13}")
+    for name, peer in peers.items():
+        best = float("inf")
+        for _ in range(7):
+            started = time.perf_counter()
+            out = peer(image)
+            best = min(best, time.perf_counter() - started)
+        theirs = np.asarray(out, dtype=np.float32).reshape(-1)
+        mine = np.fromfile(os.path.join(a.dir, f"{name}.f32"), dtype="<f4")
+        diff = float(np.max(np.abs(mine.astype(np.float64) - theirs))) if mine.size == theirs.size else float("nan")
+        rampart = float(ours[name])
+        print(f"{name:<16}{rampart:>12.3f}{best * 1e3:>12.3f}{best * 1e3 / rampart:>8.1f}x{diff:>13.2e}")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -339,9 +378,10 @@ def main():
     s.add_argument("--max-iter", type=int, default=1000)
     s = sub.add_parser("thief-queries"); s.add_argument("data"); s.add_argument("out")
     s.add_argument("--count", type=int, default=5000); s.add_argument("--seed", type=int, default=1)
+    s = sub.add_parser("sanitise-time"); s.add_argument("shape"); s.add_argument("dir"); s.add_argument("times")
     a = p.parse_args()
     {"attacks": cmd_attacks, "jbda": cmd_jbda, "train": cmd_train, "squeeze-baseline": cmd_squeeze_baseline,
-     "thief-queries": cmd_thief_queries, "fidelity": cmd_fidelity}[a.cmd](a)
+     "thief-queries": cmd_thief_queries, "fidelity": cmd_fidelity, "sanitise-time": cmd_sanitise_time}[a.cmd](a)
 
 
 if __name__ == "__main__":

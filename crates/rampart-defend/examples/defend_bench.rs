@@ -90,8 +90,9 @@ fn main() -> Res<()> {
         "serve-watermarked" => serve_watermarked(&arg(2), &arg(3), &arg(4), &arg(5), &arg(6)),
         "serve-hardened" => serve_hardened(&arg(2), &arg(3), &arg(4)),
         "cost" => cost(&arg(2), &arg(3), &arg(4)),
+        "sanitise-time" => sanitise_time(&arg(2), &arg(3)),
         _ => Err(
-            "usage: defend_bench attacks|detect|sanitise|extraction|serve-watermarked|serve-hardened|cost ..."
+            "usage: defend_bench attacks|detect|sanitise|extraction|serve-watermarked|serve-hardened|cost|sanitise-time ..."
                 .into(),
         ),
     }
@@ -642,6 +643,46 @@ fn cost(profile: &str, model: &str, test: &str) -> Res<()> {
             "cost: {name:<24} {us:>9.1} us/request  ({:.2}x the model's inference)",
             us / model_us
         );
+    }
+    Ok(())
+}
+
+/// The sanitisers on one `HxWxC` image (`shape`, e.g. `224x224x3`) whose values are `((i * 7919) % 1000) / 1000`:
+/// prints `name milliseconds` (the best of 7 runs) and writes each output to `<out>/<name>.f32` (little-endian), for
+/// `bench/defend_attacks.py sanitise-time` to time scipy on the same image and compare the values.
+fn sanitise_time(shape: &str, out: &str) -> Res<()> {
+    let dims: Vec<usize> = shape.split('x').map(str::parse).collect::<Result<_, _>>()?;
+    let [height, width, channels] = dims[..] else {
+        return Err("the shape is HxWxC".into());
+    };
+    let shape = ImageShape {
+        height,
+        width,
+        channels,
+    };
+    let image: Vec<f32> = (0..shape.len())
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+        .collect();
+    std::fs::create_dir_all(out)?;
+    for (name, sanitiser) in [
+        ("bit_depth_4", Sanitiser::BitDepth { bits: 4 }),
+        ("median_2", Sanitiser::Median { size: 2 }),
+        ("median_3", Sanitiser::Median { size: 3 }),
+        ("median_5", Sanitiser::Median { size: 5 }),
+        ("gaussian_1", Sanitiser::Gaussian { sigma: 1.0 }),
+        ("low_pass_0.25", Sanitiser::LowPass { cutoff: 0.25 }),
+    ] {
+        let mut best = f64::MAX;
+        let mut row = image.clone();
+        for _ in 0..7 {
+            row.copy_from_slice(&image);
+            let started = Instant::now();
+            sanitiser.apply(&mut row, shape)?;
+            best = best.min(started.elapsed().as_secs_f64() * 1e3);
+        }
+        let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(Path::new(out).join(format!("{name}.f32")), bytes)?;
+        println!("{name} {best:.3}");
     }
     Ok(())
 }

@@ -133,8 +133,16 @@ pub fn bit_depth(row: &mut [f32], bits: u32) {
     let levels = ((1_u32 << bits.clamp(1, 16)) - 1) as f32;
     for v in row.iter_mut() {
         let x = if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
-        *v = (x * levels).round_ties_even() / levels;
+        *v = round_ties_even_small(x * levels) / levels;
     }
+}
+
+/// `y.round_ties_even()` for `0 <= y < 2^23`, without the library call that baseline x86-64 makes of it: adding
+/// 2^23 leaves no fraction bit, so the sum is rounded to an integer in the default mode (to nearest, ties to even,
+/// and 2^23 is even), and subtracting it again is exact.
+fn round_ties_even_small(y: f32) -> f32 {
+    const TWO_23: f32 = 8_388_608.0;
+    (y + TWO_23) - TWO_23
 }
 
 /// scipy's `reflect` mode: the index folded into `0..n` with the edge value repeated.
@@ -152,38 +160,87 @@ fn at(row: &[f32], shape: ImageShape, y: usize, x: usize, c: usize) -> f32 {
 }
 
 /// A `size` × `size` median per channel. Like scipy, the window spans offsets `-(size/2) ..= size - 1 - size/2`
-/// and takes the element of rank `size²/2` (the upper median for even windows).
+/// and takes the element of rank `size²/2` (the upper median for even windows) in [`f32::total_cmp`]'s order.
 pub fn median(row: &mut [f32], shape: ImageShape, size: usize) {
-    let source = row.to_vec();
+    if size == 0 {
+        return;
+    }
+    // Integer keys in total order: the selection compares integers, and every rank is exact.
+    let keys: Vec<i32> = row.iter().map(|&v| order_key(v)).collect();
     let center = (size / 2) as isize;
     let rank = size * size / 2;
+    let (width, channels) = (shape.width, shape.channels);
     // The reflected coordinates of each window, once per axis rather than once per pixel and channel.
     let offsets = |n: usize| -> Vec<usize> {
         (0..n as isize)
             .flat_map(|i| (0..size as isize).map(move |d| reflect(i + d - center, n)))
             .collect()
     };
-    let (rows, columns) = (offsets(shape.height), offsets(shape.width));
+    let (rows, columns) = (offsets(shape.height), offsets(width));
     let mut window = Vec::with_capacity(size * size);
-    for (y, ys) in rows.chunks_exact(size.max(1)).enumerate() {
-        for (x, xs) in columns.chunks_exact(size.max(1)).enumerate() {
-            for c in 0..shape.channels {
+    let mut out = row.iter_mut();
+    for ys in rows.chunks_exact(size) {
+        for xs in columns.chunks_exact(size) {
+            for c in 0..channels {
+                let Some(target) = out.next() else { return };
                 window.clear();
                 for &yy in ys {
-                    for &xx in xs {
-                        window.push(at(&source, shape, yy, xx, c));
-                    }
+                    window.extend(xs.iter().map(|&xx| {
+                        keys.get((yy * width + xx) * channels + c)
+                            .copied()
+                            .unwrap_or(0)
+                    }));
                 }
-                window.sort_by(f32::total_cmp);
-                if let (Some(out), Some(&m)) = (
-                    row.get_mut((y * shape.width + x) * shape.channels + c),
-                    window.get(rank),
-                ) {
-                    *out = m;
-                }
+                let last = window.len().saturating_sub(1);
+                // Sorting networks for the 2 × 2 and 3 × 3 windows; a selection for the others.
+                let chosen = match window.as_slice() {
+                    [] => continue,
+                    &[a, b, c, d] => upper_median_of_4(a, b, c, d),
+                    &[a, b, c, d, e, f, g, h, i] => median_of_9([a, b, c, d, e, f, g, h, i]),
+                    _ => *window.select_nth_unstable(rank.min(last)).1,
+                };
+                *target = from_order_key(chosen);
             }
         }
     }
+}
+
+/// The bits of `v` as an `i32` whose integer order is [`f32::total_cmp`]'s order (negative values have their
+/// magnitude bits flipped). The map is its own inverse.
+fn order_key(v: f32) -> i32 {
+    let bits = v.to_bits() as i32;
+    bits ^ ((((bits >> 31) as u32) >> 1) as i32)
+}
+
+fn from_order_key(key: i32) -> f32 {
+    f32::from_bits((key ^ ((((key >> 31) as u32) >> 1) as i32)) as u32)
+}
+
+/// The element of rank 2 (of 0..=3) of four: the smaller of the two pairs' maxima or the larger of their minima,
+/// whichever is larger.
+fn upper_median_of_4(a: i32, b: i32, c: i32, d: i32) -> i32 {
+    let (low_ab, high_ab) = (a.min(b), a.max(b));
+    let (low_cd, high_cd) = (c.min(d), c.max(d));
+    high_ab.min(high_cd).max(low_ab.max(low_cd))
+}
+
+/// The median of nine by the 19 compare-exchanges of Paeth's network (as in N. Devillard's `opt_med9`); where
+/// only one side of an exchange is read again, only that side is computed.
+fn median_of_9(p: [i32; 9]) -> i32 {
+    let [mut p0, mut p1, mut p2, mut p3, mut p4, mut p5, mut p6, mut p7, mut p8] = p;
+    macro_rules! exchange {
+        ($($a:ident $b:ident),*) => {$( ($a, $b) = ($a.min($b), $a.max($b)); )*};
+    }
+    exchange!(p1 p2, p4 p5, p7 p8, p0 p1, p3 p4, p6 p7, p1 p2, p4 p5, p7 p8);
+    p3 = p0.max(p3);
+    p5 = p5.min(p8);
+    exchange!(p4 p7);
+    p6 = p3.max(p6);
+    p4 = p1.max(p4);
+    p2 = p2.min(p5);
+    p4 = p4.min(p7);
+    exchange!(p4 p2);
+    p6.max(p4).min(p2)
 }
 
 /// scipy's Gaussian kernel: radius `int(4 sigma + 0.5)`, weights `exp(-x²/2σ²)` normalised to sum 1.
@@ -196,38 +253,49 @@ fn gaussian_kernel(sigma: f64) -> Vec<f64> {
     weights.iter().map(|w| w / total).collect()
 }
 
-/// Separable Gaussian smoothing (rows, then columns) in `f64`, reflect edges.
+/// Separable Gaussian smoothing (rows, then columns) in `f64`, reflect edges. Each value sums its taps in kernel
+/// order, as scipy's correlation does.
 pub fn gaussian(row: &mut [f32], shape: ImageShape, sigma: f64) {
     let kernel = gaussian_kernel(sigma);
-    let radius = (kernel.len() / 2) as isize;
+    let taps = kernel.len();
+    let radius = (taps / 2) as isize;
     let (h, w, ch) = (shape.height, shape.width, shape.channels);
+    if taps == 0 || h == 0 || w == 0 || ch == 0 || row.len() != h * w * ch {
+        return;
+    }
+    // The reflected source of each tap, once per axis.
+    let sources = |n: usize| -> Vec<usize> {
+        (0..n as isize)
+            .flat_map(|i| (0..taps as isize).map(move |k| reflect(i + k - radius, n)))
+            .collect()
+    };
+    let (xs, ys) = (sources(w), sources(h));
+    let line = w * ch;
+    // Along each row.
     let mut first = vec![0.0_f64; row.len()];
-    for y in 0..h {
-        for x in 0..w {
-            for c in 0..ch {
+    for (source, smoothed) in row.chunks_exact(line).zip(first.chunks_exact_mut(line)) {
+        for (pixel, taps_of_x) in smoothed.chunks_exact_mut(ch).zip(xs.chunks_exact(taps)) {
+            for (c, out) in pixel.iter_mut().enumerate() {
                 let mut acc = 0.0;
-                for (k, weight) in kernel.iter().enumerate() {
-                    let xx = reflect(x as isize + k as isize - radius, w);
-                    acc += weight * f64::from(at(row, shape, y, xx, c));
+                for (weight, &xx) in kernel.iter().zip(taps_of_x) {
+                    acc += weight * f64::from(source.get(xx * ch + c).copied().unwrap_or(0.0));
                 }
-                if let Some(out) = first.get_mut((y * w + x) * ch + c) {
-                    *out = acc;
-                }
+                *out = acc;
             }
         }
     }
-    for y in 0..h {
-        for x in 0..w {
-            for c in 0..ch {
-                let mut acc = 0.0;
-                for (k, weight) in kernel.iter().enumerate() {
-                    let yy = reflect(y as isize + k as isize - radius, h);
-                    acc += weight * first.get((yy * w + x) * ch + c).copied().unwrap_or(0.0);
-                }
-                if let Some(out) = row.get_mut((y * w + x) * ch + c) {
-                    *out = acc as f32;
-                }
+    // Along each column, a whole row of sums at a time (each still adds its taps in kernel order).
+    let mut sums = vec![0.0_f64; line];
+    for (out, taps_of_y) in row.chunks_exact_mut(line).zip(ys.chunks_exact(taps)) {
+        sums.fill(0.0);
+        for (weight, &yy) in kernel.iter().zip(taps_of_y) {
+            let source = first.get(yy * line..(yy + 1) * line).unwrap_or_default();
+            for (acc, &v) in sums.iter_mut().zip(source) {
+                *acc += weight * v;
             }
+        }
+        for (o, &acc) in out.iter_mut().zip(&sums) {
+            *o = acc as f32;
         }
     }
 }
@@ -356,6 +424,141 @@ mod tests {
         let mut v = vec![0.5, 1.0 / 6.0, 0.1];
         bit_depth(&mut v, 2);
         assert_eq!(v, vec![2.0 / 3.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn bit_depth_rounding_is_round_ties_even() {
+        // Every tie (k + 0.5) up to 2^16 and a sweep of values between, at the scale bit_depth uses.
+        for k in 0..65_536_u32 {
+            for y in [
+                k as f32,
+                k as f32 + 0.5,
+                k as f32 + 0.25,
+                (k as f32 + 0.5).next_down(),
+                (k as f32 + 0.5).next_up(),
+            ] {
+                assert_eq!(round_ties_even_small(y), y.round_ties_even(), "{y}");
+            }
+        }
+    }
+
+    /// Deterministic pseudo-random values in `[0, 1]`, with repeats (ties) and signed zeros mixed in.
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                match state % 11 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => 0.5,
+                    _ => (state >> 40) as f32 / (1_u64 << 24) as f32,
+                }
+            })
+            .collect()
+    }
+
+    /// The filters as first written: a sort per window, a reflected lookup per tap.
+    fn median_by_sort(row: &mut [f32], shape: ImageShape, size: usize) {
+        let source = row.to_vec();
+        let center = (size / 2) as isize;
+        let mut window = Vec::new();
+        for y in 0..shape.height {
+            for x in 0..shape.width {
+                for c in 0..shape.channels {
+                    window.clear();
+                    for dy in 0..size as isize {
+                        for dx in 0..size as isize {
+                            let yy = reflect(y as isize + dy - center, shape.height);
+                            let xx = reflect(x as isize + dx - center, shape.width);
+                            window.push(at(&source, shape, yy, xx, c));
+                        }
+                    }
+                    window.sort_by(f32::total_cmp);
+                    row[(y * shape.width + x) * shape.channels + c] = window[size * size / 2];
+                }
+            }
+        }
+    }
+
+    fn gaussian_per_value(row: &mut [f32], shape: ImageShape, sigma: f64) {
+        let kernel = gaussian_kernel(sigma);
+        let radius = (kernel.len() / 2) as isize;
+        let (h, w, ch) = (shape.height, shape.width, shape.channels);
+        let mut first = vec![0.0_f64; row.len()];
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..ch {
+                    let mut acc = 0.0;
+                    for (k, weight) in kernel.iter().enumerate() {
+                        let xx = reflect(x as isize + k as isize - radius, w);
+                        acc += weight * f64::from(at(row, shape, y, xx, c));
+                    }
+                    first[(y * w + x) * ch + c] = acc;
+                }
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..ch {
+                    let mut acc = 0.0;
+                    for (k, weight) in kernel.iter().enumerate() {
+                        let yy = reflect(y as isize + k as isize - radius, h);
+                        acc += weight * first[(yy * w + x) * ch + c];
+                    }
+                    row[(y * w + x) * ch + c] = acc as f32;
+                }
+            }
+        }
+    }
+
+    fn shapes() -> Vec<ImageShape> {
+        [
+            (1, 1, 1),
+            (1, 7, 1),
+            (6, 1, 3),
+            (3, 2, 1),
+            (8, 8, 1),
+            (5, 9, 3),
+            (13, 11, 2),
+        ]
+        .into_iter()
+        .map(|(height, width, channels)| ImageShape {
+            height,
+            width,
+            channels,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn median_equals_a_sort_per_window_bit_for_bit() {
+        for (s, shape) in shapes().into_iter().enumerate() {
+            for size in 1..=7 {
+                let input = noise(shape.len(), (s * 31 + size) as u64);
+                let (mut fast, mut slow) = (input.clone(), input);
+                median(&mut fast, shape, size);
+                median_by_sort(&mut slow, shape, size);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fast), bits(&slow), "{shape:?} size {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn gaussian_equals_the_per_value_sums_bit_for_bit() {
+        for (s, shape) in shapes().into_iter().enumerate() {
+            for sigma in [0.3, 0.5, 1.0, 2.5] {
+                let input = noise(shape.len(), s as u64 + 99);
+                let (mut fast, mut slow) = (input.clone(), input);
+                gaussian(&mut fast, shape, sigma);
+                gaussian_per_value(&mut slow, shape, sigma);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fast), bits(&slow), "{shape:?} sigma {sigma}");
+            }
+        }
     }
 
     // Expected values from scipy.ndimage.median_filter(a, size) / gaussian_filter(a, sigma) on `ramp()`.

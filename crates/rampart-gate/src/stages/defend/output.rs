@@ -57,7 +57,7 @@ impl Pending<'_> {
         let mut nearest = None;
         if let Some(detector) = &d.detector {
             match detector.assess_scores(&self.values, &score_rows) {
-                Ok(verdicts) => {
+                Ok(mut verdicts) => {
                     if verdicts.len() == self.rows {
                         nearest = Some(if self.sent.is_none() {
                             Nearest::Found(
@@ -67,7 +67,12 @@ impl Pending<'_> {
                                     .collect(),
                             )
                         } else {
-                            Nearest::Around(verdicts.iter().map(|v| v.neighbours.clone()).collect())
+                            Nearest::Around(
+                                verdicts
+                                    .iter_mut()
+                                    .map(|v| std::mem::take(&mut v.neighbours))
+                                    .collect(),
+                            )
                         });
                     }
                     let flagged = verdicts.iter().filter(|v| v.adversarial).count();
