@@ -514,6 +514,10 @@ mod tests {
         }
     }
 
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     fn shapes() -> Vec<ImageShape> {
         [
             (1, 1, 1),
@@ -541,7 +545,6 @@ mod tests {
                 let (mut fast, mut slow) = (input.clone(), input);
                 median(&mut fast, shape, size);
                 median_by_sort(&mut slow, shape, size);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&fast), bits(&slow), "{shape:?} size {size}");
             }
         }
@@ -555,7 +558,6 @@ mod tests {
                 let (mut fast, mut slow) = (input.clone(), input);
                 gaussian(&mut fast, shape, sigma);
                 gaussian_per_value(&mut slow, shape, sigma);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&fast), bits(&slow), "{shape:?} sigma {sigma}");
             }
         }
