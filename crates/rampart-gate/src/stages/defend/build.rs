@@ -305,6 +305,7 @@ impl Defences {
             watermark,
             anomaly,
             origin,
+            counters: Mutex::default(),
         })
     }
 }

@@ -53,6 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::StatusCode;
+use prometheus_client::metrics::counter::Counter;
 use rampart_auth::Principal;
 use rampart_defend::anomaly::AnomalyMonitor;
 use rampart_defend::detect::Detector;
@@ -88,6 +89,9 @@ pub struct Defences {
     anomaly: Option<Arc<Mutex<AnomalyMonitor>>>,
     /// What a reload needs to build the defences of the next version.
     origin: Origin,
+    /// The gate's `defend` counters of this model, by stage and outcome, once used: a request counts two or three,
+    /// and finding one in the family each time makes its three labels anew.
+    counters: Mutex<Vec<(&'static str, &'static str, Counter)>>,
 }
 
 /// A request between the input stages and the output stages.
@@ -112,14 +116,24 @@ impl Pending<'_> {
 
 impl Defences {
     fn count(&self, metrics: &Metrics, stage: &'static str, outcome: &'static str) {
-        metrics
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, counter)) = counters
+            .iter()
+            .find(|(s, o, _)| *s == stage && *o == outcome)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = metrics
             .defend
             .get_or_create(&DefendLabels {
                 model: self.model.clone(),
                 stage: stage.to_owned(),
                 outcome: outcome.to_owned(),
             })
-            .inc();
+            .clone();
+        counter.inc();
+        counters.push((stage, outcome, counter));
     }
 
     /// A stage could not decide: refused (fail closed) or allowed, as configured; recorded either way.
