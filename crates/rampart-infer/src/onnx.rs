@@ -23,7 +23,7 @@ pub struct OnnxModel {
     /// Plans for batches of `SMALLEST_SPECIALISED..=SPECIALISED` rows, when every input's first dimension is the one
     /// symbolic batch dimension and the model is small ([`SPECIALISE_UP_TO_BYTES`]): with the batch size known when
     /// it optimises, tract chooses its kernels and sizes its buffers once rather than on every run. On the digits MLP
-    /// a batch of three rows (one row and a detector's two squeezed copies) runs in 3.9 µs instead of 5.4 µs.
+    /// a batch of three rows (one row and a detector's two squeezed copies) ran in 3.9 µs instead of 5.4 µs.
     by_batch: Vec<Runner>,
 }
 
@@ -68,8 +68,9 @@ impl Runner {
 const MAX_IDLE_STATES: usize = 16;
 
 /// Batch sizes with a plan of their own: up to one row with three squeezed copies. Not one row alone: tract's plan
-/// for a batch of one ran as fast as the general plan on its own, but in the gateway, among everything else a request
-/// does, it cost 2.5 µs more (bench/gateway.sh's request, undefended: 31.4 against 28.7 µs of CPU).
+/// for a batch of one ran as fast as the general plan in a loop of its own, but in the gateway, among everything else
+/// a request does, it cost 2.5 µs more (the gateway of bench/defend-gateway.sh without defences: 31.4 against 28.7 µs
+/// of CPU a request).
 const SMALLEST_SPECIALISED: usize = 2;
 const SPECIALISED: usize = 4;
 
