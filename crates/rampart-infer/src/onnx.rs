@@ -164,20 +164,28 @@ fn batch_symbol(model: &TypedModel) -> Option<Symbol> {
 }
 
 /// Plans for batches of `SMALLEST_SPECIALISED..=SPECIALISED` rows; none if tract cannot make one (the general plan
-/// then serves all).
+/// then serves all). They are an optimisation only: an error, or a panic inside tract on a graph it optimised in
+/// general but not for one batch size, leaves the model served by its general plan rather than refused.
 fn specialise(model: &TypedModel, batch: &Symbol) -> Vec<Runner> {
-    let plans: Result<Vec<Runner>, _> = (SMALLEST_SPECIALISED..=SPECIALISED)
-        .map(|rows| {
-            let subs = HashMap::from([(batch.clone(), TDim::Val(rows as i64))]);
-            let plan = model
-                .set_symbols(&subs)
-                .and_then(|m| m.into_optimized())
-                .and_then(|m| m.into_runnable());
-            crate::vector_state::clear();
-            plan.map(Runner::new)
-        })
-        .collect();
-    plans.unwrap_or_default()
+    // Unwind-safe in effect: the graph is only read; what a panic leaves half-built is the new plan, which is dropped,
+    // and the symbol table the copies share sits behind a lock whose guard the unwinding releases.
+    let plans = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (SMALLEST_SPECIALISED..=SPECIALISED)
+            .map(|rows| {
+                let subs = HashMap::from([(batch.clone(), TDim::Val(rows as i64))]);
+                let plan = model
+                    .set_symbols(&subs)
+                    .and_then(|m| m.into_optimized())
+                    .and_then(|m| m.into_runnable());
+                crate::vector_state::clear();
+                plan.map(Runner::new)
+            })
+            .collect::<Result<Vec<Runner>, _>>()
+    }));
+    match plans {
+        Ok(Ok(plans)) => plans,
+        _ => Vec::new(),
+    }
 }
 
 fn io_specs(
