@@ -428,6 +428,14 @@ mod tests {
                 TensorData::Fp32(rows[..n * 64].to_vec()),
             )
             .unwrap();
+            let runner = model.runner(std::slice::from_ref(&input));
+            match model.by_batch.get(n.wrapping_sub(SMALLEST_SPECIALISED)) {
+                Some(own) => assert!(std::ptr::eq(runner, own), "batch {n} has a plan of its own"),
+                None => assert!(
+                    std::ptr::eq(runner, &model.plan),
+                    "batch {n} takes the general plan"
+                ),
+            }
             let out = model.infer(std::slice::from_ref(&input)).unwrap();
             let general = model.plan.run(tvec![to_tract(&input).unwrap()]).unwrap();
             let general = from_tract("logits", &general[0]).unwrap();
