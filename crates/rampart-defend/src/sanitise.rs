@@ -208,12 +208,16 @@ pub fn median(row: &mut [f32], shape: ImageShape, size: usize) {
 /// The bits of `v` as an `i32` whose integer order is [`f32::total_cmp`]'s order (negative values have their
 /// magnitude bits flipped). The map is its own inverse.
 fn order_key(v: f32) -> i32 {
-    let bits = v.to_bits() as i32;
-    bits ^ ((((bits >> 31) as u32) >> 1) as i32)
+    flip_magnitude_if_negative(v.to_bits() as i32)
 }
 
 fn from_order_key(key: i32) -> f32 {
-    f32::from_bits((key ^ ((((key >> 31) as u32) >> 1) as i32)) as u32)
+    f32::from_bits(flip_magnitude_if_negative(key) as u32)
+}
+
+/// The magnitude bits flipped when the sign bit is set; the sign bit, which decides, is kept.
+fn flip_magnitude_if_negative(bits: i32) -> i32 {
+    bits ^ ((((bits >> 31) as u32) >> 1) as i32)
 }
 
 /// The element of rank 2 (of 0..=3) of four: the smaller of the two pairs' maxima or the larger of their minima,
