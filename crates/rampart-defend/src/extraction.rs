@@ -619,8 +619,13 @@ fn prada_due(len: usize, tested: usize) -> bool {
 fn row_digest(row: &[f32]) -> [u8; 16] {
     use sha2::Digest as _;
     let mut hasher = sha2::Sha256::new();
-    for v in row {
-        hasher.update((v + 0.0).to_le_bytes());
+    // One update per block of the hash (16 values) rather than per value: the same bytes, hashed a few times faster.
+    let mut bytes = [0u8; 64];
+    for values in row.chunks(16) {
+        for (out, v) in bytes.chunks_exact_mut(4).zip(values) {
+            out.copy_from_slice(&(v + 0.0).to_le_bytes());
+        }
+        hasher.update(bytes.get(..values.len() * 4).unwrap_or_default());
     }
     let digest = hasher.finalize();
     let mut out = [0u8; 16];
@@ -779,6 +784,14 @@ mod tests {
     fn rows_equal_as_numbers_digest_equal() {
         assert_eq!(row_digest(&[0.0, 1.5]), row_digest(&[-0.0, 1.5]));
         assert_ne!(row_digest(&[0.0, 1.5]), row_digest(&[1.5, 0.0]));
+        // The digest is SHA-256 of the values' little-endian bytes in order, however many blocks they fill.
+        use sha2::Digest as _;
+        for len in [0, 1, 15, 16, 17, 40, 64, 100] {
+            let row: Vec<f32> = (0..len).map(|i| i as f32 * 0.37 - 3.0).collect();
+            let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let whole = sha2::Sha256::digest(&bytes);
+            assert_eq!(row_digest(&row)[..], whole[..16], "{len} values");
+        }
     }
 
     #[test]

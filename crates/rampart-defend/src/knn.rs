@@ -104,22 +104,24 @@ impl KBest {
 
     /// Offers a row.
     pub fn push(&mut self, squared: f32, index: usize, label: i64) {
-        if self.k == 0 {
+        // Whether a kept row comes before the offered one: nearer, or as near and earlier.
+        let before = |&(x, i, _): &(f32, usize, i64)| x < squared || (x == squared && i < index);
+        if self.k == 0 || (self.items.len() == self.k && self.items.last().is_some_and(before)) {
             return;
         }
-        if self.items.len() == self.k
-            && self
-                .items
-                .last()
-                .is_some_and(|&(w, i, _)| squared > w || (squared == w && index > i))
-        {
-            return;
+        // At most `k` rows, and mostly few of them move: an insertion from the back beats a search and a shift.
+        if self.items.len() == self.k {
+            self.items.pop();
         }
-        let at = self
-            .items
-            .partition_point(|&(x, i, _)| x < squared || (x == squared && i < index));
-        self.items.insert(at, (squared, index, label));
-        self.items.truncate(self.k);
+        let mut at = self.items.len();
+        self.items.push((squared, index, label));
+        while let Some(previous) = at.checked_sub(1).and_then(|p| self.items.get(p).copied()) {
+            if before(&previous) {
+                break;
+            }
+            self.items.swap(at - 1, at);
+            at -= 1;
+        }
         if self.items.len() == self.k {
             self.worst = self.items.last().map_or(f32::INFINITY, |&(d, _, _)| d);
         }
@@ -166,8 +168,8 @@ pub struct Index {
     groups: Vec<Group>,
     /// The reference's mean, subtracted before projecting.
     mean: Vec<f64>,
-    /// Orthonormal directions, `width` values each.
-    directions: Vec<Vec<f64>>,
+    /// Orthonormal directions, dimension by dimension: the `m` directions' weights of dimension `j` at `j * m ..`.
+    weights: Vec<f64>,
     /// The rows' projections in blocks of `LANES` rows of one group: direction `k` of a block's rows at
     /// `k * LANES ..`; a group's last block is padded with copies of its last row (their bounds are ignored).
     projected: Vec<f32>,
@@ -212,12 +214,15 @@ impl Index {
         }
         let directions = principal_directions(given, width, &mean, DIRECTIONS.min(width));
         let m = directions.len();
+        let weights: Vec<f64> = (0..width)
+            .flat_map(|j| directions.iter().map(move |d| d.get(j).copied().unwrap_or(0.0)))
+            .collect();
         let projections: Vec<Vec<f32>> = if width == 0 {
             Vec::new()
         } else {
             given
                 .chunks_exact(width)
-                .map(|row| project(&directions, &mean, row))
+                .map(|row| project(&weights, &mean, row).to_vec())
                 .collect()
         };
         let largest = projections
@@ -246,7 +251,7 @@ impl Index {
             position: vec![0; order.len()],
             groups: Vec::new(),
             mean,
-            directions,
+            weights,
             projected: Vec::new(),
             largest,
         };
@@ -320,13 +325,14 @@ impl Index {
         if self.width == 0 || query.len() != self.width || self.original.is_empty() {
             return;
         }
-        let q = project(&self.directions, &self.mean, query);
+        let projection = project(&self.weights, &self.mean, query);
+        let q = projection.as_slice();
         let m = q.len();
         let slack = MARGIN * (self.largest + q.iter().map(|v| v * v).sum::<f32>());
         let mut groups: Vec<(f32, &Group)> = self
             .groups
             .iter()
-            .map(|g| (squared_distance(&g.centroid, &q), g))
+            .map(|g| (squared_distance(&g.centroid, q), g))
             .collect();
         groups.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.start.cmp(&b.1.start)));
         for (_, group) in groups {
@@ -342,7 +348,7 @@ impl Index {
                 .low
                 .iter()
                 .zip(&group.high)
-                .zip(&q)
+                .zip(q)
                 .map(|((&l, &h), &v)| {
                     let d = (l - v).max(v - h).max(0.0);
                     d * d
@@ -365,7 +371,7 @@ impl Index {
             let mut rows = rows;
             for block in blocks.take(group.len.div_ceil(LANES)) {
                 let mut bounds = [0.0_f32; LANES];
-                for (column, &qk) in block.chunks_exact(LANES).zip(&q) {
+                for (column, &qk) in block.chunks_exact(LANES).zip(q) {
                     for (a, &v) in bounds.iter_mut().zip(column) {
                         let d = v - qk;
                         *a += d * d;
@@ -374,12 +380,11 @@ impl Index {
                 let bounds = bounds.map(|b| b * (1.0 - MARGIN) - slack);
                 // NaN bounds (a NaN in the query) exclude nothing: those rows are offered, as a full scan would.
                 let excluded = bounds.iter().filter(|&&b| b > limit).count();
-                let block_rows = rows.by_ref().take(LANES);
                 if excluded == LANES {
-                    block_rows.for_each(drop);
+                    rows.nth(LANES - 1);
                     continue;
                 }
-                for (&bound, (at, row)) in bounds.iter().zip(block_rows) {
+                for (&bound, (at, row)) in bounds.iter().zip(rows.by_ref().take(LANES)) {
                     if bound <= limit || bound.is_nan() {
                         self.offer(group, at, row, query, &mut limit, collector);
                     }
@@ -511,18 +516,40 @@ impl Index {
     }
 }
 
-/// The projection of `row` (minus `mean`) on `directions`, computed in `f64`.
-fn project(directions: &[Vec<f64>], mean: &[f64], row: &[f32]) -> Vec<f32> {
-    directions
-        .iter()
-        .map(|d| {
-            d.iter()
-                .zip(mean)
-                .zip(row)
-                .map(|((&w, &m), &v)| w * (f64::from(v) - m))
-                .sum::<f64>() as f32
-        })
-        .collect()
+/// The projection of `row` (minus `mean`) on the directions laid out in `weights` (see [`Index`]), computed in `f64`.
+/// Each direction's sum runs over the dimensions in order; the directions' sums advance side by side, so that they do
+/// not wait on each other.
+fn project(weights: &[f64], mean: &[f64], row: &[f32]) -> Projection {
+    let m = weights.len().checked_div(mean.len()).unwrap_or(0).min(DIRECTIONS);
+    let mut sums = [0.0_f64; DIRECTIONS];
+    if m > 0 {
+        for ((w, &c), &v) in weights.chunks_exact(m).zip(mean).zip(row) {
+            let centred = f64::from(v) - c;
+            for (s, &w) in sums.iter_mut().zip(w) {
+                *s += w * centred;
+            }
+        }
+    }
+    Projection {
+        values: sums.map(|s| s as f32),
+        len: m,
+    }
+}
+
+/// A row's projection on an [`Index`]'s directions, on the stack.
+struct Projection {
+    values: [f32; DIRECTIONS],
+    len: usize,
+}
+
+impl Projection {
+    fn as_slice(&self) -> &[f32] {
+        self.values.get(..self.len).unwrap_or_default()
+    }
+
+    fn to_vec(&self) -> Vec<f32> {
+        self.as_slice().to_vec()
+    }
 }
 
 /// Up to `m` orthonormal directions spanning (approximately) the top principal subspace of the centred rows:
