@@ -6,8 +6,8 @@
 # an inference but no authentication, codec or model: what the serving stack alone reaches against nginx.
 #
 # Usage: bench/gateway.sh [seconds per run, default 10] [rounds, default 3]
-# The three servers are measured in turn, round after round; each figure is the median of the rounds (this machine is
-# shared: one run can be off by a third), and every round's figures are printed too.
+# The servers (and the liveness route) are measured in turn, round after round; each figure is the median of the
+# rounds (this machine is shared: one run can be off by a third), and every round's figures are printed too.
 # Needs: wrk, nginx, openssl (Debian: apt-get install wrk nginx-light openssl), the Rust toolchain.
 set -euo pipefail
 
