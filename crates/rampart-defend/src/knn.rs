@@ -215,7 +215,11 @@ impl Index {
         let directions = principal_directions(given, width, &mean, DIRECTIONS.min(width));
         let m = directions.len();
         let weights: Vec<f64> = (0..width)
-            .flat_map(|j| directions.iter().map(move |d| d.get(j).copied().unwrap_or(0.0)))
+            .flat_map(|j| {
+                directions
+                    .iter()
+                    .map(move |d| d.get(j).copied().unwrap_or(0.0))
+            })
             .collect();
         let projections: Vec<Vec<f32>> = if width == 0 {
             Vec::new()
@@ -520,7 +524,11 @@ impl Index {
 /// Each direction's sum runs over the dimensions in order; the directions' sums advance side by side, so that they do
 /// not wait on each other.
 fn project(weights: &[f64], mean: &[f64], row: &[f32]) -> Projection {
-    let m = weights.len().checked_div(mean.len()).unwrap_or(0).min(DIRECTIONS);
+    let m = weights
+        .len()
+        .checked_div(mean.len())
+        .unwrap_or(0)
+        .min(DIRECTIONS);
     let mut sums = [0.0_f64; DIRECTIONS];
     if m > 0 {
         for ((w, &c), &v) in weights.chunks_exact(m).zip(mean).zip(row) {
