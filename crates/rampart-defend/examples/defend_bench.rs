@@ -227,7 +227,7 @@ fn detect(profile: &str, model: &str, test: &str, attacks: &str) -> Res<()> {
             Ok((*name, adv, predicted))
         })
         .collect::<Res<_>>()?;
-    let variants: [(&str, Vec<Component>); 3] = [
+    let variants: [(&str, Vec<Component>); 4] = [
         ("all components", Component::ALL.to_vec()),
         (
             "without off-support",
@@ -238,6 +238,14 @@ fn detect(profile: &str, model: &str, test: &str, attacks: &str) -> Res<()> {
                 .collect(),
         ),
         ("squeezing alone", vec![Component::Squeeze]),
+        (
+            "without class distance",
+            Component::ALL
+                .iter()
+                .copied()
+                .filter(|c| *c != Component::ClassDistance)
+                .collect(),
+        ),
     ];
     for (variant, components) in variants {
         let mut config = DetectorConfig::for_shape(SHAPE);
@@ -269,7 +277,7 @@ fn detect(profile: &str, model: &str, test: &str, attacks: &str) -> Res<()> {
             }
         }
         let mut line = format!(
-            "detector: {variant:<20} target FPR 0.02, measured FPR {:.4} ({false_pos}/{n})",
+            "detector: {variant:<22} target FPR 0.02, measured FPR {:.4} ({false_pos}/{n})",
             false_pos as f64 / n as f64
         );
         for (j, name) in ATTACKS.iter().enumerate() {
