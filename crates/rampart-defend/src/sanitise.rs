@@ -167,6 +167,10 @@ pub fn median(row: &mut [f32], shape: ImageShape, size: usize) {
     }
     // Integer keys in total order: the selection compares integers, and every rank is exact.
     let keys: Vec<i32> = row.iter().map(|&v| order_key(v)).collect();
+    if size == 2 {
+        median_2x2(row, &keys, shape);
+        return;
+    }
     let center = (size / 2) as isize;
     let rank = size * size / 2;
     let (width, channels) = (shape.width, shape.channels);
@@ -200,6 +204,35 @@ pub fn median(row: &mut [f32], shape: ImageShape, size: usize) {
                     _ => *window.select_nth_unstable(rank.min(last)).1,
                 };
                 *target = from_order_key(chosen);
+            }
+        }
+    }
+}
+
+/// [`median`] of size 2 (the detector's default squeezer), without the general window: the window of `(y, x)` is
+/// rows `y - 1, y` and columns `x - 1, x`, where scipy's reflection maps `-1` to `0`.
+fn median_2x2(row: &mut [f32], keys: &[i32], shape: ImageShape) {
+    let (width, channels) = (shape.width, shape.channels);
+    let key = |y: usize, x: usize, c: usize| {
+        keys.get((y * width + x) * channels + c)
+            .copied()
+            .unwrap_or(0)
+    };
+    for y in 0..shape.height {
+        let above = y.saturating_sub(1);
+        for x in 0..width {
+            let left = x.saturating_sub(1);
+            for c in 0..channels {
+                let chosen = upper_median_of_4(
+                    key(above, left, c),
+                    key(above, x, c),
+                    key(y, left, c),
+                    key(y, x, c),
+                );
+                match row.get_mut((y * width + x) * channels + c) {
+                    Some(target) => *target = from_order_key(chosen),
+                    None => return,
+                }
             }
         }
     }
