@@ -196,10 +196,9 @@ pub fn median(row: &mut [f32], shape: ImageShape, size: usize) {
                     }));
                 }
                 let last = window.len().saturating_sub(1);
-                // Sorting networks for the 2 × 2 and 3 × 3 windows; a selection for the others.
+                // A sorting network for the 3 × 3 window (2 × 2 has its own function); a selection for the others.
                 let chosen = match window.as_slice() {
                     [] => continue,
-                    &[a, b, c, d] => upper_median_of_4(a, b, c, d),
                     &[a, b, c, d, e, f, g, h, i] => median_of_9([a, b, c, d, e, f, g, h, i]),
                     _ => *window.select_nth_unstable(rank.min(last)).1,
                 };
