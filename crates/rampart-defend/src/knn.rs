@@ -372,8 +372,11 @@ impl Index {
                 .get(group.block * m * LANES..)
                 .unwrap_or_default()
                 .chunks_exact(m * LANES);
-            let mut rows = rows;
-            for block in blocks.take(group.len.div_ceil(LANES)) {
+            let group_rows = self
+                .rows
+                .get(group.start * self.width..(group.start + group.len) * self.width)
+                .unwrap_or_default();
+            for (b, block) in blocks.take(group.len.div_ceil(LANES)).enumerate() {
                 let mut bounds = [0.0_f32; LANES];
                 for (column, &qk) in block.chunks_exact(LANES).zip(q) {
                     for (a, &v) in bounds.iter_mut().zip(column) {
@@ -382,13 +385,24 @@ impl Index {
                     }
                 }
                 let bounds = bounds.map(|b| b * (1.0 - MARGIN) - slack);
-                // NaN bounds (a NaN in the query) exclude nothing: those rows are offered, as a full scan would.
-                let excluded = bounds.iter().filter(|&&b| b > limit).count();
-                if excluded == LANES {
-                    rows.nth(LANES - 1);
-                    continue;
-                }
-                for (&bound, (at, row)) in bounds.iter().zip(rows.by_ref().take(LANES)) {
+                // The lanes the limit admits, as bits: no branch per lane. NaN bounds (a NaN in the query) exclude
+                // nothing: those rows are offered, as a full scan would.
+                let mut admitted = bounds
+                    .iter()
+                    .enumerate()
+                    .fold(0_u32, |mask, (lane, &bound)| {
+                        mask | (u32::from(bound <= limit || bound.is_nan()) << lane)
+                    });
+                while admitted != 0 {
+                    let lane = admitted.trailing_zeros() as usize;
+                    admitted &= admitted - 1;
+                    let at = b * LANES + lane;
+                    // The last block's padding lanes (copies of its last row) are past the group's rows.
+                    let Some(row) = group_rows.get(at * self.width..(at + 1) * self.width) else {
+                        break;
+                    };
+                    // The limit may have tightened since the mask was taken.
+                    let bound = bounds.get(lane).copied().unwrap_or(f32::NAN);
                     if bound <= limit || bound.is_nan() {
                         self.offer(group, at, row, query, &mut limit, collector);
                     }
