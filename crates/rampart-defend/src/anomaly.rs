@@ -19,7 +19,7 @@ pub struct AnomalyConfig {
     pub z: f64,
     /// Windows learned before alerts are raised.
     pub warmup_windows: u32,
-    /// Most (principal, model) pairs tracked.
+    /// Most (principal, model) pairs tracked (past this, the eighth with the oldest windows is forgotten at once).
     pub max_keys: usize,
 }
 
@@ -158,15 +158,8 @@ impl AnomalyMonitor {
     ) -> Vec<Alert> {
         let key = (principal.to_string(), model.to_string());
         if !self.tracks.contains_key(&key) && self.tracks.len() >= self.config.max_keys {
-            // Forget the pair whose window is oldest.
-            if let Some(oldest) = self
-                .tracks
-                .iter()
-                .min_by_key(|(_, t)| t.start)
-                .map(|(k, _)| k.clone())
-            {
-                self.tracks.remove(&oldest);
-            }
+            // Forget the pairs whose windows are oldest.
+            crate::evict_oldest(&mut self.tracks, |t| t.start);
         }
         let window = self.config.window_secs;
         let track = self.tracks.entry(key).or_insert_with(|| Track {
@@ -177,7 +170,7 @@ impl AnomalyMonitor {
         track.current.requests += 1;
         track.current.rows += rows;
         track.current.errors += u64::from(failed);
-        if track.current.sources.len() < 10_000 {
+        if track.current.sources.len() < 10_000 && !track.current.sources.contains(source) {
             track.current.sources.insert(source.to_string());
         }
         alerts
@@ -294,5 +287,31 @@ mod tests {
             ..AnomalyConfig::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn a_full_table_forgets_its_oldest_eighth_in_one_pass() {
+        let mut m = AnomalyMonitor::new(AnomalyConfig {
+            max_keys: 16,
+            ..AnomalyConfig::default()
+        })
+        .unwrap();
+        for i in 0..16_u64 {
+            m.record(i * 60, &format!("p{i}"), "digits", 1, false, "10.0.0.1");
+        }
+        assert_eq!(m.tracks.len(), 16);
+        // A new pair: the two with the oldest windows go, the new one comes in.
+        m.record(16 * 60, "new", "digits", 1, false, "10.0.0.1");
+        assert_eq!(m.tracks.len(), 15);
+        let known = |p: &str| {
+            m.tracks
+                .contains_key(&(p.to_string(), "digits".to_string()))
+        };
+        assert!(!known("p0") && !known("p1"));
+        assert!((2..16).all(|i| known(&format!("p{i}"))) && known("new"));
+        // The next new pair finds room without forgetting anyone; a known pair never forgets.
+        m.record(16 * 60, "newer", "digits", 1, false, "10.0.0.1");
+        m.record(16 * 60, "p2", "digits", 1, false, "10.0.0.1");
+        assert_eq!(m.tracks.len(), 16);
     }
 }

@@ -50,7 +50,7 @@ pub struct ExtractionConfig {
     pub ban_after: u64,
     /// Record decisions without acting on them.
     pub shadow: bool,
-    /// Most principals tracked (the least recently seen are forgotten past this).
+    /// Most principals tracked (past this, the least recently seen eighth is forgotten at once).
     pub max_principals: usize,
     /// Most queries remembered per principal (PRADA's growing sets are capped at this).
     pub max_history: usize,
@@ -336,20 +336,13 @@ impl ExtractionMonitor {
         )
     }
 
-    /// Advances the clock and, when `principal` is new and the table full, forgets the least recently seen.
+    /// Advances the clock and, when `principal` is new and the table full, forgets the least recently seen eighth.
     fn make_room(&mut self, principal: &str) {
         self.clock += 1;
         if !self.principals.contains_key(principal)
             && self.principals.len() >= self.config.max_principals
         {
-            if let Some(oldest) = self
-                .principals
-                .iter()
-                .min_by_key(|(_, p)| p.last_seen)
-                .map(|(k, _)| k.clone())
-            {
-                self.principals.remove(&oldest);
-            }
+            crate::evict_oldest(&mut self.principals, |p| p.last_seen);
         }
     }
 
@@ -693,6 +686,29 @@ mod tests {
         }
         let at = flagged_at.unwrap();
         assert!(at <= 25, "flagged after {at} queries");
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_least_recently_seen_eighth_in_one_pass() {
+        let mut m = monitor(ExtractionConfig {
+            max_principals: 16,
+            ..ExtractionConfig::default()
+        });
+        let (test, _) = digits("test.csv");
+        let row = test.get(..64).unwrap();
+        let c = classes(row)[0];
+        for i in 0..16 {
+            m.observe(&format!("p{i}"), row, c).unwrap();
+        }
+        // p0 is seen again: p1 and p2 are now the least recently seen.
+        m.observe("p0", row, c).unwrap();
+        m.observe("new", row, c).unwrap();
+        assert_eq!(m.principals.len(), 15);
+        assert!(!m.principals.contains_key("p1") && !m.principals.contains_key("p2"));
+        assert!(m.principals.contains_key("p0") && m.principals.contains_key("new"));
+        assert!((3..16).all(|i| m.principals.contains_key(&format!("p{i}"))));
+        m.observe("newer", row, c).unwrap();
+        assert_eq!(m.principals.len(), 16);
     }
 
     #[test]
