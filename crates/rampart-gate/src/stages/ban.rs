@@ -2,7 +2,8 @@
 //! requests is refused for a while, longer each time, unless the allow list names it.
 //!
 //! Bans are per IP address (a principal is an identity an attacker may not hold; the address is what floods come from).
-//! State is bounded: addresses with no strikes in the window and no ban are forgotten.
+//! State is bounded: addresses with no strikes in the window and no ban are forgotten, and past the bound an eighth of
+//! the rest at once (see [`Bans::strike`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -135,8 +136,9 @@ impl Bans {
                     || e.bans > 0
             });
             if state.len() >= self.max_entries {
-                // Every remembered client is banned or striking: forget the ones with the fewest bans.
-                state.retain(|_, e| e.banned_until.is_some_and(|u| u > now));
+                // Every remembered client is striking, banned or was banned before: forget an eighth at once,
+                // strikers without a ban first, then the bans that ended or end first.
+                rampart_defend::evict_oldest(&mut state, |e| e.banned_until);
             }
         }
         let entry = state.entry(ip).or_insert(Entry {
@@ -233,6 +235,19 @@ mod tests {
             .banned_until = Some(Instant::now());
         bans.strike(ip);
         assert_eq!(bans.strike(ip), Strike::Banned(Duration::from_secs(25)));
+    }
+
+    #[test]
+    fn a_table_full_of_bans_stays_bounded_and_keeps_the_longest() {
+        let bans = Bans::new(&config(1), 16);
+        let ip = |i: u32| IpAddr::from([192, 0, (i >> 8) as u8, i as u8]);
+        for i in 0..200 {
+            assert!(matches!(bans.strike(ip(i)), Strike::Banned(_)));
+        }
+        assert!(bans.state.lock().unwrap().len() <= 16);
+        // The newest bans are still in force.
+        assert!(bans.banned_for(ip(199)).is_some());
+        assert!(bans.banned_for(ip(0)).is_none());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! GCRA is written here rather than taken from `governor` because the answer must carry what the client needs to
 //! behave: the remaining burst and the reset time for the `RateLimit-*` headers, and `Retry-After` when refused.
-//! State is sharded to keep lock contention low and bounded: clients whose limit has fully recovered are forgotten.
+//! State is sharded to keep lock contention low, and bounded: clients whose limit has fully recovered are forgotten,
+//! and past the bound the clients nearest to recovery.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -86,7 +87,13 @@ impl<K: Hash + Eq + Clone> Gcra<K> {
             *t = new_tat;
         } else {
             if map.len() >= self.max_per_shard {
+                // Clients whose limit has recovered are forgotten at no cost. If every one is still paying back its
+                // burst (a flood from ever new addresses), the eighth nearest to recovery go too: the table stays
+                // bounded, and a new client does not make each request scan it.
                 map.retain(|_, t| *t > now);
+                if map.len() >= self.max_per_shard {
+                    rampart_defend::evict_oldest(&mut map, |&t| t);
+                }
             }
             map.insert(key.clone(), new_tat);
         }
@@ -229,6 +236,28 @@ mod tests {
             allow => panic!("{allow:?}"),
         }
         assert!(matches!(gcra.check(&"b"), RateDecision::Allow { .. }));
+    }
+
+    #[test]
+    fn gcra_stays_bounded_when_every_client_is_still_limited() {
+        let gcra = Gcra::new(
+            Rate {
+                per_second: 1.0,
+                burst: 3,
+            },
+            100,
+        );
+        // Each new key owes a second: none recovers during the test, so none can be forgotten for free.
+        for i in 0..2000_u32 {
+            assert!(matches!(gcra.check(&i), RateDecision::Allow { .. }));
+        }
+        let held: usize = gcra.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= SHARDS * gcra.max_per_shard, "{held} clients held");
+        // The last client is still known, and still limited.
+        for _ in 0..2 {
+            assert!(matches!(gcra.check(&1999), RateDecision::Allow { .. }));
+        }
+        assert!(matches!(gcra.check(&1999), RateDecision::Deny { .. }));
     }
 
     #[test]
