@@ -283,6 +283,10 @@ pub struct LimitsConfig {
     pub h2_max_local_error_reset_streams: usize,
     /// Distinct clients the limiters remember; the oldest idle ones are forgotten first.
     pub max_tracked_clients: usize,
+    /// An IPv6 client is this prefix of its address for the per-address limits, connection counts, bans and the
+    /// extraction and anomaly monitors of unauthenticated clients: one subscriber holds a whole /64 (often a /56 or
+    /// a /48) and could otherwise send from a new address for every request. 128 counts each address alone.
+    pub ipv6_client_prefix: u8,
 }
 
 impl Default for LimitsConfig {
@@ -314,6 +318,7 @@ impl Default for LimitsConfig {
             h2_max_pending_reset_streams: 32,
             h2_max_local_error_reset_streams: 64,
             max_tracked_clients: 100_000,
+            ipv6_client_prefix: 64,
         }
     }
 }
@@ -722,6 +727,12 @@ impl Config {
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
+        if !(16..=128).contains(&l.ipv6_client_prefix) {
+            return Err(self.invalid(
+                "limits.ipv6_client_prefix",
+                "must be between 16 and 128 (64: a subscriber's subnet; 128: each address)",
+            ));
+        }
         for (key, rate) in [
             ("limits.rate_per_principal", l.rate_per_principal),
             ("limits.rate_per_ip", l.rate_per_ip),
@@ -827,6 +838,18 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("server.plain_http"), "{err}");
+    }
+
+    #[test]
+    fn an_ipv6_client_prefix_out_of_range_names_its_key() {
+        for prefix in [0, 8, 129] {
+            let err = parse(&format!("[limits]\nipv6_client_prefix = {prefix}\n{MODEL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("limits.ipv6_client_prefix"), "{err}");
+        }
+        let config = parse(&format!("[limits]\nipv6_client_prefix = 48\n{MODEL}")).unwrap();
+        assert_eq!(config.limits.ipv6_client_prefix, 48);
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct Limits {
     pub max_connections: u32,
     /// Open connections per IP.
     pub max_connections_per_ip: u32,
+    /// An IPv6 client is this prefix of its address ([`stages::ban::client`]).
+    pub ipv6_client_prefix: u8,
     /// TLS handshake.
     pub handshake_timeout: Duration,
     /// Request headers.
@@ -142,6 +144,7 @@ impl Limits {
             concurrency: Concurrency::new(l.concurrency_per_principal),
             max_connections: l.max_connections,
             max_connections_per_ip: l.max_connections_per_ip,
+            ipv6_client_prefix: l.ipv6_client_prefix,
             handshake_timeout: ms(l.handshake_timeout_ms),
             header_timeout: ms(l.header_timeout_ms),
             body_timeout: ms(l.body_timeout_ms),
@@ -302,7 +305,11 @@ impl Gate {
             authn: parts.authn.unwrap_or_default(),
             authorizer,
             limits: Limits::from_config(config),
-            bans: Bans::new(&config.bans, config.limits.max_tracked_clients),
+            bans: Bans::new(
+                &config.bans,
+                config.limits.max_tracked_clients,
+                config.limits.ipv6_client_prefix,
+            ),
             metrics,
             audit,
             trail: parts.trail.unwrap_or(Trail::Off),

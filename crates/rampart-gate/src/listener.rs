@@ -125,10 +125,10 @@ impl Listener {
                 metrics.connection_refused("max_connections");
                 continue;
             };
-            let Some(ip_guard) = self
-                .per_ip
-                .enter(ip, self.gate.limits.max_connections_per_ip)
-            else {
+            let Some(ip_guard) = self.per_ip.enter(
+                crate::stages::ban::client(ip, self.gate.limits.ipv6_client_prefix),
+                self.gate.limits.max_connections_per_ip,
+            ) else {
                 metrics.connection_refused("max_connections_per_ip");
                 continue;
             };

@@ -498,7 +498,10 @@ impl Gate {
         let Some(limiter) = &self.limits.per_ip else {
             return Ok(());
         };
-        match limiter.check(&crate::stages::ban::canonical(conn.ip)) {
+        match limiter.check(&crate::stages::ban::client(
+            conn.ip,
+            self.limits.ipv6_client_prefix,
+        )) {
             RateDecision::Allow { .. } => Ok(()),
             deny @ RateDecision::Deny { retry_after, .. } => {
                 let _ = trace;
@@ -752,7 +755,7 @@ impl Gate {
         let (inputs, pending) = defences.before_infer(
             inputs,
             trace.principal.as_ref(),
-            conn.ip,
+            crate::stages::ban::client(conn.ip, self.limits.ipv6_client_prefix),
             &mut trace.defend,
             &self.metrics,
         )?;
@@ -793,6 +796,7 @@ impl Gate {
         for alert in defences.record_access(
             trace.principal.as_ref(),
             conn.ip,
+            crate::stages::ban::client(conn.ip, self.limits.ipv6_client_prefix),
             rows,
             failed,
             &self.metrics,

@@ -1,7 +1,8 @@
 //! Automatic temporary bans: a client address that keeps failing authentication, hitting limits or sending malformed
 //! requests is refused for a while, longer each time, unless the allow list names it.
 //!
-//! Bans are per IP address (a principal is an identity an attacker may not hold; the address is what floods come from).
+//! Bans are per client address (a principal is an identity an attacker may not hold; the address is what floods come
+//! from), an IPv6 client being its subnet ([`client`]).
 //! State is bounded: addresses with no strikes in the window and no ban are forgotten, and past the bound an eighth of
 //! the rest at once (see [`Bans::strike`]).
 
@@ -63,6 +64,21 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The client an address counts as for limits and bans: its [`canonical`] form, and for IPv6 the first `v6_prefix`
+/// bits of it (`[limits] ipv6_client_prefix`), the rest zero: a client holding a subnet cannot dodge a limit or a ban
+/// by sending from a new address of it.
+pub fn client(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        v4 => v4,
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     strikes: u32,
@@ -87,11 +103,13 @@ pub struct Bans {
     allow: Vec<IpBlock>,
     state: Mutex<HashMap<IpAddr, Entry>>,
     max_entries: usize,
+    /// IPv6 clients are banned by this prefix ([`client`]).
+    v6_prefix: u8,
 }
 
 impl Bans {
-    /// Builds the list from its (validated) config.
-    pub fn new(config: &BanConfig, max_entries: usize) -> Bans {
+    /// Builds the list from its (validated) config; IPv6 clients are banned by their first `v6_prefix` bits.
+    pub fn new(config: &BanConfig, max_entries: usize, v6_prefix: u8) -> Bans {
         Bans {
             allow: config
                 .allow
@@ -101,6 +119,7 @@ impl Bans {
             config: config.clone(),
             state: Mutex::new(HashMap::new()),
             max_entries: max_entries.max(1),
+            v6_prefix,
         }
     }
 
@@ -113,7 +132,7 @@ impl Bans {
         if !self.config.enabled {
             return None;
         }
-        let ip = canonical(ip);
+        let ip = client(ip, self.v6_prefix);
         let now = Instant::now();
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let until = state.get(&ip)?.banned_until?;
@@ -125,7 +144,7 @@ impl Bans {
         if !self.config.enabled || self.allowed(ip) {
             return Strike::Counted;
         }
-        let ip = canonical(ip);
+        let ip = client(ip, self.v6_prefix);
         let now = Instant::now();
         let window = Duration::from_secs(self.config.window_secs);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,8 +230,32 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_client_is_its_subnet() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client(ip("2001:db8:1:2:3:4:5:6"), 64), ip("2001:db8:1:2::"));
+        assert_eq!(client(ip("2001:db8:1:2:3:4:5:6"), 48), ip("2001:db8:1::"));
+        assert_eq!(
+            client(ip("2001:db8:1:2:3:4:5:6"), 128),
+            ip("2001:db8:1:2:3:4:5:6")
+        );
+        assert_eq!(client(ip("::ffff:192.0.2.7"), 64), ip("192.0.2.7"));
+        assert_eq!(client(ip("192.0.2.7"), 64), ip("192.0.2.7"));
+        // A ban holds for the whole subnet, not beyond it.
+        let bans = Bans::new(&config(1), 100, 64);
+        assert!(matches!(
+            bans.strike(ip("2001:db8:1:2::1")),
+            Strike::Banned(_)
+        ));
+        assert!(bans.banned_for(ip("2001:db8:1:2:ffff::9")).is_some());
+        assert!(bans.banned_for(ip("2001:db8:1:3::1")).is_none());
+        let each = Bans::new(&config(1), 100, 128);
+        each.strike(ip("2001:db8:1:2::1"));
+        assert!(each.banned_for(ip("2001:db8:1:2::2")).is_none());
+    }
+
+    #[test]
     fn bans_escalate_up_to_the_maximum() {
-        let bans = Bans::new(&config(2), 100);
+        let bans = Bans::new(&config(2), 100, 64);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(bans.strike(ip), Strike::Counted);
         assert_eq!(bans.strike(ip), Strike::Banned(Duration::from_secs(10)));
@@ -239,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_table_full_of_bans_stays_bounded_and_keeps_the_longest() {
-        let bans = Bans::new(&config(1), 16);
+        let bans = Bans::new(&config(1), 16, 64);
         let ip = |i: u32| IpAddr::from([192, 0, (i >> 8) as u8, i as u8]);
         for i in 0..200 {
             assert!(matches!(bans.strike(ip(i)), Strike::Banned(_)));
@@ -252,7 +295,7 @@ mod tests {
 
     #[test]
     fn the_allow_list_is_never_banned() {
-        let bans = Bans::new(&config(1), 100);
+        let bans = Bans::new(&config(1), 100, 64);
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         for _ in 0..5 {
             assert_eq!(bans.strike(ip), Strike::Counted);

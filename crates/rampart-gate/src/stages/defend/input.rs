@@ -45,21 +45,19 @@ impl Defences {
     }
 
     /// The input stages: extraction penalties, schema, sanitisers, then the squeezed copies the detector needs
-    /// appended to the batch. Returns the inputs for the model.
+    /// appended to the batch. Returns the inputs for the model. `client` is the address an unauthenticated client
+    /// is known by ([`crate::stages::ban::client`]).
     pub fn before_infer<'a>(
         &'a self,
         mut inputs: Vec<Tensor>,
         principal: Option<&Principal>,
-        ip: IpAddr,
+        client: IpAddr,
         audit: &mut Option<DefendAudit>,
         metrics: &Metrics,
     ) -> Result<(Vec<Tensor>, Pending<'a>), Refusal> {
         let (key, roles) = match principal {
             Some(p) => (p.id.clone(), p.roles.clone()),
-            None => (
-                format!("ip:{}", crate::stages::ban::canonical(ip)),
-                Vec::new(),
-            ),
+            None => (format!("ip:{client}"), Vec::new()),
         };
         let audit = audit.get_or_insert_with(DefendAudit::default);
         self.stage_penalties(&key, metrics)?;

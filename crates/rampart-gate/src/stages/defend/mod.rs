@@ -163,11 +163,14 @@ impl Defences {
         }
     }
 
-    /// The anomaly stage: records the answered request; alerts are logged by the monitor and counted here.
+    /// The anomaly stage: records the answered request; alerts are logged by the monitor and counted here. `ip` is
+    /// the source address counted; `client` what an unauthenticated client is known by
+    /// ([`crate::stages::ban::client`]).
     pub fn record_access(
         &self,
         principal: Option<&Principal>,
         ip: IpAddr,
+        client: IpAddr,
         rows: usize,
         failed: bool,
         metrics: &Metrics,
@@ -179,7 +182,7 @@ impl Defences {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let ip = crate::stages::ban::canonical(ip).to_string();
-        let key = principal.map_or_else(|| format!("ip:{ip}"), |p| p.id.clone());
+        let key = principal.map_or_else(|| format!("ip:{client}"), |p| p.id.clone());
         let alerts = anomaly.lock().unwrap_or_else(|p| p.into_inner()).record(
             now,
             &key,
