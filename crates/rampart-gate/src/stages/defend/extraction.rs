@@ -14,6 +14,9 @@ use crate::metrics::Metrics;
 use crate::pipeline::Refusal;
 use crate::stages::rate::{Gcra, RateDecision};
 
+/// Principals with a penalty remembered at once.
+const MAX_PENALTIES: usize = 100_000;
+
 #[derive(Debug, Clone, Copy)]
 enum Penalty {
     Throttle,
@@ -78,9 +81,7 @@ impl ExtractionStage {
         };
         let mut penalties = self.penalties.lock().unwrap_or_else(|p| p.into_inner());
         let first = !matches!(penalties.get(principal), Some(Penalty::Ban(_)));
-        if penalties.len() < 100_000 || penalties.contains_key(principal) {
-            penalties.insert(principal.to_owned(), penalty);
-        }
+        remember(&mut penalties, principal, penalty, MAX_PENALTIES);
         drop(penalties);
         if let Penalty::Ban(_) = penalty {
             if first {
@@ -95,6 +96,27 @@ impl ExtractionStage {
         }
         Ok(())
     }
+}
+
+/// Records `principal`'s penalty in a table of at most `max`. A new penalty is always kept: when the table is full,
+/// the bans that have run out go first, then an eighth at once, throttles before bans and the bans that end first.
+fn remember(
+    penalties: &mut HashMap<String, Penalty>,
+    principal: &str,
+    penalty: Penalty,
+    max: usize,
+) {
+    if penalties.len() >= max && !penalties.contains_key(principal) {
+        let now = Instant::now();
+        penalties.retain(|_, p| !matches!(p, Penalty::Ban(until) if *until <= now));
+        if penalties.len() >= max {
+            rampart_defend::evict_oldest(penalties, |p| match p {
+                Penalty::Throttle => None,
+                Penalty::Ban(until) => Some(*until),
+            });
+        }
+    }
+    penalties.insert(principal.to_owned(), penalty);
 }
 
 impl Defences {
@@ -235,5 +257,49 @@ impl Pending<'_> {
             return Ok(());
         };
         stage.decide(d, &self.principal, &decision, audit, metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_penalty_table_keeps_the_new_penalty_and_the_longest_bans() {
+        let now = Instant::now();
+        let mut penalties = HashMap::new();
+        for i in 0..8 {
+            remember(&mut penalties, &format!("t{i}"), Penalty::Throttle, 16);
+            let until = now + Duration::from_secs(100 + i);
+            remember(&mut penalties, &format!("b{i}"), Penalty::Ban(until), 16);
+        }
+        assert_eq!(penalties.len(), 16);
+        // Full of penalties in force: two throttles go, the new ban comes in.
+        remember(
+            &mut penalties,
+            "thief",
+            Penalty::Ban(now + Duration::from_secs(50)),
+            16,
+        );
+        assert_eq!(penalties.len(), 15);
+        assert!(penalties.contains_key("thief"));
+        assert_eq!(penalties.keys().filter(|k| k.starts_with('b')).count(), 8);
+        // Full again, of bans only but one that has run out: that one goes, and nothing else.
+        let mut bans: HashMap<String, Penalty> = (0..16)
+            .map(|i| {
+                (
+                    format!("b{i}"),
+                    Penalty::Ban(now + Duration::from_secs(10 + i)),
+                )
+            })
+            .collect();
+        bans.insert("b0".into(), Penalty::Ban(now));
+        remember(&mut bans, "next", Penalty::Throttle, 16);
+        assert_eq!(bans.len(), 16);
+        assert!(!bans.contains_key("b0") && bans.contains_key("next"));
+        // Full of penalties in force: the throttle, then the ban that ends first.
+        remember(&mut bans, "last", Penalty::Throttle, 16);
+        assert!(!bans.contains_key("next") && !bans.contains_key("b1"));
+        assert!(bans.contains_key("last") && bans.contains_key("b2") && bans.contains_key("b15"));
     }
 }
