@@ -343,7 +343,7 @@ fn sanitise(model: &str, test: &str, attacks: &str) -> Res<()> {
 fn extraction(profile: &str, model: &str, test: &str, jbda: &str) -> Res<()> {
     let profile = Profile::from_json(&std::fs::read_to_string(profile)?)?;
     let model = OnnxModel::from_path("digits", Path::new(model))?;
-    let mut monitor = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
+    let monitor = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
     let (x, _) = read_csv(test)?;
     let n = x.len() / 64;
     let predicted = labels_of(&model, &x)?;
@@ -369,7 +369,7 @@ fn extraction(profile: &str, model: &str, test: &str, jbda: &str) -> Res<()> {
         alarms += usize::from(alarmed);
     }
     println!("extraction: benign clients (20 x 1000 test-row replays): {alarms} false alarms");
-    let report = |name: &str, queries: &[f32], monitor: &mut ExtractionMonitor| -> Res<()> {
+    let report = |name: &str, queries: &[f32], monitor: &ExtractionMonitor| -> Res<()> {
         let labels = labels_of(&model, queries)?;
         for (i, row) in queries.chunks_exact(64).enumerate() {
             let d = monitor.observe(name, row, labels[i])?;
@@ -398,24 +398,24 @@ fn extraction(profile: &str, model: &str, test: &str, jbda: &str) -> Res<()> {
             (seed >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect();
-    report("random-noise client", &noise, &mut monitor)?;
+    report("random-noise client", &noise, &monitor)?;
     let (jbda_rows, _) = read_csv(jbda)?;
-    report("JBDA client", &jbda_rows, &mut monitor)?;
+    report("JBDA client", &jbda_rows, &monitor)?;
     // PRADA alone (the other signals never tested) for comparison with the anchor.
     let prada_only = ExtractionConfig {
         min_queries: usize::MAX,
         ..ExtractionConfig::default()
     };
-    let mut prada = ExtractionMonitor::new(prada_only, &profile)?;
-    report("random-noise client, PRADA alone", &noise, &mut prada)?;
-    report("JBDA client, PRADA alone", &jbda_rows, &mut prada)?;
+    let prada = ExtractionMonitor::new(prada_only, &profile)?;
+    report("random-noise client, PRADA alone", &noise, &prada)?;
+    report("JBDA client, PRADA alone", &jbda_rows, &prada)?;
     let (train, _) = read_csv("examples/digits/train.csv")?;
     let mut natural: Vec<usize> = (0..train.len() / 64).collect();
     shuffle(&mut natural, 7);
     report(
         "natural-data client (train rows)",
         &rows(&train, &natural),
-        &mut monitor,
+        &monitor,
     )?;
     Ok(())
 }
@@ -555,7 +555,7 @@ fn cost(profile: &str, model: &str, test: &str) -> Res<()> {
     let n = y.len().min(300);
     let mut detector = Detector::new(DetectorConfig::for_shape(SHAPE), &profile, "input")?;
     detector.calibrate(&model, &x[..200 * 64])?;
-    let mut monitor = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
+    let monitor = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
     let mut anomaly = AnomalyMonitor::new(AnomalyConfig::default())?;
     let marker = Watermarker::new(WatermarkKey::from_bytes([7; 32]), 0.05)?;
     let schema = rampart_defend::schema::SchemaCheck::new(&profile, 0.0)?;
@@ -626,7 +626,7 @@ fn cost(profile: &str, model: &str, test: &str) -> Res<()> {
     }
     // One long-lived principal: 5,000 distinct queries (test rows, each with one pixel moved to a level of its own),
     // timed over the last 1,000, when its history and PRADA's distances are full.
-    let mut long = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
+    let long = ExtractionMonitor::new(ExtractionConfig::default(), &profile)?;
     let mut late = 0.0;
     for q in 0..5000 {
         let i = q % n;

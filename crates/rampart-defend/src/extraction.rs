@@ -22,8 +22,14 @@
 //!
 //! A flagged principal is throttled; after `ban_after` more flagged queries (or two signals at once) it is banned.
 //! In shadow mode the decision is recorded but the action is always allow.
+//!
+//! The monitor is shared by the requests of a model: the table of principals takes a lock only to find the principal,
+//! and each principal's evidence a lock of its own, so that a long-lived principal's scans of its history (tens of
+//! microseconds a distinct query) hold up no one else's observations.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::knn::{Index, Neighbour, Reference};
 use crate::profile::{FeatureProfile, Profile};
@@ -133,7 +139,6 @@ struct Baseline {
 
 #[derive(Debug, Default)]
 struct Principal {
-    last_seen: u64,
     queries: u64,
     distinct: u64,
     history: Rows,
@@ -155,6 +160,13 @@ struct Principal {
     prada_w: Option<f64>,
 }
 
+/// A principal's evidence, and when it was last seen (read without its lock, to choose whom to forget).
+#[derive(Debug, Default)]
+struct Tracked {
+    last_seen: AtomicU64,
+    state: Mutex<Principal>,
+}
+
 /// The per-principal monitor.
 #[derive(Debug)]
 pub struct ExtractionMonitor {
@@ -163,8 +175,8 @@ pub struct ExtractionMonitor {
     index: Index,
     features: Vec<FeatureProfile>,
     baseline: Baseline,
-    principals: HashMap<String, Principal>,
-    clock: u64,
+    principals: Mutex<HashMap<String, Arc<Tracked>>>,
+    clock: AtomicU64,
 }
 
 impl ExtractionMonitor {
@@ -242,14 +254,14 @@ impl ExtractionMonitor {
             index,
             features,
             baseline,
-            principals: HashMap::new(),
-            clock: 0,
+            principals: Mutex::new(HashMap::new()),
+            clock: AtomicU64::new(0),
         })
     }
 
     /// Records one query from `principal` that the model classed as `predicted`, and decides.
     pub fn observe(
-        &mut self,
+        &self,
         principal: &str,
         query: &[f32],
         predicted: usize,
@@ -268,7 +280,7 @@ impl ExtractionMonitor {
     /// [`ExtractionMonitor::observe`] with the query's nearest reference row already found (`index().nearest(query,
     /// 1, None)`), the costly part of an observation.
     pub fn observe_near(
-        &mut self,
+        &self,
         principal: &str,
         query: &[f32],
         predicted: usize,
@@ -280,11 +292,11 @@ impl ExtractionMonitor {
                 self.index.width()
             )));
         }
-        self.make_room(principal);
+        let tracked = self.tracked(principal);
+        let mut state = lock(&tracked.state);
+        let state = &mut *state;
         let config = &self.config;
         let baseline = &self.baseline;
-        let state = self.principals.entry(principal.to_string()).or_default();
-        state.last_seen = self.clock;
         state.queries += 1;
         if let Some(n) = nearest {
             state.covered.insert(n.index);
@@ -321,35 +333,50 @@ impl ExtractionMonitor {
     /// by definition: it counts as one off-manifold query, and nothing else (it has no predicted class for PRADA and
     /// is not remembered), so refusals alone throttle a principal and ban it only if they go on. A gateway calls
     /// this once per refused request, however many rows it held.
-    pub fn observe_refused(&mut self, principal: &str) -> Decision {
-        self.make_room(principal);
-        let state = self.principals.entry(principal.to_string()).or_default();
-        state.last_seen = self.clock;
+    pub fn observe_refused(&self, principal: &str) -> Decision {
+        let tracked = self.tracked(principal);
+        let mut state = lock(&tracked.state);
         state.queries += 1;
         state.off_manifold += 1;
         judge(
             &self.config,
             &self.baseline,
-            state,
+            &mut state,
             principal,
             self.index.len(),
         )
     }
 
-    /// Advances the clock and, when `principal` is new and the table full, forgets the least recently seen eighth.
-    fn make_room(&mut self, principal: &str) {
-        self.clock += 1;
-        if !self.principals.contains_key(principal)
-            && self.principals.len() >= self.config.max_principals
-        {
-            crate::evict_oldest(&mut self.principals, |p| p.last_seen);
-        }
+    /// `principal`'s evidence, seen now: a new principal starts afresh, and when the table is full the least recently
+    /// seen eighth is forgotten first (a query of theirs being observed at that moment is lost with them). The table's
+    /// lock is held only for this.
+    fn tracked(&self, principal: &str) -> Arc<Tracked> {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut principals = lock(&self.principals);
+        let tracked = match principals.get(principal) {
+            Some(tracked) => Arc::clone(tracked),
+            None => {
+                if principals.len() >= self.config.max_principals {
+                    crate::evict_oldest(&mut principals, |t| t.last_seen.load(Ordering::Relaxed));
+                }
+                let tracked = Arc::<Tracked>::default();
+                principals.insert(principal.to_string(), Arc::clone(&tracked));
+                tracked
+            }
+        };
+        tracked.last_seen.fetch_max(now, Ordering::Relaxed);
+        tracked
     }
 
     /// Forgets a principal (after an operator lifts a ban).
-    pub fn forget(&mut self, principal: &str) {
-        self.principals.remove(principal);
+    pub fn forget(&self, principal: &str) {
+        lock(&self.principals).remove(principal);
     }
+}
+
+/// A lock whose holder panicked is still used: every update to what it guards is a count or a push, each whole.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The signals the principal's counts raise now, and the action they call for.
@@ -655,7 +682,7 @@ mod tests {
 
     #[test]
     fn a_benign_replay_raises_nothing_and_noise_is_banned_quickly() {
-        let mut m = monitor(ExtractionConfig::default());
+        let m = monitor(ExtractionConfig::default());
         let (test, _) = digits("test.csv");
         let predicted = classes(&test);
         // Replay every test row twice (repeats are not suspicious).
@@ -689,8 +716,30 @@ mod tests {
     }
 
     #[test]
+    fn a_principal_at_work_holds_up_no_other() {
+        let m = std::sync::Arc::new(monitor(ExtractionConfig::default()));
+        let (test, _) = digits("test.csv");
+        let row = test.get(..64).unwrap().to_vec();
+        // As if a long-lived principal's history were being scanned.
+        let busy = m.tracked("busy");
+        let held = lock(&busy.state);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (other, query) = (std::sync::Arc::clone(&m), row.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(other.observe("other", &query, 0).map(|d| d.action));
+        });
+        // Only a deadlock fails this: the other principal waits for nothing.
+        let action = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("another principal's observation waited for the busy one");
+        assert_eq!(action.unwrap(), Action::Allow);
+        drop(held);
+        assert_eq!(m.observe("busy", &row, 0).unwrap().queries, 1);
+    }
+
+    #[test]
     fn a_full_table_forgets_the_least_recently_seen_eighth_in_one_pass() {
-        let mut m = monitor(ExtractionConfig {
+        let m = monitor(ExtractionConfig {
             max_principals: 16,
             ..ExtractionConfig::default()
         });
@@ -703,17 +752,18 @@ mod tests {
         // p0 is seen again: p1 and p2 are now the least recently seen.
         m.observe("p0", row, c).unwrap();
         m.observe("new", row, c).unwrap();
-        assert_eq!(m.principals.len(), 15);
-        assert!(!m.principals.contains_key("p1") && !m.principals.contains_key("p2"));
-        assert!(m.principals.contains_key("p0") && m.principals.contains_key("new"));
-        assert!((3..16).all(|i| m.principals.contains_key(&format!("p{i}"))));
+        let known = |p: &str| lock(&m.principals).contains_key(p);
+        assert_eq!(lock(&m.principals).len(), 15);
+        assert!(!known("p1") && !known("p2"));
+        assert!(known("p0") && known("new"));
+        assert!((3..16).all(|i| known(&format!("p{i}"))));
         m.observe("newer", row, c).unwrap();
-        assert_eq!(m.principals.len(), 16);
+        assert_eq!(lock(&m.principals).len(), 16);
     }
 
     #[test]
     fn sweeps_are_grid_flagged_and_shadow_mode_only_records() {
-        let mut m = monitor(ExtractionConfig {
+        let m = monitor(ExtractionConfig {
             shadow: true,
             ..ExtractionConfig::default()
         });
@@ -733,7 +783,7 @@ mod tests {
 
     #[test]
     fn refused_queries_are_evidence_but_occasional_ones_are_not_a_ban() {
-        let mut m = monitor(ExtractionConfig::default());
+        let m = monitor(ExtractionConfig::default());
         let (test, _) = digits("test.csv");
         let predicted = classes(&test);
         // A benign client: 1,000 test rows, one refused (malformed) request in every 50.

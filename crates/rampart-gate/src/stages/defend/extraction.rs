@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hyper::header::HeaderValue;
 use hyper::StatusCode;
 use rampart_defend::extraction::{self, ExtractionMonitor};
-use rampart_defend::knn::{Index, Neighbour};
+use rampart_defend::knn::Neighbour;
 
 use super::{Defences, DefendAudit, Pending};
 use crate::metrics::Metrics;
@@ -26,9 +26,8 @@ enum Penalty {
 /// The extraction monitor of a model and the penalties it decided; shared by the model's versions.
 #[derive(Debug)]
 pub(super) struct ExtractionStage {
-    pub(super) monitor: Mutex<ExtractionMonitor>,
-    /// The monitor's reference sample, searched outside the lock: the search is most of an observation's cost.
-    reference: Index,
+    /// Shared by the model's requests without a lock of its own (it locks each principal apart).
+    pub(super) monitor: ExtractionMonitor,
     penalties: Mutex<HashMap<String, Penalty>>,
     throttle: Gcra<String>,
     ban: Duration,
@@ -45,8 +44,7 @@ impl ExtractionStage {
         shadow: bool,
     ) -> ExtractionStage {
         ExtractionStage {
-            reference: monitor.index().clone(),
-            monitor: Mutex::new(monitor),
+            monitor,
             penalties: Mutex::new(HashMap::new()),
             throttle: Gcra::new(throttle, max_principals),
             ban,
@@ -131,9 +129,7 @@ impl Defences {
                 Some(Penalty::Ban(until)) if until <= Instant::now() => {
                     // The ban has run out: the principal starts afresh.
                     penalties.remove(key);
-                    if let Ok(mut monitor) = stage.monitor.lock() {
-                        monitor.forget(key);
-                    }
+                    stage.monitor.forget(key);
                     None
                 }
                 other => other,
@@ -187,11 +183,7 @@ impl Defences {
         let Some(stage) = &self.extraction else {
             return Ok(());
         };
-        let decision = stage
-            .monitor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe_refused(principal);
+        let decision = stage.monitor.observe_refused(principal);
         stage.decide(self, principal, &decision, audit, metrics)
     }
 }
@@ -219,38 +211,36 @@ impl Pending<'_> {
     ) -> Result<(), Refusal> {
         let d = self.defences;
         let mut last = None;
+        let reference = stage.monitor.index();
         let rows = self.sent().chunks_exact(d.width);
         let nearest: Vec<_> = match nearest {
             Some(Nearest::Found(found)) => found,
             Some(Nearest::Around(known)) => rows
                 .zip(self.values.chunks_exact(d.width))
                 .zip(known)
-                .map(|((row, around), known)| stage.reference.nearest_near(row, around, &known))
+                .map(|((row, around), known)| reference.nearest_near(row, around, &known))
                 .collect(),
             None => rows
-                .map(|row| stage.reference.nearest(row, 1, None).into_iter().next())
+                .map(|row| reference.nearest(row, 1, None).into_iter().next())
                 .collect(),
         };
-        {
-            let mut monitor = stage.monitor.lock().unwrap_or_else(|p| p.into_inner());
-            for ((row, s), near) in self.sent().chunks_exact(d.width).zip(scores).zip(nearest) {
-                let Some(predicted) = rampart_defend::argmax(s) else {
-                    continue;
-                };
-                match monitor.observe_near(&self.principal, row, predicted, near) {
-                    Ok(decision) => {
-                        let worse = last
-                            .as_ref()
-                            .is_none_or(|l: &extraction::Decision| decision.would >= l.would);
-                        if worse {
-                            last = Some(decision);
-                        }
-                    }
-                    Err(err) => {
-                        drop(monitor);
-                        return d.undecided("extraction", &err, audit, metrics);
+        for ((row, s), near) in self.sent().chunks_exact(d.width).zip(scores).zip(nearest) {
+            let Some(predicted) = rampart_defend::argmax(s) else {
+                continue;
+            };
+            match stage
+                .monitor
+                .observe_near(&self.principal, row, predicted, near)
+            {
+                Ok(decision) => {
+                    let worse = last
+                        .as_ref()
+                        .is_none_or(|l: &extraction::Decision| decision.would >= l.would);
+                    if worse {
+                        last = Some(decision);
                     }
                 }
+                Err(err) => return d.undecided("extraction", &err, audit, metrics),
             }
         }
         let Some(decision) = last else {
