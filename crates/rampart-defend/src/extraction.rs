@@ -28,7 +28,7 @@
 //! microseconds a distinct query) hold up no one else's observations.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::knn::{Index, Neighbour, Reference};
@@ -60,6 +60,10 @@ pub struct ExtractionConfig {
     pub max_principals: usize,
     /// Most queries remembered per principal (PRADA's growing sets are capped at this).
     pub max_history: usize,
+    /// Memory for the rows remembered across all principals (their histories and PRADA's sets), in MiB. Past it no
+    /// principal remembers more rows (each goes on being tested on what it holds), and a new principal makes the least
+    /// recently seen eighth be forgotten: many principals' histories cannot exhaust the gateway's memory.
+    pub max_memory_mb: usize,
 }
 
 impl Default for ExtractionConfig {
@@ -73,6 +77,7 @@ impl Default for ExtractionConfig {
             ban_after: 100,
             shadow: false,
             max_principals: 10_000,
+            max_memory_mb: 512,
             max_history: 4096,
         }
     }
@@ -160,11 +165,60 @@ struct Principal {
     prada_w: Option<f64>,
 }
 
+impl Principal {
+    /// Rows remembered: the history and PRADA's growing sets.
+    fn remembered(&self) -> usize {
+        self.history.len() + self.growing.values().map(Rows::len).sum::<usize>()
+    }
+}
+
 /// A principal's evidence, and when it was last seen (read without its lock, to choose whom to forget).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracked {
     last_seen: AtomicU64,
     state: Mutex<Principal>,
+    /// Its rows are given back when it is dropped (forgotten, and no query of it still being observed).
+    budget: Arc<Budget>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        self.budget.give_back(state.remembered());
+    }
+}
+
+/// The rows a monitor's principals remember, against its memory budget.
+#[derive(Debug)]
+struct Budget {
+    rows: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Budget {
+        Budget {
+            rows: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes room for one more row, if there is any.
+    fn take(&self) -> bool {
+        self.rows
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |rows| {
+                (rows < self.max).then_some(rows + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, rows: usize) {
+        self.rows.fetch_sub(rows, Ordering::AcqRel);
+    }
+
+    fn exhausted(&self) -> bool {
+        self.rows.load(Ordering::Acquire) >= self.max
+    }
 }
 
 /// The per-principal monitor.
@@ -177,6 +231,7 @@ pub struct ExtractionMonitor {
     baseline: Baseline,
     principals: Mutex<HashMap<String, Arc<Tracked>>>,
     clock: AtomicU64,
+    budget: Arc<Budget>,
 }
 
 impl ExtractionMonitor {
@@ -207,6 +262,7 @@ impl ExtractionMonitor {
             || config.prada_min < 3
             || config.max_principals == 0
             || config.max_history == 0
+            || config.max_memory_mb == 0
         {
             return Err(DefendError::Config(
                 "extraction settings out of range".into(),
@@ -249,6 +305,8 @@ impl ExtractionMonitor {
             grid_rate: (grid_hits as f64 / rows.len() as f64).max(0.01),
         };
         tracing::debug!(far, near, prada_w, "extraction baseline measured");
+        let row_bytes = width.max(1) * std::mem::size_of::<f32>();
+        let budget = Budget::new(config.max_memory_mb.saturating_mul(1 << 20) / row_bytes);
         Ok(ExtractionMonitor {
             config,
             index,
@@ -256,6 +314,7 @@ impl ExtractionMonitor {
             baseline,
             principals: Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
+            budget: Arc::new(budget),
         })
     }
 
@@ -319,8 +378,8 @@ impl ExtractionMonitor {
                     state.grid += 1;
                 }
             }
-            prada_step(state, query, predicted, config.max_history);
-            if state.history.len() < config.max_history {
+            prada_step(state, query, predicted, config.max_history, &self.budget);
+            if state.history.len() < config.max_history && self.budget.take() {
                 state.history.push(query);
                 state.seen.insert(digest);
             }
@@ -356,10 +415,14 @@ impl ExtractionMonitor {
         let tracked = match principals.get(principal) {
             Some(tracked) => Arc::clone(tracked),
             None => {
-                if principals.len() >= self.config.max_principals {
+                if principals.len() >= self.config.max_principals || self.budget.exhausted() {
                     crate::evict_oldest(&mut principals, |t| t.last_seen.load(Ordering::Relaxed));
                 }
-                let tracked = Arc::<Tracked>::default();
+                let tracked = Arc::new(Tracked {
+                    last_seen: AtomicU64::new(0),
+                    state: Mutex::default(),
+                    budget: Arc::clone(&self.budget),
+                });
                 principals.insert(principal.to_string(), Arc::clone(&tracked));
                 tracked
             }
@@ -451,10 +514,12 @@ fn judge(
 
 /// PRADA's update: the minimum distance to the class's growing set joins `D`; the query joins the growing set when
 /// that distance exceeds `mean(D) - std(D)` (or the set is empty).
-fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize) {
+fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize, budget: &Budget) {
     let set = state.growing.entry(class).or_default();
     let Some(min) = set.min_distance(query) else {
-        set.push(query);
+        if budget.take() {
+            set.push(query);
+        }
         return;
     };
     state.distances.push(min);
@@ -473,7 +538,7 @@ fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize) {
     let (sum, squares) = state.distance_sums;
     let mean = sum / n;
     let std = (squares / n - mean * mean).max(0.0).sqrt();
-    if min > mean - std && set.len() < cap {
+    if min > mean - std && set.len() < cap && budget.take() {
         set.push(query);
     }
 }
@@ -507,6 +572,7 @@ fn natural_prada_w(reference: &Reference, config: &ExtractionConfig) -> f64 {
             order.swap(i, (seed % (i as u64 + 1)) as usize);
         }
         let mut state = Principal::default();
+        let unlimited = Budget::new(usize::MAX);
         for &i in order.iter().take(NATURAL_QUERIES) {
             let (Some(row), Some(&label)) = (
                 reference.rows.get(i * width..(i + 1) * width),
@@ -514,7 +580,13 @@ fn natural_prada_w(reference: &Reference, config: &ExtractionConfig) -> f64 {
             ) else {
                 continue;
             };
-            prada_step(&mut state, row, label.max(0) as usize, config.max_history);
+            prada_step(
+                &mut state,
+                row,
+                label.max(0) as usize,
+                config.max_history,
+                &unlimited,
+            );
             // On the schedule the live test follows.
             let len = state.distances.len();
             if len >= config.prada_min && prada_due(len, state.tested_at) {
@@ -713,6 +785,48 @@ mod tests {
         }
         let at = flagged_at.unwrap();
         assert!(at <= 25, "flagged after {at} queries");
+    }
+
+    #[test]
+    fn the_rows_remembered_stay_within_the_memory_budget() {
+        // 1 MiB holds 4,096 rows of 64 values.
+        let m = monitor(ExtractionConfig {
+            max_memory_mb: 1,
+            ban_after: u64::MAX,
+            ..ExtractionConfig::default()
+        });
+        let mut seed = 7_u64;
+        let mut row = || -> Vec<f32> {
+            (0..64)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 40) % 17) as f32 / 16.0
+                })
+                .collect()
+        };
+        for i in 0..3000 {
+            m.observe_near("a", &row(), i % 10, None).unwrap();
+        }
+        let held = |p: &str| {
+            lock(&m.principals)
+                .get(p)
+                .map(|t| lock(&t.state).remembered())
+        };
+        // Its history and PRADA's sets would hold more: the budget stops them.
+        assert_eq!(held("a"), Some(4096));
+        assert_eq!(m.budget.rows.load(Ordering::Acquire), 4096);
+        // Still observed and tested, only not remembered.
+        assert_eq!(m.observe_near("a", &row(), 0, None).unwrap().queries, 3001);
+        assert_eq!(held("a"), Some(4096));
+        // A newcomer makes the least recently seen go, and their rows come back.
+        m.observe_near("b", &row(), 0, None).unwrap();
+        assert!(held("a").is_none());
+        assert_eq!(
+            Some(m.budget.rows.load(Ordering::Acquire)),
+            held("b").filter(|&rows| rows > 0)
+        );
     }
 
     #[test]
