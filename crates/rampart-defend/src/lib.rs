@@ -111,7 +111,8 @@ pub fn predict(
 /// Makes room in a full table in one pass: removes the eighth of its entries (at least one) with the smallest `age`,
 /// so that the next eighth of new keys go in without another pass. Removing one entry per new key would scan the
 /// whole table for each: a client sending from ever new addresses would make each of its requests cost a scan, under
-/// the lock every request of the model takes (0.5 ms a request at the anomaly monitor's 100,000 keys).
+/// a lock other requests wait on (0.5 ms a request at the anomaly monitor's 100,000 keys). Used by the monitors here
+/// and by the gateway's rate limiters, ban list and extraction penalties.
 pub fn evict_oldest<K, V, A>(map: &mut std::collections::HashMap<K, V>, age: impl Fn(&V) -> A)
 where
     K: Eq + std::hash::Hash,

@@ -127,9 +127,9 @@ impl Bans {
         self.allow.iter().any(|block| block.contains(ip))
     }
 
-    /// How long `ip` stays banned, if it is.
+    /// How long `ip` stays banned, if it is. An address the allow list names never is, even when its subnet is.
     pub fn banned_for(&self, ip: IpAddr) -> Option<Duration> {
-        if !self.config.enabled {
+        if !self.config.enabled || self.allowed(ip) {
             return None;
         }
         let ip = client(ip, self.v6_prefix);
@@ -251,6 +251,18 @@ mod tests {
         let each = Bans::new(&config(1), 100, 128);
         each.strike(ip("2001:db8:1:2::1"));
         assert!(each.banned_for(ip("2001:db8:1:2::2")).is_none());
+        // An allowed address is not banned with its subnet.
+        let allowing = Bans::new(
+            &BanConfig {
+                allow: vec!["2001:db8:1:2::7".into()],
+                ..config(1)
+            },
+            100,
+            64,
+        );
+        allowing.strike(ip("2001:db8:1:2::1"));
+        assert!(allowing.banned_for(ip("2001:db8:1:2::1")).is_some());
+        assert!(allowing.banned_for(ip("2001:db8:1:2::7")).is_none());
     }
 
     #[test]
