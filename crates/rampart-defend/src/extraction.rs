@@ -795,15 +795,10 @@ mod tests {
             ban_after: u64::MAX,
             ..ExtractionConfig::default()
         });
-        let mut seed = 7_u64;
+        let mut uniform = crate::testutil::uniform(7);
         let mut row = || -> Vec<f32> {
             (0..64)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((seed >> 40) % 17) as f32 / 16.0
-                })
+                .map(|_| (uniform() * 17.0).floor().min(16.0) / 16.0)
                 .collect()
         };
         for i in 0..3000 {

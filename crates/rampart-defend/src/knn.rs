@@ -340,12 +340,10 @@ impl Index {
             .collect();
         groups.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.start.cmp(&b.1.start)));
         for (_, group) in groups {
-            let rows = self
+            let group_rows = self
                 .rows
                 .get(group.start * self.width..(group.start + group.len) * self.width)
-                .unwrap_or_default()
-                .chunks_exact(self.width)
-                .enumerate();
+                .unwrap_or_default();
             let mut limit = collector.bound(group.label);
             // Every row of the group lies in its box: the box's distance bounds them all.
             let outside: f32 = group
@@ -362,7 +360,7 @@ impl Index {
                 continue;
             }
             if m == 0 {
-                for (at, row) in rows {
+                for (at, row) in group_rows.chunks_exact(self.width).enumerate() {
                     self.offer(group, at, row, query, &mut limit, collector);
                 }
                 continue;
@@ -372,10 +370,6 @@ impl Index {
                 .get(group.block * m * LANES..)
                 .unwrap_or_default()
                 .chunks_exact(m * LANES);
-            let group_rows = self
-                .rows
-                .get(group.start * self.width..(group.start + group.len) * self.width)
-                .unwrap_or_default();
             for (b, block) in blocks.take(group.len.div_ceil(LANES)).enumerate() {
                 let mut bounds = [0.0_f32; LANES];
                 for (column, &qk) in block.chunks_exact(LANES).zip(q) {
