@@ -114,7 +114,7 @@ impl OnnxModel {
         .map_err(load)?;
         let by_batch = if bytes.len() <= SPECIALISE_UP_TO_BYTES {
             batch_symbol(&typed)
-                .map(|batch| specialise(&typed, &batch))
+                .map(|batch| specialise(name, &typed, &batch))
                 .unwrap_or_default()
         } else {
             Vec::new()
@@ -167,8 +167,9 @@ fn batch_symbol(model: &TypedModel) -> Option<Symbol> {
 
 /// Plans for batches of `SMALLEST_SPECIALISED..=SPECIALISED` rows; none if tract cannot make one (the general plan
 /// then serves all). They are an optimisation only: an error, or a panic inside tract on a graph it optimised in
-/// general but not for one batch size, leaves the model served by its general plan rather than refused.
-fn specialise(model: &TypedModel, batch: &Symbol) -> Vec<Runner> {
+/// general but not for one batch size, leaves the model served by its general plan rather than refused (and logged:
+/// small batches then run slower, which an operator should be able to explain).
+fn specialise(name: &str, model: &TypedModel, batch: &Symbol) -> Vec<Runner> {
     // Unwind-safe in effect: the graph is only read; what a panic leaves half-built is the new plan, which is dropped,
     // and the symbol table the copies share sits behind a lock whose guard the unwinding releases.
     let plans = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -186,7 +187,17 @@ fn specialise(model: &TypedModel, batch: &Symbol) -> Vec<Runner> {
     }));
     match plans {
         Ok(Ok(plans)) => plans,
-        _ => Vec::new(),
+        Ok(Err(err)) => {
+            tracing::warn!(model = name, error = %format!("{err:#}"), "no plan per batch size: every batch runs on the general plan");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(
+                model = name,
+                "tract panicked planning per batch size: every batch runs on the general plan"
+            );
+            Vec::new()
+        }
     }
 }
 
