@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::knn::{Index, Neighbour, Reference};
+use crate::knn::{block_bounds, Index, Neighbour, Projection, Reference, LANES, MARGIN};
 use crate::profile::{FeatureProfile, Profile};
 use crate::shapiro::shapiro_wilk;
 use crate::stats::{binomial_sf, quantile_sorted};
@@ -293,7 +293,7 @@ impl ExtractionMonitor {
             })
             .count();
         let off_support = rows.iter().filter(|r| off_support(&features, r)).count();
-        let prada_w = natural_prada_w(&reference, &config);
+        let prada_w = natural_prada_w(&reference, &index, &config);
         // Rates are at least 1% so a small reference cannot make the tests trigger-happy.
         let baseline = Baseline {
             far,
@@ -305,7 +305,13 @@ impl ExtractionMonitor {
             grid_rate: (grid_hits as f64 / rows.len() as f64).max(0.01),
         };
         tracing::debug!(far, near, prada_w, "extraction baseline measured");
-        let row_bytes = width.max(1) * std::mem::size_of::<f32>();
+        // A remembered row holds its values and its coordinates in the index's bounds.
+        let per_row = width
+            + index
+                .coordinates(reference.rows.get(..width).unwrap_or_default())
+                .as_slice()
+                .len();
+        let row_bytes = per_row.max(1) * std::mem::size_of::<f32>();
         let budget = Budget::new(config.max_memory_mb.saturating_mul(1 << 20) / row_bytes);
         Ok(ExtractionMonitor {
             config,
@@ -370,7 +376,8 @@ impl ExtractionMonitor {
         let repeat = state.seen.contains(&digest);
         if !repeat {
             state.distinct += 1;
-            if state.history.any_within(query, baseline.near) {
+            let at = self.index.coordinates(query);
+            if state.history.any_within(query, &at, baseline.near) {
                 state.near_duplicates += 1;
             }
             if let Some(last) = state.history.last() {
@@ -378,9 +385,16 @@ impl ExtractionMonitor {
                     state.grid += 1;
                 }
             }
-            prada_step(state, query, predicted, config.max_history, &self.budget);
+            prada_step(
+                state,
+                query,
+                &at,
+                predicted,
+                config.max_history,
+                &self.budget,
+            );
             if state.history.len() < config.max_history && self.budget.take() {
-                state.history.push(query);
+                state.history.push(query, &at);
                 state.seen.insert(digest);
             }
         }
@@ -514,11 +528,18 @@ fn judge(
 
 /// PRADA's update: the minimum distance to the class's growing set joins `D`; the query joins the growing set when
 /// that distance exceeds `mean(D) - std(D)` (or the set is empty).
-fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize, budget: &Budget) {
+fn prada_step(
+    state: &mut Principal,
+    query: &[f32],
+    at: &Projection,
+    class: usize,
+    cap: usize,
+    budget: &Budget,
+) {
     let set = state.growing.entry(class).or_default();
-    let Some(min) = set.min_distance(query) else {
+    let Some(min) = set.min_distance(query, at) else {
         if budget.take() {
-            set.push(query);
+            set.push(query, at);
         }
         return;
     };
@@ -539,7 +560,7 @@ fn prada_step(state: &mut Principal, query: &[f32], class: usize, cap: usize, bu
     let mean = sum / n;
     let std = (squares / n - mean * mean).max(0.0).sqrt();
     if min > mean - std && set.len() < cap && budget.take() {
-        set.push(query);
+        set.push(query, at);
     }
 }
 
@@ -559,7 +580,7 @@ const PRADA_MARGIN: f64 = 0.02;
 
 /// PRADA's threshold: `config.prada_w`, or lower when natural query streams drawn from the reference (shuffled,
 /// its labels as the classes) reach a lower `W` once `prada_min` distances are in.
-fn natural_prada_w(reference: &Reference, config: &ExtractionConfig) -> f64 {
+fn natural_prada_w(reference: &Reference, index: &Index, config: &ExtractionConfig) -> f64 {
     let width = reference.width;
     let mut lowest = f64::INFINITY;
     for stream in 0..NATURAL_STREAMS {
@@ -583,6 +604,7 @@ fn natural_prada_w(reference: &Reference, config: &ExtractionConfig) -> f64 {
             prada_step(
                 &mut state,
                 row,
+                &index.coordinates(row),
                 label.max(0) as usize,
                 config.max_history,
                 &unlimited,
@@ -610,17 +632,28 @@ fn natural_prada_w(reference: &Reference, config: &ExtractionConfig) -> f64 {
 
 /// Remembered rows, eight to a block and interleaved by feature, so that the distances from a query to eight rows
 /// accumulate in one vector: a long-lived principal's history (up to `max_history` rows) is scanned on every query it
-/// sends, under the monitor's lock. Each distance is the sum of squares in feature order.
+/// sends. Each distance is the sum of squares in feature order.
+///
+/// Each row also keeps its coordinates in the reference index's bounds ([`Index::coordinates`], thirteen numbers on
+/// the digits), blocked alike: a block whose eight bounds all exceed what the scan still looks for (a near duplicate,
+/// a nearer row than the nearest found) is passed over without its distances. The answers are a full scan's: a bound
+/// is lowered by a margin far above its rounding before it excludes anything.
 #[derive(Debug, Default)]
 struct Rows {
     width: usize,
     blocks: Vec<f32>,
+    /// The rows' coordinates, coordinate by coordinate within a block (coordinate `k` of its rows at `k * ROW_LANES`).
+    coordinates: Vec<f32>,
+    /// Coordinates per row (the same for every row of a monitor).
+    per_row: usize,
+    /// The largest squared norm of a row's coordinates (for the bounds' margin).
+    largest: f32,
     len: usize,
     last: Vec<f32>,
 }
 
-/// Rows per block of [`Rows`].
-const ROW_LANES: usize = 8;
+/// Rows per block of [`Rows`]: one vector of bounds.
+const ROW_LANES: usize = LANES;
 
 impl Rows {
     fn len(&self) -> usize {
@@ -632,67 +665,107 @@ impl Rows {
         (self.len > 0).then_some(self.last.as_slice())
     }
 
-    /// Remembers `row` (every row of one set has the width of the first).
-    fn push(&mut self, row: &[f32]) {
+    /// Remembers `row`, whose coordinates are `at` (every row of one set has the width and the number of
+    /// coordinates of the first).
+    fn push(&mut self, row: &[f32], at: &Projection) {
+        let coordinates = at.as_slice();
         if self.len == 0 {
             self.width = row.len();
+            self.per_row = coordinates.len();
         }
-        if row.len() != self.width {
+        if row.len() != self.width || coordinates.len() != self.per_row {
             return;
         }
         let lane = self.len % ROW_LANES;
         if lane == 0 {
             self.blocks
                 .resize(self.blocks.len() + self.width * ROW_LANES, 0.0);
+            self.coordinates
+                .resize(self.coordinates.len() + self.per_row * ROW_LANES, 0.0);
         }
-        let span = self.width * ROW_LANES;
-        if let Some(block) = self.blocks.chunks_exact_mut(span).last() {
-            for (column, &v) in block.chunks_exact_mut(ROW_LANES).zip(row) {
-                if let Some(slot) = column.get_mut(lane) {
-                    *slot = v;
+        let interleave = |blocks: &mut Vec<f32>, values: &[f32]| {
+            let span = values.len() * ROW_LANES;
+            if let Some(block) = blocks.chunks_exact_mut(span.max(1)).last() {
+                for (column, &v) in block.chunks_exact_mut(ROW_LANES).zip(values) {
+                    if let Some(slot) = column.get_mut(lane) {
+                        *slot = v;
+                    }
                 }
             }
-        }
+        };
+        interleave(&mut self.blocks, row);
+        interleave(&mut self.coordinates, coordinates);
+        self.largest = self.largest.max(at.squared_norm());
         self.len += 1;
         self.last = row.to_vec();
     }
 
-    /// The squared distance from `query` to each remembered row, in order, to `visit` until it returns `true`;
-    /// whether one did.
-    fn scan(&self, query: &[f32], mut visit: impl FnMut(f32) -> bool) -> bool {
-        if self.len == 0 || query.len() != self.width {
+    /// The squared distance from `query` (coordinates `at`) to each remembered row in order, to `visit`, which
+    /// returns `None` to stop or the squared distance beyond which no row matters any more (starting from `limit`);
+    /// rows that lie beyond it may be passed over unvisited. Whether `visit` stopped.
+    fn scan(
+        &self,
+        query: &[f32],
+        at: &Projection,
+        mut limit: f32,
+        mut visit: impl FnMut(f32) -> Option<f32>,
+    ) -> bool {
+        let q = at.as_slice();
+        if self.len == 0 || query.len() != self.width || q.len() != self.per_row {
             return false;
         }
+        let slack = MARGIN * (self.largest + at.squared_norm());
         let mut left = self.len;
-        for block in self.blocks.chunks_exact(self.width * ROW_LANES) {
+        let coordinates = self
+            .coordinates
+            .chunks_exact((self.per_row * ROW_LANES).max(1));
+        for (block, bounds) in self
+            .blocks
+            .chunks_exact(self.width * ROW_LANES)
+            .zip(coordinates)
+        {
+            let lanes = left.min(ROW_LANES);
+            left = left.saturating_sub(ROW_LANES);
+            let bounds = block_bounds(bounds, q);
+            if bounds
+                .iter()
+                .take(lanes)
+                .all(|&b| b * (1.0 - MARGIN) - slack > limit)
+            {
+                continue;
+            }
             let mut acc = [0.0_f32; ROW_LANES];
-            for (column, &q) in block.chunks_exact(ROW_LANES).zip(query) {
-                for (a, &v) in acc.iter_mut().zip(column) {
-                    let d = v - q;
+            for (column, &v) in block.chunks_exact(ROW_LANES).zip(query) {
+                for (a, &r) in acc.iter_mut().zip(column) {
+                    let d = r - v;
                     *a += d * d;
                 }
             }
-            for &d in acc.iter().take(left.min(ROW_LANES)) {
-                if visit(d) {
-                    return true;
+            for &d in acc.iter().take(lanes) {
+                match visit(d) {
+                    Some(next) => limit = next,
+                    None => return true,
                 }
             }
-            left = left.saturating_sub(ROW_LANES);
         }
         false
     }
 
-    /// Whether some remembered row lies within Euclidean distance `near` of `query`.
-    fn any_within(&self, query: &[f32], near: f64) -> bool {
-        self.scan(query, |d| f64::from(d).sqrt() <= near)
+    /// Whether some remembered row lies within Euclidean distance `near` of `query` (coordinates `at`).
+    fn any_within(&self, query: &[f32], at: &Projection, near: f64) -> bool {
+        let limit = (near * near) as f32;
+        self.scan(query, at, limit, |d| {
+            (f64::from(d).sqrt() > near).then_some(limit)
+        })
     }
 
-    /// The Euclidean distance from `query` to the nearest remembered row; `None` when there is none.
-    fn min_distance(&self, query: &[f32]) -> Option<f64> {
+    /// The Euclidean distance from `query` (coordinates `at`) to the nearest remembered row; `None` when there is
+    /// none.
+    fn min_distance(&self, query: &[f32], at: &Projection) -> Option<f64> {
         let mut best = f32::INFINITY;
-        self.scan(query, |d| {
+        self.scan(query, at, best, |d| {
             best = best.min(d);
-            false
+            Some(best)
         });
         (self.len > 0).then(|| f64::from(best).sqrt())
     }
@@ -789,7 +862,8 @@ mod tests {
 
     #[test]
     fn the_rows_remembered_stay_within_the_memory_budget() {
-        // 1 MiB holds 4,096 rows of 64 values.
+        // 1 MiB holds 3,404 rows of 64 values and their 13 coordinates in the index's bounds (12 directions and
+        // the residual's norm).
         let m = monitor(ExtractionConfig {
             max_memory_mb: 1,
             ban_after: u64::MAX,
@@ -810,11 +884,11 @@ mod tests {
                 .map(|t| lock(&t.state).remembered())
         };
         // Its history and PRADA's sets would hold more: the budget stops them.
-        assert_eq!(held("a"), Some(4096));
-        assert_eq!(m.budget.rows.load(Ordering::Acquire), 4096);
+        assert_eq!(held("a"), Some(3404));
+        assert_eq!(m.budget.rows.load(Ordering::Acquire), 3404);
         // Still observed and tested, only not remembered.
         assert_eq!(m.observe_near("a", &row(), 0, None).unwrap().queries, 3001);
-        assert_eq!(held("a"), Some(4096));
+        assert_eq!(held("a"), Some(3404));
         // A newcomer makes the least recently seen go, and their rows come back.
         m.observe_near("b", &row(), 0, None).unwrap();
         assert!(held("a").is_none());
@@ -980,37 +1054,95 @@ mod tests {
                 .fold(0.0_f32, |acc, (x, y)| acc + (x - y) * (x - y));
             f64::from(squared).sqrt()
         };
+        // Bounds from an index over rows of a few dominant directions (as real data has), so that they pass over
+        // most blocks; the remembered rows and the queries come from the same kind of data, at several scales,
+        // plus far ones (1,000 times larger) and exact repeats.
+        const WIDTH: usize = 20;
+        let sample = |next: &mut dyn FnMut() -> f32, scale: f32| -> Vec<f32> {
+            let (a, b) = (next() - 0.5, next() - 0.5);
+            (0..WIDTH)
+                .map(|j| {
+                    scale
+                        * (a * (j as f32 * 0.3).sin() + b * (j as f32 * 0.7).cos() + 0.05 * next())
+                })
+                .collect()
+        };
+        let reference_rows: Vec<f32> = (0..200).flat_map(|_| sample(&mut next, 1.0)).collect();
+        let index = Index::new(&Reference {
+            width: WIDTH,
+            labels: vec![0; 200],
+            rows: reference_rows,
+        });
         for count in [0_usize, 1, 7, 8, 9, 300] {
             let mut rows = Rows::default();
             let mut all: Vec<Vec<f32>> = Vec::new();
             for i in 0..count {
                 let scale = if i % 7 == 0 { 1_000.0 } else { 1.0 };
-                let row: Vec<f32> = (0..13).map(|_| scale * next()).collect();
-                rows.push(&row);
+                let row = sample(&mut next, scale);
+                rows.push(&row, &index.coordinates(&row));
                 all.push(row);
             }
             assert_eq!(rows.len(), count);
             assert_eq!(rows.last(), all.last().map(Vec::as_slice));
-            for _ in 0..20 {
-                let query: Vec<f32> = (0..13).map(|_| next()).collect();
+            for i in 0..40 {
+                let query = match (i % 4, all.get(i)) {
+                    (0, Some(row)) => row.clone(),
+                    (1, _) => sample(&mut next, 1_000.0),
+                    _ => sample(&mut next, 1.0),
+                };
+                let at = index.coordinates(&query);
                 let exact: Vec<f64> = all.iter().map(|r| distance(r, &query)).collect();
                 let min = exact.iter().copied().reduce(f64::min);
-                assert_eq!(rows.min_distance(&query), min);
-                for &d in exact.iter().step_by(5) {
-                    assert!(rows.any_within(&query, d));
+                assert_eq!(rows.min_distance(&query, &at), min);
+                let mut cuts: Vec<f64> = exact.iter().copied().step_by(5).collect();
+                cuts.extend(min.map(|m| m * 1.5));
+                for d in cuts {
+                    assert!(rows.any_within(&query, &at, d));
                     let below = d * (1.0 - 1e-9);
                     assert_eq!(
-                        rows.any_within(&query, below),
+                        rows.any_within(&query, &at, below),
                         exact.iter().any(|&e| e <= below)
                     );
                 }
             }
             // Once the width is set, a row of another width is neither remembered nor matched.
             if count > 0 {
-                rows.push(&[0.5; 3]);
+                let other = [0.5; 3];
+                rows.push(&other, &index.coordinates(&other));
                 assert_eq!(rows.len(), count);
-                assert!(!rows.any_within(&[0.5; 3], 1.0));
+                assert!(!rows.any_within(&other, &index.coordinates(&other), 1.0));
             }
         }
+    }
+
+    #[test]
+    fn remembered_rows_pass_over_blocks_their_bounds_exclude() {
+        // Rows along one line, one apart: a query between two of them needs the distances of the blocks around it,
+        // not of all 100.
+        let width = 16;
+        let row = |t: f32| -> Vec<f32> { (0..width).map(|j| t * (1.0 + j as f32 * 0.1)).collect() };
+        let line: Vec<Vec<f32>> = (-400..400).map(|t| row(t as f32)).collect();
+        let index = Index::new(&Reference {
+            width,
+            labels: vec![0; line.len()],
+            rows: line.concat(),
+        });
+        let mut rows = Rows::default();
+        for r in &line {
+            rows.push(r, &index.coordinates(r));
+        }
+        // Half a step from its nearest rows: 0.25 * 52.4 = 13.1 away (squared).
+        let query = row(0.5);
+        let at = index.coordinates(&query);
+        let mut visited = 0;
+        let within = rows.scan(&query, &at, 5.0, |d| {
+            visited += 1;
+            (d > 5.0).then_some(5.0)
+        });
+        assert!(!within);
+        assert!(visited <= 16, "{visited} distances measured");
+        assert!(rows.any_within(&query, &at, 3.7));
+        assert!(!rows.any_within(&query, &at, 3.6));
+        assert!((rows.min_distance(&query, &at).unwrap() - 13.1_f64.sqrt()).abs() < 1e-4);
     }
 }

@@ -5,9 +5,12 @@
 //! and mostly eight rows at a time:
 //!
 //! - At build, the top principal directions of the reference (subspace iteration on its covariance, then
-//!   Gram-Schmidt, so that they are orthonormal whether or not the iteration converged) and each row's projection
-//!   on them. A projection onto orthonormal directions never lengthens a vector, so the distance between two
-//!   projections is a lower bound of the distance between the rows.
+//!   Gram-Schmidt, so that they are orthonormal whether or not the iteration converged) and each row's coordinates:
+//!   its projection on them and the norm of its residual (what the projection leaves out). The squared distance
+//!   between two rows is that of their projections plus that of their residuals, and the latter is at least the
+//!   square of the difference of the residuals' norms: the distance between two rows' coordinates is a lower bound
+//!   of the distance between the rows. The same coordinates bound the distances between other rows, such as an
+//!   extraction monitor's memory of a principal's queries.
 //! - The rows are grouped by label, and ordered within a group along the first direction, in blocks of eight: a
 //!   search asks the collector once per group how far a row may be, and passes over a whole block when all eight
 //!   bounds exclude it, as they mostly do once the nearest rows are found. Groups are searched nearest centroid
@@ -56,14 +59,14 @@ impl Reference {
 }
 
 /// Rows per block of the bounds' layout: one vector of eight `f32` lanes.
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 /// Principal directions an [`Index`] bounds distances with (fewer when the rows have fewer dimensions).
 const DIRECTIONS: usize = 12;
 /// Subspace iterations at build: enough for the leading directions of real data; convergence is not needed for
 /// correctness, only for tight bounds.
 const ITERATIONS: usize = 40;
 /// The relative margin taken off each bound: the bound's rounding error is below 1e-5 of the squared norms involved.
-const MARGIN: f32 = 1e-4;
+pub(crate) const MARGIN: f32 = 1e-4;
 
 /// What a search keeps: it says how far a row of a label may be to still matter, and is offered the rows within.
 pub trait Collector {
@@ -213,7 +216,8 @@ impl Index {
             mean.iter_mut().for_each(|m| *m /= n as f64);
         }
         let directions = principal_directions(given, width, &mean, DIRECTIONS.min(width));
-        let m = directions.len();
+        // The coordinates each row gets: its projection on each direction, and the norm of what they leave out.
+        let m = if width == 0 { 0 } else { directions.len() + 1 };
         let weights: Vec<f64> = (0..width)
             .flat_map(|j| {
                 directions
@@ -226,7 +230,7 @@ impl Index {
         } else {
             given
                 .chunks_exact(width)
-                .map(|row| project(&weights, &mean, row).to_vec())
+                .map(|row| project(&weights, &mean, row).as_slice().to_vec())
                 .collect()
         };
         let largest = projections
@@ -323,6 +327,13 @@ impl Index {
         self.width
     }
 
+    /// `row`'s coordinates in this index's bounds: the squared distance between two rows' coordinates is a lower
+    /// bound of theirs (see [`project`]), up to a rounding far below `MARGIN` of their squared norms. Other sets
+    /// of rows (an extraction monitor's memory of a principal's queries) use them to pass over rows too far to matter.
+    pub(crate) fn coordinates(&self, row: &[f32]) -> Projection {
+        project(&self.weights, &self.mean, row)
+    }
+
     /// Offers `collector` every row it could keep (and perhaps others), with its exact squared distance to `query`
     /// ([`squared_distance`]) and its index in the reference. A query of another width finds nothing.
     pub fn search(&self, query: &[f32], collector: &mut impl Collector) {
@@ -359,26 +370,13 @@ impl Index {
             if outside * (1.0 - MARGIN) - slack > limit {
                 continue;
             }
-            if m == 0 {
-                for (at, row) in group_rows.chunks_exact(self.width).enumerate() {
-                    self.offer(group, at, row, query, &mut limit, collector);
-                }
-                continue;
-            }
             let blocks = self
                 .projected
                 .get(group.block * m * LANES..)
                 .unwrap_or_default()
                 .chunks_exact(m * LANES);
             for (b, block) in blocks.take(group.len.div_ceil(LANES)).enumerate() {
-                let mut bounds = [0.0_f32; LANES];
-                for (column, &qk) in block.chunks_exact(LANES).zip(q) {
-                    for (a, &v) in bounds.iter_mut().zip(column) {
-                        let d = v - qk;
-                        *a += d * d;
-                    }
-                }
-                let bounds = bounds.map(|b| b * (1.0 - MARGIN) - slack);
+                let bounds = block_bounds(block, q).map(|b| b * (1.0 - MARGIN) - slack);
                 // The lanes the limit admits, as bits: no branch per lane. NaN bounds (a NaN in the query) exclude
                 // nothing: those rows are offered, as a full scan would.
                 let mut admitted = bounds
@@ -528,43 +526,63 @@ impl Index {
     }
 }
 
-/// The projection of `row` (minus `mean`) on the directions laid out in `weights` (see [`Index`]), computed in `f64`.
+/// The coordinates of `row` (minus `mean`) in an [`Index`]'s bounds, computed in `f64`: its projection on each of the
+/// directions laid out in `weights`, then the norm of its residual (what the projection leaves out). For two rows
+/// `x` and `y` with projections `p` and residuals `r`, `|x - y|² = |p(x) - p(y)|² + |r(x) - r(y)|²` (the directions are
+/// orthonormal), and `|r(x) - r(y)| >= ||r(x)| - |r(y)||`: the squared distance between two rows' coordinates is a
+/// lower bound of theirs, and the residual's term tightens the projection's where the rows' residuals differ.
 /// Each direction's sum runs over the dimensions in order; the directions' sums advance side by side, so that they do
-/// not wait on each other.
+/// not wait on each other. A row of no width has no coordinate.
 fn project(weights: &[f64], mean: &[f64], row: &[f32]) -> Projection {
-    let m = weights
-        .len()
-        .checked_div(mean.len())
-        .unwrap_or(0)
-        .min(DIRECTIONS);
-    let mut sums = [0.0_f64; DIRECTIONS];
-    if m > 0 {
-        for ((w, &c), &v) in weights.chunks_exact(m).zip(mean).zip(row) {
-            let centred = f64::from(v) - c;
-            for (s, &w) in sums.iter_mut().zip(w) {
-                *s += w * centred;
-            }
+    if mean.is_empty() {
+        return Projection {
+            values: [0.0; DIRECTIONS + 1],
+            len: 0,
+        };
+    }
+    let m = (weights.len() / mean.len()).min(DIRECTIONS);
+    let mut sums = [0.0_f64; DIRECTIONS + 1];
+    let mut norm = 0.0_f64;
+    for (j, (&c, &v)) in mean.iter().zip(row).enumerate() {
+        let centred = f64::from(v) - c;
+        norm += centred * centred;
+        let w = weights.get(j * m..(j + 1) * m).unwrap_or_default();
+        for (s, &w) in sums.iter_mut().zip(w) {
+            *s += w * centred;
         }
+    }
+    // The residual's squared norm by difference: its rounding (about 1e-16 of `norm`) is far below the search's
+    // margin. A NaN stays NaN, so that the row's bounds exclude nothing.
+    let kept: f64 = sums.iter().take(m).map(|s| s * s).sum();
+    let residual = norm - kept;
+    if let Some(r) = sums.get_mut(m) {
+        *r = if residual.is_nan() {
+            residual
+        } else {
+            residual.max(0.0).sqrt()
+        };
     }
     Projection {
         values: sums.map(|s| s as f32),
-        len: m,
+        len: m + 1,
     }
 }
 
-/// A row's projection on an [`Index`]'s directions, on the stack.
-struct Projection {
-    values: [f32; DIRECTIONS],
+/// A row's coordinates in an [`Index`]'s bounds ([`project`], [`Index::coordinates`]), on the stack.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Projection {
+    values: [f32; DIRECTIONS + 1],
     len: usize,
 }
 
 impl Projection {
-    fn as_slice(&self) -> &[f32] {
+    pub(crate) fn as_slice(&self) -> &[f32] {
         self.values.get(..self.len).unwrap_or_default()
     }
 
-    fn to_vec(&self) -> Vec<f32> {
-        self.as_slice().to_vec()
+    /// The squared norm of the coordinates (for the bounds' margin).
+    pub(crate) fn squared_norm(&self) -> f32 {
+        self.as_slice().iter().map(|v| v * v).sum()
     }
 }
 
@@ -634,6 +652,20 @@ fn orthonormal(vectors: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
         }
     }
     out
+}
+
+/// The squared distances between the coordinates `q` and those of the `LANES` rows of a block laid out coordinate by
+/// coordinate (coordinate `k` of the rows at `k * LANES ..`): lower bounds of the rows' squared distances to `q`'s
+/// row, before the margin for their rounding (`MARGIN` of the sum of the squared norms of the coordinates).
+pub(crate) fn block_bounds(block: &[f32], q: &[f32]) -> [f32; LANES] {
+    let mut bounds = [0.0_f32; LANES];
+    for (column, &qk) in block.chunks_exact(LANES).zip(q) {
+        for (a, &v) in bounds.iter_mut().zip(column) {
+            let d = v - qk;
+            *a += d * d;
+        }
+    }
+    bounds
 }
 
 /// Squared Euclidean distance in `f32`, eight lanes at a time (the compiler vectorises the lanes).
