@@ -243,7 +243,7 @@ impl Listener {
         let service = service_fn(move |request: Request<Incoming>| {
             let gate = Arc::clone(&gate);
             let info = Arc::clone(&info);
-            async move { Ok::<_, Infallible>(gate.handle(&info, request).await) }
+            async move { Ok::<_, Infallible>(contained(gate.handle(&info, request)).await) }
         });
         let connection = builder.serve_connection(io, service);
         tokio::pin!(connection);
@@ -371,5 +371,47 @@ pub async fn serve_admin(
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
         });
+    }
+}
+
+/// A request's answer, or 500 if handling it panicked. The gateway's own code does not panic (its lints deny the
+/// ways to); a dependency might, on some request. Without this the panic would end the connection with no answer,
+/// and every other request on it (HTTP/2 streams) with it; the model's own panics are caught closer, where the
+/// request can still be audited (`stages::infer`).
+async fn contained(
+    handling: impl std::future::Future<Output = crate::pipeline::Reply>,
+) -> crate::pipeline::Reply {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(handling).catch_unwind().await {
+        Ok(reply) => reply,
+        Err(_) => {
+            tracing::error!("handling a request panicked: answered 500");
+            crate::pipeline::json_reply(
+                hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                crate::pipeline::error_body("internal error"),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    #[tokio::test]
+    async fn a_panic_while_handling_is_answered_500() {
+        let fine =
+            contained(async { crate::pipeline::json_reply(hyper::StatusCode::OK, b"{}".to_vec()) })
+                .await;
+        assert_eq!(fine.status(), hyper::StatusCode::OK);
+        let broken = contained(async {
+            tokio::task::yield_now().await;
+            panic!("a dependency's bug")
+        })
+        .await;
+        assert_eq!(broken.status(), hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = broken.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"error":"internal error"}"#);
     }
 }

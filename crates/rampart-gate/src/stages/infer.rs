@@ -286,7 +286,7 @@ impl Version {
                 if Instant::now() >= deadline {
                     return Err(JobError::Deadline);
                 }
-                return self.model.infer(&inputs).map_err(JobError::from);
+                return guarded_infer(&*self.model, &inputs);
             }
         };
         let (reply, answer) = oneshot::channel();
@@ -308,9 +308,10 @@ impl Version {
 }
 
 /// The fastest of a few runs on an all-zero input shaped as the model declares (any-size dimensions as 1), after one
-/// warm-up run; `None` when the model is not in process or does not take such an input. The fastest, not the median:
-/// at start-up the machine may be busy (other gateways starting, a build), and being preempted only adds time, so the
-/// fastest run is the model's own cost and the choice does not depend on what else ran then.
+/// warm-up run; `None` when the model is not in process or does not take such an input (or fails on it, a panic
+/// included). The fastest, not the median: at start-up the machine may be busy (other gateways starting, a build), and
+/// being preempted only adds time, so the fastest run is the model's own cost and the choice does not depend on what
+/// else ran then.
 fn probe(model: &dyn Model) -> Option<Duration> {
     let metadata = model.metadata();
     if metadata.platform != "onnx" {
@@ -340,11 +341,11 @@ fn probe(model: &dyn Model) -> Option<Duration> {
         };
         inputs.push(Tensor::new(spec.name.clone(), shape, data).ok()?);
     }
-    model.infer(&inputs).ok()?;
+    guarded_infer(model, &inputs).ok()?;
     let mut fastest = Duration::MAX;
     for _ in 0..7 {
         let started = Instant::now();
-        model.infer(&inputs).ok()?;
+        guarded_infer(model, &inputs).ok()?;
         fastest = fastest.min(started.elapsed());
     }
     Some(fastest)
@@ -366,8 +367,29 @@ fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>) {
             let _ = job.reply.send(Err(JobError::Deadline));
             continue;
         }
-        let result = model.infer(&job.inputs).map_err(JobError::from);
+        let result = guarded_infer(model, &job.inputs);
         let _ = job.reply.send(result);
+    }
+}
+
+/// Runs the model on one request's inputs. A panic in the model (a bug in its runtime on some input) fails that
+/// request, as any model error does (500, audited), instead of unwinding through the gateway: on an inference
+/// thread it would end the thread, and after `workers` such requests the model would have none left. The model
+/// goes on serving: an in-process model drops the run state the panic interrupted rather than reusing it.
+fn guarded_infer(model: &dyn Model, inputs: &[Tensor]) -> Result<Vec<Tensor>, JobError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(inputs))) {
+        Ok(result) => result.map_err(JobError::from),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(model = %model.metadata().name, panic = %message, "the model panicked");
+            Err(JobError::Model(rampart_infer::InferError::Runtime(
+                "the model panicked".into(),
+            )))
+        }
     }
 }
 
@@ -408,6 +430,51 @@ mod tests {
         fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferError> {
             std::thread::sleep(self.delay);
             Ok(inputs.to_vec())
+        }
+    }
+
+    /// Echoes its input, but panics on an input whose first value is negative (a runtime's bug on some input).
+    #[derive(Debug)]
+    struct Fragile(ModelMetadata);
+
+    impl Model for Fragile {
+        fn metadata(&self) -> &ModelMetadata {
+            &self.0
+        }
+        fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferError> {
+            if let Some(TensorData::Fp32(values)) = inputs.first().map(|t| &t.data) {
+                assert!(
+                    values.first().is_none_or(|&v| v >= 0.0),
+                    "a bug on this input"
+                );
+            }
+            Ok(inputs.to_vec())
+        }
+    }
+
+    /// A panic fails its request alone: more of them than there are workers leave the model serving, in both modes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_that_panics_fails_that_request_and_goes_on_serving() {
+        let metadata = slow(Duration::ZERO).metadata().clone();
+        for execution in [Execution::Inline, Execution::Threads] {
+            let pool =
+                ModelPool::start(Arc::new(Fragile(metadata.clone())), 2, 4, execution).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let poison =
+                vec![Tensor::new("x", vec![1, 2], TensorData::Fp32(vec![-1.0, 2.0])).unwrap()];
+            for _ in 0..5 {
+                match pool.run(poison.clone(), deadline).await {
+                    Err(JobError::Model(InferError::Runtime(message))) => {
+                        assert_eq!(message, "the model panicked");
+                    }
+                    other => panic!("{execution:?}: a panic answered {other:?}"),
+                }
+                assert_eq!(
+                    pool.run(input(), deadline).await.unwrap(),
+                    input(),
+                    "{execution:?}"
+                );
+            }
         }
     }
 
