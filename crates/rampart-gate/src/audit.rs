@@ -13,6 +13,7 @@ use std::fmt::Debug;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -133,12 +134,25 @@ pub const LINGER: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 pub struct Auditor {
     tx: Option<SyncSender<AuditRecord>>,
+    /// Whether the sink took the last batch (and the last sync): false from a failure (or a panic in the sink) until
+    /// a batch goes through again.
+    healthy: Arc<AtomicBool>,
 }
 
 impl Auditor {
     /// An auditor that records nothing (audit disabled).
     pub fn disabled() -> Auditor {
-        Auditor { tx: None }
+        Auditor {
+            tx: None,
+            healthy: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Whether records reach the sink: false while it fails (a full disk, a log it cannot write). A gateway that
+    /// must not act unaudited refuses requests meanwhile (`[audit] on_failure`); their refusals are records too, and
+    /// the first batch of them the sink takes makes it healthy again. An auditor that records nothing is healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// Starts the writer thread: records are appended in batches of up to `batch` and synced every `sync_every`.
@@ -153,10 +167,16 @@ impl Auditor {
         let batch = batch.max(1);
         let (tx, rx) = sync_channel::<AuditRecord>(batch.saturating_mul(8).max(64));
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            sink,
+            metrics,
+            healthy: Arc::clone(&healthy),
+        };
         let spawned = std::thread::Builder::new()
             .name("rampart-audit".into())
             .spawn(move || {
-                write_loop(&*sink, &rx, batch, sync_every, &metrics);
+                write_loop(&writer, &rx, batch, sync_every);
                 let _ = done.send(());
             });
         if let Err(err) = spawned {
@@ -167,7 +187,13 @@ impl Auditor {
         let task = tokio::spawn(async move {
             let _ = finished.await;
         });
-        (Auditor { tx: Some(tx) }, task)
+        (
+            Auditor {
+                tx: Some(tx),
+                healthy,
+            },
+            task,
+        )
     }
 
     /// Queues a record; waits when the writer is behind (back-pressure rather than lost records).
@@ -186,14 +212,45 @@ impl Auditor {
     }
 }
 
+/// What the writer thread writes to, and where it says how that went.
+struct Writer {
+    sink: Arc<dyn AuditSink>,
+    metrics: Arc<Metrics>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Runs one call on the sink: a failure, or a panic in it (which would otherwise end the thread and leave the
+    /// trail silently unwritten), is counted and logged, and marks the trail unhealthy until a batch is written
+    /// again (`appends`: this call writes one; a sync alone does not show that records go through).
+    fn call(
+        &self,
+        what: &str,
+        records: u64,
+        appends: bool,
+        call: impl FnOnce(&dyn AuditSink) -> std::io::Result<()>,
+    ) -> bool {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&*self.sink)))
+            .unwrap_or_else(|_| Err(std::io::Error::other("the audit sink panicked")));
+        match outcome {
+            Ok(()) => {
+                if appends && !self.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("the audit trail is written again");
+                }
+                true
+            }
+            Err(err) => {
+                self.metrics.audit_errors.inc_by(records.max(1));
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %err, "cannot {what} the audit trail");
+                false
+            }
+        }
+    }
+}
+
 /// The writer thread: batches, writes, syncs; returns when every sender is gone and everything is written.
-fn write_loop(
-    sink: &dyn AuditSink,
-    rx: &Receiver<AuditRecord>,
-    batch: usize,
-    sync_every: Duration,
-    metrics: &Metrics,
-) {
+fn write_loop(writer: &Writer, rx: &Receiver<AuditRecord>, batch: usize, sync_every: Duration) {
     let mut buffer: Vec<AuditRecord> = Vec::with_capacity(batch);
     let mut dirty = false;
     let mut last_sync = Instant::now();
@@ -229,13 +286,10 @@ fn write_loop(
             if buffer.is_empty() {
                 break;
             }
-            let count = buffer.len() as u64;
-            match sink.append(&buffer) {
-                Ok(()) => dirty = true,
-                Err(err) => {
-                    metrics.audit_errors.inc_by(count);
-                    tracing::error!(error = %err, "cannot write the audit trail");
-                }
+            if writer.call("write", buffer.len() as u64, true, |sink| {
+                sink.append(&buffer)
+            }) {
+                dirty = true;
             }
             buffer.clear();
             if open {
@@ -243,10 +297,7 @@ fn write_loop(
             }
         }
         if dirty && (!open || last_sync.elapsed() >= sync_every) {
-            if let Err(err) = sink.sync() {
-                metrics.audit_errors.inc();
-                tracing::error!(error = %err, "cannot sync the audit trail");
-            }
+            writer.call("sync", 0, false, |sink| sink.sync());
             dirty = false;
             last_sync = Instant::now();
         }
@@ -327,6 +378,77 @@ mod tests {
         assert_eq!(rfc3339(t), "2000-02-29T00:00:00.007Z");
     }
 
+    fn record(status: u16) -> AuditRecord {
+        AuditRecord {
+            time: rfc3339(SystemTime::now()),
+            client_ip: "127.0.0.1".into(),
+            principal: Some("p".into()),
+            action: "infer",
+            model: None,
+            version: None,
+            route: "/",
+            outcome: "allowed",
+            stage: None,
+            reason: None,
+            status,
+            latency_us: 1,
+            input_sha256: None,
+            defend: None,
+        }
+    }
+
+    /// Panics on a record of status 500 (a bug in a sink), takes the others.
+    #[derive(Debug, Default)]
+    struct Panicky(std::sync::Mutex<Vec<u16>>);
+
+    impl AuditSink for Panicky {
+        fn append(&self, records: &[AuditRecord]) -> std::io::Result<()> {
+            assert!(records.iter().all(|r| r.status != 500), "a bug in the sink");
+            self.0
+                .lock()
+                .unwrap()
+                .extend(records.iter().map(|r| r.status));
+            Ok(())
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_panics_marks_the_trail_unhealthy_and_the_writer_goes_on() {
+        let sink = Arc::new(Panicky::default());
+        let metrics = Arc::new(Metrics::new());
+        let (auditor, task) = Auditor::start(
+            Arc::clone(&sink) as Arc<dyn AuditSink>,
+            1,
+            Duration::from_millis(50),
+            Arc::clone(&metrics),
+        );
+        // Until the writer got there (a panic's backtrace can take a while to print).
+        let until = |healthy: bool| {
+            let auditor = auditor.clone();
+            async move {
+                for _ in 0..1000 {
+                    if auditor.is_healthy() == healthy {
+                        return true;
+                    }
+                    tokio::time::sleep(LINGER).await;
+                }
+                false
+            }
+        };
+        auditor.record(record(200)).await;
+        auditor.record(record(500)).await;
+        assert!(until(false).await);
+        assert_eq!(metrics.audit_errors.get(), 1);
+        auditor.record(record(201)).await;
+        assert!(until(true).await);
+        drop(auditor);
+        task.await.unwrap();
+        assert_eq!(*sink.0.lock().unwrap(), vec![200, 201]);
+    }
+
     #[tokio::test]
     async fn records_reach_the_file_before_the_writer_ends() {
         let dir = tempfile::tempdir().unwrap();
@@ -335,24 +457,7 @@ mod tests {
         let (auditor, task) =
             Auditor::start(sink, 4, Duration::from_millis(50), Arc::new(Metrics::new()));
         for i in 0..10u16 {
-            auditor
-                .record(AuditRecord {
-                    time: rfc3339(SystemTime::now()),
-                    client_ip: "127.0.0.1".into(),
-                    principal: Some("p".into()),
-                    action: "infer",
-                    model: None,
-                    version: None,
-                    route: "/",
-                    outcome: "allowed",
-                    stage: None,
-                    reason: None,
-                    status: 200 + i,
-                    latency_us: 1,
-                    input_sha256: None,
-                    defend: None,
-                })
-                .await;
+            auditor.record(record(200 + i)).await;
         }
         drop(auditor);
         task.await.unwrap();

@@ -372,6 +372,21 @@ pub struct AuditConfig {
     pub batch: usize,
     /// How long a record may wait before its batch is flushed, in milliseconds.
     pub flush_ms: u64,
+    /// What the gateway does while the audit trail cannot be written (a full disk, a log it cannot append to).
+    pub on_failure: AuditFailure,
+}
+
+/// `[audit] on_failure`: whether the gateway acts unaudited when its audit trail fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFailure {
+    /// Refuse every request but the liveness check with 503 (readiness says not ready) until records go through
+    /// again; the refusals are records too, so the first batch the trail takes ends it. Nothing is done unaudited:
+    /// filling the disk is no way to act unseen.
+    #[default]
+    Refuse,
+    /// Go on serving; the failures show in the log and in `rampart_audit_errors_total`.
+    Serve,
 }
 
 impl Default for AuditConfig {
@@ -384,6 +399,7 @@ impl Default for AuditConfig {
             path: None,
             batch: 512,
             flush_ms: 200,
+            on_failure: AuditFailure::Refuse,
         }
     }
 }

@@ -175,6 +175,8 @@ pub struct Gate {
     /// The metrics.
     pub metrics: Arc<Metrics>,
     audit: Auditor,
+    /// Refuse requests while the audit trail cannot be written (`[audit] on_failure = "refuse"`).
+    audit_refuses: bool,
     trail: Trail,
     policy_error: std::sync::Mutex<Option<String>>,
     policy_files: PolicyFiles,
@@ -312,6 +314,7 @@ impl Gate {
             ),
             metrics,
             audit,
+            audit_refuses: config.audit.on_failure == config::AuditFailure::Refuse,
             trail: parts.trail.unwrap_or(Trail::Off),
             policy_error: std::sync::Mutex::new(None),
             policy_files: policy_files(config),
@@ -324,9 +327,16 @@ impl Gate {
         Ok((gate, audit_task))
     }
 
-    /// Whether the gateway takes inference requests (false while draining).
+    /// Whether the gateway takes inference requests: false while draining, and while it refuses them because its
+    /// audit trail cannot be written ([`Gate::audit_blocked`]).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && !self.audit_blocked()
+    }
+
+    /// Whether requests are refused now because the audit trail cannot be written and the config says not to act
+    /// unaudited (`[audit] on_failure = "refuse"`, the default).
+    pub fn audit_blocked(&self) -> bool {
+        self.audit_refuses && !self.audit.is_healthy()
     }
 
     /// Picks up changed API keys and Cedar files; a bad new file is logged and the one in force kept. Each change

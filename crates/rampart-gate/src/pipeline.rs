@@ -369,6 +369,15 @@ impl Gate {
         self.stage_ban(conn)?;
         let route = Route::parse(request.method(), request.uri().path())?;
         trace.route = Some(route.clone());
+        if self.audit_blocked() && !matches!(route, Route::Live | Route::Ready) {
+            return Err(Refusal::new(
+                "audit",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "unavailable, retry later",
+            )
+            .retry_after(std::time::Duration::from_secs(5)));
+        }
         let public = self.public_routes.contains(request.uri().path());
         if self.security {
             // Public routes too: the per-IP limit is what keeps an unauthenticated flood cheap.

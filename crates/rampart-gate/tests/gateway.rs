@@ -226,6 +226,118 @@ fn post(key: Option<&str>, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
     builder.body(Full::new(body.into())).unwrap()
 }
 
+/// An audit sink that fails (a full disk) while `failing` is set, and counts what reaches it.
+#[derive(Debug, Default)]
+struct FlakySink {
+    failing: std::sync::atomic::AtomicBool,
+    calls: std::sync::atomic::AtomicUsize,
+    taken: std::sync::Mutex<Vec<u16>>,
+}
+
+impl rampart_gate::audit::AuditSink for FlakySink {
+    fn append(&self, records: &[rampart_gate::audit::AuditRecord]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "disk full",
+            ));
+        }
+        self.taken
+            .lock()
+            .unwrap()
+            .extend(records.iter().map(|r| r.status));
+        Ok(())
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "disk full",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).body(Full::new(Bytes::new())).unwrap()
+}
+
+/// Polls `check` for up to ten seconds.
+async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_gateway_whose_audit_trail_fails_refuses_until_the_trail_is_written_again() {
+    use std::sync::atomic::Ordering;
+    for (extra, refuses) in [("", true), ("[audit]\non_failure = \"serve\"\n", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), extra, true);
+        let sink = Arc::new(FlakySink::default());
+        let parts = Parts {
+            audit_sink: Some(Arc::clone(&sink) as Arc<dyn rampart_gate::audit::AuditSink>),
+            ..Parts::default()
+        };
+        let prepared = rampart_gate::prepare(&config, parts).await.unwrap();
+        let key = prepared.new_api_key.clone().unwrap();
+        let gate = Arc::clone(prepared.gate());
+        assert_eq!(
+            call(&gate, post(Some(&key), infer_body(1))).await.0,
+            StatusCode::OK
+        );
+
+        // The disk fills: the next record cannot be written.
+        sink.failing.store(true, Ordering::SeqCst);
+        let before = sink.calls.load(Ordering::SeqCst);
+        assert_eq!(
+            call(&gate, post(Some(&key), infer_body(1))).await.0,
+            StatusCode::OK
+        );
+        assert!(eventually(async || sink.calls.load(Ordering::SeqCst) > before).await);
+        if refuses {
+            // Once the writer has said so (just after the failed write).
+            assert!(eventually(async || !gate.is_ready()).await);
+        }
+        let (status, headers, body) = call(&gate, post(Some(&key), infer_body(1))).await;
+        let (ready, _, _) = call(&gate, get("/v2/health/ready")).await;
+        if refuses {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(body, r#"{"error":"unavailable, retry later"}"#);
+            assert!(headers.contains_key("retry-after"));
+            assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
+        } else {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(ready, StatusCode::OK);
+        }
+        assert_eq!(call(&gate, get("/v2/health/live")).await.0, StatusCode::OK);
+
+        // Space comes back: the refusals' own records go through, and with them the gateway.
+        sink.failing.store(false, Ordering::SeqCst);
+        let gate = &gate;
+        let key = &key;
+        assert!(
+            eventually(
+                async || call(gate, post(Some(key), infer_body(1))).await.0 == StatusCode::OK
+            )
+            .await
+        );
+        if refuses {
+            assert!(eventually(async || sink.taken.lock().unwrap().contains(&503)).await);
+        }
+        assert_eq!(call(gate, get("/v2/health/ready")).await.0, StatusCode::OK);
+    }
+}
+
 #[tokio::test]
 async fn pipeline_answers_each_case_with_its_status() {
     let (gate, key, _dir) = in_process("").await;
