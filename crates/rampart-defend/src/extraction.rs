@@ -250,9 +250,9 @@ impl ExtractionMonitor {
                 reference.width
             )));
         }
-        if reference.len() < 20 {
+        if reference.len() < 20 || reference.width == 0 {
             return Err(DefendError::Config(
-                "extraction detection needs a reference sample of at least 20 rows; build a profile of the training data".into(),
+                "extraction detection needs a reference sample of at least 20 rows of at least one feature; build a profile of the training data".into(),
             ));
         }
         if !(config.alpha > 0.0
@@ -721,7 +721,7 @@ impl Rows {
             .chunks_exact((self.per_row * ROW_LANES).max(1));
         for (block, bounds) in self
             .blocks
-            .chunks_exact(self.width * ROW_LANES)
+            .chunks_exact((self.width * ROW_LANES).max(1))
             .zip(coordinates)
         {
             let lanes = left.min(ROW_LANES);
@@ -814,6 +814,21 @@ mod tests {
         let names: Vec<String> = (0..64).map(|i| format!("px{i}")).collect();
         let profile = Profile::from_rows(&names, "label", &rows, &labels, 5000).unwrap();
         ExtractionMonitor::new(config, &profile).unwrap()
+    }
+
+    #[test]
+    fn a_profile_without_features_is_refused() {
+        let (rows, labels) = digits("train.csv");
+        let names: Vec<String> = (0..64).map(|i| format!("px{i}")).collect();
+        let mut profile = Profile::from_rows(&names, "label", &rows, &labels, 5000).unwrap();
+        profile.features.clear();
+        profile.reference.width = 0;
+        profile.reference.rows.clear();
+        let refused = ExtractionMonitor::new(ExtractionConfig::default(), &profile).unwrap_err();
+        assert!(
+            refused.to_string().contains("at least one feature"),
+            "{refused}"
+        );
     }
 
     fn classes(values: &[f32]) -> Vec<usize> {
