@@ -243,7 +243,14 @@ impl Listener {
         let service = service_fn(move |request: Request<Incoming>| {
             let gate = Arc::clone(&gate);
             let info = Arc::clone(&info);
-            async move { Ok::<_, Infallible>(contained(gate.handle(&info, request)).await) }
+            async move {
+                let started = Instant::now();
+                let reply = contained(gate.handle(&info, request), || {
+                    gate.record_panic(&info, started)
+                })
+                .await;
+                Ok::<_, Infallible>(reply)
+            }
         });
         let connection = builder.serve_connection(io, service);
         tokio::pin!(connection);
@@ -374,18 +381,21 @@ pub async fn serve_admin(
     }
 }
 
-/// A request's answer, or 500 if handling it panicked. The gateway's own code does not panic (its lints deny the
-/// ways to); a dependency might, on some request. Without this the panic would end the connection with no answer,
-/// and every other request on it (HTTP/2 streams) with it; the model's own panics are caught closer, where the
-/// request can still be audited (`stages::infer`).
-async fn contained(
+/// A request's answer, or 500 if handling it panicked, after `recording` that (its metrics and audit record). The
+/// gateway's own code does not panic (its lints deny the ways to); a dependency might, on some request. Without this
+/// the panic would end the connection with no answer, and every other request on it (HTTP/2 streams) with it, and
+/// leave no audit record; the model's own panics are caught closer, where the request's record is complete
+/// (`stages::infer`).
+async fn contained<R: std::future::Future<Output = ()>>(
     handling: impl std::future::Future<Output = crate::pipeline::Reply>,
+    recording: impl FnOnce() -> R,
 ) -> crate::pipeline::Reply {
     use futures_util::FutureExt as _;
     match std::panic::AssertUnwindSafe(handling).catch_unwind().await {
         Ok(reply) => reply,
         Err(_) => {
             tracing::error!("handling a request panicked: answered 500");
+            recording().await;
             crate::pipeline::json_reply(
                 hyper::StatusCode::INTERNAL_SERVER_ERROR,
                 crate::pipeline::error_body("internal error"),
@@ -400,16 +410,27 @@ mod tests {
     use http_body_util::BodyExt as _;
 
     #[tokio::test]
-    async fn a_panic_while_handling_is_answered_500() {
-        let fine =
-            contained(async { crate::pipeline::json_reply(hyper::StatusCode::OK, b"{}".to_vec()) })
-                .await;
-        assert_eq!(fine.status(), hyper::StatusCode::OK);
-        let broken = contained(async {
-            tokio::task::yield_now().await;
-            panic!("a dependency's bug")
-        })
+    async fn a_panic_while_handling_is_answered_500_and_recorded() {
+        let recorded = std::sync::atomic::AtomicUsize::new(0);
+        let record = || async {
+            recorded.fetch_add(1, Ordering::SeqCst);
+        };
+        let fine = contained(
+            async { crate::pipeline::json_reply(hyper::StatusCode::OK, b"{}".to_vec()) },
+            record,
+        )
         .await;
+        assert_eq!(fine.status(), hyper::StatusCode::OK);
+        assert_eq!(recorded.load(Ordering::SeqCst), 0);
+        let broken = contained(
+            async {
+                tokio::task::yield_now().await;
+                panic!("a dependency's bug")
+            },
+            record,
+        )
+        .await;
+        assert_eq!(recorded.load(Ordering::SeqCst), 1);
         assert_eq!(broken.status(), hyper::StatusCode::INTERNAL_SERVER_ERROR);
         let body = broken.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], br#"{"error":"internal error"}"#);

@@ -354,6 +354,26 @@ impl Gate {
             .await;
     }
 
+    /// Records a request whose handling panicked, which the listener answered with 500: its metrics and its audit
+    /// record (outcome `refused`, stage and reason `panic`), as for any other refusal. What the request was is not
+    /// known any more: the record has its client and time.
+    pub async fn record_panic(&self, conn: &ConnInfo, started: Instant) {
+        let refusal = Refusal::new(
+            "panic",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "panic",
+            "internal error",
+        );
+        self.record(
+            conn,
+            &Trace::default(),
+            Some(&refusal),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            started,
+        )
+        .await;
+    }
+
     /// The stages, in order.
     async fn stages<B>(
         &self,

@@ -339,6 +339,31 @@ async fn a_gateway_whose_audit_trail_fails_refuses_until_the_trail_is_written_ag
 }
 
 #[tokio::test]
+async fn a_request_whose_handling_panicked_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", true);
+    let sink = Arc::new(FlakySink::default());
+    let parts = Parts {
+        audit_sink: Some(Arc::clone(&sink) as Arc<dyn rampart_gate::audit::AuditSink>),
+        ..Parts::default()
+    };
+    let prepared = rampart_gate::prepare(&config, parts).await.unwrap();
+    let gate = Arc::clone(prepared.gate());
+    let conn = ConnInfo {
+        ip: "192.0.2.7".parse().unwrap(),
+        client_certs: Arc::new(Vec::new()),
+    };
+    gate.record_panic(&conn, std::time::Instant::now()).await;
+    assert!(eventually(async || sink.taken.lock().unwrap().contains(&500)).await);
+    let text = gate.metrics.encode();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("rampart_refusals_total{") && l.contains("reason=\"panic\"")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn pipeline_answers_each_case_with_its_status() {
     let (gate, key, _dir) = in_process("").await;
     let (status, _, body) = call(&gate, post(Some(&key), infer_body(2))).await;
