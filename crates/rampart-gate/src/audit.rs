@@ -11,7 +11,7 @@
 
 use std::fmt::Debug;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -71,26 +71,79 @@ pub trait AuditSink: Send + Sync + Debug {
     fn sync(&self) -> std::io::Result<()>;
 }
 
-/// Appends JSON lines to a file.
+/// Appends JSON lines to a file. The file holds whole lines only: a write that fails part-way (a full disk) is cut
+/// back off it, so that the next write, once there is room, starts a line of its own instead of ending a broken one.
 #[derive(Debug)]
 pub struct JsonLinesSink {
     path: PathBuf,
-    file: std::sync::Mutex<BufWriter<File>>,
+    file: std::sync::Mutex<Lines>,
+}
+
+/// The file, and the length of its whole lines.
+#[derive(Debug)]
+struct Lines {
+    file: File,
+    whole: u64,
+    buffer: Vec<u8>,
+}
+
+impl Lines {
+    /// Appends `buffer` (whole lines) in one write; on a failure, cuts off what of it reached the file.
+    fn write_buffer(&mut self) -> std::io::Result<()> {
+        match self.file.write_all(&self.buffer) {
+            Ok(()) => {
+                self.whole += self.buffer.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                if let Err(cut) = self.file.set_len(self.whole) {
+                    tracing::error!(error = %cut, "cannot cut a failed write off the audit file");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Serialises `items` into the buffer, one line each.
+    fn fill<T: Serialize>(&mut self, items: &[T]) -> std::io::Result<()> {
+        self.buffer.clear();
+        for item in items {
+            serde_json::to_writer(&mut self.buffer, item).map_err(std::io::Error::other)?;
+            self.buffer.push(b'\n');
+        }
+        Ok(())
+    }
 }
 
 impl JsonLinesSink {
-    /// Opens `path` for appending, creating it (and its directory) if needed.
+    /// Opens `path` for appending, creating it (and its directory) if needed. A last line left unfinished (by a
+    /// crash, or another writer) is ended, so that the next record starts a line of its own.
     pub fn open(path: &Path) -> std::io::Result<JsonLinesSink> {
+        use std::os::unix::fs::FileExt as _;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
+        let mut whole = file.metadata()?.len();
+        let mut last = [b'\n'];
+        if whole > 0 {
+            // A file the gateway may append to but not read is taken as it is.
+            let _ = File::open(path).and_then(|f| f.read_exact_at(&mut last, whole - 1));
+        }
+        if last != [b'\n'] {
+            file.write_all(b"\n")?;
+            whole += 1;
+        }
         Ok(JsonLinesSink {
             path: path.to_owned(),
-            file: std::sync::Mutex::new(BufWriter::with_capacity(1 << 16, file)),
+            file: std::sync::Mutex::new(Lines {
+                file,
+                whole,
+                buffer: Vec::with_capacity(1 << 16),
+            }),
         })
     }
 
@@ -101,27 +154,23 @@ impl JsonLinesSink {
 
     /// Appends one event that is not a request (a model load, a policy reload) and makes it durable.
     pub fn append_event<T: Serialize>(&self, event: &T) -> std::io::Result<()> {
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        serde_json::to_writer(&mut *file, event).map_err(std::io::Error::other)?;
-        file.write_all(b"\n")?;
-        file.flush()?;
-        file.get_ref().sync_data()
+        let mut lines = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        lines.fill(std::slice::from_ref(event))?;
+        lines.write_buffer()?;
+        lines.file.sync_data()
     }
 }
 
 impl AuditSink for JsonLinesSink {
     fn append(&self, records: &[AuditRecord]) -> std::io::Result<()> {
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        for record in records {
-            serde_json::to_writer(&mut *file, record).map_err(std::io::Error::other)?;
-            file.write_all(b"\n")?;
-        }
-        file.flush()
+        let mut lines = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        lines.fill(records)?;
+        lines.write_buffer()
     }
 
     fn sync(&self) -> std::io::Result<()> {
-        let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.get_ref().sync_data()
+        let lines = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        lines.file.sync_data()
     }
 }
 
@@ -447,6 +496,65 @@ mod tests {
         drop(auditor);
         task.await.unwrap();
         assert_eq!(*sink.0.lock().unwrap(), vec![200, 201]);
+    }
+
+    /// Run by `a_write_that_fails_part_way_is_cut_off` in a child process whose files may not grow past 2 KiB (bash's
+    /// `ulimit -f 2`, SIGXFSZ ignored so that a write past it fails with EFBIG instead of killing the process).
+    #[test]
+    #[ignore = "run by a_write_that_fails_part_way_is_cut_off, under a file size limit"]
+    fn fill_a_file_past_its_size_limit() {
+        let Some(dir) = std::env::var_os("RAMPART_TEST_FSIZE_DIR") else {
+            return;
+        };
+        let path = Path::new(&dir).join("audit.jsonl");
+        let sink = JsonLinesSink::open(&path).unwrap();
+        // Batches of three records of about 200 bytes: the write that crosses 2 KiB fails part-way.
+        let mut failed = 0;
+        for i in 0..20u16 {
+            if sink.append(&[record(i), record(i), record(i)]).is_err() {
+                failed += 1;
+            }
+        }
+        assert!(failed > 0, "the size limit was not reached");
+        // A small event still fits where the failed batch was cut off.
+        sink.append_event(&serde_json::json!({"event": "after"}))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_write_that_fails_part_way_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        // An unfinished last line, as a crash leaves it, is ended at open.
+        std::fs::write(dir.path().join("audit.jsonl"), b"{\"partial\":").unwrap();
+        let child = std::process::Command::new("bash")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 2; exec \"$0\" --exact audit::tests::fill_a_file_past_its_size_limit --ignored --quiet")
+            .arg(std::env::current_exe().unwrap())
+            .env("RAMPART_TEST_FSIZE_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(text.ends_with('\n'));
+        assert_eq!(lines.first(), Some(&"{\"partial\":"));
+        assert_eq!(lines.last(), Some(&r#"{"event":"after"}"#));
+        // Between them, whole records only, in whole batches of three.
+        let records = &lines[1..lines.len() - 1];
+        assert!(
+            records.len() >= 3 && records.len().is_multiple_of(3),
+            "{} records",
+            records.len()
+        );
+        for line in records {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["action"], "infer");
+        }
     }
 
     #[tokio::test]
