@@ -116,13 +116,17 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr; `RAMPART_LOG` sets the filter (default `warn,rustls=error`), `RAMPART_LOG_FORMAT=json` gives
 /// JSON lines. rustls warns about what a client sends (an IP address as SNI, as wrk and many scanners send): at `warn`
-/// any client could write a line per connection into the gateway's log, so its default level is `error`.
+/// any client could write a line per connection into the gateway's log, so its default level is `error`. Colours
+/// only on a terminal (and not with `NO_COLOR` set): a log file or a journal gets plain text.
 fn init_tracing() {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RAMPART_LOG")
         .unwrap_or_else(|_| EnvFilter::new("warn,rustls=error"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if std::env::var("RAMPART_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
