@@ -343,7 +343,7 @@ impl Index {
         let projection = project(&self.weights, &self.mean, query);
         let q = projection.as_slice();
         let m = q.len();
-        let slack = MARGIN * (self.largest + q.iter().map(|v| v * v).sum::<f32>());
+        let slack = MARGIN * (self.largest + projection.squared_norm());
         let mut groups: Vec<(f32, &Group)> = self
             .groups
             .iter()

@@ -79,24 +79,21 @@ pub struct JsonLinesSink {
     file: std::sync::Mutex<Lines>,
 }
 
-/// The file, and the length of its whole lines.
+/// The file, and the lines being written to it.
 #[derive(Debug)]
 struct Lines {
     file: File,
-    whole: u64,
     buffer: Vec<u8>,
 }
 
 impl Lines {
     /// Appends `buffer` (whole lines) in one write; on a failure, cuts off what of it reached the file.
     fn write_buffer(&mut self) -> std::io::Result<()> {
+        let whole = self.file.metadata()?.len();
         match self.file.write_all(&self.buffer) {
-            Ok(()) => {
-                self.whole += self.buffer.len() as u64;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(err) => {
-                if let Err(cut) = self.file.set_len(self.whole) {
+                if let Err(cut) = self.file.set_len(whole) {
                     tracing::error!(error = %cut, "cannot cut a failed write off the audit file");
                 }
                 Err(err)
@@ -127,21 +124,19 @@ impl JsonLinesSink {
             .create(true)
             .append(true)
             .open(path)?;
-        let mut whole = file.metadata()?.len();
+        let len = file.metadata()?.len();
         let mut last = [b'\n'];
-        if whole > 0 {
+        if len > 0 {
             // A file the gateway may append to but not read is taken as it is.
-            let _ = File::open(path).and_then(|f| f.read_exact_at(&mut last, whole - 1));
+            let _ = File::open(path).and_then(|f| f.read_exact_at(&mut last, len - 1));
         }
         if last != [b'\n'] {
             file.write_all(b"\n")?;
-            whole += 1;
         }
         Ok(JsonLinesSink {
             path: path.to_owned(),
             file: std::sync::Mutex::new(Lines {
                 file,
-                whole,
                 buffer: Vec::with_capacity(1 << 16),
             }),
         })
@@ -183,8 +178,8 @@ pub const LINGER: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 pub struct Auditor {
     tx: Option<SyncSender<AuditRecord>>,
-    /// Whether the sink took the last batch (and the last sync): false from a failure (or a panic in the sink) until
-    /// a batch goes through again.
+    /// Whether records reach the sink: false from a failed write or sync (or a panic in the sink) until a batch is
+    /// written again.
     healthy: Arc<AtomicBool>,
 }
 
