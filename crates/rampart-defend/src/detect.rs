@@ -13,6 +13,12 @@
 //! 5. **off-support**: how far `x` lies, feature by feature, outside the values the training data takes (its range,
 //!    and the lattice of quantised features such as 8-bit pixels); see [`FeatureProfile::off_support`].
 //!
+//! Distances to reference rows are measured in the reference's principal coordinates ([`crate::knn`]): where a row
+//! lies along the data's twelve main directions, and how far off them. On the digits benchmark (`bench/defend.sh`,
+//! attacks at eps 0.1 on the MLP and the CNN) that finds as many attacks as the distance between the rows, or more
+//! (PGD rounded onto the data's lattice: 0.57 against 0.33 on the MLP, 0.65 against 0.56 on the CNN), at a similar
+//! false-positive rate, for about 60% of the search's time.
+//!
 //! Each enabled component becomes a tail probability `p_i` among the clean calibration rows (extrapolated beyond the
 //! largest clean value, [`extrapolated_tail`]); the score is Fisher's `-Σ ln p_i`, and the threshold is the clean
 //! scores' `1 - target_fpr` quantile. A detector without calibration refuses to decide
@@ -537,7 +543,7 @@ impl Collector for Near {
     }
 }
 
-/// The mean Euclidean distance of the kept rows; infinite when none.
+/// The mean distance of the kept rows; infinite when none.
 fn mean_distance(best: &KBest) -> f64 {
     let items = best.items();
     if items.is_empty() {

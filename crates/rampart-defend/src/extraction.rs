@@ -8,14 +8,15 @@
 //!   data's reference sample (its labels standing in for the model's classes): below `prada_w` and below the lowest
 //!   `W` any of those streams reaches, less a margin, so a natural client is not flagged for the sample's own
 //!   departure from normality.
-//! - **off-manifold**: a query whose distance to the training data's reference sample exceeds the reference's own
-//!   leave-one-out 99th percentile is unlike any training row (noise, synthetic probes). Each signal below is a
+//! - **off-manifold**: a query whose distance to the training data's reference sample (measured in its principal
+//!   coordinates, [`crate::knn`]) exceeds the reference's own leave-one-out 99th percentile is unlike any training
+//!   row (noise, synthetic probes). Each signal below is a
 //!   binomial test of the principal's count against a base rate measured on the reference, flagged at `alpha`.
 //! - **off-support**: a query with a feature outside the values the training data takes (off its range, or off the
 //!   lattice of a quantised feature such as 8-bit pixels): synthetic probes (JBDA's `x + λ·sign(∇)`, noise) leave the
 //!   lattice, natural inputs do not. An attacker who rounds onto the lattice defeats this one; PRADA still applies.
 //! - **near-duplicates**: a query within the reference's 1st-percentile neighbour distance of an earlier distinct
-//!   query (augmentation around seeds).
+//!   query (augmentation around seeds), both measured in the reference's principal coordinates.
 //! - **grid**: a query that differs from the previous distinct one in at most `width / 16` (at least 1) features
 //!   (coordinate sweeps, lattice probing).
 //! - **volume and coverage** are reported; volume past `max_queries` throttles.
@@ -377,7 +378,7 @@ impl ExtractionMonitor {
         if !repeat {
             state.distinct += 1;
             let at = self.index.coordinates(query);
-            if state.history.any_within(query, &at, baseline.near) {
+            if state.history.any_within(&at, baseline.near) {
                 state.near_duplicates += 1;
             }
             if let Some(last) = state.history.last() {
@@ -751,12 +752,24 @@ impl Rows {
         false
     }
 
-    /// Whether some remembered row lies within Euclidean distance `near` of `query` (coordinates `at`).
-    fn any_within(&self, query: &[f32], at: &Projection, near: f64) -> bool {
-        let limit = (near * near) as f32;
-        self.scan(query, at, limit, |d| {
-            (f64::from(d).sqrt() > near).then_some(limit)
-        })
+    /// Whether some remembered row lies within distance `near` of the query whose coordinates are `at`, measured as
+    /// the reference index measures it (between coordinates, [`crate::knn`]): the distance `near` was taken from.
+    fn any_within(&self, at: &Projection, near: f64) -> bool {
+        let q = at.as_slice();
+        if self.len == 0 || q.len() != self.per_row {
+            return false;
+        }
+        let mut left = self.len;
+        self.coordinates
+            .chunks_exact((self.per_row * ROW_LANES).max(1))
+            .any(|block| {
+                let lanes = left.min(ROW_LANES);
+                left = left.saturating_sub(ROW_LANES);
+                block_bounds(block, q)
+                    .iter()
+                    .take(lanes)
+                    .any(|&d| f64::from(d).sqrt() <= near)
+            })
     }
 
     /// The Euclidean distance from `query` (coordinates `at`) to the nearest remembered row; `None` when there is
@@ -1109,14 +1122,27 @@ mod tests {
                 let exact: Vec<f64> = all.iter().map(|r| distance(r, &query)).collect();
                 let min = exact.iter().copied().reduce(f64::min);
                 assert_eq!(rows.min_distance(&query, &at), min);
-                let mut cuts: Vec<f64> = exact.iter().copied().step_by(5).collect();
-                cuts.extend(min.map(|m| m * 1.5));
+                // Near duplicates are measured between coordinates, as the reference index measures distances.
+                let apart: Vec<f64> = all
+                    .iter()
+                    .map(|r| {
+                        let c = index.coordinates(r);
+                        let d = c
+                            .as_slice()
+                            .iter()
+                            .zip(at.as_slice())
+                            .fold(0.0_f32, |d, (v, w)| d + (v - w) * (v - w));
+                        f64::from(d).sqrt()
+                    })
+                    .collect();
+                let mut cuts: Vec<f64> = apart.iter().copied().step_by(5).collect();
+                cuts.extend(apart.iter().copied().reduce(f64::min).map(|m| m * 1.5));
                 for d in cuts {
-                    assert!(rows.any_within(&query, &at, d));
+                    assert!(rows.any_within(&at, d));
                     let below = d * (1.0 - 1e-9);
                     assert_eq!(
-                        rows.any_within(&query, &at, below),
-                        exact.iter().any(|&e| e <= below)
+                        rows.any_within(&at, below),
+                        apart.iter().any(|&e| e <= below)
                     );
                 }
             }
@@ -1125,7 +1151,7 @@ mod tests {
                 let other = [0.5; 3];
                 rows.push(&other, &index.coordinates(&other));
                 assert_eq!(rows.len(), count);
-                assert!(!rows.any_within(&other, &index.coordinates(&other), 1.0));
+                assert!(!rows.any_within(&index.coordinates(&other), 1.0));
             }
         }
     }
@@ -1156,8 +1182,9 @@ mod tests {
         });
         assert!(!within);
         assert!(visited <= 16, "{visited} distances measured");
-        assert!(rows.any_within(&query, &at, 3.7));
-        assert!(!rows.any_within(&query, &at, 3.6));
+        // Rows on a line lie within the index's first direction: their coordinates' distances are theirs.
+        assert!(rows.any_within(&at, 3.7));
+        assert!(!rows.any_within(&at, 3.6));
         assert!((rows.min_distance(&query, &at).unwrap() - 13.1_f64.sqrt()).abs() < 1e-4);
     }
 }
