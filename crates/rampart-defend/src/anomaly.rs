@@ -135,7 +135,7 @@ impl AnomalyMonitor {
     pub fn new(config: AnomalyConfig) -> Result<AnomalyMonitor, DefendError> {
         if config.window_secs == 0
             || !(config.alpha > 0.0 && config.alpha <= 1.0)
-            || config.z <= 0.0
+            || !(config.z.is_finite() && config.z > 0.0)
             || config.max_keys == 0
         {
             return Err(DefendError::Config("anomaly settings out of range".into()));
@@ -287,6 +287,14 @@ mod tests {
             ..AnomalyConfig::default()
         })
         .is_err());
+        // A threshold no value can pass never alerts: refused, NaN and infinity as much as zero.
+        for z in [0.0, f64::NAN, f64::INFINITY] {
+            assert!(AnomalyMonitor::new(AnomalyConfig {
+                z,
+                ..AnomalyConfig::default()
+            })
+            .is_err());
+        }
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub fn decode_images(
     .map_err(|e| DefendError::Input(e.to_string()))
 }
 
+/// What an image's header may allocate beyond its pixels (ICC profile, text, EXIF): far above any real profile.
+const METADATA_BYTES: u64 = 1 << 20;
+
 /// Decodes one image; the error is the reason, for [`DefendError::Image`].
 pub fn decode_one(
     bytes: &[u8],
@@ -89,7 +92,12 @@ pub fn decode_one(
         Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg)) => f,
         _ => return Err("not a PNG or JPEG image".into()),
     };
-    let header = image::ImageReader::with_format(Cursor::new(bytes), format);
+    // The header is read under limits too: a PNG's header chunks (an ICC profile, compressed) would otherwise be
+    // inflated up to the image crate's default of 512 MiB before the dimensions are known.
+    let mut header = image::ImageReader::with_format(Cursor::new(bytes), format);
+    let mut caps = image::Limits::default();
+    caps.max_alloc = Some(METADATA_BYTES.min(limits.max_decoded_bytes));
+    header.limits(caps.clone());
     let (width, height) = header
         .into_dimensions()
         .map_err(|e| format!("cannot read the image header: {e}"))?;
@@ -112,10 +120,11 @@ pub fn decode_one(
         ));
     }
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
-    let mut caps = image::Limits::default();
+    // The pixels and the header's metadata, no more.
     caps.max_image_width = Some(limits.max_side);
     caps.max_image_height = Some(limits.max_side);
-    caps.max_alloc = Some(limits.max_decoded_bytes);
+    let pixels = u64::from(width) * u64::from(height) * 4;
+    caps.max_alloc = Some((pixels + METADATA_BYTES).min(limits.max_decoded_bytes));
     reader.limits(caps);
     let decoded = reader
         .decode()
@@ -199,5 +208,62 @@ mod tests {
         assert!(decode_one(&truncated, SHAPE, &limits).is_err());
         let fp = Tensor::new("img", vec![1], TensorData::Fp32(vec![0.0])).unwrap();
         assert!(decode_images(&fp, SHAPE, &limits, "input").is_err());
+    }
+
+    fn png_with_profile(profile: Vec<u8>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = image::codecs::png::PngEncoder::new(&mut out);
+        encoder.set_icc_profile(profile).unwrap();
+        encoder
+            .write_image(&[9; 64], 8, 8, image::ExtendedColorType::L8)
+            .unwrap();
+        out
+    }
+
+    /// Decodes the image named by `RAMPART_TEST_IMAGE` (run by `a_header_is_inflated_within_its_budget` under a
+    /// memory limit).
+    #[test]
+    #[ignore = "run by a_header_is_inflated_within_its_budget, under a memory limit"]
+    fn decode_the_given_image() {
+        let Some(path) = std::env::var_os("RAMPART_TEST_IMAGE") else {
+            return;
+        };
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(
+            decode_one(&bytes, SHAPE, &ImageLimits::default()).unwrap(),
+            vec![9.0 / 255.0; 64]
+        );
+    }
+
+    #[test]
+    fn a_header_is_inflated_within_its_budget() {
+        // A valid 8x8 image whose ICC profile, 384 MiB of zeros, compresses to well under a megabyte. Its header was
+        // inflated whole (up to the image crate's default of 512 MiB an image) before the dimensions were known;
+        // decoded in a process limited to 256 MiB of address space, the image fails unless the header stays
+        // within its budget (the profile is then dropped: the pixels are all the gateway needs).
+        let bomb = png_with_profile(vec![0; 384 << 20]);
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomb.png");
+        std::fs::write(&path, &bomb).unwrap();
+        let child = std::process::Command::new("bash")
+            .arg("-c")
+            .arg("ulimit -v 262144; exec \"$0\" --exact image_input::tests::decode_the_given_image --ignored --quiet --test-threads 1")
+            .arg(std::env::current_exe().unwrap())
+            .env("RAMPART_TEST_IMAGE", &path)
+            .output()
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        // A profile of a real size decodes as well.
+        let fine = png_with_profile(vec![0; 4096]);
+        assert_eq!(
+            decode_one(&fine, SHAPE, &ImageLimits::default()).unwrap(),
+            vec![9.0 / 255.0; 64]
+        );
     }
 }

@@ -23,8 +23,11 @@ pub struct ImageShape {
 
 impl ImageShape {
     /// Values per image.
+    /// Values per image (saturating: a shape too large to hold is as large as can be, never a small wrapped one).
     pub fn len(&self) -> usize {
-        self.height * self.width * self.channels
+        self.height
+            .saturating_mul(self.width)
+            .saturating_mul(self.channels)
     }
 
     /// Whether the shape holds no pixel.

@@ -9,6 +9,14 @@ use crate::Gate;
 
 /// Answers one admin request.
 pub fn handle<B>(gate: &Gate, request: &Request<B>) -> Response<Full<Bytes>> {
+    if !matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"method not allowed\n")));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        let headers = response.headers_mut();
+        headers.insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return response;
+    }
     let (status, content_type, body) = match request.uri().path() {
         "/metrics" => {
             gate.metrics

@@ -351,12 +351,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
+/// Connections the admin listener holds at once.
+const ADMIN_CONNECTIONS: usize = 64;
+
 /// A plain-HTTP listener for the admin endpoints (metrics, health).
 pub async fn serve_admin(
     gate: Arc<Gate>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // A scraper or two, and an operator: a flood of connections is dropped at accept rather than held, so that it
+    // cannot use up the process's file descriptors (and with them the public listener's).
+    let open = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -366,8 +372,12 @@ pub async fn serve_admin(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            continue;
+        };
         let gate = Arc::clone(&gate);
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |request: Request<Incoming>| {
                 let gate = Arc::clone(&gate);
                 async move { Ok::<_, Infallible>(crate::admin::handle(&gate, &request)) }

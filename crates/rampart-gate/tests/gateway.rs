@@ -571,6 +571,16 @@ async fn tls13_serves_and_tls12_is_refused() {
     .await;
     assert!(metrics.contains("rampart_requests_total"), "{metrics}");
     assert!(!metrics.contains(&server.key));
+    // Only read: any other method is refused, with no metrics.
+    let mut admin = TcpStream::connect(server.admin).await.unwrap();
+    let refused = exchange(
+        &mut admin,
+        b"DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 405"), "{refused}");
+    assert!(!refused.contains("rampart_requests_total"));
     stop(server).await;
 }
 

@@ -2,7 +2,10 @@
 //!
 //! Requests come from untrusted clients: the nesting depth is checked on the raw bytes before any parsing, a shape's
 //! element count is checked (with overflow checks) before anything is allocated for it, and a tensor whose `data`
-//! disagrees with its `shape` is refused. Triton's binary tensor extension (`Inference-Header-Content-Length`,
+//! disagrees with its `shape` is refused. `data` is read element by element straight into the tensor, flat or nested
+//! exactly as the shape is (the protocol allows either), so a request takes memory in proportion to its shape, not
+//! to the nesting a client sends; `parameters` are skipped, not built (only `binary_data_size` is read). Input names
+//! are unique, and a client's strings are cut short in error messages. Triton's binary tensor extension (`Inference-Header-Content-Length`,
 //! `binary_data_size`) is understood on input, so `tritonclient` works with its defaults.
 
 use serde::Deserialize;
@@ -67,16 +70,18 @@ pub struct InferRequest {
     pub outputs: Vec<String>,
 }
 
+// The names serde puts in its messages are the protocol's, not these types'.
 #[derive(Deserialize)]
+#[serde(expecting = "an inference request object")]
 struct RawRequest<'a> {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
+    #[serde(default, borrow)]
     #[allow(
         dead_code,
         reason = "accepted for compatibility; no request parameter changes inference"
     )]
-    parameters: Option<serde_json::Map<String, Value>>,
+    parameters: Option<Parameters<'a>>,
     #[serde(borrow)]
     inputs: Vec<RawTensor<'a>>,
     #[serde(default)]
@@ -84,18 +89,28 @@ struct RawRequest<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a tensor object")]
 struct RawTensor<'a> {
     name: String,
     shape: Vec<u64>,
     datatype: String,
-    #[serde(default)]
-    parameters: Option<serde_json::Map<String, Value>>,
-    /// Kept as text until the datatype is known: flat FP32 data then parses straight into floats.
+    #[serde(default, borrow)]
+    parameters: Option<Parameters<'a>>,
+    /// Kept as text until the datatype and shape are known: the elements are then read straight into the tensor.
     #[serde(default, borrow)]
     data: Option<&'a serde_json::value::RawValue>,
 }
 
+/// A `parameters` object: the one entry read, the others skipped without being built.
 #[derive(Deserialize)]
+#[serde(expecting = "a `parameters` object")]
+struct Parameters<'a> {
+    #[serde(default, borrow)]
+    binary_data_size: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "an output object with a `name`")]
 struct RawOutput {
     name: String,
 }
@@ -149,6 +164,15 @@ pub fn parse_request(
     if raw.inputs.is_empty() {
         return Err(CodecError::Malformed("`inputs` is empty".into()));
     }
+    // One tensor per name: a second one would reach whatever reads the last (an upstream server) unchecked.
+    let mut names: Vec<&str> = raw.inputs.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair.first() == pair.get(1)) {
+        return Err(CodecError::Malformed(format!(
+            "input `{}` is given more than once",
+            clip(pair.first().copied().unwrap_or_default())
+        )));
+    }
     let mut inputs = Vec::with_capacity(raw.inputs.len());
     for tensor in raw.inputs {
         inputs.push(decode_tensor(tensor, &mut binary, bounds)?);
@@ -170,9 +194,19 @@ fn short(err: &serde_json::Error) -> String {
     text.chars().take(160).collect()
 }
 
+/// A client's string as an error message quotes it: at most 64 characters.
+fn clip(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut out: String = chars.by_ref().take(64).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
 fn element_count(name: &str, shape: &[u64], max: usize) -> Result<usize, CodecError> {
     let too_large = || CodecError::TooLarge {
-        name: name.to_owned(),
+        name: clip(name),
         max,
     };
     let mut count = 1usize;
@@ -193,11 +227,11 @@ fn decode_tensor(
 ) -> Result<Tensor, CodecError> {
     let name = raw.name;
     let bad = |reason: String| CodecError::Tensor {
-        name: name.clone(),
+        name: clip(&name),
         reason,
     };
     let datatype = DataType::parse(&raw.datatype)
-        .ok_or_else(|| bad(format!("unknown datatype `{}`", raw.datatype)))?;
+        .ok_or_else(|| bad(format!("unknown datatype `{}`", clip(&raw.datatype))))?;
     if raw.shape.len() > 8 {
         return Err(bad("more than 8 dimensions".into()));
     }
@@ -205,9 +239,10 @@ fn decode_tensor(
     let binary_size = raw
         .parameters
         .as_ref()
-        .and_then(|p| p.get("binary_data_size"))
+        .and_then(|p| p.binary_data_size)
         .map(|v| {
-            v.as_u64()
+            serde_json::from_str::<u64>(v.get())
+                .ok()
                 .and_then(|n| usize::try_from(n).ok())
                 .ok_or_else(|| bad("`binary_data_size` must be a size".into()))
         })
@@ -222,14 +257,9 @@ fn decode_tensor(
             *binary = rest;
             decode_binary(datatype, bytes, count).map_err(bad)?
         }
-        (None, Some(raw)) => match fast_fp32(datatype, raw.get()) {
+        (None, Some(text)) => match fast_fp32(datatype, text.get()) {
             Some(data) => data,
-            None => {
-                let value: Value = serde_json::from_str(raw.get()).map_err(|e| bad(short(&e)))?;
-                let mut flat = Vec::with_capacity(count.min(1 << 16));
-                flatten(value, &mut flat, count).map_err(bad)?;
-                decode_json(datatype, flat).map_err(bad)?
-            }
+            None => read_data(datatype, &raw.shape, count, text.get()).map_err(bad)?,
         },
     };
     if data.len() != count {
@@ -256,57 +286,198 @@ fn fast_fp32(datatype: DataType, text: &str) -> Option<TensorData> {
         .then_some(TensorData::Fp32(values))
 }
 
-/// Flattens nested arrays (row-major), refusing more than `max` elements.
-fn flatten(value: Value, out: &mut Vec<Value>, max: usize) -> Result<(), String> {
-    match value {
-        Value::Array(items) => {
-            for item in items {
-                flatten(item, out, max)?;
-            }
-            Ok(())
-        }
-        scalar => {
-            if out.len() >= max {
-                return Err(format!("the data has more elements than the shape's {max}"));
-            }
-            out.push(scalar);
-            Ok(())
-        }
+/// Reads a tensor's `data` element by element into a tensor of `datatype`: either flat (`count` elements in row-major
+/// order) or nested exactly as `shape` is, each element checked against the datatype as it is read. Nothing is built
+/// but the tensor, and no more than `count` elements are taken.
+fn read_data(
+    datatype: DataType,
+    shape: &[u64],
+    count: usize,
+    text: &str,
+) -> Result<TensorData, String> {
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect();
+    let capacity = count.min(1 << 16);
+    let mut out = match datatype {
+        DataType::Bool => TensorData::Bool(Vec::with_capacity(capacity)),
+        DataType::Uint8 => TensorData::Uint8(Vec::with_capacity(capacity)),
+        DataType::Int32 => TensorData::Int32(Vec::with_capacity(capacity)),
+        DataType::Int64 => TensorData::Int64(Vec::with_capacity(capacity)),
+        DataType::Fp32 => TensorData::Fp32(Vec::with_capacity(capacity)),
+        DataType::Fp64 => TensorData::Fp64(Vec::with_capacity(capacity)),
+        DataType::Bytes => TensorData::Bytes(Vec::with_capacity(capacity)),
+    };
+    let mut reader = Data {
+        shape: &shape,
+        count,
+        out: &mut out,
+        nested: None,
+        what: datatype_noun(datatype),
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::de::DeserializeSeed::deserialize(Level(&mut reader, 0), &mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| short(&e))?;
+    Ok(out)
+}
+
+fn datatype_noun(datatype: DataType) -> &'static str {
+    match datatype {
+        DataType::Bool => "a boolean",
+        DataType::Uint8 => "a UINT8",
+        DataType::Int32 => "an INT32",
+        DataType::Int64 => "an INT64",
+        DataType::Fp32 => "an FP32 number",
+        DataType::Fp64 => "a number",
+        DataType::Bytes => "a string",
     }
 }
 
-fn decode_json(datatype: DataType, values: Vec<Value>) -> Result<TensorData, String> {
-    fn all<T>(
-        values: Vec<Value>,
-        what: &str,
-        f: impl Fn(&Value) -> Option<T>,
-    ) -> Result<Vec<T>, String> {
-        values
-            .iter()
-            .map(|v| f(v).ok_or_else(|| format!("element `{}` is not {what}", truncate(v))))
-            .collect()
-    }
-    Ok(match datatype {
-        DataType::Bool => TensorData::Bool(all(values, "a boolean", Value::as_bool)?),
-        DataType::Uint8 => TensorData::Uint8(all(values, "a UINT8", |v| {
-            v.as_u64().and_then(|n| u8::try_from(n).ok())
-        })?),
-        DataType::Int32 => TensorData::Int32(all(values, "an INT32", |v| {
-            v.as_i64().and_then(|n| i32::try_from(n).ok())
-        })?),
-        DataType::Int64 => TensorData::Int64(all(values, "an INT64", Value::as_i64)?),
-        DataType::Fp32 => TensorData::Fp32(all(values, "an FP32 number", |v| {
-            v.as_f64().map(|n| n as f32).filter(|n| n.is_finite())
-        })?),
-        DataType::Fp64 => TensorData::Fp64(all(values, "a number", Value::as_f64)?),
-        DataType::Bytes => TensorData::Bytes(all(values, "a string", |v| {
-            v.as_str().map(|s| s.as_bytes().to_vec())
-        })?),
-    })
+/// What [`read_data`] has read so far.
+struct Data<'a> {
+    shape: &'a [usize],
+    count: usize,
+    out: &'a mut TensorData,
+    /// Whether the data is nested as the shape is (decided by the first element of the outer array).
+    nested: Option<bool>,
+    what: &'static str,
 }
 
-fn truncate(value: &Value) -> String {
-    value.to_string().chars().take(24).collect()
+impl Data<'_> {
+    fn push<E: serde::de::Error>(&mut self, value: Scalar<'_>) -> Result<(), E> {
+        if self.out.len() >= self.count {
+            return Err(E::custom(format!(
+                "the data has more elements than the shape's {}",
+                self.count
+            )));
+        }
+        fn put<T>(values: &mut Vec<T>, value: Option<T>) -> bool {
+            value.map(|v| values.push(v)).is_some()
+        }
+        let pushed = match (&mut *self.out, value) {
+            (TensorData::Bool(v), Scalar::Bool(b)) => put(v, Some(b)),
+            (TensorData::Uint8(v), Scalar::U64(n)) => put(v, u8::try_from(n).ok()),
+            (TensorData::Int32(v), Scalar::U64(n)) => put(v, i32::try_from(n).ok()),
+            (TensorData::Int32(v), Scalar::I64(n)) => put(v, i32::try_from(n).ok()),
+            (TensorData::Int64(v), Scalar::U64(n)) => put(v, i64::try_from(n).ok()),
+            (TensorData::Int64(v), Scalar::I64(n)) => put(v, Some(n)),
+            (TensorData::Fp32(v), Scalar::U64(n)) => put(v, Some(n as f32)),
+            (TensorData::Fp32(v), Scalar::I64(n)) => put(v, Some(n as f32)),
+            (TensorData::Fp32(v), Scalar::F64(x)) => {
+                put(v, Some(x as f32).filter(|x| x.is_finite()))
+            }
+            (TensorData::Fp64(v), Scalar::U64(n)) => put(v, Some(n as f64)),
+            (TensorData::Fp64(v), Scalar::I64(n)) => put(v, Some(n as f64)),
+            (TensorData::Fp64(v), Scalar::F64(x)) => put(v, Some(x)),
+            (TensorData::Bytes(v), Scalar::Str(s)) => put(v, Some(s.as_bytes().to_vec())),
+            _ => false,
+        };
+        if pushed {
+            return Ok(());
+        }
+        Err(E::custom(format!("an element is not {}", self.what)))
+    }
+}
+
+/// One element as JSON gives it.
+enum Scalar<'s> {
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Str(&'s str),
+    Other,
+}
+
+/// The value at a depth of nesting (0: `data` itself).
+struct Level<'r, 'a>(&'r mut Data<'a>, usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Level<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl Level<'_, '_> {
+    /// A scalar where one may stand: the elements of a flat array, the innermost level of a nested one, or `data`
+    /// itself for a tensor of one element.
+    fn scalar<E: serde::de::Error>(self, value: Scalar<'_>) -> Result<(), E> {
+        let Level(data, depth) = self;
+        let rank = data.shape.len();
+        let here = match depth {
+            0 => data.count == 1,
+            1 if data.nested != Some(true) && rank != 1 => {
+                data.nested = Some(false);
+                true
+            }
+            d => d == rank && data.nested != Some(false),
+        };
+        if !here {
+            return Err(E::custom("the data's nesting does not match the shape"));
+        }
+        data.push(value)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Level<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of elements")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.scalar(Scalar::Bool(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.scalar(Scalar::U64(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.scalar(Scalar::I64(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.scalar(Scalar::F64(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.scalar(Scalar::Str(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.scalar(Scalar::Other)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        Err(serde::de::Error::custom(format!(
+            "an element is not {}",
+            self.0.what
+        )))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Level(data, depth) = self;
+        let rank = data.shape.len();
+        // Nested: the array at depth d holds shape[d] values. Flat: `data` holds the elements.
+        if depth > 0 {
+            if data.nested == Some(false) || depth >= rank || rank < 2 {
+                return Err(serde::de::Error::custom(
+                    "the data's nesting does not match the shape",
+                ));
+            }
+            data.nested = Some(true);
+        }
+        let mut len = 0usize;
+        while seq.next_element_seed(Level(data, depth + 1))?.is_some() {
+            len += 1;
+        }
+        if data.nested == Some(true) && data.shape.get(depth) != Some(&len) {
+            return Err(serde::de::Error::custom(
+                "the data's nesting does not match the shape",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn decode_binary(datatype: DataType, bytes: &[u8], count: usize) -> Result<TensorData, String> {
@@ -335,8 +506,21 @@ fn decode_binary(datatype: DataType, bytes: &[u8], count: usize) -> Result<Tenso
         DataType::Uint8 => TensorData::Uint8(fixed::<1, _>(bytes, count, |[b]| b)?),
         DataType::Int32 => TensorData::Int32(fixed(bytes, count, i32::from_le_bytes)?),
         DataType::Int64 => TensorData::Int64(fixed(bytes, count, i64::from_le_bytes)?),
-        DataType::Fp32 => TensorData::Fp32(fixed(bytes, count, f32::from_le_bytes)?),
-        DataType::Fp64 => TensorData::Fp64(fixed(bytes, count, f64::from_le_bytes)?),
+        // Finite only, as in JSON (which cannot even spell NaN): a model's answer to NaN is no answer.
+        DataType::Fp32 => {
+            let values = fixed(bytes, count, f32::from_le_bytes)?;
+            if !values.iter().all(|v| v.is_finite()) {
+                return Err("a non-finite FP32 value (NaN or infinity)".into());
+            }
+            TensorData::Fp32(values)
+        }
+        DataType::Fp64 => {
+            let values = fixed(bytes, count, f64::from_le_bytes)?;
+            if !values.iter().all(|v| v.is_finite()) {
+                return Err("a non-finite FP64 value (NaN or infinity)".into());
+            }
+            TensorData::Fp64(values)
+        }
         DataType::Bytes => {
             let mut rest = bytes;
             let mut items = Vec::with_capacity(count.min(1 << 16));
@@ -594,6 +778,112 @@ mod tests {
         assert!(String::from_utf8(body).unwrap().contains("[0.1,null,null]"));
         assert_eq!(value["outputs"][1]["data"], serde_json::json!([-3, 7]));
         assert_eq!(value["outputs"][2]["data"], serde_json::json!(["cat"]));
+    }
+
+    fn one(tensor: &str) -> Result<InferRequest, CodecError> {
+        parse_request(
+            format!(r#"{{"inputs":[{tensor}]}}"#).as_bytes(),
+            None,
+            Bounds::default(),
+        )
+    }
+
+    #[test]
+    fn nested_data_must_nest_as_the_shape_does() {
+        let data = |shape: &str, data: &str, datatype: &str| {
+            one(&format!(
+                r#"{{"name":"x","shape":{shape},"datatype":"{datatype}","data":{data}}}"#
+            ))
+            .map(|r| r.inputs[0].data.clone())
+        };
+        for datatype in ["FP32", "INT64"] {
+            // Flat, or nested exactly as the shape.
+            assert!(data("[2,3]", "[1,2,3,4,5,6]", datatype).is_ok());
+            assert!(data("[2,3]", "[[1,2,3],[4,5,6]]", datatype).is_ok());
+            assert!(data("[1,2,3]", "[[[1,2,3],[4,5,6]]]", datatype).is_ok());
+            assert!(data("[]", "7", datatype).is_ok());
+            assert!(data("[]", "[7]", datatype).is_ok());
+            assert!(data("[0,3]", "[]", datatype).is_ok());
+            // Ragged, nested otherwise than the shape, or mixed: refused, though the count may be right.
+            for bad in [
+                "[[1,2],[3,4,5,6]]",
+                "[[1,2,3,4,5,6]]",
+                "[[1,2],[3,4],[5,6]]",
+                "[1,2,3,[4,5,6]]",
+                "[[1,2,3],4,5,6]",
+                "[[[1,2,3]],[[4,5,6]]]",
+                "[[1,2,3],[4,5,[6]]]",
+                "5",
+            ] {
+                let err = data("[2,3]", bad, datatype).unwrap_err().to_string();
+                assert!(err.contains("tensor `x`"), "{bad}: {err}");
+            }
+            assert!(data("[3]", "[[1],[2],[3]]", datatype).is_err());
+        }
+        // One element too many is refused as it is read, not after the whole array is built.
+        let many = format!("[{}]", vec!["[0]"; 100_000].join(","));
+        let err = data("[1,64]", &many, "FP32").unwrap_err().to_string();
+        assert!(err.contains("nesting"), "{err}");
+        let flat = format!("[{}]", vec!["0"; 100_000].join(","));
+        let err = data("[1,64]", &flat, "INT32").unwrap_err().to_string();
+        assert!(err.contains("more elements than the shape's 64"), "{err}");
+    }
+
+    #[test]
+    fn parameters_are_skipped_but_binary_data_size() {
+        let bomb = format!("[{}]", vec!["[0]"; 10_000].join(","));
+        let req = one(&format!(
+            r#"{{"name":"x","shape":[1],"datatype":"FP32","parameters":{{"big":{bomb},"s":"t"}},"data":[2]}}"#
+        ))
+        .unwrap();
+        assert_eq!(req.inputs[0].data, TensorData::Fp32(vec![2.0]));
+        let err = one(
+            r#"{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":-1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("must be a size"), "{err}");
+    }
+
+    #[test]
+    fn an_input_name_is_given_once() {
+        let t = r#"{"name":"x","shape":[1],"datatype":"FP32","data":[1]}"#;
+        let u = r#"{"name":"x","shape":[2],"datatype":"BYTES","data":["a","b"]}"#;
+        let err = one(&format!("{t},{u}")).unwrap_err().to_string();
+        assert!(err.contains("`x` is given more than once"), "{err}");
+        assert!(one(&format!("{t},{}", t.replace("\"x\"", "\"y\""))).is_ok());
+    }
+
+    #[test]
+    fn errors_quote_client_strings_short_and_name_no_internal_type() {
+        let long = "n".repeat(100_000);
+        let err = one(&format!(
+            r#"{{"name":"{long}","shape":[1],"datatype":"{long}","data":[1]}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.len() < 300, "{} bytes", err.len());
+        let err = parse_request(
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"outputs":["y"]}"#,
+            None,
+            Bounds::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("Raw"), "{err}");
+    }
+
+    #[test]
+    fn binary_floats_are_finite_as_json_ones() {
+        for bad in [f32::NAN, f32::INFINITY] {
+            let json = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
+            let mut body = json.to_vec();
+            body.extend_from_slice(&bad.to_le_bytes());
+            let err = parse_request(&body, Some(json.len()), Bounds::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("non-finite"), "{err}");
+        }
     }
 
     #[test]

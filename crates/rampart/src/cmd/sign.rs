@@ -189,6 +189,16 @@ pub(crate) fn read_limited(path: &Path, max: u64, what: &str) -> anyhow::Result<
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`: no half-written file is ever
 /// visible. `private` keeps the mode at 0600 (tempfile's default); otherwise the file becomes 0644.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+    // The rename would put a file in place of whatever is there: a device (`/dev/null`, run as root), a pipe, a
+    // symbolic link. Only a regular file is replaced.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_file() {
+            anyhow::bail!(
+                "`{}` exists and is not a regular file (a directory, a link, a device or a pipe); give another path",
+                path.display()
+            );
+        }
+    }
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -259,5 +269,33 @@ fn resolve(path: &Path) -> PathBuf {
             }
             out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_regular_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.json");
+        std::fs::write(&target, b"kept").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = write_atomically(&link, b"new", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+        assert!(write_atomically(dir.path(), b"new", false).is_err());
+        // A regular file is replaced; no temporary file is left.
+        write_atomically(&target, b"new", false).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

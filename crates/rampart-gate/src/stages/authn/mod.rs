@@ -58,7 +58,7 @@ impl Authn {
                 .await
                 .map_err(|err| AuthnError(format!("JWT refused: {err}")));
         }
-        if let Some(value) = headers.get("x-api-key") {
+        if let Some(value) = single(headers, "x-api-key")? {
             let key = value
                 .to_str()
                 .map_err(|_| AuthnError("a non-ASCII `X-API-Key`".into()))?;
@@ -84,8 +84,24 @@ impl Authn {
 
 /// The bearer token of an `Authorization` header: `Ok(None)` without the header, `Err` when it is there but is not
 /// a bearer token (another scheme, not ASCII, empty).
+/// The one value of a credential header. Two are ambiguous (which would a proxy that appends its own have meant?):
+/// refused, whatever they hold.
+fn single(
+    headers: &HeaderMap,
+    name: impl hyper::header::AsHeaderName,
+) -> Result<Option<&hyper::header::HeaderValue>, AuthnError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(AuthnError(
+            "more than one credential header of a kind".into(),
+        ));
+    }
+    Ok(first)
+}
+
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthnError> {
-    let Some(value) = headers.get(hyper::header::AUTHORIZATION) else {
+    let Some(value) = single(headers, &hyper::header::AUTHORIZATION)? else {
         return Ok(None);
     };
     let value = value
@@ -147,6 +163,22 @@ mod tests {
                 authn.authenticate(&headers(&bad), &[]).await.is_err(),
                 "{bad:?}"
             );
+        }
+        // Two credentials of a kind, the good one first or last: ambiguous, refused.
+        for name in ["authorization", "x-api-key"] {
+            let good = if name == "x-api-key" {
+                new.key.clone()
+            } else {
+                bearer.clone()
+            };
+            let bad = good.replace(&new.key, "rmp_000000000000_00");
+            for pair in [[&good, &bad], [&bad, &good], [&good, &good]] {
+                let mut map = HeaderMap::new();
+                for value in pair {
+                    map.append(name, value.parse().unwrap());
+                }
+                assert!(authn.authenticate(&map, &[]).await.is_err(), "{name}");
+            }
         }
     }
 }

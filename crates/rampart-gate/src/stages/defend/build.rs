@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The longest extraction ban (`ban_secs`): ten years, far past any use, and far from an `Instant`'s overflow.
+const MAX_BAN_SECS: u64 = 10 * 365 * 86_400;
+
 use rampart_defend::anomaly::AnomalyMonitor;
 use rampart_defend::detect::{Detector, DetectorConfig};
 use rampart_defend::extraction::ExtractionMonitor;
@@ -219,13 +222,16 @@ impl Defences {
             (Some(e), None) => {
                 let mut monitor = e.monitor.clone();
                 monitor.shadow |= e.shadow;
-                if e.ban_secs == 0
-                    || !(e.throttle.per_second.is_finite() && e.throttle.per_second > 0.0)
-                    || e.throttle.burst == 0
-                {
+                let ban_ok = (1..=MAX_BAN_SECS).contains(&e.ban_secs);
+                let throttle_ok = e.throttle.per_second.is_finite()
+                    && e.throttle.per_second > 0.0
+                    && e.throttle.burst > 0;
+                if !(ban_ok && throttle_ok) {
                     return Err(invalid(
                         "extraction",
-                        "`ban_secs` must be at least 1, `throttle` positive".into(),
+                        format!(
+                            "`ban_secs` must be from 1 to {MAX_BAN_SECS} (ten years), `throttle` positive"
+                        ),
                     ));
                 }
                 let checker = ExtractionMonitor::new(monitor.clone(), need_profile("extraction")?)

@@ -75,7 +75,15 @@ impl ExtractionStage {
         let penalty = match decision.action {
             extraction::Action::Allow => return Ok(()),
             extraction::Action::Throttle => Penalty::Throttle,
-            extraction::Action::Ban => Penalty::Ban(Instant::now() + self.ban),
+            extraction::Action::Ban => {
+                let now = Instant::now();
+                // The configuration bounds the ban (ten years); a clock near its end must still not overflow.
+                let until = now
+                    .checked_add(self.ban)
+                    .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+                    .unwrap_or(now);
+                Penalty::Ban(until)
+            }
         };
         let mut penalties = self.penalties.lock().unwrap_or_else(|p| p.into_inner());
         let first = !matches!(penalties.get(principal), Some(Penalty::Ban(_)));
