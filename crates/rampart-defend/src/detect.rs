@@ -329,8 +329,17 @@ impl Detector {
         let k = self.config.k;
         let mut result = Vec::with_capacity(rows);
         for ((row, probs), s) in values.chunks_exact(width).zip(&original).zip(squeeze) {
-            let predicted = argmax(probs)
-                .ok_or_else(|| DefendError::Model("the model returned NaN scores".into()))?;
+            // A model that answers NaN (to finite but extreme inputs: -3e38 everywhere) gave no answer to judge. The
+            // row is as suspicious as a row can be, and the batch's other rows are still judged: failing the batch
+            // would let one such row switch the detector off for the others where it fails open.
+            let Some(predicted) = argmax(probs) else {
+                result.push(Scored {
+                    predicted: 0,
+                    components: [f64::MAX; COMPONENTS],
+                    neighbours: Vec::new(),
+                });
+                continue;
+            };
             let class = predicted as i64;
             // The k nearest of the predicted class and of the others, in one search of the reference (ties keep the
             // earlier row, as a stable sort would); the k nearest overall are the k nearest of those.
@@ -390,6 +399,15 @@ impl Detector {
         clean: &[f32],
     ) -> Result<&Calibration, DefendError> {
         let comps = self.components(model, clean)?;
+        if let Some(at) = comps
+            .iter()
+            .position(|(_, c)| c.iter().all(|&v| v == f64::MAX))
+        {
+            return Err(DefendError::Uncalibrated(format!(
+                "the model answered NaN on clean row {}; calibrate on rows it answers",
+                at + 1
+            )));
+        }
         let needed = (2.0 / self.config.target_fpr).ceil() as usize;
         if comps.len() < needed.max(10) {
             return Err(DefendError::Uncalibrated(format!(
@@ -637,5 +655,19 @@ mod tests {
         let mut squeeze_only = Detector::new(config, &profile, "input").unwrap();
         assert!(squeeze_only.set_calibration(saved.clone()).is_err());
         assert!(detector.clone().set_calibration(saved).is_ok());
+        // A row the model answers with NaN (finite but extreme values) is flagged, and the rows beside it in the
+        // batch are judged as they are alone; it failed the whole batch before.
+        let mut batch = first.to_vec();
+        batch.extend(std::iter::repeat_n(-3e38_f32, 64));
+        let scores = predict(&model, "input", 2, 64, batch.clone()).unwrap();
+        assert!(scores[1].iter().any(|v| v.is_nan()), "{:?}", scores[1]);
+        let verdicts = detector.assess(&model, &batch).unwrap();
+        assert!(verdicts[1].adversarial);
+        assert_eq!(
+            (verdicts[0].predicted, verdicts[0].adversarial),
+            (clean_row[0].predicted, clean_row[0].adversarial)
+        );
+        // Calibration on such a row is refused.
+        assert!(detector.calibrate(&model, &batch.repeat(60)).is_err());
     }
 }

@@ -215,12 +215,11 @@ impl Listener {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits = &self.gate.limits;
-        let activity = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
+        let progress = Arc::new(Progress::new(epoch));
         let io = TokioIo::new(Tracked {
             inner: stream,
-            activity: Arc::clone(&activity),
-            epoch,
+            progress: Arc::clone(&progress),
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -240,26 +239,33 @@ impl Listener {
         let gate = Arc::clone(&self.gate);
         let ip = info.ip;
         let info = Arc::new(info);
+        let requests = Arc::clone(&progress);
         let service = service_fn(move |request: Request<Incoming>| {
             let gate = Arc::clone(&gate);
             let info = Arc::clone(&info);
+            // In flight from here until its answer's body is dropped (written, or the connection gone).
+            let guard = InFlight::begin(Arc::clone(&requests));
             async move {
                 let started = Instant::now();
                 let reply = contained(gate.handle(&info, request), || {
                     gate.record_panic(&info, started)
                 })
                 .await;
-                Ok::<_, Infallible>(reply)
+                Ok::<_, Infallible>(reply.map(|body| Guarded {
+                    body,
+                    _guard: guard,
+                }))
             }
         });
         let connection = builder.serve_connection(io, service);
         tokio::pin!(connection);
-        let idle = limits.idle_timeout;
+        let (idle, first) = (limits.idle_timeout, limits.header_timeout);
         let mut draining = false;
         loop {
-            let last = Duration::from_nanos(activity.load(Ordering::Relaxed));
-            let idle_for = epoch.elapsed().saturating_sub(last);
-            let check_in = idle.saturating_sub(idle_for).max(Duration::from_millis(10));
+            let (deadline, _) = progress.deadline(first, idle);
+            let check_in = deadline
+                .saturating_sub(epoch.elapsed())
+                .max(Duration::from_millis(10));
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
@@ -272,9 +278,10 @@ impl Listener {
                     connection.as_mut().graceful_shutdown();
                 }
                 () = tokio::time::sleep(check_in) => {
-                    let last = Duration::from_nanos(activity.load(Ordering::Relaxed));
-                    if epoch.elapsed().saturating_sub(last) >= idle {
-                        self.gate.metrics.connection_refused("idle_timeout");
+                    let (deadline, reason) = progress.deadline(first, idle);
+                    if epoch.elapsed() >= deadline {
+                        tracing::debug!(client_ip = %ip, reason, "connection closed");
+                        self.gate.metrics.connection_refused(reason);
                         return;
                     }
                 }
@@ -283,18 +290,115 @@ impl Listener {
     }
 }
 
-/// A stream that records when bytes last moved, for the idle timeout.
+/// What a connection has done, for its time limits. Only requests and the answers' bytes count: bytes a client
+/// sends do not, or one byte before each idle timeout (an HTTP/2 preface or frame dripped) would hold a connection
+/// open for ever without a request.
+#[derive(Debug)]
+struct Progress {
+    epoch: Instant,
+    /// When a request last began or its answer ended (nanoseconds since `epoch`).
+    last_request: AtomicU64,
+    /// When bytes were last written to the client (nanoseconds since `epoch`).
+    last_write: AtomicU64,
+    /// Requests begun (0: none yet).
+    begun: AtomicU64,
+    /// Requests whose answers are not yet written.
+    in_flight: AtomicU64,
+}
+
+impl Progress {
+    fn new(epoch: Instant) -> Progress {
+        Progress {
+            epoch,
+            last_request: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
+            begun: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// When the connection is to be closed (since `epoch`), and why: without a first request within `first` (the
+    /// header timeout, whatever the protocol); idle, no request in flight, for `idle` since the last began or ended;
+    /// with requests in flight, when no byte of an answer has been written for `idle` (a client that stopped
+    /// reading).
+    fn deadline(&self, first: Duration, idle: Duration) -> (Duration, &'static str) {
+        let at = |nanos: &AtomicU64| Duration::from_nanos(nanos.load(Ordering::Relaxed));
+        if self.begun.load(Ordering::Relaxed) == 0 {
+            return (first, "header_timeout");
+        }
+        let mut last = at(&self.last_request);
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            last = last.max(at(&self.last_write));
+        }
+        (last.saturating_add(idle), "idle_timeout")
+    }
+}
+
+/// A request in flight, from its start until its answer's body is dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Progress>);
+
+impl InFlight {
+    fn begin(progress: Arc<Progress>) -> InFlight {
+        progress.begun.fetch_add(1, Ordering::Relaxed);
+        progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        progress
+            .last_request
+            .store(progress.now(), Ordering::Relaxed);
+        InFlight(progress)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.last_request.store(self.0.now(), Ordering::Relaxed);
+    }
+}
+
+/// An answer's body that keeps its request in flight until hyper is done with it.
+#[derive(Debug)]
+struct Guarded<B> {
+    body: B,
+    _guard: InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A stream that records when bytes were last written to the client ([`Progress`]).
 #[derive(Debug)]
 struct Tracked<S> {
     inner: S,
-    activity: Arc<AtomicU64>,
-    epoch: Instant,
+    progress: Arc<Progress>,
 }
 
 impl<S> Tracked<S> {
     fn touch(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.activity.store(now, Ordering::Relaxed);
+        self.progress
+            .last_write
+            .store(self.progress.now(), Ordering::Relaxed);
     }
 }
 
@@ -304,12 +408,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
-        }
-        poll
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 

@@ -619,6 +619,33 @@ async fn slowloris_and_slow_post_are_cut_off_while_others_are_served() {
         "slowloris connection stayed open"
     );
 
+    // The HTTP/2 preface, dripped a byte at a time: bytes from the client are no progress, so the connection has
+    // no request when the header timeout passes and is closed (it was held for as long as the drip went on, one
+    // byte each idle period enough). And a connection that sends nothing is closed at the header timeout too.
+    for drip in [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], &[][..]] {
+        let mut dripping = connect(&server).await;
+        let started = tokio::time::Instant::now();
+        let mut closed = false;
+        for i in 0..30 {
+            if let Some(byte) = drip.get(i % drip.len().max(1)) {
+                if dripping.write_all(&[*byte]).await.is_err() || dripping.flush().await.is_err() {
+                    closed = true;
+                    break;
+                }
+            }
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(100), dripping.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(closed, "a connection without a request stayed open");
+        assert!(started.elapsed() < Duration::from_millis(2_900));
+    }
+
     // Slow POST: a body that stalls.
     let mut stalled = connect(&server).await;
     let head = format!(
