@@ -52,6 +52,18 @@ fn parse(method: &Method, path: &str) -> Option<ExportRoute> {
     }
 }
 
+/// The route for metrics and the audit trail.
+pub(crate) fn route_of(method: &Method, path: &str) -> Option<crate::pipeline::Route> {
+    let (template, model) = match parse(method, path)? {
+        ExportRoute::Request => ("/v2/exports", None),
+        ExportRoute::Approve(_) => ("/v2/exports/{id}/approve", None),
+        ExportRoute::Fetch { model, .. } => {
+            ("/v2/models/{name}/versions/{version}/export", Some(model))
+        }
+    };
+    Some(crate::pipeline::Route::Export { template, model })
+}
+
 /// Whether a request is for these routes (checked before the inference pipeline's routes).
 pub fn claims(method: &Method, path: &str) -> bool {
     // Every export route starts with `/v2/exports` or ends with `/export`: other paths (every inference request)
@@ -121,8 +133,14 @@ fn answer(err: &DeployError) -> Reply {
 }
 
 impl Gate {
-    /// Answers an export route: authentication, Cedar, then export control.
-    pub(crate) async fn handle_export<B>(&self, conn: &ConnInfo, request: Request<B>) -> Reply
+    /// Answers an export route for an authenticated `principal` (the pipeline's stages came first: ban, limits,
+    /// authentication): Cedar, then export control.
+    pub(crate) async fn handle_export<B>(
+        &self,
+        conn: &ConnInfo,
+        principal: Principal,
+        request: Request<B>,
+    ) -> Reply
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -130,22 +148,8 @@ impl Gate {
         let Some(route) = parse(request.method(), request.uri().path()) else {
             return error(StatusCode::NOT_FOUND, "no such route");
         };
-        if self.bans.banned_for(conn.ip).is_some() {
-            return error(StatusCode::FORBIDDEN, "temporarily banned");
-        }
         let Some(exports) = &self.exports else {
             return error(StatusCode::NOT_FOUND, "no registry");
-        };
-        let principal = match self
-            .authn
-            .authenticate(request.headers(), &conn.client_certs)
-            .await
-        {
-            Ok(principal) => principal,
-            Err(_) => {
-                let _ = self.bans.strike(conn.ip);
-                return error(StatusCode::UNAUTHORIZED, "unauthorized");
-            }
         };
         let body = match tokio::time::timeout(
             self.limits.body_timeout,

@@ -105,6 +105,13 @@ pub enum Route {
     Infer(String),
     /// `/v2/models/{name}/versions/...`: the registry's versions (`crate::registry`)
     Version(VersionRoute),
+    /// Export control (`crate::exports`): its own routes, Cedar checks and audit, behind the same limits.
+    Export {
+        /// The route template.
+        template: &'static str,
+        /// The model named, when the path names one.
+        model: Option<String>,
+    },
 }
 
 impl Route {
@@ -118,6 +125,7 @@ impl Route {
             Route::ModelReady(_) => "/v2/models/{name}/ready",
             Route::Infer(_) => "/v2/models/{name}/infer",
             Route::Version(v) => v.template(),
+            Route::Export { template, .. } => template,
         }
     }
 
@@ -126,6 +134,7 @@ impl Route {
         match self {
             Route::ModelMetadata(m) | Route::ModelReady(m) | Route::Infer(m) => Some(m),
             Route::Version(v) => Some(v.model()),
+            Route::Export { model, .. } => model.as_deref(),
             Route::Live | Route::Ready | Route::ServerMetadata => None,
         }
     }
@@ -142,6 +151,7 @@ impl Route {
         match self {
             Route::Infer(_) => Action::Infer,
             Route::Version(v) => v.action(),
+            Route::Export { .. } => Action::Export,
             _ => Action::ReadMetadata,
         }
     }
@@ -239,12 +249,14 @@ impl Gate {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        if crate::exports::claims(request.method(), request.uri().path()) {
-            return self.handle_export(conn, request).await;
-        }
         let started = Instant::now();
         let mut trace = Trace::default();
-        let (response, refusal) = match self.stages(conn, request, started, &mut trace).await {
+        let result = if crate::exports::claims(request.method(), request.uri().path()) {
+            self.export_stages(conn, request, &mut trace).await
+        } else {
+            self.stages(conn, request, started, &mut trace).await
+        };
+        let (response, refusal) = match result {
             Ok(response) => (response, None),
             Err(refusal) => {
                 let mut response = json_reply(refusal.status, error_body(&refusal.message));
@@ -389,14 +401,8 @@ impl Gate {
         self.stage_ban(conn)?;
         let route = Route::parse(request.method(), request.uri().path())?;
         trace.route = Some(route.clone());
-        if self.audit_blocked() && !matches!(route, Route::Live | Route::Ready) {
-            return Err(Refusal::new(
-                "audit",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "unavailable, retry later",
-            )
-            .retry_after(std::time::Duration::from_secs(5)));
+        if !matches!(route, Route::Live | Route::Ready) {
+            self.stage_audit_open()?;
         }
         let public = self.public_routes.contains(request.uri().path());
         if self.security {
@@ -431,6 +437,13 @@ impl Gate {
                 self.registry_route(conn, route, request, started, trace)
                     .await
             }
+            // Answered by `export_stages`; never parsed here.
+            Route::Export { .. } => Err(Refusal::new(
+                "route",
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "no such route",
+            )),
             Route::Live => Ok(json_reply(StatusCode::OK, br#"{"live":true}"#.to_vec())),
             Route::Ready => {
                 let ready = self.is_ready();
@@ -509,6 +522,73 @@ impl Gate {
         let (outputs, wanted) = self.stage_defend_outputs(pending, outputs, trace)?;
         let wanted = if wanted { &parsed.outputs[..] } else { &[] };
         Ok(respond_infer(name, parsed.id.as_deref(), &outputs, wanted))
+    }
+
+    /// The gateway does not act unaudited (`[audit] on_failure`).
+    fn stage_audit_open(&self) -> Result<(), Refusal> {
+        if self.audit_blocked() {
+            return Err(Refusal::new(
+                "audit",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "unavailable, retry later",
+            )
+            .retry_after(std::time::Duration::from_secs(5)));
+        }
+        Ok(())
+    }
+
+    /// The export routes, behind the stages every route passes (ban, audit, per-address rate, authentication,
+    /// per-principal rate and concurrency), then export control, whose Cedar checks are its own (per action).
+    async fn export_stages<B>(
+        &self,
+        conn: &ConnInfo,
+        request: Request<B>,
+        trace: &mut Trace,
+    ) -> Result<Reply, Refusal>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.stage_ban(conn)?;
+        let route =
+            crate::exports::route_of(request.method(), request.uri().path()).ok_or_else(|| {
+                Refusal::new("route", StatusCode::NOT_FOUND, "no_route", "no such route")
+            })?;
+        trace.route = Some(route);
+        self.stage_audit_open()?;
+        if self.security {
+            self.stage_rate_ip(conn, trace)?;
+        }
+        // Export control needs to know who asks, whether or not the other security stages are on.
+        let principal = self.stage_authn(conn, request.headers()).await?;
+        trace.principal = Some(principal.clone());
+        let _slot = if self.security {
+            self.stage_rate_principal(&principal, trace)?;
+            Some(self.stage_concurrency(&principal)?)
+        } else {
+            None
+        };
+        let reply = self.handle_export(conn, principal, request).await;
+        if reply.status() == StatusCode::FORBIDDEN {
+            // Refused by Cedar or by export control: a refusal in the metrics and the audit trail, with its reason.
+            let message = serde_json::from_slice::<serde_json::Value>(
+                &http_body_util::BodyExt::collect(reply.into_body())
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default(),
+            )
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "forbidden".to_owned());
+            return Err(Refusal::new(
+                "export",
+                StatusCode::FORBIDDEN,
+                "export_refused",
+                message,
+            ));
+        }
+        Ok(reply)
     }
 
     fn stage_ban(&self, conn: &ConnInfo) -> Result<(), Refusal> {

@@ -195,6 +195,34 @@ async fn export_is_refused_by_default_and_allowed_once_per_approval() {
     let view =
         rampart_log::LogView::open(&audit, rampart_log::read_verifier(&audit, None).unwrap())
             .unwrap();
+    // The gateway's own records of the export routes, as of every route: the refusals by Cedar and by
+    // authentication with their stage, the answered ones.
+    let routes: Vec<(String, u64, String)> = (0..view.checkpoint().size)
+        .filter_map(|i| {
+            let e: serde_json::Value = serde_json::from_slice(&view.entry(i).unwrap()).unwrap();
+            Some((
+                e["route"].as_str()?.to_owned(),
+                e["status"].as_u64()?,
+                e["stage"].as_str().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect();
+    let fetch_route = "/v2/models/{name}/versions/{version}/export";
+    for wanted in [
+        ("/v2/exports", 403, "export"),
+        (fetch_route, 403, "export"),
+        (fetch_route, 401, "authn"),
+        ("/v2/exports", 201, ""),
+        ("/v2/exports/{id}/approve", 200, ""),
+        (fetch_route, 200, ""),
+    ] {
+        assert!(
+            routes
+                .iter()
+                .any(|(r, s, st)| r == wanted.0 && *s == wanted.1 && st == wanted.2),
+            "{wanted:?} not in {routes:?}"
+        );
+    }
     let actions: Vec<(String, String)> = (0..view.checkpoint().size)
         .map(|i| {
             let e: serde_json::Value = serde_json::from_slice(&view.entry(i).unwrap()).unwrap();
