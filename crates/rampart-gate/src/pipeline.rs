@@ -516,12 +516,24 @@ impl Gate {
         let serving = pool.serving();
         let configured = self.models.get(name).and_then(|p| p.defences());
         let defences = serving.defences().or(configured.as_deref());
-        let parsed = self.stage_validate(serving.model(), &body, json_len, defences, trace)?;
-        let (inputs, pending) = self.stage_defend_inputs(conn, defences, parsed.inputs, trace)?;
+        // A large body is parsed and defended (decoding, neighbour searches, extraction evidence per row) without
+        // holding up the other connections of this runtime thread.
+        let heavy = body.len() > crate::stages::infer::HEAVY_BODY_BYTES;
+        let (id, wanted, inputs, pending) = crate::stages::infer::off_runtime_if(heavy, || {
+            let kserve::InferRequest {
+                id,
+                inputs,
+                outputs,
+            } = self.stage_validate(serving.model(), &body, json_len, defences, trace)?;
+            let (inputs, pending) = self.stage_defend_inputs(conn, defences, inputs, trace)?;
+            Ok::<_, Refusal>((id, outputs, inputs, pending))
+        })?;
         let outputs = stage_infer(&serving, inputs, deadline).await?;
-        let (outputs, wanted) = self.stage_defend_outputs(pending, outputs, trace)?;
-        let wanted = if wanted { &parsed.outputs[..] } else { &[] };
-        Ok(respond_infer(name, parsed.id.as_deref(), &outputs, wanted))
+        let (outputs, keep_wanted) = crate::stages::infer::off_runtime_if(heavy, || {
+            self.stage_defend_outputs(pending, outputs, trace)
+        })?;
+        let wanted = if keep_wanted { &wanted[..] } else { &[] };
+        Ok(respond_infer(name, id.as_deref(), &outputs, wanted))
     }
 
     /// The gateway does not act unaudited (`[audit] on_failure`).

@@ -286,7 +286,11 @@ impl Version {
                 if Instant::now() >= deadline {
                     return Err(JobError::Deadline);
                 }
-                return guarded_infer(&*self.model, &inputs);
+                // The model was chosen to run inline for its cost on one row; a client's batch may be thousands.
+                let values: usize = inputs.iter().map(|t| t.data.len()).sum();
+                return off_runtime_if(values > HEAVY_VALUES, || {
+                    guarded_infer(&*self.model, &inputs)
+                });
             }
         };
         let (reply, answer) = oneshot::channel();
@@ -304,6 +308,25 @@ impl Version {
             Ok(Err(_)) => Err(JobError::Closed),
             Err(_) => Err(JobError::Deadline),
         }
+    }
+}
+
+/// A request body past which parsing and the defences run off the runtime's thread ([`off_runtime_if`]): about a
+/// hundred rows of the digits example as JSON.
+pub(crate) const HEAVY_BODY_BYTES: usize = 64 << 10;
+/// Input values past which an inline model runs off the runtime's thread.
+const HEAVY_VALUES: usize = 16 << 10;
+
+/// Runs `work` and, when it is `heavy`, first hands this runtime thread's other tasks (other connections) to another
+/// thread (`tokio::task::block_in_place`), so that they are not held up for as long as it runs. Outside a
+/// multi-threaded runtime (tests), it just runs.
+pub(crate) fn off_runtime_if<R>(heavy: bool, work: impl FnOnce() -> R) -> R {
+    let threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if heavy && threaded {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 
@@ -396,6 +419,46 @@ fn guarded_infer(model: &dyn Model, inputs: &[Tensor]) -> Result<Vec<Tensor>, Jo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heavy_work_leaves_the_runtime_thread_to_others() {
+        // One runtime thread: while heavy work runs, another task must still get to run (it would wait for the
+        // work to end if the work held the thread), and light work runs in place.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for heavy in [true, false] {
+                let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let work = {
+                    let (flag, started) = (Arc::clone(&flag), Arc::clone(&started));
+                    tokio::spawn(async move {
+                        off_runtime_if(heavy, || {
+                            started.store(true, Ordering::Release);
+                            let until =
+                                Instant::now() + Duration::from_secs(if heavy { 20 } else { 1 });
+                            while !flag.load(Ordering::Acquire) && Instant::now() < until {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            flag.load(Ordering::Acquire)
+                        })
+                    })
+                };
+                while !started.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let other = {
+                    let flag = Arc::clone(&flag);
+                    tokio::spawn(async move { flag.store(true, Ordering::Release) })
+                };
+                assert_eq!(work.await.unwrap(), heavy, "heavy {heavy}");
+                other.await.unwrap();
+            }
+        });
+    }
     use rampart_infer::{DataType, ModelMetadata, TensorSpec};
 
     /// A model that takes `delay` per call and echoes its input.
