@@ -38,6 +38,9 @@ use crate::{argmax, predict, to_probabilities, DefendError};
 /// Components per row.
 pub const COMPONENTS: usize = 5;
 
+/// The most clean rows a calibration takes (it runs at every start and reload).
+pub const MAX_CALIBRATION_ROWS: usize = 20_000;
+
 /// One of the detector's scores, in the order of [`Assessment::components`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -398,6 +401,29 @@ impl Detector {
         model: &dyn Model,
         clean: &[f32],
     ) -> Result<&Calibration, DefendError> {
+        let width = self.config.shape.len().max(1);
+        let rows = clean.len() / width;
+        if rows > MAX_CALIBRATION_ROWS {
+            return Err(DefendError::Uncalibrated(format!(
+                "{rows} clean rows; give at most {MAX_CALIBRATION_ROWS} (a sample: calibration runs at every start and reload)"
+            )));
+        }
+        // Copies of a few rows say nothing of the clean scores' spread: the threshold would be theirs (all equal),
+        // and most clean rows would cross it.
+        let mut distinct: Vec<Vec<u32>> = clean
+            .chunks_exact(width)
+            .map(|r| r.iter().map(|v| (v + 0.0).to_bits()).collect())
+            .collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let needed = (2.0 / self.config.target_fpr).ceil() as usize;
+        if distinct.len() < needed.max(10) {
+            return Err(DefendError::Uncalibrated(format!(
+                "{} distinct clean rows are too few for a {}% false-positive rate; give at least {needed}",
+                distinct.len(),
+                self.config.target_fpr * 100.0
+            )));
+        }
         let comps = self.components(model, clean)?;
         if let Some(at) = comps
             .iter()
@@ -408,7 +434,6 @@ impl Detector {
                 at + 1
             )));
         }
-        let needed = (2.0 / self.config.target_fpr).ceil() as usize;
         if comps.len() < needed.max(10) {
             return Err(DefendError::Uncalibrated(format!(
                 "{} clean rows are too few for a {}% false-positive rate; give at least {needed}",
@@ -667,7 +692,18 @@ mod tests {
             (verdicts[0].predicted, verdicts[0].adversarial),
             (clean_row[0].predicted, clean_row[0].adversarial)
         );
-        // Calibration on such a row is refused.
-        assert!(detector.calibrate(&model, &batch.repeat(60)).is_err());
+        // Calibration on such a row is refused, and on copies of a few rows.
+        let mut poisoned = held.to_vec();
+        poisoned.extend(std::iter::repeat_n(-3e38_f32, 64));
+        let err = detector
+            .calibrate(&model, &poisoned)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NaN"), "{err}");
+        let err = detector
+            .calibrate(&model, &first.repeat(300))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 distinct clean rows"), "{err}");
     }
 }

@@ -98,9 +98,12 @@ pub fn decode_one(
     let mut caps = image::Limits::default();
     caps.max_alloc = Some(METADATA_BYTES.min(limits.max_decoded_bytes));
     header.limits(caps.clone());
-    let (width, height) = header
-        .into_dimensions()
-        .map_err(|e| format!("cannot read the image header: {e}"))?;
+    let (width, height) = header.into_dimensions().map_err(|e| {
+        // The decoder's words name its internals; the client is told what to fix.
+        tracing::debug!(error = %e, "image header refused");
+        "cannot read the image header: the image is corrupt, truncated, or past the limits"
+            .to_owned()
+    })?;
     if width > limits.max_side || height > limits.max_side {
         return Err(format!(
             "{width}x{height} pixels exceed the limit of {} per side",
@@ -128,7 +131,12 @@ pub fn decode_one(
     reader.limits(caps);
     let decoded = reader
         .decode()
-        .map_err(|e| format!("cannot decode the image: {e}"))?;
+        .map_err(|e| {
+            tracing::debug!(error = %e, "image refused");
+            "cannot decode the image: it is corrupt, truncated, or a variant not supported (PNG, and baseline or \
+             progressive JPEG, are)"
+                .to_owned()
+        })?;
     let raw = match shape.channels {
         1 => decoded.into_luma8().into_raw(),
         3 => decoded.into_rgb8().into_raw(),

@@ -56,6 +56,16 @@ pub fn rows_of(tensor: &Tensor) -> Result<(usize, usize, Vec<f32>), DefendError>
     Ok((rows, width, values))
 }
 
+/// A field of a file as an error quotes it: at most 64 characters (a 50 MB field made a 50 MB error line).
+pub(crate) fn clip(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut out: String = chars.by_ref().take(64).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Softmax of one row of scores; a row that already is a probability vector is returned as is.
 pub fn to_probabilities(row: &[f32]) -> Vec<f32> {
     let sum: f32 = row.iter().sum();

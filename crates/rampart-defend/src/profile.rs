@@ -14,6 +14,9 @@ pub const QUANTILES: [f64; 7] = [0.001, 0.01, 0.05, 0.5, 0.95, 0.99, 0.999];
 
 /// Most values a profile is built from (rows × features), to bound memory.
 pub const MAX_CELLS: usize = 50_000_000;
+/// The most rows a profile's reference sample may hold: the extraction monitor's start searches every row's nearest
+/// neighbour among the others (about a second at 20,000 rows of 64 values; minutes at 100,000).
+pub const MAX_REFERENCE: usize = 20_000;
 
 /// What the training data looks like, feature by feature.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -255,6 +258,13 @@ impl Profile {
         {
             return Err(bad("the reference sample is empty or truncated"));
         }
+        if self.reference.len() > MAX_REFERENCE {
+            return Err(bad(&format!(
+                "the reference sample has {} rows, more than {MAX_REFERENCE}: the detectors' start (a leave-one-out \
+                 search of every row) would take minutes; profile again with `--max-reference {MAX_REFERENCE}` or less",
+                self.reference.len()
+            )));
+        }
         if self
             .features
             .iter()
@@ -328,8 +338,9 @@ pub fn read_labelled_rows(
             if i == label_at {
                 let label = field.trim().parse::<i64>().map_err(|_| {
                     bad(format!(
-                        "row {}: label `{field}` is not an integer",
-                        line + 2
+                        "row {}: label `{}` is not an integer",
+                        line + 2,
+                        crate::clip(field)
                     ))
                 })?;
                 labels.push(label);
@@ -343,8 +354,8 @@ pub fn read_labelled_rows(
                         bad(format!(
                             "row {}: `{}` in column `{}` is not a finite number",
                             line + 2,
-                            field,
-                            header.get(i).unwrap_or("?")
+                            crate::clip(field),
+                            crate::clip(header.get(i).unwrap_or("?"))
                         ))
                     })?;
                 values.push(v);
@@ -382,6 +393,24 @@ pub(crate) fn labelled_csv<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reference_past_the_cap_and_a_long_field_are_refused_briefly() {
+        let n = MAX_REFERENCE + 1;
+        let values: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+        let labels: Vec<i64> = (0..n as i64).map(|i| i % 2).collect();
+        let names = vec!["x".to_owned()];
+        let err = Profile::from_rows(&names, "label", &values, &labels, n)
+            .and_then(|p| p.validate().map(|()| p))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--max-reference"), "{err}");
+        let csv = format!("x,label\n{},1\n", "7".repeat(10_000) + "z");
+        let err = read_labelled_rows(csv.as_bytes(), "label")
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 300 && err.contains("not a finite number"), "{err}");
+    }
 
     #[test]
     fn builds_statistics_from_csv() {

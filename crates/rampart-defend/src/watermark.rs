@@ -293,8 +293,9 @@ pub fn read_query_log(
             if i == label_at {
                 label = field.trim().parse().map_err(|_| {
                     bad(format!(
-                        "row {}: label `{field}` is not a class index",
-                        line + 2
+                        "row {}: label `{}` is not a class index",
+                        line + 2,
+                        crate::clip(field)
                     ))
                 })?;
             } else {
@@ -305,8 +306,9 @@ pub fn read_query_log(
                     .filter(|v: &f32| v.is_finite())
                     .ok_or_else(|| {
                         bad(format!(
-                            "row {}: `{field}` is not a finite number",
-                            line + 2
+                            "row {}: `{}` is not a finite number",
+                            line + 2,
+                            crate::clip(field)
                         ))
                     })?;
                 input.push(v);

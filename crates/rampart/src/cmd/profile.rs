@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Most rows kept as the reference sample for the neighbour-based detectors
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=rampart_defend::profile::MAX_REFERENCE as u64))]
     pub max_reference: usize,
     /// Output format of the summary on stdout
     #[arg(long, value_enum, default_value_t = Format::Text)]

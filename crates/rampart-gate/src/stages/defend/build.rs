@@ -278,6 +278,25 @@ impl Defences {
             ))),
             (None, _) => None,
         };
+        // Decoded 8-bit images take values k/255; a profile quantised otherwise (the digits example's sixteenths)
+        // puts nearly every image off its lattice: the off-support signals would then count every image query.
+        if let (Some(_), Some(p)) = (Switch::on(&defend.images), &profile) {
+            let on_bytes = |step: f64| ((step * 255.0) - (step * 255.0).round()).abs() < 1e-6;
+            if let Some(f) = p
+                .features
+                .iter()
+                .find(|f| f.step.is_some_and(|s| !on_bytes(s)))
+            {
+                tracing::warn!(
+                    model = name,
+                    feature = %f.name,
+                    step = f.step,
+                    "the profile's features are quantised to steps that 8-bit images do not fall on: with images, \
+                     the off-support signals (schema with tolerance 0, detector, extraction) will count nearly every \
+                     image query; profile the training images as the gateway decodes them (values k/255)"
+                );
+            }
+        }
         tracing::info!(
             model = name,
             images = Switch::on(&defend.images).is_some(),
