@@ -491,6 +491,11 @@ async fn out_of_range_defences_stop_the_start_naming_the_key() {
             "shape = { height = 4611686018427387920, width = 4, channels = 1 }\n",
             "models[0].defend.shape",
         ),
+        // A sanitiser that cannot work on the shape (JPEG on two channels) answered every request 503.
+        (
+            "shape = { height = 4, width = 8, channels = 2 }\n[models.defend.sanitise]\nsteps = [{ kind = \"jpeg\", quality = 75 }]\n",
+            "models[0].defend.sanitise.steps",
+        ),
     ] {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplain_http = true\nstate_dir = \"{}\"\n[deploy]\ntrusted_keys = [\"{}\"]\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\n[models.defend]\nprofile = \"profile.json\"\n{table}",

@@ -201,8 +201,12 @@ impl Defences {
         let sanitisers = Switch::on(&defend.sanitise)
             .map(|s| s.steps.clone())
             .unwrap_or_default();
+        // Each step once on a blank row of the shape: one that cannot work on it (JPEG on two channels) stops the
+        // start, instead of answering every request 503.
+        let mut blank = vec![0.0_f32; shape.len()];
         for step in &sanitisers {
             step.validate()
+                .and_then(|()| step.apply_batch(&mut blank, shape))
                 .map_err(|e| invalid("sanitise.steps", e.to_string()))?;
         }
         let detector = match Switch::on(&defend.detector) {
