@@ -409,7 +409,10 @@ mod tests {
         let err = read_labelled_rows(csv.as_bytes(), "label")
             .unwrap_err()
             .to_string();
-        assert!(err.len() < 300 && err.contains("not a finite number"), "{err}");
+        assert!(
+            err.len() < 300 && err.contains("not a finite number"),
+            "{err}"
+        );
     }
 
     #[test]
