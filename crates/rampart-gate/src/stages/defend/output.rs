@@ -39,6 +39,19 @@ impl Pending<'_> {
             Ok(s) => s,
             Err(err) => {
                 d.undecided("detector", &err, audit, metrics)?;
+                // Failed open (`on_error = "allow"`), still never more than was asked: the rows' own answers, not
+                // the squeezed copies'; and never unhardened scores where hardening is configured.
+                for t in &mut outputs {
+                    keep_rows(t, self.rows);
+                }
+                if d.harden.is_some() {
+                    return Err(Refusal::new(
+                        "harden",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "defence_undecided",
+                        "the answer could not be hardened",
+                    ));
+                }
                 return Ok((outputs, true));
             }
         };
