@@ -480,7 +480,7 @@ async fn out_of_range_defences_stop_the_start_naming_the_key() {
     let train = std::fs::File::open(digits("train.csv")).unwrap();
     let profile = Profile::from_csv(train, "label", 5000).unwrap();
     std::fs::write(dir.path().join("profile.json"), profile.to_json()).unwrap();
-    for (table, key) in [
+    for (case, (table, key)) in [
         // A ban past an `Instant`'s range panicked on the first ban, answering 500 from then on.
         (
             "[models.defend.extraction]\nban_secs = 9223372036854775807\n",
@@ -496,10 +496,14 @@ async fn out_of_range_defences_stop_the_start_naming_the_key() {
             "shape = { height = 4, width = 8, channels = 2 }\n[models.defend.sanitise]\nsteps = [{ kind = \"jpeg\", quality = 75 }]\n",
             "models[0].defend.sanitise.steps",
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A state directory each: a start that failed may still be letting go of its own.
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplain_http = true\nstate_dir = \"{}\"\n[deploy]\ntrusted_keys = [\"{}\"]\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\n[models.defend]\nprofile = \"profile.json\"\n{table}",
-            dir.path().join("state").display(),
+            dir.path().join(format!("state{case}")).display(),
             digits("release.pub").display(),
             digits("model/model.onnx").display()
         );
