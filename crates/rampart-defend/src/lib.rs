@@ -56,6 +56,24 @@ pub fn rows_of(tensor: &Tensor) -> Result<(usize, usize, Vec<f32>), DefendError>
     Ok((rows, width, values))
 }
 
+/// A file's text, refused past `max` bytes (a profile or a key named as `/dev/zero` was read until memory ran out).
+pub fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(text)
+}
+
+/// The largest profile file read (JSON).
+pub const MAX_PROFILE_BYTES: u64 = 1 << 30;
+/// The largest watermark key file read.
+pub const MAX_KEY_BYTES: u64 = 4096;
+
 /// A field of a file as an error quotes it: at most 64 characters (a 50 MB field made a 50 MB error line).
 pub(crate) fn clip(text: &str) -> String {
     let mut chars = text.chars();

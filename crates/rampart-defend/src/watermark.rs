@@ -62,6 +62,10 @@ impl WatermarkKey {
         if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
+        // All zeros is no secret: a placeholder, never a key `keygen` makes.
+        if text.bytes().all(|b| b == b'0') {
+            return Err(bad());
+        }
         let mut secret = [0u8; 32];
         for (i, byte) in secret.iter_mut().enumerate() {
             *byte = text
@@ -415,7 +419,13 @@ mod tests {
         assert_eq!(k.id().len(), 16);
         assert!(!k.to_hex().contains(&k.id()));
         assert!(WatermarkKey::from_hex("abc").is_err());
+        assert!(WatermarkKey::from_hex(&"0".repeat(64)).is_err());
         assert!(!format!("{k:?}").contains("abab"));
+        // A key file is read within bounds: /dev/zero is refused, not read until memory runs out.
+        let err = crate::read_bounded(std::path::Path::new("/dev/zero"), crate::MAX_KEY_BYTES)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than 4096 bytes"), "{err}");
     }
 
     #[test]

@@ -121,7 +121,8 @@ impl Defences {
         let profile = match &defend.profile {
             Some(path) => {
                 let path = origin.resolve(path);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
+                let text = rampart_defend::read_bounded(&path, rampart_defend::MAX_PROFILE_BYTES)
+                    .map_err(|e| {
                     invalid("profile", format!("cannot read `{}`: {e}", path.display()))
                 })?;
                 Some(
@@ -257,7 +258,8 @@ impl Defences {
         let watermark = match Switch::on(&defend.watermark) {
             Some(w) => {
                 let path = origin.resolve(&w.key);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
+                let text = rampart_defend::read_bounded(&path, rampart_defend::MAX_KEY_BYTES)
+                    .map_err(|e| {
                     invalid(
                         "watermark.key",
                         format!(
