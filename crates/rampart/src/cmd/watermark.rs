@@ -91,7 +91,7 @@ fn keygen(args: &KeygenArgs) -> anyhow::Result<Outcome> {
 
 fn run_verify(args: &VerifyArgs) -> anyhow::Result<Outcome> {
     let key_text = rampart_defend::read_bounded(&args.key, rampart_defend::MAX_KEY_BYTES)
-        .with_context(|| format!("cannot read `{}`", args.key.display()))?;
+        .with_context(|| format!("cannot read the watermark key `{}`", args.key.display()))?;
     let key = WatermarkKey::from_hex(&key_text)
         .with_context(|| format!("in `{}`", args.key.display()))?;
     let log_file = std::fs::File::open(&args.queries)
