@@ -223,6 +223,16 @@ impl Exports {
                 let Ok(approval) = serde_json::from_slice::<Approval>(body) else {
                     return error(StatusCode::BAD_REQUEST, "the body must be {\"totp\": CODE}");
                 };
+                // Only an approver learns whether a request exists: anyone else is refused before the lookup.
+                let approver = match control.roles() {
+                    Ok(roles) => roles
+                        .get(&principal.id)
+                        .is_some_and(|r| r.iter().any(|r| r == rampart_deploy::export::APPROVER)),
+                    Err(err) => return answer(&err),
+                };
+                if !approver {
+                    return forbidden();
+                }
                 let pending = match control.get(id) {
                     Ok(pending) => pending,
                     Err(err) => return answer(&err),

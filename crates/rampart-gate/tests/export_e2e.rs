@@ -124,12 +124,27 @@ async fn export_is_refused_by_default_and_allowed_once_per_approval() {
     };
     let code = totp::code_at(&secret, now());
 
-    // Never self-approval, never a wrong code.
+    // Never by a principal without the approver role, who learns nothing of which requests exist (an unknown id is
+    // refused alike); never self-approval; never a wrong code.
+    for path in [approve.as_str(), "/v2/exports/0123456789abcdef/approve"] {
+        let (status, body) = call(
+            addr,
+            &carol,
+            "POST",
+            path,
+            &format!(r#"{{"totp": "{code}"}}"#),
+        )
+        .await;
+        assert_eq!(status, 403, "{}", text(&body));
+        assert_eq!(text(&body), r#"{"error":"forbidden"}"#);
+    }
+    let (_, body) = call(addr, &bob, "POST", "/v2/exports", ask).await;
+    let own: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let (status, body) = call(
         addr,
-        &carol,
+        &bob,
         "POST",
-        &approve,
+        &format!("/v2/exports/{}/approve", own["id"].as_str().unwrap()),
         &format!(r#"{{"totp": "{code}"}}"#),
     )
     .await;
