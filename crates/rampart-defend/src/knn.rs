@@ -437,8 +437,9 @@ impl Index {
         around: &[f32],
         known: &[Neighbour],
     ) -> Option<Neighbour> {
-        if self.encloses(query, around, known) {
-            let at = self.coordinates(query);
+        // Each row projected once, for the test and for the known rows' distances.
+        let at = self.coordinates(query);
+        if self.encloses(&at, &self.coordinates(around), known) {
             let mut best = KBest::new(1);
             // A known row this index does not hold (another reference) would leave a hole: search instead.
             let held = known
@@ -460,18 +461,20 @@ impl Index {
         }
     }
 
-    /// Whether `known` must hold `query`'s nearest row and its ties (see [`Index::nearest_near`]). Both sides of the
-    /// test keep a relative margin far above the rounding of the distances.
-    fn encloses(&self, query: &[f32], around: &[f32], known: &[Neighbour]) -> bool {
+    /// Whether `known` must hold the nearest row of the query whose coordinates are `query`, and its ties (see
+    /// [`Index::nearest_near`]); `around` are the coordinates of the row `known` was found for. Both sides of the
+    /// test keep a relative margin far above the rounding of the distances. Rows of another width have no
+    /// coordinates, and fail it.
+    fn encloses(&self, query: &Projection, around: &Projection, known: &[Neighbour]) -> bool {
         let (Some(first), Some(last)) = (known.first(), known.last()) else {
             return false;
         };
-        if query.len() != self.width || around.len() != self.width || self.width == 0 {
+        let (q, a) = (query.as_slice(), around.as_slice());
+        if q.is_empty() || q.len() != self.m || a.len() != self.m {
             return false;
         }
         let margin = f64::from(MARGIN);
-        let (q, a) = (self.coordinates(query), self.coordinates(around));
-        let apart = f64::from(squared_distance(q.as_slice(), a.as_slice())).sqrt();
+        let apart = f64::from(squared_distance(q, a)).sqrt();
         // A NaN (in either row) fails the test: such a query is searched.
         (first.distance + 2.0 * apart) * (1.0 + margin) < last.distance * (1.0 - margin)
     }
@@ -962,7 +965,7 @@ mod tests {
                 }
                 for k in [1, 2, 5, 12, r.labels.len() + 3] {
                     let known = index.nearest(&around, k, None);
-                    if index.encloses(&q, &around, &known) {
+                    if index.encloses(&index.coordinates(&q), &index.coordinates(&around), &known) {
                         enclosed += 1;
                     } else {
                         searched += 1;
@@ -982,7 +985,7 @@ mod tests {
         // A query on a row duplicated under another label, around itself: the earlier twin wins the tie.
         let twin = r.rows[..16].to_vec();
         let known = index.nearest(&twin, 5, None);
-        assert!(index.encloses(&twin, &twin, &known));
+        assert!(index.encloses(&index.coordinates(&twin), &index.coordinates(&twin), &known));
         assert_eq!(
             index.nearest_near(&twin, &twin, &known).map(|n| n.index),
             Some(0)
@@ -990,7 +993,7 @@ mod tests {
         // A NaN is searched, never answered from the known rows.
         let mut nan = twin.clone();
         nan[3] = f32::NAN;
-        assert!(!index.encloses(&nan, &twin, &known));
+        assert!(!index.encloses(&index.coordinates(&nan), &index.coordinates(&twin), &known));
         // The reach is `d + 2δ`, no less. On a line, around 0 and the query at 0.4: around's two nearest rows are
         // at -0.5 and -1.15, beyond `d + 1.5δ` = 1.1, yet the query's nearest row is the one at 1.2.
         let line = Index::new(&Reference {
@@ -1003,7 +1006,7 @@ mod tests {
             known.iter().map(|n| n.index).collect::<Vec<_>>(),
             vec![0, 1]
         );
-        assert!(!line.encloses(&[0.4], &[0.0], &known));
+        assert!(!line.encloses(&line.coordinates(&[0.4]), &line.coordinates(&[0.0]), &known));
         assert_eq!(
             line.nearest_near(&[0.4], &[0.0], &known).map(|n| n.index),
             Some(2)
