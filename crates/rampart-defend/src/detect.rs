@@ -434,13 +434,6 @@ impl Detector {
                 at + 1
             )));
         }
-        if comps.len() < needed.max(10) {
-            return Err(DefendError::Uncalibrated(format!(
-                "{} clean rows are too few for a {}% false-positive rate; give at least {needed}",
-                comps.len(),
-                self.config.target_fpr * 100.0
-            )));
-        }
         let mut components: Vec<Vec<f64>> = (0..COMPONENTS)
             .map(|i| {
                 comps

@@ -12,7 +12,7 @@
 //!   distance between two rows is that of their projections plus that of their residuals, and the latter is at least
 //!   the square of the difference of the residuals' norms), equal to it for data that lie within the directions.
 //!   Measured on the digits detectors' benchmark, it detects adversarial inputs as well as the distance between the
-//!   rows, or better, and a search reads a fifth of the memory. The same coordinates bound the distances between
+//!   rows, or better, and a search reads the coordinates alone, not the rows. The same coordinates bound the distances between
 //!   other rows, such as an extraction monitor's memory of a principal's queries.
 //! - The rows' coordinates are grouped by label, and ordered within a group along the first direction, in blocks of
 //!   eight rows laid out coordinate by coordinate: a search measures a block's eight rows at once, asks the
@@ -339,12 +339,17 @@ impl Index {
     /// Offers `collector` every row it could keep (and perhaps others), with its squared distance to `query` (between
     /// their coordinates) and its index in the reference. A query of another width finds nothing.
     pub fn search(&self, query: &[f32], collector: &mut impl Collector) {
-        if self.width == 0 || query.len() != self.width || self.original.is_empty() {
-            return;
-        }
-        let projection = project(&self.weights, &self.mean, query);
+        self.search_at(&self.coordinates(query), collector);
+    }
+
+    /// [`Index::search`] for the query whose coordinates are `projection` ([`Index::coordinates`]); coordinates of
+    /// another row width find nothing.
+    fn search_at(&self, projection: &Projection, collector: &mut impl Collector) {
         let q = projection.as_slice();
         let m = self.m;
+        if m == 0 || q.len() != m || self.original.is_empty() {
+            return;
+        }
         // A group's box is measured otherwise than its rows: its bound is lowered by a margin far above the rounding.
         let slack = MARGIN * (self.largest + projection.squared_norm());
         let mut groups: Vec<(f32, &Group)> = self
@@ -408,17 +413,19 @@ impl Index {
     /// changed it). The hint's distance bounds the search from its first block, so most blocks are skipped. A hint
     /// out of range only loses that head start.
     pub fn nearest_from(&self, query: &[f32], hint: usize) -> Option<Neighbour> {
+        self.nearest_from_at(&self.coordinates(query), hint)
+    }
+
+    /// [`Index::nearest_from`] for the query whose coordinates are `at`.
+    fn nearest_from_at(&self, at: &Projection, hint: usize) -> Option<Neighbour> {
         let mut best = KBest::new(1);
-        if query.len() == self.width {
-            let at = self.coordinates(query);
-            if let Some((d, label)) = self.distance_to(hint, at.as_slice()) {
-                // A NaN seed would bound nothing, and the full scan's answer for such a query is its own.
-                if !d.is_nan() {
-                    best.push(d, hint, label);
-                }
+        if let Some((d, label)) = self.distance_to(hint, at) {
+            // A NaN seed would bound nothing, and the full scan's answer for such a query is its own.
+            if !d.is_nan() {
+                best.push(d, hint, label);
             }
         }
-        self.search(query, &mut best);
+        self.search_at(at, &mut best);
         best.neighbours().into_iter().next()
     }
 
@@ -437,27 +444,29 @@ impl Index {
         around: &[f32],
         known: &[Neighbour],
     ) -> Option<Neighbour> {
-        // Each row projected once, for the test and for the known rows' distances.
+        // Each row projected once, for the test, the known rows' distances and the search.
         let at = self.coordinates(query);
         if self.encloses(&at, &self.coordinates(around), known) {
             let mut best = KBest::new(1);
             // A known row this index does not hold (another reference) would leave a hole: search instead.
-            let held = known
-                .iter()
-                .all(|n| match self.distance_to(n.index, at.as_slice()) {
-                    Some((d, label)) => {
-                        best.push(d, n.index, label);
-                        true
-                    }
-                    None => false,
-                });
+            let held = known.iter().all(|n| match self.distance_to(n.index, &at) {
+                Some((d, label)) => {
+                    best.push(d, n.index, label);
+                    true
+                }
+                None => false,
+            });
             if held {
                 return best.neighbours().into_iter().next();
             }
         }
         match known.first() {
-            Some(n) => self.nearest_from(query, n.index),
-            None => self.nearest(query, 1, None).into_iter().next(),
+            Some(n) => self.nearest_from_at(&at, n.index),
+            None => {
+                let mut best = KBest::new(1);
+                self.search_at(&at, &mut best);
+                best.neighbours().into_iter().next()
+            }
         }
     }
 
@@ -479,9 +488,14 @@ impl Index {
         (first.distance + 2.0 * apart) * (1.0 + margin) < last.distance * (1.0 - margin)
     }
 
-    /// The squared distance between the coordinates `q` ([`Index::coordinates`]) and those of the reference's row
-    /// `index`, computed as a search computes it, and the row's label; `None` for a row it does not hold.
-    fn distance_to(&self, index: usize, q: &[f32]) -> Option<(f32, i64)> {
+    /// The squared distance between the coordinates `at` ([`Index::coordinates`]) and those of the reference's row
+    /// `index`, computed by the search's own arithmetic ([`block_bounds`] on the row's block), and the row's label;
+    /// `None` for a row it does not hold or coordinates of another width.
+    fn distance_to(&self, index: usize, at: &Projection) -> Option<(f32, i64)> {
+        let q = at.as_slice();
+        if self.m == 0 || q.len() != self.m {
+            return None;
+        }
         let at = *self.position.get(index)?;
         let group = self
             .groups
@@ -492,13 +506,7 @@ impl Index {
             .projected
             .get((group.block + offset / LANES) * self.m * LANES..)?
             .get(..self.m * LANES)?;
-        let lane = offset % LANES;
-        let mut d = 0.0_f32;
-        for (column, &qk) in block.chunks_exact(LANES).zip(q) {
-            let v = column.get(lane).copied()?;
-            let diff = v - qk;
-            d += diff * diff;
-        }
+        let d = block_bounds(block, q).get(offset % LANES).copied()?;
         Some((d, group.label))
     }
 

@@ -30,6 +30,7 @@ pub mod watermark;
 
 pub use error::DefendError;
 
+pub(crate) use rampart_infer::clip;
 use rampart_infer::{Tensor, TensorData};
 
 /// The rows of a 2-D (or N-D, flattened per row) floating-point tensor: `(rows, width, values)`.
@@ -73,16 +74,6 @@ pub fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<String>
 pub const MAX_PROFILE_BYTES: u64 = 1 << 30;
 /// The largest watermark key file read.
 pub const MAX_KEY_BYTES: u64 = 4096;
-
-/// A field of a file as an error quotes it: at most 64 characters (a 50 MB field made a 50 MB error line).
-pub(crate) fn clip(text: &str) -> String {
-    let mut chars = text.chars();
-    let mut out: String = chars.by_ref().take(64).collect();
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
-}
 
 /// Softmax of one row of scores; a row that already is a probability vector is returned as is.
 pub fn to_probabilities(row: &[f32]) -> Vec<f32> {

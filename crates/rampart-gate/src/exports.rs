@@ -11,7 +11,7 @@
 //!   nothing is written to disk.
 //!
 //! Every request, approval, refusal and export is recorded in the audit log by `ExportControl`; a refusal is 403
-//! with the reason, an unknown request or version 404.
+//! with the reason, an unknown request or version 404, each a refusal of stage `export` in the gateway's own record.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -21,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use rampart_auth::{Action, Principal};
 use rampart_deploy::{Error as DeployError, ExportControl, GateConfig, Registry};
 
-use crate::pipeline::{ConnInfo, Reply};
+use crate::pipeline::{ConnInfo, Refusal, Reply};
 use crate::Gate;
 
 /// Largest JSON body of a request or an approval.
@@ -29,13 +29,13 @@ const MAX_BODY: usize = 4096;
 
 /// The export routes, parsed.
 #[derive(Debug, PartialEq, Eq)]
-enum ExportRoute {
+pub(crate) enum ExportRoute {
     Request,
     Approve(String),
     Fetch { model: String, version: String },
 }
 
-fn parse(method: &Method, path: &str) -> Option<ExportRoute> {
+pub(crate) fn parse(method: &Method, path: &str) -> Option<ExportRoute> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match (method, segments.as_slice()) {
         (&Method::POST, ["v2", "exports"]) => Some(ExportRoute::Request),
@@ -52,16 +52,19 @@ fn parse(method: &Method, path: &str) -> Option<ExportRoute> {
     }
 }
 
-/// The route for metrics and the audit trail.
-pub(crate) fn route_of(method: &Method, path: &str) -> Option<crate::pipeline::Route> {
-    let (template, model) = match parse(method, path)? {
-        ExportRoute::Request => ("/v2/exports", None),
-        ExportRoute::Approve(_) => ("/v2/exports/{id}/approve", None),
-        ExportRoute::Fetch { model, .. } => {
-            ("/v2/models/{name}/versions/{version}/export", Some(model))
-        }
-    };
-    Some(crate::pipeline::Route::Export { template, model })
+impl ExportRoute {
+    /// The route for metrics and the audit trail.
+    pub(crate) fn route(&self) -> crate::pipeline::Route {
+        let (template, model) = match self {
+            ExportRoute::Request => ("/v2/exports", None),
+            ExportRoute::Approve(_) => ("/v2/exports/{id}/approve", None),
+            ExportRoute::Fetch { model, .. } => (
+                "/v2/models/{name}/versions/{version}/export",
+                Some(model.clone()),
+            ),
+        };
+        crate::pipeline::Route::Export { template, model }
+    }
 }
 
 /// Whether a request is for these routes (checked before the inference pipeline's routes).
@@ -108,26 +111,32 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
     reply(status, "application/json", value.to_string().into_bytes())
 }
 
-fn error(status: StatusCode, message: &str) -> Reply {
-    json(status, &serde_json::json!({ "error": message }))
+/// A refusal of export control, recorded as such by the pipeline (stage `export`).
+fn refused(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal::new("export", status, reason, message)
 }
 
-/// Maps export control's errors to answers: a denial 403 with its reason, a missing thing 404, bad names 400.
-fn answer(err: &DeployError) -> Reply {
+/// Maps export control's errors to refusals: a denial 403 with its reason, a missing thing 404, bad names 400.
+fn answer(err: &DeployError) -> Refusal {
     match err {
-        DeployError::Denied(reason) => error(StatusCode::FORBIDDEN, reason),
-        DeployError::NotFound(what) => error(StatusCode::NOT_FOUND, what),
+        DeployError::Denied(reason) => refused(StatusCode::FORBIDDEN, "export_refused", reason),
+        DeployError::NotFound(what) => refused(StatusCode::NOT_FOUND, "not_found", what),
         DeployError::Refused(report) => {
             tracing::error!(reason = %report.summary(), "a stored version failed the deployment gate on export");
-            error(
+            refused(
                 StatusCode::CONFLICT,
+                "gate_refused",
                 "the stored version fails the deployment gate",
             )
         }
-        DeployError::Name { .. } => error(StatusCode::BAD_REQUEST, &err.to_string()),
+        DeployError::Name { .. } => refused(StatusCode::BAD_REQUEST, "bad_name", err.to_string()),
         other => {
             tracing::error!(error = %other, "export control failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "export control failed")
+            refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "export_failed",
+                "export control failed",
+            )
         }
     }
 }
@@ -138,18 +147,16 @@ impl Gate {
     pub(crate) async fn handle_export<B>(
         &self,
         conn: &ConnInfo,
+        route: ExportRoute,
         principal: Principal,
         request: Request<B>,
-    ) -> Reply
+    ) -> Result<Reply, Refusal>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let Some(route) = parse(request.method(), request.uri().path()) else {
-            return error(StatusCode::NOT_FOUND, "no such route");
-        };
         let Some(exports) = &self.exports else {
-            return error(StatusCode::NOT_FOUND, "no registry");
+            return Err(refused(StatusCode::NOT_FOUND, "no_registry", "no registry"));
         };
         let body = match tokio::time::timeout(
             self.limits.body_timeout,
@@ -159,10 +166,11 @@ impl Gate {
         {
             Ok(Ok(body)) => body.to_bytes(),
             _ => {
-                return error(
+                return Err(refused(
                     StatusCode::BAD_REQUEST,
+                    "bad_body",
                     "cannot read the body (at most 4096 bytes)",
-                )
+                ))
             }
         };
         let exports = std::sync::Arc::clone(exports);
@@ -171,7 +179,13 @@ impl Gate {
         // Export control reads and writes the state directory and unseals models: blocking work.
         tokio::task::spawn_blocking(move || exports.run(&route, &principal, &body, &authorizer, ip))
             .await
-            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "export control failed"))
+            .unwrap_or_else(|_| {
+                Err(refused(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "export_failed",
+                    "export control failed",
+                ))
+            })
     }
 }
 
@@ -183,12 +197,19 @@ impl Exports {
         body: &[u8],
         authorizer: &rampart_auth::Authorizer,
         ip: std::net::IpAddr,
-    ) -> Reply {
+    ) -> Result<Reply, Refusal> {
         let control = ExportControl::new(&self.registry);
         let allowed = |action: Action, model: &str| {
             crate::stages::policy::allows(authorizer, principal, action, model)
         };
-        let forbidden = || error(StatusCode::FORBIDDEN, "forbidden");
+        let forbidden = || refused(StatusCode::FORBIDDEN, "export_refused", "forbidden");
+        let bad_body = |shape: &str| {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body must be {shape}"),
+            )
+        };
         match route {
             ExportRoute::Request => {
                 #[derive(serde::Deserialize)]
@@ -197,22 +218,18 @@ impl Exports {
                     model: String,
                     version: String,
                 }
-                let Ok(ask) = serde_json::from_slice::<Ask>(body) else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "the body must be {\"model\": NAME, \"version\": VERSION}",
-                    );
-                };
+                let ask = serde_json::from_slice::<Ask>(body)
+                    .map_err(|_| bad_body("{\"model\": NAME, \"version\": VERSION}"))?;
                 if !allowed(Action::Export, &ask.model) {
-                    return forbidden();
+                    return Err(forbidden());
                 }
-                match control.request(&ask.model, &ask.version, &principal.id) {
-                    Ok(request) => json(
-                        StatusCode::CREATED,
-                        &serde_json::to_value(&request).unwrap_or_default(),
-                    ),
-                    Err(err) => answer(&err),
-                }
+                let request = control
+                    .request(&ask.model, &ask.version, &principal.id)
+                    .map_err(|e| answer(&e))?;
+                Ok(json(
+                    StatusCode::CREATED,
+                    &serde_json::to_value(&request).unwrap_or_default(),
+                ))
             }
             ExportRoute::Approve(id) => {
                 #[derive(serde::Deserialize)]
@@ -220,57 +237,49 @@ impl Exports {
                 struct Approval {
                     totp: String,
                 }
-                let Ok(approval) = serde_json::from_slice::<Approval>(body) else {
-                    return error(StatusCode::BAD_REQUEST, "the body must be {\"totp\": CODE}");
-                };
+                let approval = serde_json::from_slice::<Approval>(body)
+                    .map_err(|_| bad_body("{\"totp\": CODE}"))?;
                 // Only an approver learns whether a request exists: anyone else is refused before the lookup.
-                let approver = match control.roles() {
-                    Ok(roles) => roles
-                        .get(&principal.id)
-                        .is_some_and(|r| r.iter().any(|r| r == rampart_deploy::export::APPROVER)),
-                    Err(err) => return answer(&err),
-                };
+                let approver = control
+                    .roles()
+                    .map_err(|e| answer(&e))?
+                    .get(&principal.id)
+                    .is_some_and(|r| r.iter().any(|r| r == rampart_deploy::export::APPROVER));
                 if !approver {
-                    return forbidden();
+                    return Err(forbidden());
                 }
-                let pending = match control.get(id) {
-                    Ok(pending) => pending,
-                    Err(err) => return answer(&err),
-                };
+                let pending = control.get(id).map_err(|e| answer(&e))?;
                 if !allowed(Action::Approve, &pending.model) {
-                    return forbidden();
+                    return Err(forbidden());
                 }
-                match control.approve(id, &principal.id, &approval.totp) {
-                    Ok(request) => json(
-                        StatusCode::OK,
-                        &serde_json::to_value(&request).unwrap_or_default(),
-                    ),
-                    Err(err) => answer(&err),
-                }
+                let request = control
+                    .approve(id, &principal.id, &approval.totp)
+                    .map_err(|e| answer(&e))?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::to_value(&request).unwrap_or_default(),
+                ))
             }
             ExportRoute::Fetch { model, version } => {
                 if !allowed(Action::Export, model) {
-                    return forbidden();
+                    return Err(forbidden());
                 }
-                if let Err(err) =
-                    control.take_grant(model, version, &principal.id, &format!("https to {ip}"))
-                {
-                    return answer(&err);
-                }
-                let files = match self
+                control
+                    .take_grant(model, version, &principal.id, &format!("https to {ip}"))
+                    .map_err(|e| answer(&e))?;
+                let files = self
                     .registry
                     .load(model, version, &principal.id, &self.gate)
-                {
-                    Ok(files) => files,
-                    Err(err) => return answer(&err),
-                };
-                match tar_of(&files) {
-                    Ok(bytes) => reply(StatusCode::OK, "application/x-tar", bytes),
-                    Err(err) => {
-                        tracing::error!(error = %err, "cannot build the export");
-                        error(StatusCode::INTERNAL_SERVER_ERROR, "export failed")
-                    }
-                }
+                    .map_err(|e| answer(&e))?;
+                let bytes = tar_of(&files).map_err(|err| {
+                    tracing::error!(error = %err, "cannot build the export");
+                    refused(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "export_failed",
+                        "export failed",
+                    )
+                })?;
+                Ok(reply(StatusCode::OK, "application/x-tar", bytes))
             }
         }
     }

@@ -564,10 +564,10 @@ impl Gate {
     {
         self.stage_ban(conn)?;
         let route =
-            crate::exports::route_of(request.method(), request.uri().path()).ok_or_else(|| {
+            crate::exports::parse(request.method(), request.uri().path()).ok_or_else(|| {
                 Refusal::new("route", StatusCode::NOT_FOUND, "no_route", "no such route")
             })?;
-        trace.route = Some(route);
+        trace.route = Some(route.route());
         self.stage_audit_open()?;
         if self.security {
             self.stage_rate_ip(conn, trace)?;
@@ -581,26 +581,7 @@ impl Gate {
         } else {
             None
         };
-        let reply = self.handle_export(conn, principal, request).await;
-        if reply.status() == StatusCode::FORBIDDEN {
-            // Refused by Cedar or by export control: a refusal in the metrics and the audit trail, with its reason.
-            let message = serde_json::from_slice::<serde_json::Value>(
-                &http_body_util::BodyExt::collect(reply.into_body())
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default(),
-            )
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| "forbidden".to_owned());
-            return Err(Refusal::new(
-                "export",
-                StatusCode::FORBIDDEN,
-                "export_refused",
-                message,
-            ));
-        }
-        Ok(reply)
+        self.handle_export(conn, route, principal, request).await
     }
 
     fn stage_ban(&self, conn: &ConnInfo) -> Result<(), Refusal> {
@@ -838,7 +819,7 @@ impl Gate {
         {
             return Err(bad(
                 "bad_tensor",
-                format!("unknown input `{}`", truncate(&extra.name)),
+                format!("unknown input `{}`", rampart_infer::clip(&extra.name)),
             ));
         }
         if let Some(extra) = parsed
@@ -848,7 +829,7 @@ impl Gate {
         {
             return Err(bad(
                 "bad_tensor",
-                format!("unknown output `{}`", truncate(extra)),
+                format!("unknown output `{}`", rampart_infer::clip(extra)),
             ));
         }
         Ok(parsed)
@@ -942,10 +923,6 @@ impl Gate {
                 .await;
         }
     }
-}
-
-fn truncate(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 pub(crate) fn unknown_model() -> Refusal {

@@ -452,35 +452,17 @@ async fn flag_mode_answers_with_a_header() {
 }
 
 #[tokio::test]
-async fn a_detector_without_calibration_stops_the_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let train = std::fs::File::open(digits("train.csv")).unwrap();
-    let profile = Profile::from_csv(train, "label", 5000).unwrap();
-    std::fs::write(dir.path().join("profile.json"), profile.to_json()).unwrap();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplain_http = true\nstate_dir = \"{}\"\n[deploy]\ntrusted_keys = [\"{}\"]\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\n[models.defend]\nprofile = \"profile.json\"\n[models.defend.detector]\n",
-        dir.path().join("state").display(),
-        digits("release.pub").display(),
-        digits("model/model.onnx").display()
-    );
-    let config = Config::parse(&text, &dir.path().join("gate.toml"), dir.path()).unwrap();
-    let err = rampart_gate::prepare(&config, Parts::default())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("models[0].defend.detector.calibration_data"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
-async fn out_of_range_defences_stop_the_start_naming_the_key() {
+async fn missing_or_out_of_range_defences_stop_the_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let train = std::fs::File::open(digits("train.csv")).unwrap();
     let profile = Profile::from_csv(train, "label", 5000).unwrap();
     std::fs::write(dir.path().join("profile.json"), profile.to_json()).unwrap();
     for (case, (table, key)) in [
+        // A detector cannot decide without calibration.
+        (
+            "[models.defend.detector]\n",
+            "models[0].defend.detector.calibration_data",
+        ),
         // A ban past an `Instant`'s range panicked on the first ban, answering 500 from then on.
         (
             "[models.defend.extraction]\nban_secs = 9223372036854775807\n",

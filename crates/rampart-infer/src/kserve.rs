@@ -5,13 +5,14 @@
 //! disagrees with its `shape` is refused. `data` is read element by element straight into the tensor, flat or nested
 //! exactly as the shape is (the protocol allows either), so a request takes memory in proportion to its shape, not
 //! to the nesting a client sends; `parameters` are skipped, not built (only `binary_data_size` is read). Input names
-//! are unique, and a client's strings are cut short in error messages. Triton's binary tensor extension (`Inference-Header-Content-Length`,
-//! `binary_data_size`) is understood on input, so `tritonclient` works with its defaults.
+//! are unique, and a client's strings are cut short in error messages ([`crate::clip`]). Triton's binary tensor
+//! extension (`Inference-Header-Content-Length`, `binary_data_size`) is understood on input, so `tritonclient` works
+//! with its defaults.
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{DataType, Tensor, TensorData};
+use crate::{clip, DataType, Tensor, TensorData};
 
 /// Bounds applied while parsing a request.
 #[derive(Debug, Clone, Copy)]
@@ -192,16 +193,6 @@ pub fn parse_request(
 fn short(err: &serde_json::Error) -> String {
     let text = err.to_string();
     text.chars().take(160).collect()
-}
-
-/// A client's string as an error message quotes it: at most 64 characters.
-fn clip(text: &str) -> String {
-    let mut chars = text.chars();
-    let mut out: String = chars.by_ref().take(64).collect();
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
 }
 
 fn element_count(name: &str, shape: &[u64], max: usize) -> Result<usize, CodecError> {

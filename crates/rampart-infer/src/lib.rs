@@ -18,6 +18,17 @@ mod upstream;
 mod vector_state;
 
 pub use onnx::OnnxModel;
+
+/// A client's or a file's string as an error message quotes it: at most 64 characters, and `…` when cut (a 3 MB
+/// tensor name made a 3 MB error body, a 50 MB CSV field a 50 MB error line).
+pub fn clip(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut out: String = chars.by_ref().take(64).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
 pub use tensor::{DataType, Tensor, TensorData, TensorSpec};
 pub use upstream::UpstreamModel;
 

@@ -419,6 +419,7 @@ fn guarded_infer(model: &dyn Model, inputs: &[Tensor]) -> Result<Vec<Tensor>, Jo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rampart_infer::{DataType, ModelMetadata, TensorSpec};
 
     #[test]
     fn heavy_work_leaves_the_runtime_thread_to_others() {
@@ -459,7 +460,6 @@ mod tests {
             }
         });
     }
-    use rampart_infer::{DataType, ModelMetadata, TensorSpec};
 
     /// A model that takes `delay` per call and echoes its input.
     #[derive(Debug)]
