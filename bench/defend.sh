@@ -59,18 +59,50 @@ echo "== natural-data extraction against output hardening: surrogate fidelity" >
 "$HARNESS" serve-hardened $MODEL "$WORK/thief.csv" "$WORK"
 "$PY" bench/defend_attacks.py fidelity $MODEL $DIGITS/test.csv "$WORK" 2>/dev/null
 
-echo "== watermark" >&2
-rm -f "$WORK/wm.key"
-"$RAMPART" watermark keygen -o "$WORK/wm.key" >/dev/null
-"$HARNESS" serve-watermarked $MODEL "$WORK/wm.key" "$WORK/thief.csv" "$WORK/served.csv" "$WORK/log.csv"
+echo "== watermark: a surrogate extracted through the gateway" >&2
+# `rampart serve` on loopback HTTP with the watermark on and label-only answers; the thief's 5,000 queries go through
+# it, and verification reads the gateway's own record of that principal's watermarked rows and controls.
+WM="$WORK/wm"
+rm -rf "$WM"; mkdir -p "$WM"
+"$RAMPART" watermark keygen -o "$WM/wm.key" >/dev/null
+PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+cat > "$WM/rampart.toml" <<CONF
+[server]
+listen = "127.0.0.1:$PORT"
+admin_listen = "127.0.0.1:0"
+plain_http = true
+state_dir = "$WM/state"
+[auth]
+create_first_key = false
+[deploy]
+trusted_keys = ["$PWD/$DIGITS/release.pub"]
+[[models]]
+name = "digits"
+onnx = "$PWD/$MODEL"
+[models.defend.harden]
+default = { mode = "label_only" }
+[models.defend.watermark]
+key = "$WM/wm.key"
+CONF
+THIEF_KEY="$("$RAMPART" keys add --principal thief --role user --state-dir "$WM/state" --format json \
+  | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["key"])')"
+"$RAMPART" serve --config "$WM/rampart.toml" >/dev/null 2>"$WM/serve.log" &
+SERVE_PID=$!
+trap 'kill $SERVE_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/v2/health/live" && break; sleep 0.1; done
+RAMPART_API_KEY="$THIEF_KEY" "$PY" bench/defend_attacks.py extract "http://127.0.0.1:$PORT/v2/models/digits/infer" \
+  "$WORK/thief.csv" "$WORK/served.csv"
+kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
+cp "$WM/state/watermark/digits.csv" "$WORK/log.csv"
+echo "watermark: the gateway recorded $(($(wc -l < "$WORK/log.csv") - 1)) rows (watermarked and controls) of 5,000 answers"
 "$PY" bench/defend_attacks.py train "$WORK/served.csv" "$WORK/surrogate.onnx" --seed 1 --hidden 256 --max-iter 1000 2>/dev/null
 set +e
-"$RAMPART" watermark verify --model "$WORK/surrogate.onnx" --key "$WORK/wm.key" --queries "$WORK/log.csv" --format json \
+"$RAMPART" watermark verify --model "$WORK/surrogate.onnx" --key "$WM/wm.key" --queries "$WORK/log.csv" --principal thief --format json \
   | sed 's/^/watermark: surrogate (5,000 watermarked answers): /'
 identified=0
 for seed in 0 1 2 3 4 5 6 7 8 9; do
   "$PY" bench/defend_attacks.py train $DIGITS/train.csv "$WORK/indep$seed.onnx" --seed $seed --hidden $((64 + 16 * seed)) 2>/dev/null
-  out="$("$RAMPART" watermark verify --model "$WORK/indep$seed.onnx" --key "$WORK/wm.key" --queries "$WORK/log.csv" --format json)"
+  out="$("$RAMPART" watermark verify --model "$WORK/indep$seed.onnx" --key "$WM/wm.key" --queries "$WORK/log.csv" --principal thief --format json)"
   [ $? -eq 1 ] && identified=$((identified + 1))
   echo "watermark: independent model $seed: $out"
 done

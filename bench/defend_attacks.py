@@ -8,6 +8,7 @@ Usage: defend_attacks.py attacks MODEL.onnx TEST.csv OUTDIR
        defend_attacks.py train IN.csv OUT.onnx --label-column COL --seed S [--hidden H]
        defend_attacks.py squeeze-baseline MODEL.onnx TEST.csv ATTACKDIR
        defend_attacks.py thief-queries TRAIN.csv OUT.csv [--count N]
+       defend_attacks.py extract URL QUERIES.csv OUT.csv   (API key in $RAMPART_API_KEY)
        defend_attacks.py sanitise-time HxWxC DIR RAMPART_TIMES
 """
 import argparse
@@ -321,6 +322,32 @@ def cmd_thief_queries(a):
     write_csv(a.out, q)
 
 
+def cmd_extract(a):
+    """The thief's side of extraction through a live gateway (KServe v2 over HTTP): asks QUERIES in batches and writes
+    each row with the label answered (a hardened `label` output, else the argmax of the first output)."""
+    import json
+    import urllib.request
+    x, _ = load_csv(a.queries)
+    key = os.environ["RAMPART_API_KEY"]
+    labels = []
+    for start in range(0, len(x), a.batch):
+        chunk = x[start:start + a.batch]
+        body = json.dumps({"inputs": [{"name": "input", "shape": list(chunk.shape), "datatype": "FP32",
+                                       "data": [float(v) for v in chunk.ravel()]}]}).encode()
+        req = urllib.request.Request(a.url, data=body, headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            outputs = json.load(r)["outputs"]
+        named = {o["name"]: o for o in outputs}
+        if "label" in named:
+            labels.extend(int(v) for v in named["label"]["data"])
+        else:
+            scores = np.array(outputs[0]["data"], dtype=np.float32).reshape(len(chunk), -1)
+            labels.extend(int(v) for v in scores.argmax(axis=1))
+    write_csv(a.out, x, np.array(labels))
+    print(f"extract: {len(labels)} answers from {a.url}", file=sys.stderr)
+
+
 def cmd_sanitise_time(a):
     """The peer of Rampart's sanitisers: scipy.ndimage (median, Gaussian) and numpy (bit depth, FFT low-pass) on the
     image `defend_bench sanitise-time` used, timed the same way (best of 7), each output compared with Rampart's."""
@@ -378,10 +405,12 @@ def main():
     s.add_argument("--max-iter", type=int, default=1000)
     s = sub.add_parser("thief-queries"); s.add_argument("data"); s.add_argument("out")
     s.add_argument("--count", type=int, default=5000); s.add_argument("--seed", type=int, default=1)
+    s = sub.add_parser("extract"); s.add_argument("url"); s.add_argument("queries"); s.add_argument("out")
+    s.add_argument("--batch", type=int, default=50)
     s = sub.add_parser("sanitise-time"); s.add_argument("shape"); s.add_argument("dir"); s.add_argument("times")
     a = p.parse_args()
     {"attacks": cmd_attacks, "jbda": cmd_jbda, "train": cmd_train, "squeeze-baseline": cmd_squeeze_baseline,
-     "thief-queries": cmd_thief_queries, "fidelity": cmd_fidelity, "sanitise-time": cmd_sanitise_time}[a.cmd](a)
+     "thief-queries": cmd_thief_queries, "extract": cmd_extract, "fidelity": cmd_fidelity, "sanitise-time": cmd_sanitise_time}[a.cmd](a)
 
 
 if __name__ == "__main__":

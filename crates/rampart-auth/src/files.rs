@@ -20,7 +20,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// Create `dir` (and its parents) if missing; a directory created here gets mode 0700.
-pub(crate) fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }

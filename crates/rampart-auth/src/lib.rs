@@ -71,7 +71,7 @@ mod principal;
 pub use api_key::{
     ApiKeyStore, KeyInfo, KeyStoreError, NewKey, Revoked, KEY_STORE_FILE, SERVER_SECRET_FILE,
 };
-pub use files::{default_state_dir, write_private_atomic, STATE_DIR_ENV};
+pub use files::{default_state_dir, ensure_private_dir, write_private_atomic, STATE_DIR_ENV};
 #[doc(hidden)]
 pub use fuzzing::fuzz_jwt;
 pub use jwks::{JwtAlgorithm, MAX_JWKS_BYTES};

@@ -87,12 +87,11 @@ fn main() -> Res<()> {
         "detect" => detect(&arg(2), &arg(3), &arg(4), &arg(5)),
         "sanitise" => sanitise(&arg(2), &arg(3), &arg(4)),
         "extraction" => extraction(&arg(2), &arg(3), &arg(4), &arg(5)),
-        "serve-watermarked" => serve_watermarked(&arg(2), &arg(3), &arg(4), &arg(5), &arg(6)),
         "serve-hardened" => serve_hardened(&arg(2), &arg(3), &arg(4)),
         "cost" => cost(&arg(2), &arg(3), &arg(4)),
         "sanitise-time" => sanitise_time(&arg(2), &arg(3)),
         _ => Err(
-            "usage: defend_bench attacks|detect|sanitise|extraction|serve-watermarked|serve-hardened|cost|sanitise-time ..."
+            "usage: defend_bench attacks|detect|sanitise|extraction|serve-hardened|cost|sanitise-time ..."
                 .into(),
         ),
     }
@@ -417,48 +416,6 @@ fn extraction(profile: &str, model: &str, test: &str, jbda: &str) -> Res<()> {
         &rows(&train, &natural),
         &monitor,
     )?;
-    Ok(())
-}
-
-/// Answers `queries` through the watermark stage (as the gateway would) and writes the served labels (what a thief
-/// trains on) and the log (the model's own labels, as the audit records them).
-fn serve_watermarked(model: &str, key: &str, queries: &str, served: &str, log: &str) -> Res<()> {
-    let model = OnnxModel::from_path("digits", Path::new(model))?;
-    let key = WatermarkKey::from_hex(&std::fs::read_to_string(key)?)?;
-    let marker = Watermarker::new(key, 0.05)?;
-    let (x, _) = read_csv(queries)?;
-    let scores = predict(&model, "input", x.len() / 64, 64, x.clone())?;
-    let header = (0..64)
-        .map(|i| format!("px{i}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let (mut s_out, mut l_out) = (format!("{header},label\n"), format!("{header},label\n"));
-    let mut marked = 0;
-    for (row, sc) in x.chunks_exact(64).zip(scores) {
-        let mut sc = sc.clone();
-        let truth = argmax(&sc).unwrap();
-        let served_label = match marker.apply(row, &mut sc) {
-            Some(w) => {
-                marked += 1;
-                w
-            }
-            None => truth,
-        };
-        let text = row
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        s_out += &format!("{text},{served_label}\n");
-        l_out += &format!("{text},{truth}\n");
-    }
-    std::fs::write(served, s_out)?;
-    std::fs::write(log, l_out)?;
-    println!(
-        "watermark: served {} queries, {marked} watermarked (key {})",
-        x.len() / 64,
-        marker.key_id()
-    );
     Ok(())
 }
 

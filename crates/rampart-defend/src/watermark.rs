@@ -128,27 +128,79 @@ impl Watermarker {
     /// The label to answer for `input` whose true label is `label` of `classes`: `Some(wrong)` when the input is
     /// watermarked, `None` when it is answered truthfully.
     pub fn wrong_label(&self, input: &[f32], label: usize, classes: usize) -> Option<usize> {
+        match self.mark(input, label, classes) {
+            Mark::Watermarked { wrong, .. } => Some(wrong),
+            Mark::Control { .. } | Mark::Plain => None,
+        }
+    }
+
+    /// What the key decides for `input` whose true label is `label` of `classes`: watermarked (the first `fraction`
+    /// of the hash's range), a control kept for verification (the next `fraction`), or answered and forgotten.
+    pub fn mark(&self, input: &[f32], label: usize, classes: usize) -> Mark {
         if classes < 2 || label >= classes {
-            return None;
+            return Mark::Plain;
         }
         let h = self.key.hash(input);
-        let (pick, choose) = h.split_at(8);
-        let pick = u64::from_le_bytes(pick.try_into().ok()?);
-        if (pick as f64) / 18_446_744_073_709_551_616.0 >= self.fraction {
-            return None;
+        let word = |at: usize| {
+            h.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let pick = word(0) as f64 / 18_446_744_073_709_551_616.0;
+        if pick >= 2.0 * self.fraction {
+            Mark::Plain
+        } else if pick >= self.fraction {
+            Mark::Control { label }
+        } else {
+            let shift = 1 + (word(8) % (classes as u64 - 1)) as usize;
+            Mark::Watermarked {
+                label,
+                wrong: (label + shift) % classes,
+            }
         }
-        let choose = u64::from_le_bytes(choose.get(..8)?.try_into().ok()?);
-        let shift = 1 + (choose % (classes as u64 - 1)) as usize;
-        Some((label + shift) % classes)
     }
 
     /// Applies the watermark to one row of scores in place: when selected, the true label's score and the wrong
-    /// label's score swap, so the answer stays a plausible distribution. Returns the wrong label when applied.
-    pub fn apply(&self, input: &[f32], scores: &mut [f32]) -> Option<usize> {
-        let label = crate::argmax(scores)?;
-        let wrong = self.wrong_label(input, label, scores.len())?;
-        scores.swap(label, wrong);
-        Some(wrong)
+    /// label's score swap, so the answer stays a plausible distribution. Returns what the key decided.
+    pub fn apply(&self, input: &[f32], scores: &mut [f32]) -> Mark {
+        let Some(label) = crate::argmax(scores) else {
+            return Mark::Plain;
+        };
+        let mark = self.mark(input, label, scores.len());
+        if let Mark::Watermarked { wrong, .. } = mark {
+            scores.swap(label, wrong);
+        }
+        mark
+    }
+}
+
+/// The key's decision for one answered row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Answered with the keyed wrong label instead of the model's own `label`.
+    Watermarked {
+        /// The model's own label.
+        label: usize,
+        /// The label answered.
+        wrong: usize,
+    },
+    /// Answered truthfully, and kept with the watermarked rows: [`verify`] measures on such rows how often a model
+    /// gives the keyed label by chance.
+    Control {
+        /// The model's own label.
+        label: usize,
+    },
+    /// Answered truthfully, nothing to keep.
+    Plain,
+}
+
+impl Mark {
+    /// The model's own label of a row worth keeping for verification (watermarked or control).
+    pub fn kept_label(self) -> Option<usize> {
+        match self {
+            Mark::Watermarked { label, .. } | Mark::Control { label } => Some(label),
+            Mark::Plain => None,
+        }
     }
 }
 
@@ -167,7 +219,7 @@ pub struct LoggedQuery {
 pub struct Verification {
     /// The key's id.
     pub key_id: String,
-    /// Queries in the log.
+    /// Distinct queries in the log (a query asked again counts once).
     pub queries: usize,
     /// Logged queries that the key watermarked.
     pub watermarked: usize,
@@ -221,6 +273,20 @@ pub fn verify(
             reason: format!("label {} is not one of {classes} classes", q.label),
         });
     }
+    // A query asked again is one piece of evidence, not several: the matches would not be independent, and a row an
+    // honest model happens to match, repeated, would make its match look significant.
+    let mut seen = std::collections::HashSet::new();
+    let log: Vec<&LoggedQuery> = log
+        .iter()
+        .filter(|q| {
+            seen.insert(
+                q.input
+                    .iter()
+                    .map(|v| (*v + 0.0).to_bits())
+                    .collect::<Vec<u32>>(),
+            )
+        })
+        .collect();
     let inputs: Vec<Vec<f32>> = log.iter().map(|q| q.input.clone()).collect();
     let labels = if inputs.is_empty() {
         Vec::new()
@@ -261,48 +327,79 @@ pub fn verify(
     })
 }
 
-/// Most rows read from a query log.
+/// Most rows read from a query log (after the principal filter).
 pub const MAX_LOG_ROWS: usize = 1_000_000;
 
-/// Reads a query log: CSV with a header row, numeric input columns and the model's own label in `label_column`.
+/// The query log's column of the answer's time (seconds since the Unix epoch), not an input.
+pub const TIME_COLUMN: &str = "time";
+/// The query log's column of the principal answered, not an input.
+pub const PRINCIPAL_COLUMN: &str = "principal";
+
+/// Reads a query log: CSV with a header row, numeric input columns and the model's own label in `label_column`,
+/// as the gateway records it (`time` and `principal` columns, when present, are not inputs). With `principal`,
+/// only that principal's rows are kept.
 pub fn read_query_log(
     input: impl std::io::Read,
     label_column: &str,
+    principal: Option<&str>,
 ) -> Result<Vec<LoggedQuery>, DefendError> {
     let bad = |reason: String| DefendError::Read {
         what: "the query log".into(),
         reason,
     };
     let (mut reader, header, label_at) = crate::profile::labelled_csv(input, label_column, &bad)?;
-    if header.len() < 2 {
+    let principal_at = header.iter().position(|h| h == PRINCIPAL_COLUMN);
+    let is_input =
+        |i: usize, name: &str| i != label_at && name != TIME_COLUMN && Some(i) != principal_at;
+    let width = header
+        .iter()
+        .enumerate()
+        .filter(|&(i, h)| is_input(i, h))
+        .count();
+    if width == 0 {
         return Err(bad("there is no input column besides the label".into()));
     }
+    if principal.is_some() && principal_at.is_none() {
+        return Err(bad(format!(
+            "no column `{PRINCIPAL_COLUMN}` to select a principal's rows by"
+        )));
+    }
     let mut log = Vec::new();
-    for (line, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| bad(format!("row {}: {e}", line + 2)))?;
-        if log.len() >= MAX_LOG_ROWS {
-            return Err(bad(format!("more than {MAX_LOG_ROWS} rows; split the log")));
+    let mut record = csv::StringRecord::new();
+    let mut line = 1usize;
+    loop {
+        line += 1;
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(bad(format!("row {line}: {e}"))),
         }
         if record.len() != header.len() {
             return Err(bad(format!(
-                "row {} has {} fields, the header {}",
-                line + 2,
+                "row {line} has {} fields, the header {}",
                 record.len(),
                 header.len()
             )));
         }
-        let mut input = Vec::with_capacity(header.len() - 1);
+        if let (Some(want), Some(at)) = (principal, principal_at) {
+            if record.get(at) != Some(want) {
+                continue;
+            }
+        }
+        if log.len() >= MAX_LOG_ROWS {
+            return Err(bad(format!("more than {MAX_LOG_ROWS} rows; split the log")));
+        }
+        let mut input = Vec::with_capacity(width);
         let mut label = 0usize;
-        for (i, field) in record.iter().enumerate() {
+        for (i, (field, name)) in record.iter().zip(header.iter()).enumerate() {
             if i == label_at {
                 label = field.trim().parse().map_err(|_| {
                     bad(format!(
-                        "row {}: label `{}` is not a class index",
-                        line + 2,
+                        "row {line}: label `{}` is not a class index",
                         crate::clip(field)
                     ))
                 })?;
-            } else {
+            } else if is_input(i, name) {
                 let v: f32 = field
                     .trim()
                     .parse()
@@ -310,8 +407,7 @@ pub fn read_query_log(
                     .filter(|v: &f32| v.is_finite())
                     .ok_or_else(|| {
                         bad(format!(
-                            "row {}: `{}` is not a finite number",
-                            line + 2,
+                            "row {line}: `{}` is not a finite number",
                             crate::clip(field)
                         ))
                     })?;
@@ -321,7 +417,10 @@ pub fn read_query_log(
         log.push(LoggedQuery { input, label });
     }
     if log.is_empty() {
-        return Err(bad("it has no rows".into()));
+        return Err(bad(match principal {
+            Some(p) => format!("it has no rows of principal `{}`", crate::clip(p)),
+            None => "it has no rows".into(),
+        }));
     }
     Ok(log)
 }
@@ -360,7 +459,8 @@ mod tests {
 
     #[test]
     fn query_logs_parse_and_refuse_bad_rows() {
-        let log = read_query_log("a,b,label\n0.5,1,3\n0,0.25,0\n".as_bytes(), "label").unwrap();
+        let log =
+            read_query_log("a,b,label\n0.5,1,3\n0,0.25,0\n".as_bytes(), "label", None).unwrap();
         assert_eq!(
             log[0],
             LoggedQuery {
@@ -370,15 +470,78 @@ mod tests {
         );
         assert_eq!(log.len(), 2);
         let err = |t: &str| {
-            read_query_log(t.as_bytes(), "label")
+            read_query_log(t.as_bytes(), "label", None)
                 .unwrap_err()
                 .to_string()
         };
         assert!(err("a,b\n1,2\n").contains("no column `label`"));
+        assert!(err("time,principal,label\n1,p,2\n").contains("no input column"));
         assert!(err("a,label\n1,-1\n").contains("class index"));
         assert!(err("a,label\ninf,1\n").contains("finite"));
         assert!(err("a,label\n").contains("no rows"));
         assert!(err("a,label\n1\n").contains("fields"));
+    }
+
+    #[test]
+    fn the_gateway_record_keeps_inputs_apart_from_time_and_principal() {
+        let text =
+            "time,principal,label,a,b\n1700000000,alice,3,0.5,1\n1700000001,\"b,ob\",0,0,0.25\n";
+        let all = read_query_log(text.as_bytes(), "label", None).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].input, vec![0.0, 0.25]);
+        let bob = read_query_log(text.as_bytes(), "label", Some("b,ob")).unwrap();
+        assert_eq!(
+            bob,
+            vec![LoggedQuery {
+                input: vec![0.0, 0.25],
+                label: 0
+            }]
+        );
+        let err = read_query_log(text.as_bytes(), "label", Some("carol"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no rows of principal `carol`"), "{err}");
+        let err = read_query_log("a,label\n1,2\n".as_bytes(), "label", Some("alice"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no column `principal`"), "{err}");
+    }
+
+    #[test]
+    fn controls_are_as_many_as_the_watermarked_and_never_watermarked() {
+        let m = Watermarker::new(key(3), 0.05).unwrap();
+        let (mut marked, mut controls) = (0, 0);
+        for i in 0..8000 {
+            let input = [i as f32, 0.25];
+            match m.mark(&input, 4, 10) {
+                Mark::Watermarked { label, wrong } => {
+                    assert!(label == 4 && wrong != 4 && wrong < 10);
+                    assert_eq!(m.wrong_label(&input, 4, 10), Some(wrong));
+                    marked += 1;
+                }
+                Mark::Control { label } => {
+                    assert_eq!((label, m.wrong_label(&input, 4, 10)), (4, None));
+                    controls += 1;
+                }
+                Mark::Plain => assert_eq!(m.wrong_label(&input, 4, 10), None),
+            }
+        }
+        assert!((320..480).contains(&marked), "{marked}");
+        assert!((320..480).contains(&controls), "{controls}");
+        // Scores: the watermarked row's label and wrong label swap; a control's stay.
+        let mut scores = [0.1, 0.7, 0.2];
+        let before = scores;
+        match m.apply(&[1.0], &mut scores) {
+            Mark::Watermarked { label, wrong } => {
+                assert_eq!(label, 1);
+                assert_eq!(
+                    (scores[wrong], scores[label]),
+                    (before[label], before[wrong])
+                );
+            }
+            Mark::Control { .. } | Mark::Plain => assert_eq!(scores, before),
+        }
+        assert_eq!(m.apply(&[1.0], &mut [f32::NAN, f32::NAN]), Mark::Plain);
     }
 
     #[test]
@@ -467,6 +630,27 @@ mod tests {
         let v = verify(&k, 0.05, 10, &log, &mut honest, 0.001).unwrap();
         assert!(!v.identified && v.matches == 0 && v.p_value == 1.0, "{v:?}");
         assert!(v.watermarked > 200 && v.watermarked < 300);
+        // A row an honest model happens to answer with the watermark label, asked 500 times, is one match.
+        let unlucky = log
+            .iter()
+            .find(|q| m.wrong_label(&q.input, q.label, 10).is_some())
+            .unwrap()
+            .clone();
+        let wrong = m.wrong_label(&unlucky.input, unlucky.label, 10).unwrap();
+        let mut repeated = log.clone();
+        repeated.extend(std::iter::repeat_n(unlucky.clone(), 500));
+        let mut honest_but_unlucky = |xs: &[Vec<f32>]| {
+            Ok::<_, DefendError>(
+                xs.iter()
+                    .map(|x| if *x == unlucky.input { wrong } else { truth(x) })
+                    .collect(),
+            )
+        };
+        let v = verify(&k, 0.05, 10, &repeated, &mut honest_but_unlucky, 0.001).unwrap();
+        assert!(
+            !v.identified && v.matches == 1 && v.queries == log.len(),
+            "{v:?}"
+        );
         // Another key's watermark is not this one's.
         let v = verify(&key(10), 0.05, 10, &log, &mut copy, 0.001).unwrap();
         assert!(!v.identified, "{v:?}");

@@ -61,7 +61,7 @@ fn profile_csv_corpus() {
 #[test]
 fn query_log_corpus() {
     for (name, bytes) in corpus("query_log") {
-        let log = read_query_log(bytes.as_slice(), "label");
+        let log = read_query_log(bytes.as_slice(), "label", None);
         assert_eq!(log.is_ok(), name == "small.csv", "{name}");
         let key = WatermarkKey::from_hex(&String::from_utf8_lossy(&bytes));
         assert_eq!(key.is_ok(), name == "key.txt", "{name}");

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_eval::data::Dataset;
-use rampart_eval::kserve::{KeyHeader, RemoteModel};
+use rampart_eval::kserve::{Access, KeyHeader, RemoteModel};
 use rampart_eval::square::{square_attack, SquareConfig};
 use rampart_eval::target::{accuracy, InferScorer, Scorer};
 use rampart_eval::whitebox::{Bounds, Norm};
@@ -25,10 +25,15 @@ const KEY: &str = "s3cret-key";
 
 /// Serves `model` in the KServe v2 JSON protocol, one request per connection, for at most `max` requests.
 fn serve(model: Arc<OnnxModel>, max: usize) -> String {
+    serve_throttled(model, max, 0)
+}
+
+/// As [`serve`], answering the first `throttled` requests 429 with `Retry-After: 0`.
+fn serve_throttled(model: Arc<OnnxModel>, max: usize, throttled: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(max) {
+        for (n, stream) in listener.incoming().take(max).enumerate() {
             let Ok(mut stream) = stream else { continue };
             stream
                 .set_read_timeout(Some(Duration::from_secs(10)))
@@ -56,6 +61,10 @@ fn serve(model: Arc<OnnxModel>, max: usize) -> String {
             }
             let mut body = vec![0; length];
             reader.read_exact(&mut body).unwrap();
+            if n < throttled {
+                let _ = write!(stream, "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
             let (status, answer) = if !authorized {
                 ("401 Unauthorized", r#"{"error":"unauthorized"}"#.to_owned())
             } else if line.starts_with("GET") {
@@ -97,12 +106,12 @@ fn mlp() -> Arc<OnnxModel> {
 #[test]
 fn a_live_model_is_attacked_through_its_url() {
     let url = serve(mlp(), 10_000);
-    let remote = RemoteModel::connect(
-        &url,
-        Some((KeyHeader::Bearer, KEY.into())),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let access = Access {
+        key: Some((KeyHeader::Bearer, KEY.into())),
+        timeout: Duration::from_secs(10),
+        ca_cert: None,
+    };
+    let remote = RemoteModel::connect(&url, &access).unwrap();
     let scorer = InferScorer::new(remote, 64).unwrap();
     let mut data = Dataset::from_path(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/digits/test.csv"),
@@ -129,12 +138,11 @@ fn a_live_model_is_attacked_through_its_url() {
 #[test]
 fn a_rejected_key_is_a_clear_error() {
     let url = serve(mlp(), 2);
-    let err = RemoteModel::connect(
-        &url,
-        Some((KeyHeader::Bearer, "wrong".into())),
-        Duration::from_secs(10),
-    )
-    .unwrap_err();
+    let access = Access {
+        key: Some((KeyHeader::Bearer, "wrong".into())),
+        ..Access::default()
+    };
+    let err = RemoteModel::connect(&url, &access).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("HTTP 401") && msg.contains("--api-key"),
@@ -155,10 +163,41 @@ fn an_unreachable_server_is_a_clear_error() {
         .port();
     let err = RemoteModel::connect(
         &format!("http://127.0.0.1:{port}/v2/models/x"),
-        None,
-        Duration::from_secs(5),
+        &Access::default(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("cannot reach"), "{err}");
-    assert!(RemoteModel::connect("ftp://x", None, Duration::from_secs(1)).is_err());
+    assert!(RemoteModel::connect("ftp://x", &Access::default()).is_err());
+}
+
+#[test]
+fn rate_limits_are_waited_out_within_bounds() {
+    let access = Access {
+        key: Some((KeyHeader::Bearer, KEY.into())),
+        ..Access::default()
+    };
+    let url = serve_throttled(mlp(), 10, 3);
+    let remote = RemoteModel::connect(&url, &access).unwrap();
+    assert_eq!(remote.metadata().name, "digits");
+    // A server that never stops limiting: the client gives up with the status, not forever.
+    let url = serve_throttled(mlp(), 100, 100);
+    let err = RemoteModel::connect(&url, &access).unwrap_err().to_string();
+    assert!(err.contains("HTTP 429"), "{err}");
+    // A certificate file that holds none is refused before any request.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("ca.pem");
+    std::fs::write(&empty, "not a certificate").unwrap();
+    let err = RemoteModel::connect(
+        "https://127.0.0.1:1/v2/models/x",
+        &Access {
+            ca_cert: Some(empty),
+            ..Access::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--ca-cert") && err.contains("no PEM certificate"),
+        "{err}"
+    );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::ValueEnum;
 use rampart_eval::data::{write_csv, Dataset};
-use rampart_eval::kserve::{KeyHeader, RemoteModel};
+use rampart_eval::kserve::{Access, KeyHeader, RemoteModel};
 use rampart_eval::plan::{evaluate, Attack, Plan, Target};
 use rampart_eval::target::InferScorer;
 use rampart_eval::whitebox::{Bounds, Norm};
@@ -32,20 +32,9 @@ pub struct Options {
     /// A live model speaking KServe v2, such as https://host/v2/models/digits (black-box attacks only)
     #[arg(long, value_name = "URL")]
     url: Option<String>,
-    /// The API key for --url (sent as `Authorization: Bearer`, or `X-API-Key` with --api-key-header x-api-key)
-    #[arg(
-        long,
-        env = "RAMPART_API_KEY",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    api_key: Option<String>,
-    /// How the API key is sent
-    #[arg(long, value_enum, default_value_t = KeyHeaderArg::Bearer)]
-    api_key_header: KeyHeaderArg,
-    /// Seconds to wait for each request to --url
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-    timeout: u64,
+    /// How --url is reached
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Labelled test examples (CSV with a header: numeric feature columns and the label column)
     #[arg(long, value_name = "TEST.csv")]
     data: PathBuf,
@@ -121,6 +110,48 @@ pub struct Options {
     /// Fail (exit 1) when the surrogate at the largest budget agrees with the model more than this (needs --extraction-queries)
     #[arg(long, value_name = "FRACTION")]
     max_extraction_agreement: Option<f64>,
+}
+
+/// How a model behind a URL is reached: `rampart eval --url` and `rampart watermark verify --url`.
+#[derive(Debug, clap::Args)]
+pub struct RemoteArgs {
+    /// The API key for --url (sent as `Authorization: Bearer`, or `X-API-Key` with --api-key-header x-api-key)
+    #[arg(
+        long,
+        env = "RAMPART_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
+    /// How the API key is sent
+    #[arg(long, value_enum, default_value_t = KeyHeaderArg::Bearer)]
+    api_key_header: KeyHeaderArg,
+    /// Seconds to wait for each request to --url
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    timeout: u64,
+    /// With --url: PEM file of the certificate(s) to trust (a gateway's self-signed `tls/cert.pem`, or the CA
+    /// that issued its certificate) instead of the Mozilla roots
+    #[arg(long, value_name = "FILE", requires = "url")]
+    ca_cert: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    /// The client's settings.
+    pub fn access(&self) -> Access {
+        let header = match self.api_key_header {
+            KeyHeaderArg::Bearer => KeyHeader::Bearer,
+            KeyHeaderArg::XApiKey => KeyHeader::XApiKey,
+        };
+        Access {
+            key: self
+                .api_key
+                .clone()
+                .filter(|k| !k.is_empty())
+                .map(|k| (header, k)),
+            timeout: Duration::from_secs(self.timeout.clamp(1, 3600)),
+            ca_cert: self.ca_cert.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -268,17 +299,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         )?;
         (out, path.display().to_string())
     } else if let Some(url) = &args.url {
-        let header = match args.api_key_header {
-            KeyHeaderArg::Bearer => KeyHeader::Bearer,
-            KeyHeaderArg::XApiKey => KeyHeader::XApiKey,
-        };
-        let key = args
-            .api_key
-            .clone()
-            .filter(|k| !k.is_empty())
-            .map(|k| (header, k));
-        let remote =
-            RemoteModel::connect(url, key, Duration::from_secs(args.timeout.clamp(1, 3600)))?;
+        let remote = RemoteModel::connect(url, &args.remote.access())?;
         let oracle = InferScorer::new(remote, features)
             .with_context(|| format!("`{url}` does not fit `{}`", args.data.display()))?;
         let image = image_shape(&args.image_shape, oracle.input_shape(), features)?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rampart_defend::watermark::{read_query_log, verify, Verification, WatermarkKey};
 use rampart_defend::DefendError;
-use rampart_infer::{Model, OnnxModel};
+use rampart_infer::{Model, OnnxModel, Tensor, TensorData};
 
 use crate::Outcome;
 
@@ -16,7 +16,7 @@ pub enum Command {
     /// Create a watermark key (64 hex digits, file mode 0600; never overwrites)
     Keygen(KeygenArgs),
     /// Decide whether a suspect model was trained on watermarked answers (exit 1 when it was)
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
 }
 
 /// Arguments of `rampart watermark keygen`.
@@ -29,19 +29,35 @@ pub struct KeygenArgs {
 
 /// Arguments of `rampart watermark verify`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("suspect").required(true).args(["model", "url"])))]
 pub struct VerifyArgs {
-    /// The suspect model as an ONNX file (its first input takes the logged rows, its first output gives scores)
-    #[arg(long)]
-    pub model: PathBuf,
+    /// The suspect model as an ONNX file (its first input takes the logged rows)
+    #[arg(long, value_name = "SUSPECT.onnx")]
+    pub model: Option<PathBuf>,
+    /// The suspect behind a KServe v2 URL, such as https://host/v2/models/digits (its answer's integer output is
+    /// taken as labels, else its first output as scores)
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// How --url is reached
+    #[command(flatten)]
+    pub remote: crate::cmd::eval::RemoteArgs,
     /// The watermark key file
     #[arg(long)]
     pub key: PathBuf,
-    /// The query log: CSV of the inputs served and the model's own label for each
+    /// The query log: CSV of the inputs served and the model's own label for each, such as the gateway's record
+    /// `<state_dir>/watermark/<model>.csv` (its `time` and `principal` columns are not inputs)
     #[arg(long)]
     pub queries: PathBuf,
     /// The label column of the query log
     #[arg(long, default_value = "label")]
     pub label_column: String,
+    /// Only the rows answered to this principal (the suspected thief), by the query log's `principal` column
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// The protected model's number of classes [default: the number of scores the suspect gives]; needed when the
+    /// suspect answers labels only
+    #[arg(long, value_name = "N")]
+    pub classes: Option<usize>,
     /// The fraction of queries the gateway watermarked
     #[arg(long, default_value_t = 0.05)]
     pub fraction: f64,
@@ -96,29 +112,53 @@ fn run_verify(args: &VerifyArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("in `{}`", args.key.display()))?;
     let log_file = std::fs::File::open(&args.queries)
         .with_context(|| format!("cannot open `{}`", args.queries.display()))?;
-    let log = read_query_log(std::io::BufReader::new(log_file), &args.label_column)
-        .with_context(|| format!("in `{}`", args.queries.display()))?;
+    let log = read_query_log(
+        std::io::BufReader::new(log_file),
+        &args.label_column,
+        args.principal.as_deref(),
+    )
+    .with_context(|| format!("in `{}`", args.queries.display()))?;
     if !(args.significance > 0.0 && args.significance < 1.0) {
         anyhow::bail!("--significance must be between 0 and 1");
     }
-    // A suspect behind a KServe v2 URL (`--url`) arrives with the gateway's upstream client (issue 4).
-    let mut suspect: Box<dyn Suspect> = Box::new(LocalSuspect::open(&args.model)?);
+    let suspect = match (&args.model, &args.url) {
+        (Some(path), _) => Suspect::open(path)?,
+        (None, Some(url)) => Suspect::connect(url, &args.remote.access())?,
+        (None, None) => anyhow::bail!("give --model or --url"),
+    };
     let first = log.first().map(|q| q.input.clone()).unwrap_or_default();
-    let classes = suspect.scores(&[first])?.first().map_or(0, Vec::len);
+    let (_, scored) = suspect.labels(std::slice::from_ref(&first))?;
+    let classes = match (args.classes, scored) {
+        (Some(given), Some(scored)) if given != scored => anyhow::bail!(
+            "the suspect scores {scored} classes, --classes says {given}: give the protected model's number of classes"
+        ),
+        (Some(classes), _) | (None, Some(classes)) => classes,
+        (None, None) => anyhow::bail!(
+            "the suspect answers labels only: give the protected model's number of classes with --classes"
+        ),
+    };
     if classes < 2 {
-        anyhow::bail!("the suspect returns {classes} scores per row; watermark verification needs a classifier");
+        anyhow::bail!(
+            "the suspect gives {classes} classes; watermark verification needs a classifier"
+        );
     }
+    let total = log.len();
+    let mut asked = 0;
     let mut labels = |inputs: &[Vec<f32>]| -> Result<Vec<usize>, DefendError> {
         let mut out = Vec::with_capacity(inputs.len());
-        for chunk in inputs.chunks(256) {
-            let scores = suspect
-                .scores(chunk)
+        for chunk in inputs.chunks(BATCH) {
+            let (labels, _) = suspect
+                .labels(chunk)
                 .map_err(|e| DefendError::Model(format!("{e:#}")))?;
-            for row in scores {
-                out.push(
-                    rampart_defend::argmax(&row)
-                        .ok_or_else(|| DefendError::Model("the suspect returned NaN".into()))?,
-                );
+            if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+                return Err(DefendError::Model(format!(
+                    "the suspect answered label {bad}, not one of {classes} classes"
+                )));
+            }
+            out.extend(labels);
+            asked += chunk.len();
+            if total > 8 * BATCH {
+                eprintln!("asked the suspect {asked} of {total} logged queries");
             }
         }
         Ok(out)
@@ -146,7 +186,7 @@ fn render(args: &VerifyArgs, v: &Verification) -> anyhow::Result<()> {
         crate::cmd::profile::Format::Text => {
             writeln!(
                 out,
-                "key {}: {} of {} logged queries were watermarked",
+                "key {}: {} of {} distinct logged queries were watermarked",
                 v.key_id, v.watermarked, v.queries
             )?;
             writeln!(
@@ -169,43 +209,81 @@ fn render(args: &VerifyArgs, v: &Verification) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A suspect model: rows in, scores out.
-trait Suspect {
-    fn scores(&mut self, rows: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<f32>>>;
-}
+/// Rows asked of the suspect at once.
+const BATCH: usize = 256;
 
-struct LocalSuspect {
-    model: OnnxModel,
+/// A suspect model: a file or a URL, asked for labels.
+struct Suspect {
+    model: Box<dyn Model>,
     input: String,
+    /// The input's dimensions after the batch's, when the model fixes them all.
+    dims: Option<Vec<usize>>,
 }
 
-impl LocalSuspect {
-    fn open(path: &Path) -> anyhow::Result<LocalSuspect> {
+impl Suspect {
+    fn open(path: &Path) -> anyhow::Result<Suspect> {
         let name = path
             .file_stem()
             .map_or("suspect".into(), |s| s.to_string_lossy().into_owned());
         let model = OnnxModel::from_path(&name, path)
             .with_context(|| format!("cannot load `{}`", path.display()))?;
+        Suspect::new(Box::new(model))
+    }
+
+    fn connect(url: &str, access: &rampart_eval::kserve::Access) -> anyhow::Result<Suspect> {
+        let model = rampart_eval::kserve::RemoteModel::connect(url, access)?;
+        Suspect::new(Box::new(model))
+    }
+
+    fn new(model: Box<dyn Model>) -> anyhow::Result<Suspect> {
         let input = model
             .metadata()
             .inputs
             .first()
-            .map(|i| i.name.clone())
-            .context("the suspect model declares no input")?;
-        Ok(LocalSuspect { model, input })
+            .context("the suspect declares no input")?;
+        let rest = input.shape.get(1..).unwrap_or_default();
+        let dims = (!rest.is_empty() && rest.iter().all(|&d| d > 0))
+            .then(|| rest.iter().map(|&d| d as usize).collect());
+        Ok(Suspect {
+            input: input.name.clone(),
+            dims,
+            model,
+        })
     }
-}
 
-impl Suspect for LocalSuspect {
-    fn scores(&mut self, rows: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<f32>>> {
+    /// The suspect's labels of `rows`, and the number of classes it scores (None when it answers labels only).
+    fn labels(&self, rows: &[Vec<f32>]) -> anyhow::Result<(Vec<usize>, Option<usize>)> {
         let width = rows.first().map_or(0, Vec::len);
+        let mut shape = vec![rows.len()];
+        match &self.dims {
+            Some(dims) if dims.iter().product::<usize>() == width => shape.extend(dims),
+            _ => shape.push(width),
+        }
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-        Ok(rampart_defend::predict(
-            &self.model,
-            &self.input,
-            rows.len(),
-            width,
-            flat,
-        )?)
+        let tensor = Tensor::new(self.input.clone(), shape, TensorData::Fp32(flat))?;
+        let outputs = self.model.infer(std::slice::from_ref(&tensor))?;
+        // An answer of labels (a hardened gateway's `label`): integers, one per row.
+        if let Some(TensorData::Int64(labels)) = outputs
+            .iter()
+            .map(|t| &t.data)
+            .find(|d| matches!(d, TensorData::Int64(v) if v.len() == rows.len()))
+        {
+            let labels = labels
+                .iter()
+                .map(|&l| usize::try_from(l))
+                .collect::<Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("the suspect answered a negative label"))?;
+            return Ok((labels, None));
+        }
+        let first = outputs.first().context("the suspect answered no output")?;
+        let (n, classes, values) = rampart_defend::rows_of(first)?;
+        if n != rows.len() || classes == 0 {
+            anyhow::bail!("the suspect answered {n} rows for {}", rows.len());
+        }
+        let labels = values
+            .chunks(classes)
+            .map(|row| rampart_defend::argmax(row).context("the suspect answered NaN"))
+            .collect::<anyhow::Result<_>>()?;
+        Ok((labels, Some(classes)))
     }
 }

@@ -20,6 +20,7 @@ use rampart_infer::{DataType, Model};
 
 use super::config::{DefendConfig, DetectorStageConfig, Switch};
 use super::extraction::ExtractionStage;
+use super::record::Recorder;
 use super::Defences;
 use crate::config::{Config, ConfigError};
 use crate::stages::infer::ModelPool;
@@ -29,6 +30,7 @@ use crate::stages::infer::ModelPool;
 pub(super) struct Origin {
     settings: DefendConfig,
     base_dir: PathBuf,
+    state_dir: PathBuf,
     source: PathBuf,
     index: usize,
 }
@@ -67,6 +69,7 @@ pub fn build_all(config: &Config, models: &HashMap<String, ModelPool>) -> Result
         let origin = Origin {
             settings: defend.clone(),
             base_dir: config.base_dir.clone(),
+            state_dir: config.state_dir(),
             source: config.source.clone(),
             index,
         };
@@ -277,6 +280,22 @@ impl Defences {
             }
             None => None,
         };
+        // One record per model, kept across versions of the same input width (a second writer would interleave).
+        let record = match Switch::on(&defend.watermark).filter(|w| w.record) {
+            Some(_) => match previous.and_then(|p| p.record.as_ref()) {
+                Some(r) if r.width() == width => Some(Arc::clone(r)),
+                _ => {
+                    let path = origin
+                        .state_dir
+                        .join("watermark")
+                        .join(format!("{name}.csv"));
+                    Some(Arc::new(
+                        Recorder::open(&path, width).map_err(|e| invalid("watermark.record", e))?,
+                    ))
+                }
+            },
+            None => None,
+        };
         let anomaly = match (Switch::on(&defend.anomaly), previous) {
             (Some(_), Some(p)) => p.anomaly.clone(),
             (Some(a), None) => Some(Arc::new(Mutex::new(
@@ -312,6 +331,7 @@ impl Defences {
             extraction = extraction.is_some(),
             harden = harden.is_some(),
             watermark = watermark.as_ref().map(Watermarker::key_id),
+            watermark_record = record.as_ref().map(|r| r.path().display().to_string()),
             anomaly = anomaly.is_some(),
             "defences on"
         );
@@ -334,6 +354,7 @@ impl Defences {
             extraction,
             harden,
             watermark,
+            record,
             anomaly,
             origin,
             counters: Mutex::default(),

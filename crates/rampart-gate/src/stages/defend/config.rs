@@ -175,6 +175,14 @@ pub struct WatermarkConfig {
     /// The fraction of queries answered with the keyed wrong label.
     #[serde(default = "default_fraction")]
     pub fraction: f64,
+    /// Record the watermarked rows and as many controls, with the principal and the model's own label, in
+    /// `<state_dir>/watermark/<model>.csv` (mode 0600): the query log `rampart watermark verify` needs.
+    #[serde(default = "default_record")]
+    pub record: bool,
+}
+
+fn default_record() -> bool {
+    true
 }
 
 fn default_fraction() -> f64 {

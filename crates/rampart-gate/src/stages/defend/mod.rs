@@ -12,7 +12,8 @@
 //!    sanitisers, as requests reach it) the request is refused (422) or answered with `x-rampart-flag: adversarial`;
 //! 7. **extraction**: each row observed for the principal (the client address without authentication);
 //!    throttle and ban decisions apply to the principal's later requests, a ban to this one too; shadow mode records;
-//! 8. **watermark**: DAWN's keyed wrong label swapped into the scores, so the hardened answer carries it;
+//! 8. **watermark**: DAWN's keyed wrong label swapped into the scores, so the hardened answer carries it; the
+//!    watermarked rows and as many controls recorded for verification (`record`);
 //! 9. **harden**: label only, top-k or rounded probabilities for the principal's role;
 //! 10. **anomaly** (when the answer is recorded): rate, rows, error ratio and addresses per principal and model.
 //!
@@ -32,7 +33,8 @@
 //! a thief does not start afresh because the model was updated.
 //!
 //! One file per concern: `config` (the `[models.defend]` tables), `build` (start and reload), `input` (the stages
-//! before the model), `output` (after it), `extraction` (penalties and evidence per principal), `audit`.
+//! before the model), `output` (after it), `extraction` (penalties and evidence per principal), `record` (the
+//! watermark's record), `audit`.
 
 mod audit;
 mod build;
@@ -40,6 +42,7 @@ mod config;
 mod extraction;
 mod input;
 mod output;
+mod record;
 
 pub use audit::DefendAudit;
 pub use build::build_all;
@@ -86,6 +89,8 @@ pub struct Defences {
     extraction: Option<Arc<ExtractionStage>>,
     harden: Option<Hardening>,
     watermark: Option<Watermarker>,
+    /// The watermarked rows and controls, for `rampart watermark verify`.
+    record: Option<Arc<record::Recorder>>,
     anomaly: Option<Arc<Mutex<AnomalyMonitor>>>,
     /// What a reload needs to build the defences of the next version.
     origin: Origin,

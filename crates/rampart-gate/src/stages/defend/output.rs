@@ -3,6 +3,7 @@
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::StatusCode;
 use rampart_defend::detect;
+use rampart_defend::watermark::Mark;
 use rampart_defend::DefendError;
 use rampart_infer::{Tensor, TensorData};
 
@@ -128,7 +129,13 @@ impl Pending<'_> {
         if let Some(watermark) = &d.watermark {
             let mut marked = 0;
             for (row, scores) in self.sent().chunks_exact(d.width).zip(mine.iter_mut()) {
-                marked += usize::from(watermark.apply(row, scores).is_some());
+                let mark = watermark.apply(row, scores);
+                marked += usize::from(matches!(mark, Mark::Watermarked { .. }));
+                if let (Some(record), Some(label)) = (&d.record, mark.kept_label()) {
+                    if !record.record(&self.principal, label, row) {
+                        d.count(metrics, "watermark", "record_dropped");
+                    }
+                }
             }
             audit.watermark_key = Some(watermark.key_id());
             audit.watermarked_rows = Some(marked);
