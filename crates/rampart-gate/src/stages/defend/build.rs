@@ -273,6 +273,19 @@ impl Defences {
                 })?;
                 let key = WatermarkKey::from_hex(&text)
                     .map_err(|e| invalid("watermark.key", e.to_string()))?;
+                // Whoever reads the key can tell which answers are watermarked and wash them out of a surrogate.
+                #[cfg(unix)]
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    use std::os::unix::fs::PermissionsExt;
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        tracing::warn!(
+                            model = name,
+                            path = %path.display(),
+                            "the watermark key is readable by other users: `chmod 600` it (rampart watermark keygen \
+                             writes it so)"
+                        );
+                    }
+                }
                 Some(
                     Watermarker::new(key, w.fraction)
                         .map_err(|e| invalid("watermark.fraction", e.to_string()))?,
