@@ -14,11 +14,12 @@
 //!   Measured on the digits detectors' benchmark, it detects adversarial inputs as well as the distance between the
 //!   rows, or better, and a search reads the coordinates alone, not the rows. The same coordinates bound the distances between
 //!   other rows, such as an extraction monitor's memory of a principal's queries.
-//! - The rows' coordinates are grouped by label, and ordered within a group along the first direction, in blocks of
-//!   eight rows laid out coordinate by coordinate: a search measures a block's eight rows at once, asks the
-//!   collector once per group how far a row may be, and offers only the rows within. Groups are searched nearest
-//!   centroid first, so that the nearest rows are found early, and a group whose box (the range of its coordinates)
-//!   lies beyond the collector's bound is passed over whole (its bound lowered by a margin far above its rounding).
+//! - The rows' coordinates are grouped by label, and each label's rows into cells of at most 128 (halved along the
+//!   coordinate of widest spread until that small), in blocks of eight rows laid out coordinate by coordinate: a
+//!   search measures a block's eight rows at once, asks the collector once per group how far a row may be, and
+//!   offers only the rows within. Groups are searched nearest centroid first, so that the nearest rows are found
+//!   early, and a group whose box (the range of its coordinates) lies beyond the collector's bound is passed over
+//!   whole (its bound lowered by a margin far above its rounding): small cells have tight boxes, and most are.
 //! - A search may start from a row known to be near ([`Index::nearest_from`]): its distance bounds the search from
 //!   the first block.
 //! - Rows are offered with their index in the reference, and [`KBest`] breaks ties by it, so every answer (ties
@@ -62,6 +63,8 @@ impl Reference {
 
 /// Rows per block of the bounds' layout: one vector of eight `f32` lanes.
 pub(crate) const LANES: usize = 8;
+/// The most rows in a group (a cell of one label's rows, with its own box).
+const CELL: usize = 128;
 /// Principal directions of an [`Index`]'s coordinates (fewer when the rows have fewer dimensions).
 const DIRECTIONS: usize = 12;
 /// Subspace iterations at build: enough for the leading directions of real data. The iteration is deterministic, so
@@ -167,7 +170,7 @@ pub struct Index {
     width: usize,
     /// Coordinates per row: the directions, and the residual's norm.
     m: usize,
-    /// Each stored row's index in the reference, in search order (by group, then along the first direction).
+    /// Each stored row's index in the reference, in search order (by group: a label's cell).
     original: Vec<usize>,
     /// Each reference row's stored position (the inverse of `original`).
     position: Vec<usize>,
@@ -183,7 +186,7 @@ pub struct Index {
     largest: f32,
 }
 
-/// The rows of one label: stored rows `start .. start + len`, blocks from `block`.
+/// A cell of one label's rows: stored rows `start .. start + len`, blocks from `block`.
 #[derive(Debug, Clone)]
 struct Group {
     label: i64,
@@ -266,8 +269,19 @@ impl Index {
             projected: Vec::new(),
             largest,
         };
+        // Each label's rows in cells: split along their widest coordinate until a cell holds at most `CELL` rows.
+        let mut cells = Vec::new();
+        let mut at = 0;
+        for label_rows in order.chunk_by_mut(|&a, &b| label_of(a) == label_of(b)) {
+            let len = label_rows.len();
+            split_cells(label_rows, &projections, m, at, &mut cells);
+            at += len;
+        }
         let mut blocks = 0;
-        for group in order.chunk_by(|&a, &b| label_of(a) == label_of(b)) {
+        for group in cells
+            .iter()
+            .filter_map(|r: &std::ops::Range<usize>| order.get(r.clone()))
+        {
             let mut centroid = vec![0.0_f32; m];
             for &i in group {
                 if let Some(p) = projections.get(i) {
@@ -345,6 +359,16 @@ impl Index {
     /// [`Index::search`] for the query whose coordinates are `projection` ([`Index::coordinates`]); coordinates of
     /// another row width find nothing.
     fn search_at(&self, projection: &Projection, collector: &mut impl Collector) {
+        vectorised(
+            #[inline(always)]
+            || self.search_blocks(projection, collector),
+        );
+    }
+
+    /// The search itself (see [`Index::search_at`]); inlined into each caller, so that it is compiled for the
+    /// caller's instruction set.
+    #[inline(always)]
+    fn search_blocks(&self, projection: &Projection, collector: &mut impl Collector) {
         let q = projection.as_slice();
         let m = self.m;
         if m == 0 || q.len() != m || self.original.is_empty() {
@@ -499,8 +523,8 @@ impl Index {
         let at = *self.position.get(index)?;
         let group = self
             .groups
-            .iter()
-            .find(|g| (g.start..g.start + g.len).contains(&at))?;
+            .get(self.groups.partition_point(|g| g.start + g.len <= at))
+            .filter(|g| (g.start..g.start + g.len).contains(&at))?;
         let offset = at - group.start;
         let block = self
             .projected
@@ -667,6 +691,7 @@ fn orthonormal(vectors: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
 /// The squared distances between the coordinates `q` and those of the `LANES` rows of a block laid out coordinate by
 /// coordinate (coordinate `k` of the rows at `k * LANES ..`): lower bounds of the rows' squared distances to `q`'s
 /// row, before the margin for their rounding (`MARGIN` of the sum of the squared norms of the coordinates).
+#[inline(always)]
 pub(crate) fn block_bounds(block: &[f32], q: &[f32]) -> [f32; LANES] {
     let mut bounds = [0.0_f32; LANES];
     for (column, &qk) in block.chunks_exact(LANES).zip(q) {
@@ -676,6 +701,83 @@ pub(crate) fn block_bounds(block: &[f32], q: &[f32]) -> [f32; LANES] {
         }
     }
     bounds
+}
+
+/// Runs `f` compiled for AVX where the CPU has it, else as compiled (Rust's x86-64 baseline is SSE2): `f`'s vector
+/// arithmetic (a search block's eight lanes) in registers twice as wide. The same
+/// additions and multiplications in the same order (AVX has no fused multiply-add), so every result is the same
+/// to the bit either way.
+#[inline(always)]
+fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        return with_avx(f);
+    }
+    f()
+}
+
+/// [`vectorised`]'s call of `f` compiled for AVX: `f` must be inlined into it (a closure marked `#[inline(always)]`,
+/// calling functions marked so), or it runs as compiled.
+#[cfg(target_arch = "x86_64")]
+#[allow(
+    unsafe_code,
+    reason = "calling code compiled for AVX needs unsafe until the caller is compiled for it"
+)]
+fn with_avx<R>(f: impl FnOnce() -> R) -> R {
+    /// # Safety
+    /// The CPU must support AVX.
+    #[target_feature(enable = "avx")]
+    unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+    // SAFETY: `vectorised` calls this only after `is_x86_feature_detected!("avx")`, `run`'s one requirement.
+    unsafe { run(f) }
+}
+
+/// Splits `rows` (positions `start ..` of the search order, one label's) into cells of at most `CELL` rows, each
+/// a range of the order: rows sorted along the coordinate of widest spread (ties by row), halved at a whole number
+/// of blocks, until small enough. A cell's box bounds its rows tighter than the label's box does.
+fn split_cells(
+    rows: &mut [usize],
+    projections: &[Vec<f32>],
+    m: usize,
+    start: usize,
+    cells: &mut Vec<std::ops::Range<usize>>,
+) {
+    if rows.len() <= CELL {
+        cells.push(start..start + rows.len());
+        return;
+    }
+    let value = |i: usize, k: usize| {
+        projections
+            .get(i)
+            .and_then(|p| p.get(k))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let widest = (0..m)
+        .map(|k| {
+            let (low, high) = rows
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &i| {
+                    (l.min(value(i, k)), h.max(value(i, k)))
+                });
+            (high - low, k)
+        })
+        .fold(
+            (f32::NEG_INFINITY, 0),
+            |best, c| if c.0 > best.0 { c } else { best },
+        )
+        .1;
+    rows.sort_by(|&a, &b| {
+        value(a, widest)
+            .total_cmp(&value(b, widest))
+            .then(a.cmp(&b))
+    });
+    let half = (rows.len() / 2).div_ceil(LANES) * LANES;
+    let (low, high) = rows.split_at_mut(half.min(rows.len()));
+    split_cells(low, projections, m, start, cells);
+    split_cells(high, projections, m, start + half, cells);
 }
 
 /// Squared Euclidean distance in `f32`, eight lanes at a time (the compiler vectorises the lanes).
