@@ -437,3 +437,90 @@ fn build_detector(
     );
     Ok(detector)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use rampart_infer::{InferError, ModelMetadata, Tensor, TensorData, TensorSpec};
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A model of four inputs and three scores; the tests hand its answers to the output stages themselves.
+    #[derive(Debug)]
+    struct Fake(ModelMetadata);
+
+    impl Model for Fake {
+        fn metadata(&self) -> &ModelMetadata {
+            &self.0
+        }
+
+        fn infer(&self, _: &[Tensor]) -> Result<Vec<Tensor>, InferError> {
+            Err(InferError::Upstream("not called".into()))
+        }
+    }
+
+    fn defences(table: &str, state: &Path) -> Defences {
+        let spec = |name: &str, width: i64| TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, width],
+        };
+        let model = Fake(ModelMetadata {
+            name: "m".into(),
+            versions: Vec::new(),
+            platform: "fake".into(),
+            inputs: vec![spec("x", 4)],
+            outputs: vec![spec("y", 3)],
+        });
+        let origin = Origin {
+            settings: toml::from_str(table).unwrap(),
+            base_dir: state.to_owned(),
+            state_dir: state.to_owned(),
+            source: state.join("rampart.toml"),
+            index: 0,
+        };
+        Defences::build(origin, "m", &model, None).unwrap()
+    }
+
+    #[test]
+    fn unreadable_scores_fail_open_to_the_rows_asked_or_refuse_where_hardening_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // Scores without a feature dimension cannot be read; the answer holds more rows than were asked (as when
+        // squeezed copies ride in the batch).
+        let unreadable =
+            || vec![Tensor::new("y", vec![6], TensorData::Fp32(vec![0.5; 6])).unwrap()];
+        let asked = || vec![Tensor::new("x", vec![2, 4], TensorData::Fp32(vec![0.25; 8])).unwrap()];
+
+        let open = defences("on_error = \"allow\"", dir.path());
+        let mut audit = None;
+        let (_, pending) = open
+            .before_infer(asked(), None, client, &mut audit, &metrics)
+            .unwrap();
+        let (answer, _) = pending
+            .after_infer(unreadable(), &mut audit, &mut Vec::new(), &metrics)
+            .unwrap();
+        assert_eq!(answer[0].shape, vec![2]);
+        assert_eq!(answer[0].data, TensorData::Fp32(vec![0.5; 2]));
+        let undecided = audit.unwrap().undecided.unwrap();
+        assert!(undecided.contains("failed open"), "{undecided}");
+
+        let hardened = defences(
+            "on_error = \"allow\"\n[harden]\ndefault = { mode = \"label_only\" }",
+            dir.path(),
+        );
+        let mut audit = None;
+        let (_, pending) = hardened
+            .before_infer(asked(), None, client, &mut audit, &metrics)
+            .unwrap();
+        let refused = pending
+            .after_infer(unreadable(), &mut audit, &mut Vec::new(), &metrics)
+            .unwrap_err();
+        assert_eq!(refused.status, hyper::StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
