@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::knn::{block_bounds, Index, Neighbour, Projection, Reference, LANES, MARGIN};
 use crate::profile::{FeatureProfile, Profile};
 use crate::shapiro::shapiro_wilk;
-use crate::stats::{binomial_sf, quantile_sorted};
+use crate::stats::{binomial_sf_below, quantile_sorted};
 use crate::DefendError;
 
 /// Settings of the extraction monitor.
@@ -480,16 +480,16 @@ fn judge(
     if state.queries >= config.min_queries as u64 {
         let n = state.queries;
         let d = state.distinct.max(1);
-        if binomial_sf(state.off_manifold, n, baseline.far_rate) < config.alpha {
+        if binomial_sf_below(state.off_manifold, n, baseline.far_rate, config.alpha) {
             raised.push(Signal::OffManifold);
         }
-        if binomial_sf(state.off_support, n, baseline.support_rate) < config.alpha {
+        if binomial_sf_below(state.off_support, n, baseline.support_rate, config.alpha) {
             raised.push(Signal::OffSupport);
         }
-        if binomial_sf(state.near_duplicates, d, baseline.near_rate) < config.alpha {
+        if binomial_sf_below(state.near_duplicates, d, baseline.near_rate, config.alpha) {
             raised.push(Signal::NearDuplicate);
         }
-        if binomial_sf(state.grid, d, baseline.grid_rate) < config.alpha {
+        if binomial_sf_below(state.grid, d, baseline.grid_rate, config.alpha) {
             raised.push(Signal::Grid);
         }
     }
