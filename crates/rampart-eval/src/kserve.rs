@@ -242,9 +242,7 @@ impl RemoteModel {
             ))
         })
     }
-}
 
-impl RemoteModel {
     /// One request, with the API key.
     fn send(
         &self,
