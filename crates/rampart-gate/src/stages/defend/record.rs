@@ -177,7 +177,7 @@ fn push_row(out: &mut String, row: &Row) {
 /// The writer: whole batches appended until every sender is gone.
 fn write_rows(mut file: File, rows: &Receiver<Row>, mut size: u64, path: &Path) {
     let mut batch = String::new();
-    let mut full = false;
+    let (mut full, mut failing) = (false, false);
     let hasher = std::collections::hash_map::RandomState::new();
     let mut written = std::collections::HashSet::new();
     let mut add = |batch: &mut String, row: &Row| {
@@ -220,9 +220,18 @@ fn write_rows(mut file: File, rows: &Receiver<Row>, mut size: u64, path: &Path) 
             continue;
         }
         match file.write_all(batch.as_bytes()) {
-            Ok(()) => size += batch.len() as u64,
+            Ok(()) => {
+                size += batch.len() as u64;
+                failing = false;
+            }
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot append to the watermark record")
+                // A torn row would make the record unreadable: back to the last whole one.
+                let _ = file.set_len(size);
+                // Said once until a write succeeds again (a full disk would otherwise say it every batch).
+                if !failing {
+                    failing = true;
+                    tracing::error!(path = %path.display(), error = %e, "cannot append to the watermark record; rows are lost until it can");
+                }
             }
         }
     }
