@@ -4,7 +4,8 @@
 //! gateway's audit trail holds digests of inputs, never the inputs, so without this record a thief's surrogate could
 //! not be asked the watermarked queries.
 //!
-//! A writer thread appends whole batches; a request only hands its rows over (never waits on the disk). A row the
+//! A writer thread appends whole batches, gathered for [`LINGER`] after a row comes; a request only hands its rows
+//! over (never waits on the disk, and rarely wakes the writer). A row the
 //! same principal sent before is written once (among the last [`REMEMBERED`] rows written): repeating a watermarked
 //! query neither floods the record nor adds evidence. A full queue drops rows and says so in the metrics; the file
 //! stops growing at [`MAX_RECORD_BYTES`], with a warning.
@@ -19,6 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rampart_defend::watermark::{PRINCIPAL_COLUMN, TIME_COLUMN};
+
+use crate::audit::LINGER;
 
 /// The record stops growing past this size.
 pub const MAX_RECORD_BYTES: u64 = 1 << 30;
@@ -198,6 +201,9 @@ fn write_rows(mut file: File, rows: &Receiver<Row>, mut size: u64, path: &Path) 
     while let Ok(row) = rows.recv() {
         batch.clear();
         add(&mut batch, &row);
+        // A batch gathers while the writer sleeps: the requests' rows then wake it about a hundred times a second,
+        // not once each.
+        std::thread::sleep(LINGER);
         while batch.len() < BATCH_BYTES {
             match rows.try_recv() {
                 Ok(row) => add(&mut batch, &row),
