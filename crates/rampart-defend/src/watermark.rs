@@ -52,6 +52,14 @@ impl WatermarkKey {
         }
     }
 
+    /// A new key from the operating system's randomness.
+    pub fn generate() -> Result<WatermarkKey, DefendError> {
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret)
+            .map_err(|e| DefendError::Config(format!("cannot gather randomness: {e}")))?;
+        Ok(WatermarkKey::from_bytes(secret))
+    }
+
     /// Parses a key file: 64 hex digits (surrounding whitespace ignored).
     pub fn from_hex(text: &str) -> Result<WatermarkKey, DefendError> {
         let text = text.trim();

@@ -1,5 +1,5 @@
-//! `rampart watermark verify --url` end to end: a gateway started in this process over HTTPS watermarks a thief's
-//! queries and records them (the watermarked rows and as many controls) in its state directory; verification reads
+//! `rampart watermark verify --url` end to end: a gateway started in this process over HTTPS (its watermark key made
+//! in its state directory) watermarks a thief's queries and records them (the watermarked rows and as many controls) in its state directory; verification reads
 //! that record, asks a suspect behind a URL, and identifies a suspect that answers with the watermark (here the
 //! watermarking model itself) but not the same model served without it.
 
@@ -37,13 +37,6 @@ async fn rampart(args: Vec<String>, api_key: String) -> Output {
 async fn a_suspect_behind_a_url_is_asked_the_recorded_queries() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut secret = [7u8; 32];
-    secret[0] = 1;
-    std::fs::write(
-        dir.path().join("wm.key"),
-        rampart_defend::watermark::WatermarkKey::from_bytes(secret).to_hex(),
-    )
-    .unwrap();
     let store = rampart_auth::ApiKeyStore::open(&state).unwrap();
     let thief = store.add("thief", &["user".to_owned()]).unwrap().key;
     let onnx = digits("model/model.onnx");
@@ -52,7 +45,7 @@ async fn a_suspect_behind_a_url_is_asked_the_recorded_queries() {
          shutdown_grace_secs = 1\n[auth]\ncreate_first_key = false\n[deploy]\nverify = false\n\
          [[models]]\nname = \"protected\"\nonnx = \"{onnx}\"\nworkers = 1\n\
          [models.defend.harden]\ndefault = {{ mode = \"label_only\" }}\n\
-         [models.defend.watermark]\nkey = \"wm.key\"\nfraction = 0.2\n\
+         [models.defend.watermark]\nfraction = 0.2\n\
          [[models]]\nname = \"plain\"\nonnx = \"{onnx}\"\nworkers = 1\n",
         onnx = onnx.display()
     );
@@ -64,6 +57,14 @@ async fn a_suspect_behind_a_url_is_asked_the_recorded_queries() {
         .unwrap();
     let base = format!("https://localhost:{}/v2/models", prepared.address.port());
     let cert = prepared.cert_path.clone().unwrap();
+    // No key configured: the gateway made one in its state directory, readable by its owner only.
+    let key = state.join("watermark/protected.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(prepared.serve(shutdown));
 
@@ -125,7 +126,7 @@ async fn a_suspect_behind_a_url_is_asked_the_recorded_queries() {
             "--ca-cert",
             cert.to_str().unwrap(),
             "--key",
-            dir.path().join("wm.key").to_str().unwrap(),
+            key.to_str().unwrap(),
             "--queries",
             record.to_str().unwrap(),
             "--fraction",

@@ -77,10 +77,7 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
 }
 
 fn keygen(args: &KeygenArgs) -> anyhow::Result<Outcome> {
-    let mut secret = [0u8; 32];
-    getrandom::getrandom(&mut secret)
-        .map_err(|e| anyhow::anyhow!("cannot gather randomness: {e}"))?;
-    let key = WatermarkKey::from_bytes(secret);
+    let key = WatermarkKey::generate()?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

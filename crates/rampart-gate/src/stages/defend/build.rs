@@ -260,7 +260,22 @@ impl Defences {
         }
         let watermark = match Switch::on(&defend.watermark) {
             Some(w) => {
-                let path = origin.resolve(&w.key);
+                let path = match &w.key {
+                    Some(key) => origin.resolve(key),
+                    None => {
+                        let path = origin
+                            .state_dir
+                            .join("watermark")
+                            .join(format!("{name}.key"));
+                        create_key_once(&path).map_err(|e| {
+                            invalid(
+                                "watermark.key",
+                                format!("cannot create `{}`: {e}", path.display()),
+                            )
+                        })?;
+                        path
+                    }
+                };
                 let text = rampart_defend::read_bounded(&path, rampart_defend::MAX_KEY_BYTES)
                     .map_err(|e| {
                     invalid(
@@ -375,6 +390,31 @@ impl Defences {
     }
 }
 
+/// Creates a watermark key at `path` unless one is there: written to a temporary file (mode 0600), then linked to
+/// its name, which fails if another process created it first (that key is then the one used).
+fn create_key_once(path: &Path) -> std::io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    rampart_auth::ensure_private_dir(dir)?;
+    let key = WatermarkKey::generate().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".watermark-key")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir)?;
+    std::io::Write::write_all(&mut temporary, format!("{}\n", key.to_hex()).as_bytes())?;
+    temporary.as_file().sync_all()?;
+    match std::fs::hard_link(temporary.path(), path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), key = %key.id(), "created a watermark key");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn build_detector(
     origin: &Origin,
     d: &DetectorStageConfig,
@@ -484,6 +524,28 @@ mod tests {
             index: 0,
         };
         Defences::build(origin, "m", &model, None).unwrap()
+    }
+
+    #[test]
+    fn a_missing_key_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("watermark/m.key");
+        create_key_once(&path).unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert!(WatermarkKey::from_hex(&first).is_ok());
+        create_key_once(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        // No temporary file is left beside it.
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]

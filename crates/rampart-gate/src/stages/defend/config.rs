@@ -170,8 +170,9 @@ impl Default for ExtractionStageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatermarkConfig {
-    /// The key file (`rampart watermark keygen -o FILE`; relative to the config's directory).
-    pub key: PathBuf,
+    /// The key file (`rampart watermark keygen -o FILE`; relative to the config's directory). Default: the state
+    /// directory's `watermark/<model>.key`, created (mode 0600) on the first start.
+    pub key: Option<PathBuf>,
     /// The fraction of queries answered with the keyed wrong label.
     #[serde(default = "default_fraction")]
     pub fraction: f64,
