@@ -139,17 +139,12 @@ pub fn binomial_sf(k: u64, n: u64, p: f64) -> f64 {
     if p >= 1.0 {
         return 1.0;
     }
-    let ln_pmf = |i: u64| {
-        ln_factorial(n) - ln_factorial(i) - ln_factorial(n - i)
-            + i as f64 * p.ln()
-            + (n - i) as f64 * (-p).ln_1p()
-    };
     let odds = p / (1.0 - p);
     let mode = ((n + 1) as f64 * p).floor() as u64;
     let mut total = 0.0_f64;
     if k > mode {
         // Terms fall from k upwards.
-        let (mut i, mut term) = (k, ln_pmf(k).exp());
+        let (mut i, mut term) = (k, ln_binomial_pmf(k, n, p).exp());
         loop {
             total += term;
             if i >= n || term <= total * 1e-17 {
@@ -161,7 +156,7 @@ pub fn binomial_sf(k: u64, n: u64, p: f64) -> f64 {
         total.min(1.0)
     } else {
         // Terms fall from k - 1 downwards: P(X >= k) = 1 - P(X <= k - 1).
-        let (mut i, mut term) = (k - 1, ln_pmf(k - 1).exp());
+        let (mut i, mut term) = (k - 1, ln_binomial_pmf(k - 1, n, p).exp());
         loop {
             total += term;
             if i == 0 || term <= total * 1e-17 {
@@ -190,10 +185,7 @@ pub fn binomial_sf_below(k: u64, n: u64, p: f64, alpha: f64) -> bool {
         return false;
     }
     let odds = p / (1.0 - p);
-    let mut term = (ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k)
-        + k as f64 * p.ln()
-        + (n - k) as f64 * (-p).ln_1p())
-    .exp();
+    let mut term = ln_binomial_pmf(k, n, p).exp();
     let (mut i, mut total) = (k, 0.0_f64);
     loop {
         total += term;
@@ -211,6 +203,13 @@ pub fn binomial_sf_below(k: u64, n: u64, p: f64, alpha: f64) -> bool {
         term *= ratio;
         i += 1;
     }
+}
+
+/// `ln P(X = i)` for `X ~ Binomial(n, p)`, `i <= n`, `0 < p < 1`.
+fn ln_binomial_pmf(i: u64, n: u64, p: f64) -> f64 {
+    ln_factorial(n) - ln_factorial(i) - ln_factorial(n - i)
+        + i as f64 * p.ln()
+        + (n - i) as f64 * (-p).ln_1p()
 }
 
 /// `ln(n!)`: a sum of logs below 16, Stirling's series (to the `n^-7` term: error below 1e-16 relative) above.

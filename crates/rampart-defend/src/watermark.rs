@@ -60,6 +60,32 @@ impl WatermarkKey {
         Ok(WatermarkKey::from_bytes(secret))
     }
 
+    /// Writes a new key to `path` unless a file is there: to a temporary file (mode 0600) beside it, synced, then
+    /// linked to its name, which fails when the name is taken (a key another process wrote first is kept). Returns
+    /// the new key, or `None` when `path` was there already. No half-written key is ever at `path`.
+    pub fn create_file(path: &std::path::Path) -> std::io::Result<Option<WatermarkKey>> {
+        if path.exists() {
+            return Ok(None);
+        }
+        let key = WatermarkKey::generate().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".watermark-key");
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
+        let mut temporary = builder.tempfile_in(dir)?;
+        std::io::Write::write_all(&mut temporary, format!("{}\n", key.to_hex()).as_bytes())?;
+        temporary.as_file().sync_all()?;
+        match std::fs::hard_link(temporary.path(), path) {
+            Ok(()) => Ok(Some(key)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Parses a key file: 64 hex digits (surrounding whitespace ignored).
     pub fn from_hex(text: &str) -> Result<WatermarkKey, DefendError> {
         let text = text.trim();

@@ -89,16 +89,7 @@ struct Lines {
 impl Lines {
     /// Appends `buffer` (whole lines) in one write; on a failure, cuts off what of it reached the file.
     fn write_buffer(&mut self) -> std::io::Result<()> {
-        let whole = self.file.metadata()?.len();
-        match self.file.write_all(&self.buffer) {
-            Ok(()) => Ok(()),
-            Err(err) => {
-                if let Err(cut) = self.file.set_len(whole) {
-                    tracing::error!(error = %cut, "cannot cut a failed write off the audit file");
-                }
-                Err(err)
-            }
-        }
+        append_lines(&mut self.file, &self.buffer, "the audit file")
     }
 
     /// Serialises `items` into the buffer, one line each.
@@ -167,6 +158,45 @@ impl AuditSink for JsonLinesSink {
         let lines = self.file.lock().unwrap_or_else(|p| p.into_inner());
         lines.file.sync_data()
     }
+}
+
+/// Appends `lines` (whole lines) to `file` in one write. On a failure (a full disk), what of them reached the file is
+/// cut off, so that the file holds whole lines only and the next write starts a line of its own; `what` names the
+/// file in the message when that cut fails too.
+pub(crate) fn append_lines(file: &mut File, lines: &[u8], what: &str) -> std::io::Result<()> {
+    let whole = file.metadata()?.len();
+    match file.write_all(lines) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            if let Err(cut) = file.set_len(whole) {
+                tracing::error!(error = %cut, "cannot cut a failed write off {what}");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Runs this test binary's ignored test `test` again in a shell whose files may grow to 2 KiB (`ulimit -f 2`, with
+/// SIGXFSZ ignored so that a write past it fails with EFBIG instead of killing the process), with
+/// `RAMPART_TEST_FSIZE_DIR` set to `dir`; fails unless it passes.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test code")]
+pub(crate) fn rerun_with_file_limit(test: &str, dir: &Path) {
+    let child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 2; exec \"$0\" --exact {test} --ignored --quiet --test-threads 1"
+        ))
+        .arg(std::env::current_exe().unwrap())
+        .env("RAMPART_TEST_FSIZE_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
 }
 
 /// How long the writer waits after the first record of a batch for more to arrive: a record reaches the sink within
@@ -521,19 +551,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // An unfinished last line, as a crash leaves it, is ended at open.
         std::fs::write(dir.path().join("audit.jsonl"), b"{\"partial\":").unwrap();
-        let child = std::process::Command::new("bash")
-            .arg("-c")
-            .arg("trap '' XFSZ; ulimit -f 2; exec \"$0\" --exact audit::tests::fill_a_file_past_its_size_limit --ignored --quiet")
-            .arg(std::env::current_exe().unwrap())
-            .env("RAMPART_TEST_FSIZE_DIR", dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            child.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&child.stdout),
-            String::from_utf8_lossy(&child.stderr)
-        );
+        rerun_with_file_limit("audit::tests::fill_a_file_past_its_size_limit", dir.path());
         let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(text.ends_with('\n'));

@@ -77,22 +77,14 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
 }
 
 fn keygen(args: &KeygenArgs) -> anyhow::Result<Outcome> {
-    let key = WatermarkKey::generate()?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&args.output).with_context(|| {
-        format!(
-            "cannot create `{}` (an existing key is never overwritten)",
-            args.output.display()
-        )
-    })?;
-    if let Err(e) = writeln!(file, "{}", key.to_hex()).and_then(|()| file.sync_all()) {
-        // No half-written key is left behind to block the next attempt.
-        let _ = std::fs::remove_file(&args.output);
-        return Err(e).with_context(|| format!("cannot write `{}`", args.output.display()));
-    }
+    let key = WatermarkKey::create_file(&args.output)
+        .with_context(|| format!("cannot create `{}`", args.output.display()))?
+        .with_context(|| {
+            format!(
+                "`{}` exists: an existing key is never overwritten",
+                args.output.display()
+            )
+        })?;
     writeln!(
         std::io::stdout(),
         "wrote watermark key {} to {}",

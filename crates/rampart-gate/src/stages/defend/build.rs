@@ -390,29 +390,16 @@ impl Defences {
     }
 }
 
-/// Creates a watermark key at `path` unless one is there: written to a temporary file (mode 0600), then linked to
-/// its name, which fails if another process created it first (that key is then the one used).
+/// Creates a watermark key at `path`, in a private directory, unless one is there.
 fn create_key_once(path: &Path) -> std::io::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    rampart_auth::ensure_private_dir(dir)?;
-    let key = WatermarkKey::generate().map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut temporary = tempfile::Builder::new()
-        .prefix(".watermark-key")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .tempfile_in(dir)?;
-    std::io::Write::write_all(&mut temporary, format!("{}\n", key.to_hex()).as_bytes())?;
-    temporary.as_file().sync_all()?;
-    match std::fs::hard_link(temporary.path(), path) {
-        Ok(()) => {
-            tracing::info!(path = %path.display(), key = %key.id(), "created a watermark key");
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
+    rampart_auth::ensure_private_dir(path.parent().unwrap_or(Path::new(".")))?;
+    if let Some(key) = WatermarkKey::create_file(path)? {
+        tracing::info!(path = %path.display(), key = %key.id(), "created a watermark key");
     }
+    Ok(())
 }
 
 fn build_detector(

@@ -5,15 +5,15 @@
 //! not be asked the watermarked queries.
 //!
 //! A writer thread appends whole batches, gathered for [`LINGER`] after a row comes; a request only hands its rows
-//! over (never waits on the disk, and rarely wakes the writer). A row the
-//! same principal sent before is written once (among the last [`REMEMBERED`] rows written): repeating a watermarked
-//! query neither floods the record nor adds evidence. A full queue drops rows and says so in the metrics; the file
-//! stops growing at [`MAX_RECORD_BYTES`], with a warning.
+//! over (never waits on the disk, and rarely wakes the writer). A row the same principal sent before is written once
+//! (among the last [`REMEMBERED`] rows written): repeating a watermarked query neither floods the record nor adds
+//! evidence. A full queue drops rows and says so in the metrics; the file stops growing at [`MAX_RECORD_BYTES`], with
+//! a warning. The file holds whole rows only: a failed append is cut off, and so is a row a crash left unfinished.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::hash::BuildHasher as _;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rampart_defend::watermark::{PRINCIPAL_COLUMN, TIME_COLUMN};
 
-use crate::audit::LINGER;
+use crate::audit::{append_lines, LINGER};
 
 /// The record stops growing past this size.
 pub const MAX_RECORD_BYTES: u64 = 1 << 30;
@@ -71,9 +71,10 @@ impl Recorder {
         if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
             return Err(format!("`{}` is not a regular file", path.display()));
         }
-        let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut size = cut_unfinished_row(&mut file)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
         if size == 0 {
-            file.write_all(expected.as_bytes())
+            append_lines(&mut file, expected.as_bytes(), "the watermark record")
                 .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
             size = expected.len() as u64;
         } else {
@@ -142,6 +143,31 @@ impl Drop for Recorder {
             let _ = writer.join();
         }
     }
+}
+
+/// Cuts off a last row a crash left without its line end (the record would not read); returns the file's size.
+fn cut_unfinished_row(file: &mut File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let size = file.metadata()?.len();
+    let tail_len = size.min(MAX_HEADER_BYTES);
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(size - tail_len))?;
+    (&*file).take(tail_len).read_to_end(&mut tail)?;
+    file.seek(SeekFrom::Start(0))?;
+    if tail.last().is_none_or(|&b| b == b'\n') {
+        return Ok(size);
+    }
+    let whole = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(at) => size - tail_len + at as u64 + 1,
+        None if tail_len == size => 0,
+        None => {
+            return Err(std::io::Error::other(
+                "it ends with an unfinished row longer than 1 MiB; move it away",
+            ))
+        }
+    };
+    file.set_len(whole)?;
+    Ok(whole)
 }
 
 /// `time,principal,label,x0,…`
@@ -225,14 +251,13 @@ fn write_rows(mut file: File, rows: &Receiver<Row>, mut size: u64, path: &Path) 
             }
             continue;
         }
-        match file.write_all(batch.as_bytes()) {
+        // A torn row would make the record unreadable: a failed write is cut back to the last whole row.
+        match append_lines(&mut file, batch.as_bytes(), "the watermark record") {
             Ok(()) => {
                 size += batch.len() as u64;
                 failing = false;
             }
             Err(e) => {
-                // A torn row would make the record unreadable: back to the last whole one.
-                let _ = file.set_len(size);
                 // Said once until a write succeeds again (a full disk would otherwise say it every batch).
                 if !failing {
                     failing = true;
@@ -247,7 +272,41 @@ fn write_rows(mut file: File, rows: &Receiver<Row>, mut size: u64, path: &Path) 
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
 
+    use std::io::Write as _;
+
     use super::*;
+
+    /// Run by [`a_failed_append_leaves_whole_rows`] under a file size limit of 2 KiB: three rows fit, the batch
+    /// after them does not.
+    #[test]
+    #[ignore = "run by a_failed_append_leaves_whole_rows, under a file size limit"]
+    fn fill_a_record_past_its_size_limit() {
+        let Some(dir) = std::env::var_os("RAMPART_TEST_FSIZE_DIR") else {
+            return;
+        };
+        let recorder = Recorder::open(&Path::new(&dir).join("m.csv"), 16).unwrap();
+        let row = |i: usize| -> Vec<f32> { (0..16).map(|j| (i * 16 + j) as f32 / 7.0).collect() };
+        for i in 0..3 {
+            assert!(recorder.record("alice", 1, &row(i)));
+        }
+        std::thread::sleep(LINGER * 5);
+        for i in 3..30 {
+            assert!(recorder.record("alice", 1, &row(i)));
+        }
+    }
+
+    #[test]
+    fn a_failed_append_leaves_whole_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::audit::rerun_with_file_limit(
+            "stages::defend::record::tests::fill_a_record_past_its_size_limit",
+            dir.path(),
+        );
+        let text = std::fs::read_to_string(dir.path().join("m.csv")).unwrap();
+        let log =
+            rampart_defend::watermark::read_query_log(text.as_bytes(), "label", None).unwrap();
+        assert_eq!(log.len(), 3, "{text}");
+    }
 
     #[test]
     fn rows_read_back_as_the_query_log_verify_takes() {
@@ -257,6 +316,13 @@ mod tests {
         assert!(recorder.record("alice", 2, &[0.1, -0.0, 1e-7]));
         assert!(recorder.record("b,\"ob\" ", 0, &[1.0, 0.5, 0.333_333_34]));
         drop(recorder);
+        // A row a crash left unfinished is cut off at the next open.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"1700000000,alice,2,0.5,0.")
+            .unwrap();
         let again = Recorder::open(&path, 3).unwrap();
         assert!(again.record("alice", 1, &[0.0, 0.0, 0.0]));
         // A repeat of the same principal is written once; the same row of another principal is written.
