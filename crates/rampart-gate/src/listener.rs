@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -220,6 +220,8 @@ impl Listener {
         let io = TokioIo::new(Tracked {
             inner: stream,
             progress: Arc::clone(&progress),
+            answer: Vec::new(),
+            answered: 0,
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -239,6 +241,7 @@ impl Listener {
         let gate = Arc::clone(&self.gate);
         let ip = info.ip;
         let info = Arc::new(info);
+        let conn = Arc::clone(&info);
         let requests = Arc::clone(&progress);
         let service = service_fn(move |request: Request<Incoming>| {
             let gate = Arc::clone(&gate);
@@ -271,7 +274,7 @@ impl Listener {
                     if let Err(err) = result {
                         tracing::debug!(client_ip = %ip, error = %err, "connection ended with an error");
                     }
-                    return;
+                    break;
                 }
                 _ = shutdown.wait_for(|stop| *stop), if !draining => {
                     draining = true;
@@ -286,6 +289,10 @@ impl Listener {
                     }
                 }
             }
+        }
+        let unparsed = progress.unparsed.load(Ordering::Relaxed);
+        if let Ok(status) = hyper::StatusCode::from_u16(unparsed) {
+            self.gate.record_unparsed(&conn, status).await;
         }
     }
 }
@@ -304,6 +311,8 @@ struct Progress {
     begun: AtomicU64,
     /// Requests whose answers are not yet written.
     in_flight: AtomicU64,
+    /// The status of hyper's own answer to a request it could not parse (0: none).
+    unparsed: AtomicU16,
 }
 
 impl Progress {
@@ -314,6 +323,7 @@ impl Progress {
             last_write: AtomicU64::new(0),
             begun: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            unparsed: AtomicU16::new(0),
         }
     }
 
@@ -387,18 +397,80 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
     }
 }
 
-/// A stream that records when bytes were last written to the client ([`Progress`]).
+/// A stream that records when bytes were last written to the client ([`Progress`]), and gives hyper's own answer to
+/// a request it could not parse the JSON body every other refusal has ([`crate::pipeline::unparsed_answer`]).
 #[derive(Debug)]
 struct Tracked<S> {
     inner: S,
     progress: Arc<Progress>,
+    /// That answer, rewritten, and how much of it is written.
+    answer: Vec<u8>,
+    answered: usize,
 }
 
-impl<S> Tracked<S> {
+impl<S: AsyncWrite + Unpin> Tracked<S> {
     fn touch(&self) {
         self.progress
             .last_write
             .store(self.progress.now(), Ordering::Relaxed);
+    }
+
+    /// Takes hyper's bytes `data` for a rewritten answer when they are its own answer to an unparsed request: hyper
+    /// is told they were written, and the rewritten answer is written in their place, before anything else.
+    fn rewrite(&mut self, data: &[u8]) -> bool {
+        if !self.answer.is_empty() {
+            return false;
+        }
+        match crate::pipeline::unparsed_answer(data) {
+            Some((status, answer)) => {
+                self.progress
+                    .unparsed
+                    .store(status.as_u16(), Ordering::Relaxed);
+                self.answer = answer;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes through `write`, after what is left of a rewritten answer; or takes `whole` (everything hyper writes
+    /// now, when it is in one buffer) for a rewritten answer, whose bytes that cannot be written now are written at
+    /// the next write, flush or shutdown.
+    fn write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        whole: Option<&[u8]>,
+        write: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(data) = whole.filter(|data| self.rewrite(data)) {
+            if let Poll::Ready(Err(err)) = self.poll_answer(cx) {
+                return Poll::Ready(Err(err));
+            }
+            return Poll::Ready(Ok(data.len()));
+        }
+        std::task::ready!(self.poll_answer(cx))?;
+        let poll = write(Pin::new(&mut self.inner), cx);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    /// Writes what is left of a rewritten answer.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some(rest) = self.answer.get(self.answered..).filter(|r| !r.is_empty()) {
+            let n = match Pin::new(&mut self.inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.answered += n;
+            self.touch();
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -418,18 +490,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        poll
+        self.write_with(cx, Some(data), |inner, cx| inner.poll_write(cx, data))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_answer(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_answer(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -438,11 +508,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        poll
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        let whole = match (filled.next(), filled.next()) {
+            (Some(only), None) => Some(&**only),
+            _ => None,
+        };
+        self.write_with(cx, whole, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

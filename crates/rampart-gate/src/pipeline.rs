@@ -210,6 +210,63 @@ pub(crate) fn json_reply(status: StatusCode, body: Vec<u8>) -> Reply {
     response
 }
 
+/// The reason and message of hyper's own answers to a request it cannot parse: 400 (a malformed request line or
+/// header), 414 and 431 (too long for its buffer).
+fn unparsed_reason(status: StatusCode) -> (&'static str, &'static str) {
+    match status {
+        StatusCode::URI_TOO_LONG => ("uri_too_long", "request URI too long"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            ("headers_too_large", "request headers too large")
+        }
+        _ => ("malformed_http", "malformed HTTP request"),
+    }
+}
+
+/// hyper's own answer to an HTTP/1 request it could not parse, with the JSON error body every other refusal has,
+/// or `None` when `head` is not such an answer. hyper writes that answer (400, 414 or 431) by itself, as a bare head
+/// (`connection: close`, `content-length: 0` and a date, nothing else), before the service ever sees a request; every answer of
+/// the gateway's own has a `content-type`, so no answer of ours is taken for one.
+pub(crate) fn unparsed_answer(head: &[u8]) -> Option<(StatusCode, Vec<u8>)> {
+    const MAX: usize = 256;
+    if head.len() > MAX {
+        return None;
+    }
+    let text = std::str::from_utf8(head.strip_prefix(b"HTTP/1.1 ")?).ok()?;
+    let mut lines = text.strip_suffix("\r\n\r\n")?.split("\r\n");
+    let status = match lines.next()?.get(..4)? {
+        "400 " => StatusCode::BAD_REQUEST,
+        "414 " => StatusCode::URI_TOO_LONG,
+        "431 " => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        _ => return None,
+    };
+    let mut date = None;
+    for line in lines {
+        let (name, value) = line.split_once(": ")?;
+        let expected = (name.eq_ignore_ascii_case("content-length") && value == "0")
+            || (name.eq_ignore_ascii_case("connection") && value == "close")
+            || (name.eq_ignore_ascii_case("date") && date.replace(value).is_none());
+        if !expected {
+            return None;
+        }
+    }
+    let body = error_body(unparsed_reason(status).1);
+    let mut answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if let Some(date) = date {
+        answer.push_str("date: ");
+        answer.push_str(date);
+        answer.push_str("\r\n");
+    }
+    answer.push_str("\r\n");
+    let mut answer = answer.into_bytes();
+    answer.extend_from_slice(&body);
+    Some((status, answer))
+}
+
 pub(crate) fn error_body(message: &str) -> Vec<u8> {
     serde_json::json!({ "error": message })
         .to_string()
@@ -380,8 +437,24 @@ impl Gate {
             conn,
             &Trace::default(),
             Some(&refusal),
-            StatusCode::INTERNAL_SERVER_ERROR,
+            refusal.status,
             started,
+        )
+        .await;
+    }
+
+    /// Records a request that hyper could not parse and answered itself (the listener gave that answer its JSON
+    /// body, [`unparsed_answer`]): its metrics, its audit record (stage `http`) and a ban strike, as for a malformed
+    /// request that did parse.
+    pub(crate) async fn record_unparsed(&self, conn: &ConnInfo, status: StatusCode) {
+        let (reason, message) = unparsed_reason(status);
+        let refusal = Refusal::new("http", status, reason, message).strike();
+        self.record(
+            conn,
+            &Trace::default(),
+            Some(&refusal),
+            status,
+            Instant::now(),
         )
         .await;
     }
@@ -1051,6 +1124,36 @@ fn respond_infer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_hypers_own_bare_answers_are_taken_for_unparsed_requests() {
+        let date = "date: Fri, 27 Nov 2026 12:00:00 GMT\r\n";
+        let hyper = format!("HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n{date}\r\n");
+        let (status, answer) = unparsed_answer(hyper.as_bytes()).unwrap();
+        assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let answer = String::from_utf8(answer).unwrap();
+        let body = r#"{"error":"request headers too large"}"#;
+        assert_eq!(
+            answer,
+            format!("HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{date}\r\n{body}", body.len())
+        );
+        for ours in [
+            // Any answer of the gateway's own: a content type, a body.
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n{date}\r\n"),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n{date}\r\n"),
+            // Other statuses, a head not whole, a body after it, a second date.
+            format!("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n{date}\r\n"),
+            format!("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n{date}\r\n"),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n{date}"),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n{date}\r\n{{}}"),
+            format!("HTTP/1.1 400 Bad Request\r\n{date}{date}\r\n"),
+            "HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\n\r\n".to_owned(),
+            format!("HTTP/1.1 400 Bad Request\r\nx: {}\r\n\r\n", "a".repeat(300)),
+        ] {
+            assert!(unparsed_answer(ours.as_bytes()).is_none(), "{ours}");
+        }
+        assert!(unparsed_answer(b"HTTP/1.1 400 Bad Request\r\n\r\n").is_some());
+    }
 
     #[test]
     fn routes_parse_with_their_methods() {

@@ -182,6 +182,17 @@ async fn served(server: &Server) -> u16 {
     )
 }
 
+/// The admin listener's metrics.
+async fn scrape(server: &Server) -> String {
+    let mut admin = TcpStream::connect(server.admin).await.unwrap();
+    exchange(
+        &mut admin,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+}
+
 async fn stop(server: Server) {
     server.stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(15), server.task)
@@ -562,13 +573,7 @@ async fn tls13_serves_and_tls12_is_refused() {
         .await
         .is_err());
     // Metrics are on the admin listener.
-    let mut admin = TcpStream::connect(server.admin).await.unwrap();
-    let metrics = exchange(
-        &mut admin,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    )
-    .await;
+    let metrics = scrape(&server).await;
     assert!(metrics.contains("rampart_requests_total"), "{metrics}");
     assert!(!metrics.contains(&server.key));
     // Only read: any other method is refused, with no metrics.
@@ -701,6 +706,101 @@ async fn oversized_headers_and_bodies_are_refused() {
     assert_eq!(status_of(&answer), 413, "{answer}");
     assert_eq!(served(&server).await, 200);
     stop(server).await;
+}
+
+/// Requests hyper cannot parse are answered by hyper itself, before any stage: with the JSON error body of every
+/// other refusal, over TLS and plain HTTP, and counted like any malformed request (metrics, audit, ban strikes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_hyper_cannot_parse_get_a_json_error_and_a_strike() {
+    let extra = "[limits]\nmax_headers = 20\n[bans]\nstrikes = 4\nbase_secs = 60\n[audit]\nsink = \"jsonl\"\n";
+    let many: String = (0..50).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: [(&[u8], u16, &str); 3] = [
+        (
+            b"GET /v2/health/live HTTP/1.1\r\nHost x\r\n\r\n",
+            400,
+            r#"{"error":"malformed HTTP request"}"#,
+        ),
+        (
+            b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            r#"{"error":"malformed HTTP request"}"#,
+        ),
+        (
+            format!("GET /v2/health/live HTTP/1.1\r\nHost: x\r\n{many}\r\n")
+                .into_bytes()
+                .leak(),
+            431,
+            r#"{"error":"request headers too large"}"#,
+        ),
+    ];
+    for plain in [false, true] {
+        let server = start(extra, plain).await;
+        let send = async |request: &[u8]| {
+            if plain {
+                let mut stream = TcpStream::connect(server.addr).await.unwrap();
+                exchange(&mut stream, request, Duration::from_secs(5)).await
+            } else {
+                exchange(&mut connect(&server).await, request, Duration::from_secs(5)).await
+            }
+        };
+        for (request, status, body) in &cases {
+            let answer = send(request).await;
+            assert_eq!(status_of(&answer), *status, "{answer}");
+            let (head, rest) = answer.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains("content-type: application/json"), "{answer}");
+            assert!(
+                head.contains(&format!("content-length: {}", body.len())),
+                "{answer}"
+            );
+            assert!(head.contains("connection: close"), "{answer}");
+            assert_eq!(rest, *body);
+        }
+        // A fourth strike earns a ban: a malformed request after a good one on the same connection, both sent at
+        // once (the answers may then come in one write).
+        let pipelined = send(
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost x\r\n\r\n",
+        )
+        .await;
+        let (first, second) = pipelined.split_once(r#"{"live":true}"#).unwrap();
+        assert_eq!(status_of(first), 200, "{pipelined}");
+        assert_eq!(status_of(second), 400, "{pipelined}");
+        assert!(
+            second.ends_with(r#"{"error":"malformed HTTP request"}"#),
+            "{pipelined}"
+        );
+
+        // Each audited like any other refusal, and the ban too (the trail is written in batches).
+        let trail = server._dir.path().join("audit.jsonl");
+        let audited = |needle: &str| {
+            std::fs::read_to_string(&trail).map_or(0, |text| text.matches(needle).count())
+        };
+        let expected = [
+            (r#""stage":"http","reason":"malformed_http""#, 3),
+            (r#""stage":"http","reason":"headers_too_large""#, 1),
+            (r#""outcome":"banned""#, 1),
+        ];
+        let mut waited = 0;
+        while expected.iter().any(|(needle, n)| audited(needle) != *n) && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        for (needle, n) in expected {
+            assert_eq!(audited(needle), n, "{needle}");
+        }
+        // The banned address's next connection is closed at accept.
+        let mut banned = TcpStream::connect(server.addr).await.unwrap();
+        assert_eq!(read_some(&mut banned, Duration::from_secs(5)).await, "");
+        let metrics = scrape(&server).await;
+        for line in [
+            r#"rampart_refusals_total{stage="http",reason="malformed_http"} 3"#,
+            r#"rampart_refusals_total{stage="http",reason="headers_too_large"} 1"#,
+            r#"rampart_connections_refused_total{reason="banned"} 1"#,
+            "rampart_bans_total 1",
+        ] {
+            assert!(metrics.contains(line), "{line} missing in {metrics}");
+        }
+        stop(server).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
