@@ -228,17 +228,18 @@ fn unparsed_reason(status: StatusCode) -> (&'static str, &'static str) {
 /// the gateway's own has a `content-type`, so no answer of ours is taken for one.
 pub(crate) fn unparsed_answer(head: &[u8]) -> Option<(StatusCode, Vec<u8>)> {
     const MAX: usize = 256;
-    if head.len() > MAX {
-        return None;
-    }
-    let text = std::str::from_utf8(head.strip_prefix(b"HTTP/1.1 ")?).ok()?;
-    let mut lines = text.strip_suffix("\r\n\r\n")?.split("\r\n");
-    let status = match lines.next()?.get(..4)? {
-        "400 " => StatusCode::BAD_REQUEST,
-        "414 " => StatusCode::URI_TOO_LONG,
-        "431 " => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    // Every answer is looked at: what is not one is told at its first bytes.
+    let status = match head.get(..13)? {
+        b"HTTP/1.1 400 " => StatusCode::BAD_REQUEST,
+        b"HTTP/1.1 414 " => StatusCode::URI_TOO_LONG,
+        b"HTTP/1.1 431 " => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         _ => return None,
     };
+    if head.len() > MAX || !head.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let text = std::str::from_utf8(head).ok()?;
+    let lines = text.strip_suffix("\r\n\r\n")?.split("\r\n").skip(1);
     let mut date = None;
     for line in lines {
         let (name, value) = line.split_once(": ")?;
