@@ -95,24 +95,28 @@ impl OutputPolicy {
         if classes == 0 {
             return Err(DefendError::Model("the model returned no classes".into()));
         }
-        let probs: Vec<Vec<f32>> = values.chunks(classes).map(to_probabilities).collect();
-        let mut ranked: Vec<Vec<usize>> = Vec::with_capacity(rows);
-        for p in &probs {
-            let mut order: Vec<usize> = (0..classes).collect();
-            // Stable sort: ties keep the lower label first, like argmax.
-            order.sort_by(|&a, &b| {
-                let (x, y) = (
-                    p.get(a).copied().unwrap_or(0.0),
-                    p.get(b).copied().unwrap_or(0.0),
-                );
-                y.total_cmp(&x)
-            });
-            ranked.push(order);
+        // The labels ranked by each row's probabilities; only as many as are returned.
+        let ranked = match *self {
+            OutputPolicy::TopK { k, .. } => k.min(classes),
+            OutputPolicy::Full { .. } | OutputPolicy::LabelOnly => 1,
+        };
+        let mut labels = Vec::with_capacity(rows);
+        let mut kept = Vec::with_capacity(rows * ranked);
+        let mut probabilities = Vec::with_capacity(values.len());
+        let mut order = Vec::with_capacity(classes);
+        for row in values.chunks(classes) {
+            let p = to_probabilities(row);
+            rank(&p, ranked, &mut order);
+            labels.push(order.first().map_or(0, |&c| c as i64));
+            match self {
+                OutputPolicy::TopK { .. } => {
+                    kept.extend(order.iter().map(|&c| c as i64));
+                    probabilities.extend(order.iter().map(|&c| p.get(c).copied().unwrap_or(0.0)));
+                }
+                OutputPolicy::Full { .. } => probabilities.extend_from_slice(&p),
+                OutputPolicy::LabelOnly => {}
+            }
         }
-        let labels: Vec<i64> = ranked
-            .iter()
-            .map(|o| o.first().copied().unwrap_or(0) as i64)
-            .collect();
         let tensor = |name: &str, shape: Vec<usize>, data: TensorData| {
             Tensor::new(name, shape, data).map_err(|e| DefendError::Model(e.to_string()))
         };
@@ -120,40 +124,65 @@ impl OutputPolicy {
         match *self {
             OutputPolicy::LabelOnly => {}
             OutputPolicy::Full { decimals } => {
-                let flat = probs
-                    .iter()
-                    .flatten()
-                    .map(|&p| round(p, decimals))
-                    .collect();
+                probabilities
+                    .iter_mut()
+                    .for_each(|p| *p = round(*p, decimals));
                 out.push(tensor(
                     "probabilities",
                     vec![rows, classes],
-                    TensorData::Fp32(flat),
+                    TensorData::Fp32(probabilities),
                 )?);
             }
-            OutputPolicy::TopK { k, decimals } => {
-                let k = k.min(classes);
-                let mut top_labels = Vec::with_capacity(rows * k);
-                let mut top_probs = Vec::with_capacity(rows * k);
-                for (order, p) in ranked.iter().zip(&probs) {
-                    for &c in order.iter().take(k) {
-                        top_labels.push(c as i64);
-                        top_probs.push(round(p.get(c).copied().unwrap_or(0.0), decimals));
-                    }
-                }
+            OutputPolicy::TopK { decimals, .. } => {
+                probabilities
+                    .iter_mut()
+                    .for_each(|p| *p = round(*p, decimals));
                 out.push(tensor(
                     "top_k_labels",
-                    vec![rows, k],
-                    TensorData::Int64(top_labels),
+                    vec![rows, ranked],
+                    TensorData::Int64(kept),
                 )?);
                 out.push(tensor(
                     "top_k_probabilities",
-                    vec![rows, k],
-                    TensorData::Fp32(top_probs),
+                    vec![rows, ranked],
+                    TensorData::Fp32(probabilities),
                 )?);
             }
         }
         Ok(out)
+    }
+}
+
+/// The `k` most probable classes of `p` into `order`, most probable first; ties keep the lower class first (as a
+/// stable sort, and argmax, do).
+fn rank(p: &[f32], k: usize, order: &mut Vec<usize>) {
+    order.clear();
+    if k >= p.len() / 2 {
+        order.extend(0..p.len());
+        order.sort_by(|&a, &b| {
+            let (x, y) = (
+                p.get(a).copied().unwrap_or(0.0),
+                p.get(b).copied().unwrap_or(0.0),
+            );
+            y.total_cmp(&x)
+        });
+        order.truncate(k);
+        return;
+    }
+    // Few of many: pick the best of the rest k times.
+    for _ in 0..k {
+        let best = p
+            .iter()
+            .enumerate()
+            .filter(|(c, _)| !order.contains(c))
+            .fold(None, |best: Option<(usize, f32)>, (c, &v)| match best {
+                Some((_, b)) if v.total_cmp(&b).is_le() => best,
+                _ => Some((c, v)),
+            });
+        match best {
+            Some((c, _)) => order.push(c),
+            None => break,
+        }
     }
 }
 
@@ -203,6 +232,38 @@ mod tests {
             out[1].data,
             TensorData::Fp32(vec![0.1, 0.5, 0.4, 0.1, 0.2, 0.7])
         );
+    }
+
+    #[test]
+    fn ranking_is_a_stable_sort_by_probability_for_every_k() {
+        // Rows with ties, a NaN, infinities and zeros; every k from 1 past the width.
+        let mut seed = 7_u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for width in 1..14 {
+            for _ in 0..50 {
+                let p: Vec<f32> = (0..width)
+                    .map(|_| match next() % 9 {
+                        0 => 0.25,
+                        1 => 0.0,
+                        2 => f32::NAN,
+                        3 => f32::INFINITY,
+                        _ => (next() % 1000) as f32 / 1000.0,
+                    })
+                    .collect();
+                let mut sorted: Vec<usize> = (0..width).collect();
+                sorted.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+                for k in 1..width + 2 {
+                    let mut order = Vec::new();
+                    rank(&p, k.min(width), &mut order);
+                    assert_eq!(order, sorted[..k.min(width)], "{p:?} k={k}");
+                }
+            }
+        }
     }
 
     #[test]
