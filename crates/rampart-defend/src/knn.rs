@@ -404,7 +404,9 @@ impl Index {
                 .unwrap_or_default()
                 .chunks_exact(m * LANES);
             for (b, block) in blocks.take(group.len.div_ceil(LANES)).enumerate() {
-                let distances = block_bounds(block, q);
+                let Some(distances) = block_bounds_within(block, q, limit) else {
+                    continue;
+                };
                 // The lanes past the limit, as bits (no branch per lane); a NaN distance (a NaN in the query) is not
                 // past it: those rows are offered, and the collector decides, as a full scan would.
                 let past = distances
@@ -701,6 +703,35 @@ pub(crate) fn block_bounds(block: &[f32], q: &[f32]) -> [f32; LANES] {
         }
     }
     bounds
+}
+
+/// [`block_bounds`], or `None` as soon as the sums over the first coordinates (the directions of most variance, where
+/// most of a distance lies) are all past `limit`: every lane's whole sum would be too, as adding squares never
+/// lowers a sum, even rounded. The lanes' sums are the same, to the bit, as [`block_bounds`]'s: the same additions
+/// in the same order.
+#[inline(always)]
+fn block_bounds_within(block: &[f32], q: &[f32], limit: f32) -> Option<[f32; LANES]> {
+    /// The coordinates summed before the check.
+    const FIRST: usize = 6;
+    let mut bounds = [0.0_f32; LANES];
+    let mut columns = block.chunks_exact(LANES).zip(q);
+    for (column, &qk) in columns.by_ref().take(FIRST) {
+        for (a, &v) in bounds.iter_mut().zip(column) {
+            let d = v - qk;
+            *a += d * d;
+        }
+    }
+    // A NaN sum is not past the limit: its row is offered, as a full scan would.
+    if bounds.iter().all(|&d| d > limit) {
+        return None;
+    }
+    for (column, &qk) in columns {
+        for (a, &v) in bounds.iter_mut().zip(column) {
+            let d = v - qk;
+            *a += d * d;
+        }
+    }
+    Some(bounds)
 }
 
 /// Runs `f` compiled for AVX where the CPU has it, else as compiled (Rust's x86-64 baseline is SSE2): `f`'s vector
