@@ -264,6 +264,7 @@ impl Listener {
         tokio::pin!(connection);
         let (idle, first) = (limits.idle_timeout, limits.header_timeout);
         let mut draining = false;
+        let mut violation = None;
         loop {
             let (deadline, _) = progress.deadline(first, idle);
             let check_in = deadline
@@ -273,6 +274,7 @@ impl Listener {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
                         tracing::debug!(client_ip = %ip, error = %err, "connection ended with an error");
+                        violation = h2_violation(err.as_ref());
                     }
                     break;
                 }
@@ -294,7 +296,34 @@ impl Listener {
         if let Ok(status) = hyper::StatusCode::from_u16(unparsed) {
             self.gate.record_unparsed(&conn, status).await;
         }
+        if let Some(reason) = violation {
+            self.gate.record_h2_violation(&conn, reason).await;
+        }
     }
+}
+
+/// The reason an HTTP/2 connection ended with, when the gateway ended it for the client's violation of the protocol
+/// or of its limits (a GOAWAY it sent: a rapid-reset burst is `h2_enhance_your_calm`); `None` for anything else (the
+/// client's own GOAWAY, a connection lost, HTTP/1).
+fn h2_violation(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cause = Some(err);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            if h2.is_remote() || h2.is_io() || !(h2.is_go_away() || h2.is_library()) {
+                return None;
+            }
+            return Some(match h2.reason()? {
+                h2::Reason::NO_ERROR | h2::Reason::CANCEL => return None,
+                h2::Reason::ENHANCE_YOUR_CALM => "h2_enhance_your_calm",
+                h2::Reason::FLOW_CONTROL_ERROR => "h2_flow_control_error",
+                h2::Reason::FRAME_SIZE_ERROR => "h2_frame_size_error",
+                h2::Reason::COMPRESSION_ERROR => "h2_compression_error",
+                _ => "h2_protocol_error",
+            });
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// What a connection has done, for its time limits. Only requests and the answers' bytes count: bytes a client

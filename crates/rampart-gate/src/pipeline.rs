@@ -367,31 +367,10 @@ impl Gate {
                 })
                 .inc();
             if refusal.strike {
-                if let Strike::Banned(length) = self.bans.strike(conn.ip) {
-                    self.metrics.bans.inc();
-                    self.metrics
-                        .bans_active
-                        .set(i64::try_from(self.bans.active()).unwrap_or(i64::MAX));
-                    tracing::warn!(client_ip = %conn.ip, seconds = length.as_secs(), reason = refusal.reason, "client banned");
-                    self.audit
-                        .record(AuditRecord {
-                            time: rfc3339(SystemTime::now()),
-                            client_ip: conn.ip.to_string(),
-                            principal: trace.principal.as_ref().map(|p| p.id.clone()),
-                            action: "ban",
-                            model: None,
-                            version: None,
-                            route: route.map_or("other", Route::template),
-                            outcome: "banned",
-                            stage: Some("ban"),
-                            reason: Some(refusal.reason),
-                            status: status.as_u16(),
-                            latency_us: length.as_secs().saturating_mul(1_000_000),
-                            input_sha256: None,
-                            defend: None,
-                        })
-                        .await;
-                }
+                let principal = trace.principal.as_ref().map(|p| p.id.clone());
+                let route = route.map_or("other", Route::template);
+                self.strike(conn, principal, route, refusal.reason, status)
+                    .await;
             }
         }
         let outcome = match (refusal, status.is_success()) {
@@ -421,6 +400,53 @@ impl Gate {
                 input_sha256: trace.input_sha256.clone(),
                 defend: trace.defend.clone().map(Box::new),
             })
+            .await;
+    }
+
+    /// A ban strike against the client for `reason`; when it earns a ban, the ban's metrics, log line and audit
+    /// record.
+    async fn strike(
+        &self,
+        conn: &ConnInfo,
+        principal: Option<String>,
+        route: &'static str,
+        reason: &'static str,
+        status: StatusCode,
+    ) {
+        let Strike::Banned(length) = self.bans.strike(conn.ip) else {
+            return;
+        };
+        self.metrics.bans.inc();
+        self.metrics
+            .bans_active
+            .set(i64::try_from(self.bans.active()).unwrap_or(i64::MAX));
+        tracing::warn!(client_ip = %conn.ip, seconds = length.as_secs(), reason, "client banned");
+        self.audit
+            .record(AuditRecord {
+                time: rfc3339(SystemTime::now()),
+                client_ip: conn.ip.to_string(),
+                principal,
+                action: "ban",
+                model: None,
+                version: None,
+                route,
+                outcome: "banned",
+                stage: Some("ban"),
+                reason: Some(reason),
+                status: status.as_u16(),
+                latency_us: length.as_secs().saturating_mul(1_000_000),
+                input_sha256: None,
+                defend: None,
+            })
+            .await;
+    }
+
+    /// Records an HTTP/2 connection the gateway closed for the client's protocol violation (`reason`, such as
+    /// `h2_enhance_your_calm` for a rapid-reset burst): a refused connection in the metrics and a ban strike, as
+    /// for a malformed request.
+    pub(crate) async fn record_h2_violation(&self, conn: &ConnInfo, reason: &'static str) {
+        self.metrics.connection_refused(reason);
+        self.strike(conn, None, "other", reason, StatusCode::BAD_REQUEST)
             .await;
     }
 
