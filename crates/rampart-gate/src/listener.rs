@@ -618,6 +618,20 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
 
+    /// The positive case, a GOAWAY the gateway sent, has no public constructor: the rapid-reset test in
+    /// `tests/gateway.rs` covers it.
+    #[test]
+    fn errors_other_than_the_gateways_own_goaway_are_no_violation() {
+        for reason in [
+            h2::Reason::ENHANCE_YOUR_CALM,
+            h2::Reason::PROTOCOL_ERROR,
+            h2::Reason::NO_ERROR,
+        ] {
+            assert_eq!(h2_violation(&h2::Error::from(reason)), None);
+        }
+        assert_eq!(h2_violation(&std::io::Error::other("HTTP/1")), None);
+    }
+
     #[tokio::test]
     async fn a_panic_while_handling_is_answered_500_and_recorded() {
         let recorded = std::sync::atomic::AtomicUsize::new(0);
