@@ -696,13 +696,19 @@ fn orthonormal(vectors: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
 #[inline(always)]
 pub(crate) fn block_bounds(block: &[f32], q: &[f32]) -> [f32; LANES] {
     let mut bounds = [0.0_f32; LANES];
-    for (column, &qk) in block.chunks_exact(LANES).zip(q) {
+    add_squares(&mut bounds, block.chunks_exact(LANES).zip(q));
+    bounds
+}
+
+/// Adds to each lane's sum the squared differences of its coordinates, `(column of the lanes, the query's)`, in order.
+#[inline(always)]
+fn add_squares<'a>(bounds: &mut [f32; LANES], columns: impl Iterator<Item = (&'a [f32], &'a f32)>) {
+    for (column, &qk) in columns {
         for (a, &v) in bounds.iter_mut().zip(column) {
             let d = v - qk;
             *a += d * d;
         }
     }
-    bounds
 }
 
 /// [`block_bounds`], or `None` as soon as the sums over the first coordinates (the directions of most variance, where
@@ -715,22 +721,12 @@ fn block_bounds_within(block: &[f32], q: &[f32], limit: f32) -> Option<[f32; LAN
     const FIRST: usize = 6;
     let mut bounds = [0.0_f32; LANES];
     let mut columns = block.chunks_exact(LANES).zip(q);
-    for (column, &qk) in columns.by_ref().take(FIRST) {
-        for (a, &v) in bounds.iter_mut().zip(column) {
-            let d = v - qk;
-            *a += d * d;
-        }
-    }
+    add_squares(&mut bounds, columns.by_ref().take(FIRST));
     // A NaN sum is not past the limit: its row is offered, as a full scan would.
     if bounds.iter().all(|&d| d > limit) {
         return None;
     }
-    for (column, &qk) in columns {
-        for (a, &v) in bounds.iter_mut().zip(column) {
-            let d = v - qk;
-            *a += d * d;
-        }
-    }
+    add_squares(&mut bounds, columns);
     Some(bounds)
 }
 

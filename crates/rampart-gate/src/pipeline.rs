@@ -223,9 +223,9 @@ fn unparsed_reason(status: StatusCode) -> (&'static str, &'static str) {
 }
 
 /// hyper's own answer to an HTTP/1 request it could not parse, with the JSON error body every other refusal has,
-/// or `None` when `head` is not such an answer. hyper writes that answer (400, 414 or 431) by itself, as a bare head
-/// (`connection: close`, `content-length: 0` and a date, nothing else), before the service ever sees a request; every answer of
-/// the gateway's own has a `content-type`, so no answer of ours is taken for one.
+/// or `None` when `head` is not such an answer. hyper writes that answer (400, 414 or 431) by itself, as a bare
+/// head (`connection: close`, `content-length: 0` and a date, nothing else), before the service ever sees a
+/// request; every answer of the gateway's own has a `content-type`, so no answer of ours is taken for one.
 pub(crate) fn unparsed_answer(head: &[u8]) -> Option<(StatusCode, Vec<u8>)> {
     const MAX: usize = 256;
     // Every answer is looked at: what is not one is told at its first bytes.
@@ -251,19 +251,14 @@ pub(crate) fn unparsed_answer(head: &[u8]) -> Option<(StatusCode, Vec<u8>)> {
         }
     }
     let body = error_body(unparsed_reason(status).1);
+    let date = date.map(|d| format!("date: {d}\r\n")).unwrap_or_default();
     let mut answer = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{date}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
-    );
-    if let Some(date) = date {
-        answer.push_str("date: ");
-        answer.push_str(date);
-        answer.push_str("\r\n");
-    }
-    answer.push_str("\r\n");
-    let mut answer = answer.into_bytes();
+    )
+    .into_bytes();
     answer.extend_from_slice(&body);
     Some((status, answer))
 }

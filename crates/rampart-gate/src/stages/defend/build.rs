@@ -392,9 +392,6 @@ impl Defences {
 
 /// Creates a watermark key at `path`, in a private directory, unless one is there.
 fn create_key_once(path: &Path) -> std::io::Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
     rampart_auth::ensure_private_dir(path.parent().unwrap_or(Path::new(".")))?;
     if let Some(key) = WatermarkKey::create_file(path)? {
         tracing::info!(path = %path.display(), key = %key.id(), "created a watermark key");
