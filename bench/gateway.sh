@@ -3,7 +3,9 @@
 # digits model) and against nginx serving a static 200-byte JSON over TLS 1.3, on the same machine, in one run; then
 # the same Rampart with its security stages off, to show what they cost and how close to nginx the rest gets; and the
 # full gateway's liveness route, which takes the same TLS, HTTP, ban, per-address limit, metrics and audit record as
-# an inference but no authentication, codec or model: what the serving stack alone reaches against nginx.
+# an inference but no authentication, codec or model: what the serving stack alone reaches against nginx. The
+# gateways gather concurrent requests' rows into one run of the model (`max_batch`); the full pipeline is measured
+# without it too.
 #
 # Usage: bench/gateway.sh [seconds per run, default 10] [rounds, default 3]
 # The servers (and the liveness route) are measured in turn, round after round; each figure is the median of the
@@ -57,39 +59,47 @@ nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
 # --- rampart: the full pipeline, and the same with the security stages off ---
-FULL_PORT="$(free_port)"; OFF_PORT="$(free_port)"
-make_config "$FULL_PORT" "$(free_port)" false < /dev/null > "$WORK/full.toml"
-make_config "$OFF_PORT" "$(free_port)" true < /dev/null > "$WORK/off.toml"
+# Both gather concurrent requests' rows into one run of the model (`max_batch`, RAMPART_BENCH_MAX_BATCH, default 32;
+# the digits MLP's rows are independent); the full pipeline is also measured running each request alone.
+MAX_BATCH="${RAMPART_BENCH_MAX_BATCH:-32}"
+FULL_PORT="$(free_port)"; OFF_PORT="$(free_port)"; ALONE_PORT="$(free_port)"
+echo "max_batch = $MAX_BATCH" | make_config "$FULL_PORT" "$(free_port)" false > "$WORK/full.toml"
+echo "max_batch = $MAX_BATCH" | make_config "$OFF_PORT" "$(free_port)" true > "$WORK/off.toml"
+make_config "$ALONE_PORT" "$(free_port)" false < /dev/null > "$WORK/alone.toml"
 KEY="$("$RAMPART" serve --config "$WORK/full.toml" --check | awk '/API key/ {print $3}')"
 [ -n "$KEY" ] || { echo "error: no API key was printed" >&2; exit 2; }
 "$RAMPART" serve --config "$WORK/full.toml" >/dev/null &
 PIDS+=($!)
 "$RAMPART" serve --config "$WORK/off.toml" >/dev/null 2>&1 &
 PIDS+=($!)
+"$RAMPART" serve --config "$WORK/alone.toml" >/dev/null 2>&1 &
+PIDS+=($!)
 
 write_wrk_script "$WORK/infer.lua" "$KEY" "$(python3 -c 'print(",".join(str(round((i % 17) / 16, 4)) for i in range(64)))')"
 wait_up "https://127.0.0.1:$NGINX_PORT/static.json"
 wait_up "https://127.0.0.1:$FULL_PORT/v2/health/live"
 wait_up "https://127.0.0.1:$OFF_PORT/v2/health/live"
+wait_up "https://127.0.0.1:$ALONE_PORT/v2/health/live"
 curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$(wrk_body "$WORK/infer.lua")" \
     "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" >/dev/null || { echo "error: inference through the gateway failed" >&2; exit 2; }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, all on this machine ($(nproc) cores)" >&2
 ROUNDS="${2:-3}"
-NGINX=(); FULL=(); OFF=(); LIVE=()
+NGINX=(); FULL=(); OFF=(); LIVE=(); ALONE=()
 for round in $(seq "$ROUNDS"); do
     echo "round $round of $ROUNDS" >&2
     NGINX+=("$(run_wrk nginx "https://127.0.0.1:$NGINX_PORT/static.json")")
     FULL+=("$(run_wrk rampart "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
     OFF+=("$(run_wrk rampart-no-security "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
     LIVE+=("$(run_wrk rampart-live "https://127.0.0.1:$FULL_PORT/v2/health/live")")
+    ALONE+=("$(run_wrk rampart-unbatched "https://127.0.0.1:$ALONE_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
 done
 # What the stages cost a request, without queueing: one connection, one request at a time, on each server.
 echo "then one connection at a time (-c1), for the cost of the security stages" >&2
 FULL1="$(run_wrk rampart-c1 "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" "$WORK/infer.lua" 1)"
 OFF1="$(run_wrk rampart-no-security-c1 "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua" 1)"
 
-python3 - "$ROUNDS" "${NGINX[@]}" "${FULL[@]}" "${OFF[@]}" "${LIVE[@]}" "$FULL1" "$OFF1" <<'PY'
+python3 - "$ROUNDS" "${NGINX[@]}" "${FULL[@]}" "${OFF[@]}" "${LIVE[@]}" "${ALONE[@]}" "$FULL1" "$OFF1" <<'PY'
 import statistics, sys
 rounds = int(sys.argv[1])
 runs = [line.split() for line in sys.argv[2:]]
@@ -100,15 +110,15 @@ if rounds > 1:
     print("each round:")
     print(head)
     for i in range(rounds):
-        for name, rps, p50, p99, bad in (runs[i], runs[rounds + i], runs[2 * rounds + i], runs[3 * rounds + i]):
+        for name, rps, p50, p99, bad in (runs[k * rounds + i] for k in range(5)):
             print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
     print(f"median of {rounds} rounds:")
-rows = [median(runs[k * rounds:(k + 1) * rounds]) for k in range(4)] + [median([r]) for r in runs[4 * rounds:]]
+rows = [median(runs[k * rounds:(k + 1) * rounds]) for k in range(5)] + [median([r]) for r in runs[5 * rounds:]]
 print(head)
 for name, rps, p50, p99, bad in rows:
     print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
 (_, n_rps, n_p50, n_p99, _), (_, f_rps, f_p50, f_p99, _), (_, o_rps, o_p50, o_p99, _), (_, l_rps, _, _, _), \
-    (_, _, f1_p50, _, _), (_, _, o1_p50, _, _) = rows
+    (_, a_rps, _, a_p99, _), (_, _, f1_p50, _, _), (_, _, o1_p50, _, _) = rows
 print(f"throughput rampart/nginx: {float(f_rps)/float(n_rps):.2f}x (target >= 0.70)")
 print(f"p99 rampart/nginx:        {float(f_p99)/float(n_p99):.2f}x (target <= 2.00)")
 # The same gateway with authentication, policy, limits and audit off: what TLS, HTTP, the KServe codec and the model
@@ -117,6 +127,8 @@ print(f"throughput rampart-no-security/nginx: {float(o_rps)/float(n_rps):.2f}x (
 # The liveness route: TLS, HTTP, the per-address stages, metrics and the audit record, without authentication, the
 # KServe codec or the model; what is left between it and the first ratio is the work of an inference request.
 print(f"throughput rampart-live/nginx: {float(l_rps)/float(n_rps):.2f}x (no target: the serving stack without an inference)")
+# The full pipeline running each request alone (no `max_batch`): what gathering the requests' rows gives.
+print(f"throughput rampart-unbatched/nginx: {float(a_rps)/float(n_rps):.2f}x, p99 {float(a_p99)/float(n_p99):.2f}x")
 print(f"security stages add at p50, one connection: {(float(f1_p50)-float(o1_p50))*1000:.0f} us (target < 100 us)")
 print(f"security stages add at p50, 50 connections: {(float(f_p50)-float(o_p50))*1000:.0f} us (includes queueing)")
 PY

@@ -441,9 +441,16 @@ pub struct ModelConfig {
     /// How requests run: `auto` (inline when the model answers within 100 µs, else threads), `inline`, `threads`.
     #[serde(default)]
     pub execution: crate::stages::infer::Execution,
+    /// The most rows of concurrent requests one run of an inline model gathers (0, the default: each request runs
+    /// alone). Only for models whose rows are independent, batch first on every input and output.
+    #[serde(default)]
+    pub max_batch: usize,
     /// `[models.defend]`: the inference-time defences of this model (see `stages::defend`); none without it.
     pub defend: Option<crate::stages::defend::DefendConfig>,
 }
+
+/// The most rows `max_batch` may gather.
+const MAX_BATCH: usize = 1024;
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
@@ -513,6 +520,7 @@ impl Config {
             workers: default_workers(),
             queue: default_queue(),
             execution: crate::stages::infer::Execution::Auto,
+            max_batch: 0,
             defend: None,
         });
         config.validate()?;
@@ -662,6 +670,12 @@ impl Config {
             }
             if model.queue == 0 {
                 return Err(self.invalid(&key("queue"), "must be at least 1"));
+            }
+            if model.max_batch > MAX_BATCH {
+                return Err(self.invalid(
+                    &key("max_batch"),
+                    format!("must be between 0 (off) and {MAX_BATCH} rows"),
+                ));
             }
         }
         self.deploy.validate(self)?;
@@ -941,6 +955,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("models[0].identity"), "{err}");
+    }
+
+    #[test]
+    fn max_batch_is_off_by_default_and_bounded() {
+        assert_eq!(parse(MODEL).unwrap().models[0].max_batch, 0);
+        let config = parse(&format!("{MODEL}max_batch = 32\n")).unwrap();
+        assert_eq!(config.models[0].max_batch, 32);
+        let err = parse(&format!("{MODEL}max_batch = 1025\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("models[0].max_batch"), "{err}");
     }
 
     #[test]

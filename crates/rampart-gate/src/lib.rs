@@ -246,12 +246,17 @@ pub fn load_models(
             )?),
             (None, None) => continue,
         };
-        let pool = ModelPool::start(model, spec.workers, spec.queue, spec.execution).map_err(
-            |source| GateError::Io {
-                what: format!("cannot start the inference threads of `{}`", spec.name),
-                source,
-            },
-        )?;
+        let pool = ModelPool::start_batching(
+            model,
+            spec.workers,
+            spec.queue,
+            spec.execution,
+            spec.max_batch,
+        )
+        .map_err(|source| GateError::Io {
+            what: format!("cannot start the inference threads of `{}`", spec.name),
+            source,
+        })?;
         models.insert(spec.name.clone(), pool);
     }
     Ok((models, watched))
@@ -299,6 +304,16 @@ impl Gate {
         let security = !config.server.disable_security_stages;
         if !security {
             tracing::warn!("security stages are OFF (server.disable_security_stages): no authentication, policy or limits");
+        }
+        for (name, pool) in &models {
+            pool.count_runs(
+                metrics
+                    .model_runs
+                    .get_or_create(&crate::metrics::ModelLabels {
+                        model: name.clone(),
+                    })
+                    .clone(),
+            );
         }
         // Calibrates the detectors on the models: blocking start-up work, before any request.
         stages::defend::build_all(config, &models)?;

@@ -46,6 +46,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of a model's own figures.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// The model.
+    pub model: String,
+}
+
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
 }
@@ -74,6 +81,8 @@ pub struct Metrics {
     pub audit_errors: Counter,
     /// Decisions of the inference-time defences, by model, stage and outcome.
     pub defend: Family<DefendLabels, Counter>,
+    /// Runs of each configured in-process or upstream model; with `max_batch`, one run answers several requests.
+    pub model_runs: Family<ModelLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -97,6 +106,7 @@ impl Metrics {
             connections_refused: Family::default(),
             audit_errors: Counter::default(),
             defend: Family::default(),
+            model_runs: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered", m.requests.clone());
@@ -140,6 +150,11 @@ impl Metrics {
             "defend_decisions",
             "Decisions of the inference-time defences, by model, stage and outcome",
             m.defend.clone(),
+        );
+        registry.register(
+            "model_runs",
+            "Runs of the model, by model (requests over runs: the requests a batched run answers)",
+            m.model_runs.clone(),
         );
         Metrics { registry, ..m }
     }

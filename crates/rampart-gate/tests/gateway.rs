@@ -204,8 +204,17 @@ async fn stop(server: Server) {
 // ---------- in process ----------
 
 async fn in_process(extra: &str) -> (Arc<rampart_gate::Gate>, String, tempfile::TempDir) {
+    in_process_with(extra, |_| {}).await
+}
+
+/// [`in_process`], with `change` made to the parsed config first.
+async fn in_process_with(
+    extra: &str,
+    change: impl FnOnce(&mut Config),
+) -> (Arc<rampart_gate::Gate>, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), extra, true);
+    let mut config = config(dir.path(), extra, true);
+    change(&mut config);
     let prepared = rampart_gate::prepare(&config, Parts::default())
         .await
         .unwrap();
@@ -286,6 +295,96 @@ async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     false
+}
+
+/// The outputs of a KServe v2 answer: each output's name, shape and values.
+fn outputs_of(body: &str) -> Vec<(String, Vec<u64>, Vec<f64>)> {
+    let answer: serde_json::Value = serde_json::from_str(body).unwrap();
+    answer["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let numbers = |v: &serde_json::Value| -> Vec<f64> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            };
+            (
+                o["name"].as_str().unwrap().to_owned(),
+                numbers(&o["shape"]).iter().map(|&d| d as u64).collect(),
+                numbers(&o["data"]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_requests_get_the_answers_they_get_alone() {
+    // Requests of one to three distinct rows, through a gateway that runs each alone and one that gathers them.
+    let bodies: Vec<String> = (0..24)
+        .map(|i| {
+            let rows = 1 + i % 3;
+            let data: Vec<f32> = (0..rows * 64)
+                .map(|j| ((i * 7 + j * 3) % 17) as f32 / 16.0)
+                .collect();
+            serde_json::json!({"inputs": [{"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": data}]})
+                .to_string()
+        })
+        .collect();
+    let (alone, alone_key, _alone_dir) = in_process("").await;
+    let (gathered, key, _dir) = in_process_with("", |config| {
+        config.models[0].max_batch = 16;
+        config.models[0].queue = 64;
+        config.models[0].execution = rampart_gate::stages::infer::Execution::Inline;
+    })
+    .await;
+    let mut expected = Vec::new();
+    for body in &bodies {
+        let (status, _, answer) = call(&alone, post(Some(&alone_key), body.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        expected.push(outputs_of(&answer));
+    }
+    // All at once from one task: every request is in before the first is resumed to run them.
+    let answers = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| call(&gathered, post(Some(&key), body.clone()))),
+    )
+    .await;
+    for (i, ((status, _, answer), want)) in answers.into_iter().zip(&expected).enumerate() {
+        assert_eq!(status, StatusCode::OK, "request {i}: {answer}");
+        let got = outputs_of(&answer);
+        assert_eq!(got.len(), want.len(), "request {i}");
+        for ((name, shape, data), (want_name, want_shape, want_data)) in got.iter().zip(want) {
+            assert_eq!((name, shape), (want_name, want_shape), "request {i}");
+            // A batch of another size may run on another of tract's plans: equal to rounding.
+            for (x, y) in data.iter().zip(want_data) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+                    "request {i}: {x} against {y}"
+                );
+            }
+        }
+    }
+    let runs = gathered
+        .metrics
+        .model_runs
+        .get_or_create(&rampart_gate::metrics::ModelLabels {
+            model: "digits".into(),
+        })
+        .get();
+    // 48 rows in runs of at most 16.
+    assert!((3..24).contains(&runs), "{runs} runs for 24 requests");
+    let scraped = gathered.metrics.encode();
+    assert!(
+        scraped.contains(&format!(
+            "rampart_model_runs_total{{model=\"digits\"}} {runs}"
+        )),
+        "{scraped}"
+    );
 }
 
 #[tokio::test]

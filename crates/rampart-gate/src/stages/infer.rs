@@ -11,17 +11,26 @@
 //! once with 503 (load shedding) instead of letting latency grow without bound, and a job whose deadline passed while
 //! it waited is dropped without running.
 //!
+//! **Batching** (`max_batch`, inline only, off by default): a request's rows wait while the runtime thread reads the
+//! other requests already in, and the first of them to be resumed runs the model once on everyone's rows (up to
+//! `max_batch` rows), then hands each request its own rows of the outputs. There is no timer: a request alone is run
+//! as soon as the thread has nothing else to do. A run that fails is made again request by request, so that one
+//! client's input that breaks the model fails only that client's request. Only models whose rows are independent (no
+//! operation mixes the rows of a batch) and whose inputs and outputs all have the batch as their first dimension may
+//! be batched: the operator says so by setting `max_batch`.
+//!
 //! A reload ([`ModelPool::swap`]) starts the new version, then swaps it in atomically: requests already queued or
 //! running finish on the old version, whose threads end when its last job is done. A version carries the defences
 //! built for it (`stages::defend`, a detector calibrated on that version's answers): a request takes both from one
 //! [`Serving`] handle, so it never meets one version's model with another's defences.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
 use rampart_infer::{InferError, Model, Tensor, TensorData};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -73,6 +82,18 @@ pub struct ModelPool {
     workers: usize,
     queue: usize,
     execution: Execution,
+    max_batch: usize,
+    /// Counts the model's runs (every version's), once the gateway's metrics give it a counter.
+    runs: Runs,
+}
+
+/// A model's run counter, shared by its versions and their threads; unset until [`ModelPool::count_runs`].
+type Runs = Arc<std::sync::OnceLock<Counter>>;
+
+fn count(runs: &Runs) {
+    if let Some(counter) = runs.get() {
+        counter.inc();
+    }
 }
 
 /// One version of the model, how its requests run, and its defences.
@@ -80,6 +101,7 @@ pub struct ModelPool {
 struct Version {
     model: Arc<dyn Model>,
     mode: Arc<Mode>,
+    runs: Runs,
     defences: Option<Arc<Defences>>,
 }
 
@@ -115,6 +137,8 @@ enum Mode {
         permits: Semaphore,
         waiting: AtomicUsize,
         queue: usize,
+        /// Gathers concurrent requests' rows into one run (`max_batch` above one row).
+        batcher: Option<Batcher>,
     },
 }
 
@@ -143,11 +167,28 @@ impl ModelPool {
         queue: usize,
         execution: Execution,
     ) -> std::io::Result<ModelPool> {
+        ModelPool::start_batching(model, workers, queue, execution, 0)
+    }
+
+    /// [`ModelPool::start`], gathering up to `max_batch` rows of concurrent requests into one run of the model when
+    /// it runs inline (see the module's documentation; 0 or 1 runs each request alone).
+    pub fn start_batching(
+        model: Arc<dyn Model>,
+        workers: usize,
+        queue: usize,
+        execution: Execution,
+        max_batch: usize,
+    ) -> std::io::Result<ModelPool> {
+        let runs = Runs::default();
         Ok(ModelPool {
-            current: ArcSwap::from_pointee(Version::start(model, workers, queue, execution)?),
+            current: ArcSwap::from_pointee(Version::start(
+                model, workers, queue, execution, max_batch, &runs,
+            )?),
             workers,
             queue,
             execution,
+            max_batch,
+            runs,
         })
     }
 
@@ -158,7 +199,14 @@ impl ModelPool {
         model: Arc<dyn Model>,
         defences: Option<Arc<Defences>>,
     ) -> std::io::Result<()> {
-        let mut version = Version::start(model, self.workers, self.queue, self.execution)?;
+        let mut version = Version::start(
+            model,
+            self.workers,
+            self.queue,
+            self.execution,
+            self.max_batch,
+            &self.runs,
+        )?;
         version.defences = defences;
         self.current.store(Arc::new(version));
         Ok(())
@@ -170,8 +218,14 @@ impl ModelPool {
         self.current.store(Arc::new(Version {
             model: Arc::clone(&now.model),
             mode: Arc::clone(&now.mode),
+            runs: Arc::clone(&now.runs),
             defences: Some(defences),
         }));
+    }
+
+    /// Counts every run of the model (of this version and the next) in `counter`; the first counter given stays.
+    pub fn count_runs(&self, counter: Counter) {
+        let _ = self.runs.set(counter);
     }
 
     /// The model served now.
@@ -211,6 +265,8 @@ impl Version {
         workers: usize,
         queue: usize,
         execution: Execution,
+        max_batch: usize,
+        runs: &Runs,
     ) -> std::io::Result<Version> {
         let name = model.metadata().name.clone();
         let inline = match execution {
@@ -231,27 +287,36 @@ impl Version {
             },
         };
         if inline {
+            let batcher =
+                (max_batch > 1 && batchable(&*model)).then(|| Batcher::new(max_batch, queue));
             return Ok(Version {
                 model,
+                runs: Arc::clone(runs),
                 mode: Arc::new(Mode::Inline {
                     permits: Semaphore::new(workers.max(1)),
                     waiting: AtomicUsize::new(0),
                     queue,
+                    batcher,
                 }),
                 defences: None,
             });
+        }
+        if max_batch > 1 {
+            tracing::warn!(model = %name, "max_batch applies to models run inline: this one runs on threads, a request at a time");
         }
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers {
             let rx = Arc::clone(&rx);
             let model = Arc::clone(&model);
+            let runs = Arc::clone(runs);
             std::thread::Builder::new()
                 .name(format!("infer-{name}-{i}"))
-                .spawn(move || work(&*model, &rx))?;
+                .spawn(move || work(&*model, &rx, &runs))?;
         }
         Ok(Version {
             model,
+            runs: Arc::clone(runs),
             mode: Arc::new(Mode::Threads(tx)),
             defences: None,
         })
@@ -261,9 +326,19 @@ impl Version {
         let queue = match &*self.mode {
             Mode::Threads(queue) => queue,
             Mode::Inline {
+                batcher: Some(batcher),
+                permits,
+                ..
+            } if batcher.takes(&inputs) => {
+                return batcher
+                    .run(&*self.model, &self.runs, permits, inputs, deadline)
+                    .await;
+            }
+            Mode::Inline {
                 permits,
                 waiting,
                 queue,
+                ..
             } => {
                 // Without a free permit the request takes a place in the queue while it waits, as a job in the
                 // channel would.
@@ -288,6 +363,7 @@ impl Version {
                 }
                 // The model was chosen to run inline for its cost on one row; a client's batch may be thousands.
                 let values: usize = inputs.iter().map(|t| t.data.len()).sum();
+                count(&self.runs);
                 return off_runtime_if(values > HEAVY_VALUES, || {
                     guarded_infer(&*self.model, &inputs)
                 });
@@ -374,7 +450,7 @@ fn probe(model: &dyn Model) -> Option<Duration> {
     Some(fastest)
 }
 
-fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>) {
+fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>, runs: &Runs) {
     loop {
         let job = {
             let Ok(rx) = rx.lock() else { return };
@@ -390,6 +466,7 @@ fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>) {
             let _ = job.reply.send(Err(JobError::Deadline));
             continue;
         }
+        count(runs);
         let result = guarded_infer(model, &job.inputs);
         let _ = job.reply.send(result);
     }
@@ -414,6 +491,334 @@ fn guarded_infer(model: &dyn Model, inputs: &[Tensor]) -> Result<Vec<Tensor>, Jo
             )))
         }
     }
+}
+
+/// Whether a model's declared inputs and outputs all have a first dimension of any size (the batch); a model that
+/// does not is served a request at a time, with a warning.
+fn batchable(model: &dyn Model) -> bool {
+    let metadata = model.metadata();
+    let batched = !metadata.inputs.is_empty()
+        && metadata
+            .inputs
+            .iter()
+            .chain(&metadata.outputs)
+            .all(|spec| spec.shape.first().is_some_and(|&d| d < 0));
+    if !batched {
+        tracing::warn!(
+            model = %metadata.name,
+            "max_batch needs a first dimension of any size on every input and output: the model runs a request at a time"
+        );
+    }
+    batched
+}
+
+/// Concurrent inline requests' rows gathered into one run of the model (see the module's documentation).
+#[derive(Debug)]
+struct Batcher {
+    /// The most rows one run takes.
+    max_rows: usize,
+    /// The most requests waiting to be gathered; more are shed (503), as with a full queue.
+    queue: usize,
+    /// The requests waiting, in arrival order.
+    waiting: Mutex<Vec<Gathered>>,
+    next: AtomicU64,
+}
+
+/// A request waiting in a [`Batcher`], and where its outputs go.
+struct Gathered {
+    id: u64,
+    inputs: Vec<Tensor>,
+    rows: usize,
+    values: usize,
+    reply: oneshot::Sender<Result<Vec<Tensor>, JobError>>,
+}
+
+impl std::fmt::Debug for Gathered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gathered")
+            .field("id", &self.id)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request's place in a [`Batcher`]: a request dropped while it waits (its client went away) leaves it.
+struct Place<'a> {
+    batcher: &'a Batcher,
+    id: u64,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.batcher.withdraw(self.id);
+    }
+}
+
+impl Batcher {
+    fn new(max_rows: usize, queue: usize) -> Batcher {
+        Batcher {
+            max_rows,
+            queue,
+            waiting: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a request may join others: its inputs all have its rows as their first dimension, and it is not
+    /// already as large as a batch.
+    fn takes(&self, inputs: &[Tensor]) -> bool {
+        rows_of(inputs).is_some_and(|rows| rows < self.max_rows)
+            && values_of(inputs) <= HEAVY_VALUES
+    }
+
+    /// Runs a request's inputs, gathered with those of the requests that arrive with it.
+    async fn run(
+        &self,
+        model: &dyn Model,
+        runs: &Runs,
+        permits: &Semaphore,
+        inputs: Vec<Tensor>,
+        deadline: Instant,
+    ) -> Result<Vec<Tensor>, JobError> {
+        let (reply, mut answer) = oneshot::channel();
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut waiting = lock(&self.waiting);
+            if waiting.len() >= self.queue {
+                return Err(JobError::QueueFull);
+            }
+            waiting.push(Gathered {
+                id,
+                rows: rows_of(&inputs).unwrap_or(1),
+                values: values_of(&inputs),
+                inputs,
+                reply,
+            });
+        }
+        let _place = Place { batcher: self, id };
+        // The runtime thread first reads the other requests already in: the first resumed runs them all.
+        tokio::task::yield_now().await;
+        loop {
+            match answer.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(JobError::Closed),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            if !self.is_waiting(id) {
+                // Another request's run took this one; its outputs come when that run ends.
+                return answer.await.unwrap_or(Err(JobError::Closed));
+            }
+            let permit = match permits.try_acquire() {
+                Ok(permit) => permit,
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(JobError::Closed),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    tokio::select! {
+                        biased;
+                        result = &mut answer => return result.unwrap_or(Err(JobError::Closed)),
+                        permit = permits.acquire() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => return Err(JobError::Closed),
+                        },
+                        () = tokio::time::sleep_until(deadline.into()) => {
+                            if self.withdraw(id) {
+                                return Err(JobError::Deadline);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            if Instant::now() >= deadline && self.withdraw(id) {
+                return Err(JobError::Deadline);
+            }
+            if let Some(batch) = self.take(id) {
+                run_batch(model, runs, batch);
+            }
+            drop(permit);
+        }
+    }
+
+    fn is_waiting(&self, id: u64) -> bool {
+        lock(&self.waiting).iter().any(|g| g.id == id)
+    }
+
+    /// Takes request `id` out of the queue; whether it was still there.
+    fn withdraw(&self, id: u64) -> bool {
+        let mut waiting = lock(&self.waiting);
+        match waiting.iter().position(|g| g.id == id) {
+            Some(at) => {
+                waiting.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Request `id` and the waiting requests that fit with it (in arrival order, up to `max_rows` rows and
+    /// [`HEAVY_VALUES`] values, inputs of the same names, types and shapes but for the rows); `None` when another
+    /// run took it.
+    fn take(&self, id: u64) -> Option<Vec<Gathered>> {
+        let mut waiting = lock(&self.waiting);
+        let at = waiting.iter().position(|g| g.id == id)?;
+        let first = waiting.remove(at);
+        let (mut rows, mut values) = (first.rows, first.values);
+        let mut batch = vec![first];
+        let mut i = 0;
+        while i < waiting.len() && rows < self.max_rows {
+            let fits = waiting.get(i).is_some_and(|g| {
+                rows + g.rows <= self.max_rows
+                    && values + g.values <= HEAVY_VALUES
+                    && batch
+                        .first()
+                        .is_some_and(|f| same_but_rows(&f.inputs, &g.inputs))
+            });
+            if fits {
+                let g = waiting.remove(i);
+                rows += g.rows;
+                values += g.values;
+                batch.push(g);
+            } else {
+                i += 1;
+            }
+        }
+        Some(batch)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs a batch once and hands each request its rows of the outputs. A request alone, a run that fails and
+/// outputs that do not split by rows make each request run alone: one client's input that breaks the model fails
+/// that client's request only.
+fn run_batch(model: &dyn Model, runs: &Runs, batch: Vec<Gathered>) {
+    if batch.len() > 1 {
+        let rows: Vec<usize> = batch.iter().map(|g| g.rows).collect();
+        let split = merge(&batch)
+            .and_then(|merged| {
+                count(runs);
+                guarded_infer(model, &merged).ok()
+            })
+            .and_then(|outputs| split(&outputs, &rows));
+        match split {
+            Some(parts) => {
+                for (g, part) in batch.into_iter().zip(parts) {
+                    let _ = g.reply.send(Ok(part));
+                }
+                return;
+            }
+            None => tracing::debug!(
+                model = %model.metadata().name,
+                requests = rows.len(),
+                "a batched run failed or its outputs do not split by rows: running its requests one by one"
+            ),
+        }
+    }
+    for g in batch {
+        count(runs);
+        let result = guarded_infer(model, &g.inputs);
+        let _ = g.reply.send(result);
+    }
+}
+
+/// The rows of a request: the first dimension of its inputs, when they all have the same (and at least one).
+fn rows_of(inputs: &[Tensor]) -> Option<usize> {
+    let rows = *inputs.first()?.shape.first()?;
+    (rows > 0 && inputs.iter().all(|t| t.shape.first() == Some(&rows))).then_some(rows)
+}
+
+fn values_of(inputs: &[Tensor]) -> usize {
+    inputs.iter().map(|t| t.data.len()).sum()
+}
+
+/// Whether two requests' inputs can be stacked: the same names, types and dimensions but the first.
+fn same_but_rows(a: &[Tensor], b: &[Tensor]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.name == y.name
+                && x.datatype() == y.datatype()
+                && x.shape.get(1..).is_some()
+                && x.shape.get(1..) == y.shape.get(1..)
+        })
+}
+
+/// The batch's inputs stacked along the first dimension.
+fn merge(batch: &[Gathered]) -> Option<Vec<Tensor>> {
+    let first = &batch.first()?.inputs;
+    (0..first.len())
+        .map(|i| {
+            let parts: Vec<&Tensor> = batch
+                .iter()
+                .map(|g| g.inputs.get(i))
+                .collect::<Option<_>>()?;
+            let head = parts.first()?;
+            let mut shape = head.shape.clone();
+            *shape.first_mut()? = parts
+                .iter()
+                .map(|t| t.shape.first().copied())
+                .sum::<Option<usize>>()?;
+            let data = concat(parts.iter().map(|t| &t.data))?;
+            Tensor::new(head.name.clone(), shape, data).ok()
+        })
+        .collect()
+}
+
+/// The elements of tensors of one type, one after the other; `None` for mixed types.
+fn concat<'a>(mut parts: impl Iterator<Item = &'a TensorData>) -> Option<TensorData> {
+    macro_rules! stack {
+        ($($variant:ident),*) => {
+            match parts.next()? {
+                $(TensorData::$variant(first) => {
+                    let mut out = first.clone();
+                    for part in parts {
+                        let TensorData::$variant(more) = part else { return None };
+                        out.extend_from_slice(more);
+                    }
+                    Some(TensorData::$variant(out))
+                })*
+            }
+        };
+    }
+    stack!(Bool, Uint8, Int32, Int64, Fp32, Fp64, Bytes)
+}
+
+/// Each request's rows of the outputs (`rows` per request, in order), when every output has the batch's rows as
+/// its first dimension.
+fn split(outputs: &[Tensor], rows: &[usize]) -> Option<Vec<Vec<Tensor>>> {
+    let total: usize = rows.iter().sum();
+    let mut parts: Vec<Vec<Tensor>> = rows
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for output in outputs {
+        if output.shape.first() != Some(&total) || total == 0 || output.data.len() % total != 0 {
+            return None;
+        }
+        let per_row = output.data.len() / total;
+        let mut start = 0;
+        for (part, &n) in parts.iter_mut().zip(rows) {
+            let mut shape = output.shape.clone();
+            *shape.first_mut()? = n;
+            let range = start * per_row..(start + n) * per_row;
+            part.push(Tensor::new(output.name.clone(), shape, slice(&output.data, range)?).ok()?);
+            start += n;
+        }
+    }
+    Some(parts)
+}
+
+fn slice(data: &TensorData, range: std::ops::Range<usize>) -> Option<TensorData> {
+    macro_rules! cut {
+        ($($variant:ident),*) => {
+            match data {
+                $(TensorData::$variant(v) => Some(TensorData::$variant(v.get(range)?.to_vec())),)*
+            }
+        };
+    }
+    cut!(Bool, Uint8, Int32, Int64, Fp32, Fp64, Bytes)
 }
 
 #[cfg(test)]
@@ -608,5 +1013,246 @@ mod tests {
             assert!(matches!(err, JobError::Deadline), "{execution:?}: {err}");
             assert!(first.await.unwrap().is_ok());
         }
+    }
+
+    /// A model of independent rows: `y` is each row doubled and `s` each row's sum. It records the rows and width of
+    /// each call, and fails a call holding a row whose first value is negative (a client's input that breaks the
+    /// model). With `whole`, it also answers `n`, the call's row count, as one value (declared batch first): outputs
+    /// that do not split by rows.
+    #[derive(Debug)]
+    struct Doubler {
+        metadata: ModelMetadata,
+        calls: Mutex<Vec<(usize, usize)>>,
+        whole: bool,
+    }
+
+    fn doubler(first: i64, whole: bool) -> Arc<Doubler> {
+        let spec = |name: &str, shape: Vec<i64>| TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape,
+        };
+        let mut outputs = vec![spec("y", vec![first, -1]), spec("s", vec![first])];
+        if whole {
+            outputs.push(spec("n", vec![-1]));
+        }
+        Arc::new(Doubler {
+            metadata: ModelMetadata {
+                name: "doubler".into(),
+                versions: Vec::new(),
+                platform: "onnx".into(),
+                inputs: vec![spec("x", vec![first, -1])],
+                outputs,
+            },
+            calls: Mutex::new(Vec::new()),
+            whole,
+        })
+    }
+
+    impl Model for Doubler {
+        fn metadata(&self) -> &ModelMetadata {
+            &self.metadata
+        }
+        fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferError> {
+            let x = &inputs[0];
+            let TensorData::Fp32(values) = &x.data else {
+                return Err(InferError::InvalidInput("not FP32".into()));
+            };
+            let (rows, width) = (x.shape[0], x.shape[1]);
+            self.calls.lock().unwrap().push((rows, width));
+            if values.chunks(width).any(|row| row[0] < 0.0) {
+                return Err(InferError::Runtime("a negative row".into()));
+            }
+            let doubled = values.iter().map(|v| v * 2.0).collect();
+            let sums = values.chunks(width).map(|row| row.iter().sum()).collect();
+            let mut out = vec![
+                Tensor::new("y", vec![rows, width], TensorData::Fp32(doubled))?,
+                Tensor::new("s", vec![rows], TensorData::Fp32(sums))?,
+            ];
+            if self.whole {
+                out.push(Tensor::new(
+                    "n",
+                    vec![1],
+                    TensorData::Fp32(vec![rows as f32]),
+                )?);
+            }
+            Ok(out)
+        }
+    }
+
+    /// A request of `rows` rows of `width` values starting at `start`.
+    fn rows(start: f32, rows: usize, width: usize) -> Vec<Tensor> {
+        let values = (0..rows * width).map(|i| start + i as f32).collect();
+        vec![Tensor::new("x", vec![rows, width], TensorData::Fp32(values)).unwrap()]
+    }
+
+    /// What the doubler answers a request alone.
+    fn alone(request: &[Tensor]) -> Vec<Tensor> {
+        doubler(-1, false).infer(request).unwrap()
+    }
+
+    /// Sends every request at once from one task (every request is in before the first is resumed) and collects
+    /// the answers, in order.
+    async fn all_at_once(
+        pool: &ModelPool,
+        requests: &[Vec<Tensor>],
+    ) -> Vec<Result<Vec<Tensor>, JobError>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        futures_util::future::join_all(requests.iter().map(|r| pool.run(r.clone(), deadline))).await
+    }
+
+    fn batched(model: Arc<Doubler>, max_batch: usize, queue: usize) -> ModelPool {
+        ModelPool::start_batching(model, 2, queue, Execution::Inline, max_batch).unwrap()
+    }
+
+    fn waiting(pool: &ModelPool) -> usize {
+        match &*pool.current.load().mode {
+            Mode::Inline {
+                batcher: Some(batcher),
+                ..
+            } => lock(&batcher.waiting).len(),
+            _ => panic!("the pool does not batch"),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_a_run_and_each_gets_its_own_rows() {
+        let model = doubler(-1, false);
+        let pool = batched(Arc::clone(&model), 32, 64);
+        let requests: Vec<Vec<Tensor>> = (0..10)
+            .map(|i| rows(100.0 * i as f32, 1 + i % 3, 2))
+            .collect();
+        let answers = all_at_once(&pool, &requests).await;
+        for (request, answer) in requests.iter().zip(answers) {
+            assert_eq!(answer.unwrap(), alone(request));
+        }
+        // All ten were in before the first was resumed: one run took their 19 rows.
+        assert_eq!(*model.calls.lock().unwrap(), vec![(19, 2)]);
+        assert_eq!(waiting(&pool), 0);
+    }
+
+    #[tokio::test]
+    async fn a_run_takes_at_most_max_batch_rows_and_only_inputs_of_one_shape() {
+        let model = doubler(-1, false);
+        let pool = batched(Arc::clone(&model), 4, 64);
+        // Widths 2 and 3 alternate; 3-row requests of width 2 fill a run of 4 rows with one of 1 row at most.
+        let requests: Vec<Vec<Tensor>> = (0..12)
+            .map(|i| rows(10.0 * i as f32, if i % 4 == 0 { 3 } else { 1 }, 2 + i % 2))
+            .collect();
+        let answers = all_at_once(&pool, &requests).await;
+        for (request, answer) in requests.iter().zip(answers) {
+            assert_eq!(answer.unwrap(), alone(request));
+        }
+        let calls = model.calls.lock().unwrap().clone();
+        assert!(calls.iter().all(|&(rows, _)| rows <= 4), "{calls:?}");
+        let total = |width| -> usize { calls.iter().filter(|c| c.1 == width).map(|c| c.0).sum() };
+        assert_eq!((total(2), total(3)), (12, 6), "{calls:?}");
+        assert!(calls.len() < 12, "no run was shared: {calls:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_breaks_a_shared_run_fails_alone() {
+        let model = doubler(-1, false);
+        let pool = batched(Arc::clone(&model), 32, 64);
+        let requests: Vec<Vec<Tensor>> = (0..5)
+            .map(|i| rows(if i == 2 { -5.0 } else { 10.0 * i as f32 }, 1, 2))
+            .collect();
+        let answers = all_at_once(&pool, &requests).await;
+        for (i, (request, answer)) in requests.iter().zip(answers).enumerate() {
+            match answer {
+                Ok(outputs) => assert_eq!(outputs, alone(request), "request {i}"),
+                Err(JobError::Model(InferError::Runtime(message))) => {
+                    assert_eq!((i, message.as_str()), (2, "a negative row"));
+                }
+                Err(other) => panic!("request {i}: {other}"),
+            }
+        }
+        // The shared run, then each request alone.
+        assert_eq!(
+            *model.calls.lock().unwrap(),
+            [vec![(5, 2)], vec![(1, 2); 5]].concat()
+        );
+    }
+
+    #[tokio::test]
+    async fn outputs_that_do_not_split_by_rows_are_made_again_request_by_request() {
+        let model = doubler(-1, true);
+        let pool = batched(Arc::clone(&model), 32, 64);
+        let requests: Vec<Vec<Tensor>> = (0..3).map(|i| rows(i as f32, 2, 2)).collect();
+        let answers = all_at_once(&pool, &requests).await;
+        for (request, answer) in requests.iter().zip(answers) {
+            assert_eq!(answer.unwrap(), doubler(-1, true).infer(request).unwrap());
+        }
+        assert_eq!(
+            *model.calls.lock().unwrap(),
+            [vec![(6, 2)], vec![(2, 2); 3]].concat()
+        );
+    }
+
+    #[tokio::test]
+    async fn batching_sheds_load_withdraws_dropped_requests_and_keeps_deadlines() {
+        let model = doubler(-1, false);
+        let pool = batched(Arc::clone(&model), 32, 2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Two places: the third request at once is shed.
+        let requests: Vec<Vec<Tensor>> = (0..3).map(|i| rows(i as f32, 1, 2)).collect();
+        let answers = all_at_once(&pool, &requests).await;
+        assert!(answers[0].is_ok() && answers[1].is_ok());
+        assert!(
+            matches!(answers[2], Err(JobError::QueueFull)),
+            "{:?}",
+            answers[2]
+        );
+        // A request dropped while it waits (its client went away) leaves its place.
+        let mut dropped = Box::pin(pool.run(rows(0.0, 1, 2), deadline));
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::future::Future::poll(dropped.as_mut(), &mut context).is_pending());
+        assert_eq!(waiting(&pool), 1);
+        drop(dropped);
+        assert_eq!(waiting(&pool), 0);
+        // A request whose deadline passed while it waited is not run.
+        let calls = model.calls.lock().unwrap().len();
+        let err = pool.run(rows(0.0, 1, 2), Instant::now()).await.unwrap_err();
+        assert!(matches!(err, JobError::Deadline), "{err}");
+        assert_eq!(model.calls.lock().unwrap().len(), calls);
+    }
+
+    #[test]
+    fn only_models_batch_first_everywhere_are_batched() {
+        let fixed = batched(doubler(1, false), 32, 64);
+        assert!(matches!(
+            &*fixed.current.load().mode,
+            Mode::Inline { batcher: None, .. }
+        ));
+        let off = batched(doubler(-1, false), 1, 64);
+        assert!(matches!(
+            &*off.current.load().mode,
+            Mode::Inline { batcher: None, .. }
+        ));
+        let on = batched(doubler(-1, false), 2, 64);
+        assert!(matches!(
+            &*on.current.load().mode,
+            Mode::Inline {
+                batcher: Some(_),
+                ..
+            }
+        ));
+        // Requests of no rows, of inputs that disagree on their rows, or as large as a batch run alone.
+        let Mode::Inline {
+            batcher: Some(batcher),
+            ..
+        } = &*on.current.load().mode
+        else {
+            unreachable!()
+        };
+        assert!(batcher.takes(&rows(0.0, 1, 2)));
+        assert!(!batcher.takes(&rows(0.0, 2, 2)));
+        assert!(!batcher.takes(&rows(0.0, 0, 2)));
+        let mut two = rows(0.0, 1, 2);
+        two.extend(rows(0.0, 1, 2).into_iter().map(|mut t| {
+            t.shape = vec![2, 1];
+            t
+        }));
+        assert!(!batcher.takes(&two));
     }
 }
