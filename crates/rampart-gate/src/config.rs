@@ -441,8 +441,8 @@ pub struct ModelConfig {
     /// How requests run: `auto` (inline when the model answers within 100 µs, else threads), `inline`, `threads`.
     #[serde(default)]
     pub execution: crate::stages::infer::Execution,
-    /// The most rows of concurrent requests one run of an inline model gathers (0, the default: each request runs
-    /// alone). Only for models whose rows are independent, batch first on every input and output.
+    /// The most rows of concurrent requests one run of the model gathers (0, the default: each request runs alone).
+    /// Only for models whose rows are independent, batch first on every input and output.
     #[serde(default)]
     pub max_batch: usize,
     /// `[models.defend]`: the inference-time defences of this model (see `stages::defend`); none without it.

@@ -11,10 +11,10 @@
 //! once with 503 (load shedding) instead of letting latency grow without bound, and a job whose deadline passed while
 //! it waited is dropped without running.
 //!
-//! **Batching** (`max_batch`, inline only, off by default): a request's rows wait while the runtime thread reads the
-//! other requests already in, and the first of them to be resumed runs the model once on everyone's rows (up to
-//! `max_batch` rows), then hands each request its own rows of the outputs. There is no timer: a request alone is run
-//! as soon as the thread has nothing else to do. A run that fails is made again request by request, so that one
+//! **Batching** (`max_batch`, off by default): one run of the model answers several requests, each with its own rows
+//! of the outputs (up to `max_batch` rows in all). Inline, a request's rows wait while the runtime thread reads the
+//! other requests already in, and the first of them to be resumed runs everyone's; on threads, a thread takes the
+//! requests queued behind the one it takes. There is no timer: a request alone is run as soon as a thread is free. A run that fails is made again request by request, so that one
 //! client's input that breaks the model fails only that client's request. Only models whose rows are independent (no
 //! operation mixes the rows of a batch) and whose inputs and outputs all have the batch as their first dimension may
 //! be batched: the operator says so by setting `max_batch`.
@@ -301,9 +301,11 @@ impl Version {
                 defences: None,
             });
         }
-        if max_batch > 1 {
-            tracing::warn!(model = %name, "max_batch applies to models run inline: this one runs on threads, a request at a time");
-        }
+        let max_rows = if max_batch > 1 && batchable(&*model) {
+            max_batch
+        } else {
+            1
+        };
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers {
@@ -312,7 +314,7 @@ impl Version {
             let runs = Arc::clone(runs);
             std::thread::Builder::new()
                 .name(format!("infer-{name}-{i}"))
-                .spawn(move || work(&*model, &rx, &runs))?;
+                .spawn(move || work(&*model, &rx, &runs, max_rows))?;
         }
         Ok(Version {
             model,
@@ -450,26 +452,106 @@ fn probe(model: &dyn Model) -> Option<Duration> {
     Some(fastest)
 }
 
-fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>, runs: &Runs) {
+/// An inference thread: takes the queue's jobs one by one or, with `max_rows` above one, each with the jobs queued
+/// behind it that fit with it (a batch, as [`Batcher::take`] gathers them; the first that does not fit starts the
+/// next one).
+fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>, runs: &Runs, max_rows: usize) {
+    let mut carried: Option<Job> = None;
     loop {
-        let job = {
-            let Ok(rx) = rx.lock() else { return };
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+        let job = match carried.take() {
+            Some(job) => job,
+            None => {
+                let Ok(rx) = rx.lock() else { return };
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
             }
         };
-        if job.reply.is_closed() {
-            continue;
+        let Some(job) = live(job) else { continue };
+        let first = match gathered(job, max_rows) {
+            Ok(first) => first,
+            Err(job) => {
+                count(runs);
+                let result = guarded_infer(model, &job.inputs);
+                let _ = job.reply.send(result);
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        if let Ok(rx) = rx.lock() {
+            let (mut rows, mut values) = (batch_rows(&batch), batch_values(&batch));
+            while rows < max_rows {
+                let Ok(next) = rx.try_recv() else { break };
+                let Some(next) = live(next) else { continue };
+                let joins = rows_of(&next.inputs).is_some_and(|r| {
+                    fits(&batch, rows, values, &next.inputs, r, max_rows, usize::MAX)
+                });
+                if !joins {
+                    carried = Some(next);
+                    break;
+                }
+                if let Ok(next) = gathered(next, max_rows) {
+                    rows += next.rows;
+                    values += next.values;
+                    batch.push(next);
+                }
+            }
         }
-        if Instant::now() >= job.deadline {
-            let _ = job.reply.send(Err(JobError::Deadline));
-            continue;
-        }
-        count(runs);
-        let result = guarded_infer(model, &job.inputs);
-        let _ = job.reply.send(result);
+        run_batch(model, runs, batch);
     }
+}
+
+/// A job still worth running: `None` when its client is gone, or when its deadline passed (it is answered so).
+fn live(job: Job) -> Option<Job> {
+    if job.reply.is_closed() {
+        return None;
+    }
+    if Instant::now() >= job.deadline {
+        let _ = job.reply.send(Err(JobError::Deadline));
+        return None;
+    }
+    Some(job)
+}
+
+/// A job as a member of a batch, when it can be one (its inputs all have its rows first, fewer than `max_rows`).
+fn gathered(job: Job, max_rows: usize) -> Result<Gathered, Job> {
+    match rows_of(&job.inputs) {
+        Some(rows) if rows < max_rows => Ok(Gathered {
+            id: 0,
+            rows,
+            values: values_of(&job.inputs),
+            inputs: job.inputs,
+            reply: job.reply,
+        }),
+        _ => Err(job),
+    }
+}
+
+fn batch_rows(batch: &[Gathered]) -> usize {
+    batch.iter().map(|g| g.rows).sum()
+}
+
+fn batch_values(batch: &[Gathered]) -> usize {
+    batch.iter().map(|g| g.values).sum()
+}
+
+/// Whether a request of inputs `next` (`next_rows` rows) may join `batch` (of `rows` rows and `values` values so
+/// far): within the bounds, and inputs of the same names, types and shapes but for the rows.
+fn fits(
+    batch: &[Gathered],
+    rows: usize,
+    values: usize,
+    next: &[Tensor],
+    next_rows: usize,
+    max_rows: usize,
+    max_values: usize,
+) -> bool {
+    rows + next_rows <= max_rows
+        && values.saturating_add(values_of(next)) <= max_values
+        && batch
+            .first()
+            .is_some_and(|f| same_but_rows(&f.inputs, next))
 }
 
 /// Runs the model on one request's inputs. A panic in the model (a bug in its runtime on some input) fails that
@@ -666,11 +748,15 @@ impl Batcher {
         let mut i = 0;
         while i < waiting.len() && rows < self.max_rows {
             let fits = waiting.get(i).is_some_and(|g| {
-                rows + g.rows <= self.max_rows
-                    && values + g.values <= HEAVY_VALUES
-                    && batch
-                        .first()
-                        .is_some_and(|f| same_but_rows(&f.inputs, &g.inputs))
+                fits(
+                    &batch,
+                    rows,
+                    values,
+                    &g.inputs,
+                    g.rows,
+                    self.max_rows,
+                    HEAVY_VALUES,
+                )
             });
             if fits {
                 let g = waiting.remove(i);
@@ -1024,6 +1110,8 @@ mod tests {
         metadata: ModelMetadata,
         calls: Mutex<Vec<(usize, usize)>>,
         whole: bool,
+        /// How long the first call takes (so that requests queue behind it).
+        first_call: Duration,
     }
 
     fn doubler(first: i64, whole: bool) -> Arc<Doubler> {
@@ -1046,6 +1134,7 @@ mod tests {
             },
             calls: Mutex::new(Vec::new()),
             whole,
+            first_call: Duration::ZERO,
         })
     }
 
@@ -1059,7 +1148,14 @@ mod tests {
                 return Err(InferError::InvalidInput("not FP32".into()));
             };
             let (rows, width) = (x.shape[0], x.shape[1]);
-            self.calls.lock().unwrap().push((rows, width));
+            let first = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push((rows, width));
+                calls.len() == 1
+            };
+            if first {
+                std::thread::sleep(self.first_call);
+            }
             if values.chunks(width).any(|row| row[0] < 0.0) {
                 return Err(InferError::Runtime("a negative row".into()));
             }
@@ -1215,6 +1311,50 @@ mod tests {
         let err = pool.run(rows(0.0, 1, 2), Instant::now()).await.unwrap_err();
         assert!(matches!(err, JobError::Deadline), "{err}");
         assert_eq!(model.calls.lock().unwrap().len(), calls);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_inference_thread_takes_the_requests_queued_behind_the_one_it_takes() {
+        let mut model = doubler(-1, false);
+        Arc::get_mut(&mut model).unwrap().first_call = Duration::from_millis(300);
+        let pool = Arc::new(
+            ModelPool::start_batching(
+                Arc::clone(&model) as Arc<dyn Model>,
+                1,
+                64,
+                Execution::Threads,
+                8,
+            )
+            .unwrap(),
+        );
+        assert!(!pool.is_inline());
+        // The thread takes the first request and is busy with it while the others queue.
+        let first = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.run(rows(0.0, 1, 2), Instant::now() + Duration::from_secs(10))
+                    .await
+            })
+        };
+        while model.calls.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Behind it: three of width 2, one of width 3, two of width 2.
+        let requests: Vec<Vec<Tensor>> = [2, 2, 2, 3, 2, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &width)| rows(10.0 * i as f32, 1, width))
+            .collect();
+        let answers = all_at_once(&pool, &requests).await;
+        for (request, answer) in requests.iter().zip(answers) {
+            assert_eq!(answer.unwrap(), alone(request));
+        }
+        assert_eq!(first.await.unwrap().unwrap(), alone(&rows(0.0, 1, 2)));
+        // The width-3 request ends the first batch and runs alone; the two behind it make the next.
+        assert_eq!(
+            *model.calls.lock().unwrap(),
+            vec![(1, 2), (3, 2), (1, 3), (2, 2)]
+        );
     }
 
     #[test]
