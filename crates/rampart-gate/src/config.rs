@@ -450,7 +450,7 @@ pub struct ModelConfig {
 }
 
 /// The most rows `max_batch` may gather.
-const MAX_BATCH: usize = 1024;
+pub(crate) const MAX_BATCH: usize = 1024;
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
@@ -966,6 +966,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("models[0].max_batch"), "{err}");
+        assert_eq!(parse(MODEL).unwrap().registry.max_batch, 0);
+        let err = parse(&format!("[registry]\nmax_batch = 1025\n{MODEL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registry.max_batch"), "{err}");
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct RegistryConfig {
     pub workers: usize,
     /// Requests waiting for a loaded version's threads; when full, new requests get 503.
     pub queue: usize,
+    /// The most rows of concurrent requests one run of a version gathers (0: each request alone), as a model's
+    /// `max_batch`: only when every version pushed has independent rows, batch first.
+    pub max_batch: usize,
 }
 
 impl Default for RegistryConfig {
@@ -74,6 +77,7 @@ impl Default for RegistryConfig {
             push_timeout_secs: 600,
             workers: 2,
             queue: 256,
+            max_batch: 0,
         }
     }
 }
@@ -107,6 +111,15 @@ impl RegistryConfig {
                     "queue"
                 },
                 "must be above 0",
+            ));
+        }
+        if self.max_batch > crate::config::MAX_BATCH {
+            return Err(invalid(
+                "max_batch",
+                &format!(
+                    "must be between 0 (off) and {} rows",
+                    crate::config::MAX_BATCH
+                ),
             ));
         }
         Ok(())

@@ -186,11 +186,12 @@ impl Versions {
             .and_then(|data| OnnxModel::from_bytes(model, data).map_err(|e| e.to_string()))
             .and_then(|onnx| {
                 let onnx: Arc<dyn Model> = Arc::new(onnx);
-                ModelPool::start(
+                ModelPool::start_batching(
                     onnx,
                     self.config.workers,
                     self.config.queue,
                     Execution::Auto,
+                    self.config.max_batch,
                 )
                 .map_err(|e| e.to_string())
             });
