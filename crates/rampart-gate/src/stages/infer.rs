@@ -14,10 +14,11 @@
 //! **Batching** (`max_batch`, off by default): one run of the model answers several requests, each with its own rows
 //! of the outputs (up to `max_batch` rows in all). Inline, a request's rows wait while the runtime thread reads the
 //! other requests already in, and the first of them to be resumed runs everyone's; on threads, a thread takes the
-//! requests queued behind the one it takes. There is no timer: a request alone is run as soon as a thread is free. A run that fails is made again request by request, so that one
-//! client's input that breaks the model fails only that client's request. Only models whose rows are independent (no
-//! operation mixes the rows of a batch) and whose inputs and outputs all have the batch as their first dimension may
-//! be batched: the operator says so by setting `max_batch`.
+//! requests queued behind the one it takes. There is no timer: a request alone is run as soon as a thread is free.
+//! A run that fails is made again request by request, so that one client's input that breaks the model fails only
+//! that client's request. Only models whose rows are independent (no operation mixes the rows of a batch) and whose
+//! inputs and outputs all have the batch as their first dimension may be batched: the operator says so by setting
+//! `max_batch`.
 //!
 //! A reload ([`ModelPool::swap`]) starts the new version, then swaps it in atomically: requests already queued or
 //! running finish on the old version, whose threads end when its last job is done. A version carries the defences
@@ -170,8 +171,8 @@ impl ModelPool {
         ModelPool::start_batching(model, workers, queue, execution, 0)
     }
 
-    /// [`ModelPool::start`], gathering up to `max_batch` rows of concurrent requests into one run of the model when
-    /// it runs inline (see the module's documentation; 0 or 1 runs each request alone).
+    /// [`ModelPool::start`], gathering up to `max_batch` rows of concurrent requests into one run of the model (see
+    /// the module's documentation; 0 or 1 runs each request alone).
     pub fn start_batching(
         model: Arc<dyn Model>,
         workers: usize,
@@ -478,9 +479,9 @@ fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>, runs: &Runs, max_rows: usi
                 continue;
             }
         };
+        let (mut rows, mut values) = (first.rows, first.values);
         let mut batch = vec![first];
         if let Ok(rx) = rx.lock() {
-            let (mut rows, mut values) = (batch_rows(&batch), batch_values(&batch));
             while rows < max_rows {
                 let Ok(next) = rx.try_recv() else { break };
                 let Some(next) = live(next) else { continue };
@@ -491,10 +492,16 @@ fn work(model: &dyn Model, rx: &Mutex<Receiver<Job>>, runs: &Runs, max_rows: usi
                     carried = Some(next);
                     break;
                 }
-                if let Ok(next) = gathered(next, max_rows) {
-                    rows += next.rows;
-                    values += next.values;
-                    batch.push(next);
+                match gathered(next, max_rows) {
+                    Ok(next) => {
+                        rows += next.rows;
+                        values += next.values;
+                        batch.push(next);
+                    }
+                    Err(next) => {
+                        carried = Some(next);
+                        break;
+                    }
                 }
             }
         }
@@ -526,14 +533,6 @@ fn gathered(job: Job, max_rows: usize) -> Result<Gathered, Job> {
         }),
         _ => Err(job),
     }
-}
-
-fn batch_rows(batch: &[Gathered]) -> usize {
-    batch.iter().map(|g| g.rows).sum()
-}
-
-fn batch_values(batch: &[Gathered]) -> usize {
-    batch.iter().map(|g| g.values).sum()
 }
 
 /// Whether a request of inputs `next` (`next_rows` rows) may join `batch` (of `rows` rows and `values` values so
@@ -747,7 +746,7 @@ impl Batcher {
         let mut batch = vec![first];
         let mut i = 0;
         while i < waiting.len() && rows < self.max_rows {
-            let fits = waiting.get(i).is_some_and(|g| {
+            let joins = waiting.get(i).is_some_and(|g| {
                 fits(
                     &batch,
                     rows,
@@ -758,7 +757,7 @@ impl Batcher {
                     HEAVY_VALUES,
                 )
             });
-            if fits {
+            if joins {
                 let g = waiting.remove(i);
                 rows += g.rows;
                 values += g.values;
