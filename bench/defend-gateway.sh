@@ -8,6 +8,7 @@
 # every time: the extraction monitor's per-principal history check then meets a repeat, its cheapest path.
 #
 # Usage: bench/defend-gateway.sh [seconds per run, default 10] [rounds, default 3; each figure is the median]
+# (RAMPART_BENCH_MAX_BATCH=32 measures the same with every gateway batching its requests)
 # Needs: wrk, openssl, curl, python3 (Debian: apt-get install wrk openssl curl python3), the Rust toolchain.
 set -euo pipefail
 
@@ -21,9 +22,12 @@ DIGITS="$ROOT/examples/digits"
 "$RAMPART" profile "$DIGITS/train.csv" --label-column label -o "$WORK/profile.json" >/dev/null
 head -n 301 "$DIGITS/test.csv" > "$WORK/calibration.csv"
 "$RAMPART" watermark keygen -o "$WORK/wm.key" >/dev/null
-# The `[models.defend]` tables of every stage, or (with an argument) of that stage alone.
+# RAMPART_BENCH_MAX_BATCH=N gives every gateway `max_batch = N` (default: each request runs alone).
+model_keys() { if [ -n "${RAMPART_BENCH_MAX_BATCH:-}" ]; then echo "max_batch = $RAMPART_BENCH_MAX_BATCH"; fi; }
+# The model's keys, then the `[models.defend]` tables of every stage, or (with an argument) of that stage alone.
 defend_tables() { # [stage]
     local only="${1:-}"
+    model_keys
     echo "[models.defend]"
     echo "profile = \"$WORK/profile.json\""
     stage() { [ -z "$only" ] || [ "$only" = "$1" ]; }
@@ -41,7 +45,7 @@ defend_tables() { # [stage]
 STAGES=(schema sanitise detector extraction harden watermark anomaly)
 ON_PORT="$(free_port)"; OFF_PORT="$(free_port)"
 defend_tables | make_config "$ON_PORT" "$(free_port)" false > "$WORK/on.toml"
-make_config "$OFF_PORT" "$(free_port)" false < /dev/null > "$WORK/off.toml"
+model_keys | make_config "$OFF_PORT" "$(free_port)" false > "$WORK/off.toml"
 KEY="$("$RAMPART" serve --config "$WORK/off.toml" --check | awk '/API key/ {print $3}')"
 [ -n "$KEY" ] || { echo "error: no API key was printed" >&2; exit 2; }
 "$RAMPART" serve --config "$WORK/on.toml" >/dev/null 2>"$WORK/on.log" &
