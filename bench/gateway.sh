@@ -98,8 +98,9 @@ done
 echo "then one connection at a time (-c1), for the cost of the security stages" >&2
 FULL1="$(run_wrk rampart-c1 "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" "$WORK/infer.lua" 1)"
 OFF1="$(run_wrk rampart-no-security-c1 "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua" 1)"
+ALONE1="$(run_wrk rampart-unbatched-c1 "https://127.0.0.1:$ALONE_PORT/v2/models/digits/infer" "$WORK/infer.lua" 1)"
 
-python3 - "$ROUNDS" "${NGINX[@]}" "${FULL[@]}" "${OFF[@]}" "${LIVE[@]}" "${ALONE[@]}" "$FULL1" "$OFF1" <<'PY'
+python3 - "$ROUNDS" "${NGINX[@]}" "${FULL[@]}" "${OFF[@]}" "${LIVE[@]}" "${ALONE[@]}" "$FULL1" "$OFF1" "$ALONE1" <<'PY'
 import statistics, sys
 rounds = int(sys.argv[1])
 runs = [line.split() for line in sys.argv[2:]]
@@ -118,7 +119,7 @@ print(head)
 for name, rps, p50, p99, bad in rows:
     print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
 (_, n_rps, n_p50, n_p99, _), (_, f_rps, f_p50, f_p99, _), (_, o_rps, o_p50, o_p99, _), (_, l_rps, _, _, _), \
-    (_, a_rps, _, a_p99, _), (_, _, f1_p50, _, _), (_, _, o1_p50, _, _) = rows
+    (_, a_rps, _, a_p99, _), (_, _, f1_p50, _, _), (_, _, o1_p50, _, _), (_, _, a1_p50, _, _) = rows
 print(f"throughput rampart/nginx: {float(f_rps)/float(n_rps):.2f}x (target >= 0.70)")
 print(f"p99 rampart/nginx:        {float(f_p99)/float(n_p99):.2f}x (target <= 2.00)")
 # The same gateway with authentication, policy, limits and audit off: what TLS, HTTP, the KServe codec and the model
@@ -128,7 +129,8 @@ print(f"throughput rampart-no-security/nginx: {float(o_rps)/float(n_rps):.2f}x (
 # KServe codec or the model; what is left between it and the first ratio is the work of an inference request.
 print(f"throughput rampart-live/nginx: {float(l_rps)/float(n_rps):.2f}x (no target: the serving stack without an inference)")
 # The full pipeline running each request alone (no `max_batch`): what gathering the requests' rows gives.
-print(f"throughput rampart-unbatched/nginx: {float(a_rps)/float(n_rps):.2f}x, p99 {float(a_p99)/float(n_p99):.2f}x")
+print(f"throughput rampart-unbatched/nginx: {float(a_rps)/float(n_rps):.2f}x, p99 {float(a_p99)/float(n_p99):.2f}x; "
+      f"batching adds {(float(f1_p50)-float(a1_p50))*1000:.0f} us at p50 on one connection")
 print(f"security stages add at p50, one connection: {(float(f1_p50)-float(o1_p50))*1000:.0f} us (target < 100 us)")
 print(f"security stages add at p50, 50 connections: {(float(f_p50)-float(o_p50))*1000:.0f} us (includes queueing)")
 PY
