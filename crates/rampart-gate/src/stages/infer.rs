@@ -288,8 +288,8 @@ impl Version {
             },
         };
         if inline {
-            let batcher =
-                (max_batch > 1 && batchable(&*model)).then(|| Batcher::new(max_batch, queue));
+            let batcher = (max_batch > 1 && batchable(&*model, max_batch))
+                .then(|| Batcher::new(max_batch, queue));
             return Ok(Version {
                 model,
                 runs: Arc::clone(runs),
@@ -302,7 +302,7 @@ impl Version {
                 defences: None,
             });
         }
-        let max_rows = if max_batch > 1 && batchable(&*model) {
+        let max_rows = if max_batch > 1 && batchable(&*model, max_batch) {
             max_batch
         } else {
             1
@@ -576,7 +576,7 @@ fn guarded_infer(model: &dyn Model, inputs: &[Tensor]) -> Result<Vec<Tensor>, Jo
 
 /// Whether a model's declared inputs and outputs all have a first dimension of any size (the batch); a model that
 /// does not is served a request at a time, with a warning.
-fn batchable(model: &dyn Model) -> bool {
+fn batchable(model: &dyn Model, max_batch: usize) -> bool {
     let metadata = model.metadata();
     let batched = !metadata.inputs.is_empty()
         && metadata
@@ -584,7 +584,9 @@ fn batchable(model: &dyn Model) -> bool {
             .iter()
             .chain(&metadata.outputs)
             .all(|spec| spec.shape.first().is_some_and(|&d| d < 0));
-    if !batched {
+    if batched {
+        tracing::info!(model = %metadata.name, max_batch, "one run answers the requests that arrive together");
+    } else {
         tracing::warn!(
             model = %metadata.name,
             "max_batch needs a first dimension of any size on every input and output: the model runs a request at a time"
