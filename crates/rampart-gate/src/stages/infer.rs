@@ -605,7 +605,15 @@ struct Batcher {
     /// The requests waiting, in arrival order.
     waiting: Mutex<Vec<Gathered>>,
     next: AtomicU64,
+    /// Runs in a row that answered a single request ([`LONELY`]).
+    lonely: AtomicUsize,
 }
+
+/// After this many runs in a row that answered a single request (requests come one at a time), a request no longer
+/// waits for company before it runs: waiting costs a pass of the runtime thread's I/O for nothing. One request in
+/// [`PROBE`] still waits, and a run that gathers two or more requests brings the waiting back for all.
+const LONELY: usize = 8;
+const PROBE: u64 = 16;
 
 /// A request waiting in a [`Batcher`], and where its outputs go.
 struct Gathered {
@@ -644,6 +652,7 @@ impl Batcher {
             queue,
             waiting: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
+            lonely: AtomicUsize::new(0),
         }
     }
 
@@ -679,8 +688,11 @@ impl Batcher {
             });
         }
         let _place = Place { batcher: self, id };
-        // The runtime thread first reads the other requests already in: the first resumed runs them all.
-        tokio::task::yield_now().await;
+        // The runtime thread first reads the other requests already in: the first resumed runs them all. Requests
+        // that have been coming one at a time do not wait, but for a probe now and then.
+        if self.lonely.load(Ordering::Relaxed) < LONELY || id.is_multiple_of(PROBE) {
+            tokio::task::yield_now().await;
+        }
         loop {
             match answer.try_recv() {
                 Ok(result) => return result,
@@ -715,6 +727,11 @@ impl Batcher {
                 return Err(JobError::Deadline);
             }
             if let Some(batch) = self.take(id) {
+                if batch.len() > 1 {
+                    self.lonely.store(0, Ordering::Relaxed);
+                } else if self.lonely.load(Ordering::Relaxed) < LONELY {
+                    self.lonely.fetch_add(1, Ordering::Relaxed);
+                }
                 run_batch(model, runs, batch);
             }
             drop(permit);
@@ -1312,6 +1329,38 @@ mod tests {
         let err = pool.run(rows(0.0, 1, 2), Instant::now()).await.unwrap_err();
         assert!(matches!(err, JobError::Deadline), "{err}");
         assert_eq!(model.calls.lock().unwrap().len(), calls);
+    }
+
+    #[tokio::test]
+    async fn requests_that_come_one_at_a_time_stop_waiting_for_company_until_some_comes() {
+        let model = doubler(-1, false);
+        let pool = batched(Arc::clone(&model), 32, 64);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        // Whether a request, polled once, is answered at once (it did not wait for company).
+        let mut at_once = |i: usize| {
+            let mut request = Box::pin(pool.run(rows(i as f32, 1, 2), deadline));
+            std::future::Future::poll(request.as_mut(), &mut context).is_ready()
+        };
+        // The first requests wait (and, alone, run alone), until LONELY of them have.
+        let waited = (0..LONELY).filter(|&i| !at_once(i)).count();
+        assert_eq!(waited, LONELY);
+        for i in 0..LONELY {
+            assert_eq!(
+                pool.run(rows(i as f32, 1, 2), deadline).await.unwrap(),
+                alone(&rows(i as f32, 1, 2))
+            );
+        }
+        // Then all but the probes run at once.
+        let waiting: Vec<usize> = (0..2 * PROBE as usize).filter(|&i| !at_once(i)).collect();
+        assert_eq!(waiting.len(), 2, "{waiting:?}");
+        // A run that gathers company brings the waiting back.
+        let requests: Vec<Vec<Tensor>> = (0..PROBE).map(|i| rows(i as f32, 1, 2)).collect();
+        let answers = all_at_once(&pool, &requests).await;
+        assert!(answers.iter().all(Result::is_ok));
+        let calls = model.calls.lock().unwrap().clone();
+        assert!(calls.iter().any(|&(rows, _)| rows > 1), "{calls:?}");
+        assert!(!at_once(0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
