@@ -15,7 +15,7 @@
 //! of the outputs (up to `max_batch` rows in all). Inline, a request's rows wait while the runtime thread reads the
 //! other requests already in, and the first of them to be resumed runs everyone's; on threads, a thread takes the
 //! requests queued behind the one it takes. There is no timer, and requests that come one at a time soon stop waiting
-//! for company ([`LONELY`]).
+//! for company (`LONELY`).
 //! A run that fails is made again request by request, so that one client's input that breaks the model fails only
 //! that client's request. Only models whose rows are independent (no operation mixes the rows of a batch) and whose
 //! inputs and outputs all have the batch as their first dimension may be batched: the operator says so by setting
