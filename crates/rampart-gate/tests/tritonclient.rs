@@ -1,4 +1,5 @@
-//! Interoperability: the Python `tritonclient[http]` client, unmodified, against the gateway over TLS 1.3.
+//! Interoperability: the Python `tritonclient[http]` client, unmodified, against the gateway over TLS 1.3, one request
+//! at a time and concurrently (the gateway batching the concurrent requests).
 //! Needs `python3` with `tritonclient[http]` and `numpy` on PATH (scripts/setup-test-env.sh); skipped otherwise unless
 //! `RAMPART_REQUIRE_PEERS=1`.
 
@@ -39,6 +40,18 @@ for binary in (True, False):
     assert logits.shape == (50, 10), logits.shape
     accuracy = float((logits.argmax(axis=1) == labels).mean())
     assert accuracy > 0.9, accuracy
+# One row a request, 8 at a time: the gateway batches concurrent requests (`max_batch`); each answer is its own row's.
+many = http.InferenceServerClient(url=url, ssl=True, ssl_options={"ca_certs": sys.argv[5]}, concurrency=8)
+pending = []
+for i in range(len(x)):
+    one = http.InferInput("input", [1, 64], "FP32")
+    one.set_data_from_numpy(x[i:i + 1], binary_data=bool(i % 2))
+    out = http.InferRequestedOutput("logits", binary_data=False)
+    pending.append(many.async_infer(model, [one], outputs=[out], headers=dict(auth)))
+for i, request in enumerate(pending):
+    answer = request.get_result().as_numpy("logits")
+    assert answer.shape == (1, 10), answer.shape
+    assert np.allclose(answer[0], logits[i], rtol=1e-4, atol=1e-4), (i, answer, logits[i])
 try:
     client.infer(model, [inp], headers={"Authorization": "Bearer rmp_000000000000_wrong"})
     print("unauthenticated call succeeded"); sys.exit(1)
@@ -68,7 +81,7 @@ async fn tritonclient_http_works_unmodified() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/digits");
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[deploy]\ntrusted_keys = [\"{}\"]\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[deploy]\ntrusted_keys = [\"{}\"]\n[[models]]\nname = \"digits\"\nonnx = \"{}\"\nexecution = \"inline\"\nmax_batch = 16\n",
         dir.path().display(),
         root.join("release.pub").display(),
         root.join("model/model.onnx").display()
