@@ -1,5 +1,6 @@
-//! Interoperability: the Python `tritonclient[http]` client, unmodified, against the gateway over TLS 1.3, one request
-//! at a time and concurrently (the gateway batching the concurrent requests).
+//! Interoperability: the Python `tritonclient[http]` client, unmodified, against the gateway over TLS 1.3 with batching
+//! on (`max_batch`), one request at a time and several at once. (Whether requests meet in a run depends on timing:
+//! this Python client sends them too slowly to overlap here; the gateway's own tests force batches.)
 //! Needs `python3` with `tritonclient[http]` and `numpy` on PATH (scripts/setup-test-env.sh); skipped otherwise unless
 //! `RAMPART_REQUIRE_PEERS=1`.
 
@@ -40,7 +41,7 @@ for binary in (True, False):
     assert logits.shape == (50, 10), logits.shape
     accuracy = float((logits.argmax(axis=1) == labels).mean())
     assert accuracy > 0.9, accuracy
-# One row a request, 8 at a time: the gateway batches concurrent requests (`max_batch`); each answer is its own row's.
+# One row a request, 8 at a time, to a gateway that batches what arrives together: each answer is its own row's.
 many = http.InferenceServerClient(url=url, ssl=True, ssl_options={"ca_certs": sys.argv[5]}, concurrency=8)
 pending = []
 for i in range(len(x)):
