@@ -450,7 +450,12 @@ pub struct ModelConfig {
 }
 
 /// The most rows `max_batch` may gather.
-pub(crate) const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 1024;
+
+/// Why a `max_batch` (a model's or the registry's) is out of range, if it is.
+pub(crate) fn max_batch_error(max_batch: usize) -> Option<String> {
+    (max_batch > MAX_BATCH).then(|| format!("must be between 0 (off) and {MAX_BATCH} rows"))
+}
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
@@ -671,11 +676,8 @@ impl Config {
             if model.queue == 0 {
                 return Err(self.invalid(&key("queue"), "must be at least 1"));
             }
-            if model.max_batch > MAX_BATCH {
-                return Err(self.invalid(
-                    &key("max_batch"),
-                    format!("must be between 0 (off) and {MAX_BATCH} rows"),
-                ));
+            if let Some(message) = max_batch_error(model.max_batch) {
+                return Err(self.invalid(&key("max_batch"), message));
             }
         }
         self.deploy.validate(self)?;

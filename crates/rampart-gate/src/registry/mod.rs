@@ -113,14 +113,8 @@ impl RegistryConfig {
                 "must be above 0",
             ));
         }
-        if self.max_batch > crate::config::MAX_BATCH {
-            return Err(invalid(
-                "max_batch",
-                &format!(
-                    "must be between 0 (off) and {} rows",
-                    crate::config::MAX_BATCH
-                ),
-            ));
+        if let Some(message) = crate::config::max_batch_error(self.max_batch) {
+            return Err(invalid("max_batch", &message));
         }
         Ok(())
     }

@@ -288,9 +288,14 @@ impl Version {
                 None => false,
             },
         };
+        // The most rows a run takes: 1 unless batching is asked for and the model's shapes allow it.
+        let max_rows = if max_batch > 1 && batchable(&*model, max_batch) {
+            max_batch
+        } else {
+            1
+        };
         if inline {
-            let batcher = (max_batch > 1 && batchable(&*model, max_batch))
-                .then(|| Batcher::new(max_batch, queue));
+            let batcher = (max_rows > 1).then(|| Batcher::new(max_rows, queue));
             return Ok(Version {
                 model,
                 runs: Arc::clone(runs),
@@ -303,11 +308,6 @@ impl Version {
                 defences: None,
             });
         }
-        let max_rows = if max_batch > 1 && batchable(&*model, max_batch) {
-            max_batch
-        } else {
-            1
-        };
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers {
