@@ -7,7 +7,7 @@
 # The request is a clean test row the detector passes (every answer is a 200 on every server). It is the same row
 # every time: the extraction monitor's per-principal history check then meets a repeat, its cheapest path.
 #
-# Usage: bench/defend-gateway.sh [seconds per run, default 10] [rounds, default 3; each figure is the median]
+# Usage: bench/defend-gateway.sh [seconds per run, default 10] [rounds, default 4; each figure is the median]
 # (RAMPART_BENCH_MAX_BATCH=32 measures the same with every gateway batching its requests)
 # Needs: wrk, openssl, curl, python3 (Debian: apt-get install wrk openssl curl python3), the Rust toolchain.
 set -euo pipefail
@@ -72,12 +72,28 @@ curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d
     "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" >/dev/null || { echo "error: inference without the defences failed" >&2; exit 2; }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, all on this machine ($(nproc) cores)" >&2
-ROUNDS="${2:-3}"
+ROUNDS="${2:-4}"
+# Every server first answers for two seconds unmeasured: its first requests grow its allocator's pages, its model's
+# run states and the defences' per-principal state, and the first server measured would pay for that alone.
+echo "warming up each server (2 s)" >&2
+for port in "$ON_PORT" "$OFF_PORT" "${STAGE_PORT[@]}"; do
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/infer.lua" "https://127.0.0.1:$port/v2/models/digits/infer" >/dev/null
+done
 RUNS=()
 for round in $(seq "$ROUNDS"); do
-    echo "round $round of $ROUNDS: defended, undefended, then each stage alone" >&2
-    RUNS+=("$(run_wrk rampart-defended "https://127.0.0.1:$ON_PORT/v2/models/digits/infer" "$WORK/infer.lua" "" "$ON_PID")")
-    RUNS+=("$(run_wrk rampart-undefended "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua" "" "$OFF_PID")")
+    # The defended and the undefended gateway take turns to go first, so that the machine's drift over a round
+    # (it is shared) does not fall on one of them every time.
+    echo "round $round of $ROUNDS: defended and undefended (in turn first), then each stage alone" >&2
+    on_url="https://127.0.0.1:$ON_PORT/v2/models/digits/infer"
+    off_url="https://127.0.0.1:$OFF_PORT/v2/models/digits/infer"
+    if (( round % 2 )); then
+        on="$(run_wrk rampart-defended "$on_url" "$WORK/infer.lua" "" "$ON_PID")"
+        off="$(run_wrk rampart-undefended "$off_url" "$WORK/infer.lua" "" "$OFF_PID")"
+    else
+        off="$(run_wrk rampart-undefended "$off_url" "$WORK/infer.lua" "" "$OFF_PID")"
+        on="$(run_wrk rampart-defended "$on_url" "$WORK/infer.lua" "" "$ON_PID")"
+    fi
+    RUNS+=("$on" "$off")
     for s in "${STAGES[@]}"; do
         RUNS+=("$(run_wrk "only-$s" "https://127.0.0.1:${STAGE_PORT[$s]}/v2/models/digits/infer" "$WORK/infer.lua")")
     done
