@@ -118,7 +118,11 @@ run_wrk() { # name url [script] [connections] [server_pid]
     local conns="${4:-$CONNECTIONS}"
     local before=0 after=0
     [ -z "${5:-}" ] || before="$(awk '{print $14 + $15}' "/proc/$5/stat")"
-    wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"${DURATION}s" --latency ${3:+-s "$3"} "$2" > "$out"
+    # wrk's own CPU time (user and system) goes to $WORK/<name>.wrk-cpu, a line a run: the load generator shares
+    # the two cores, and what it spends a request is taken from the server measured.
+    local TIMEFORMAT='%U %S'
+    { time wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"${DURATION}s" --latency ${3:+-s "$3"} "$2" > "$out"; } \
+        2>> "$WORK/$1.wrk-time"
     [ -z "${5:-}" ] || after="$(awk '{print $14 + $15}' "/proc/$5/stat")"
     python3 - "$out" "$1" "${5:+$((after - before))}" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
@@ -133,6 +137,9 @@ errors = re.search(r"Socket errors:.*", text)
 done = int(re.search(r"(\d+) requests in", text).group(1))
 cpu = f" {int(sys.argv[3]) / int(sys.argv[4]) * 1e6 / max(done, 1):.1f}" if sys.argv[3] else ""
 print(f"{sys.argv[2]} {rps:.0f} {p50:.3f} {p99:.3f} {non2xx.group(1) if non2xx else 0}{cpu}")
+user, system = open(sys.argv[1].removesuffix(".txt") + ".wrk-time").read().split()[-2:]
+with open(sys.argv[1].removesuffix(".txt") + ".wrk-cpu", "a") as f:
+    f.write(f"{(float(user) + float(system)) * 1e6 / max(done, 1):.2f}\n")
 if errors:
     print(f"# {sys.argv[2]}: {errors.group(0)}", file=sys.stderr)
 PY
