@@ -370,14 +370,24 @@ fn commit_loop(shared: &Shared, mut writer: Writer, interval: Duration) {
                 if !state.queue.is_empty() || state.closing || state.requested > state.done || due {
                     break;
                 }
-                let wait = interval
-                    .saturating_sub(last_checkpoint.elapsed())
-                    .max(Duration::from_millis(1));
-                state = shared
-                    .committer
-                    .wait_timeout(state, wait)
-                    .map(|(s, _)| s)
-                    .unwrap_or_else(|e| e.into_inner().0);
+                // With entries not yet in a checkpoint, wake when the next one is due; with none, only when called
+                // (appends, checkpoint requests and closing all notify): an idle log does not poll. It woke every
+                // millisecond once the interval had passed without anything to sign.
+                state = if writer.size() != writer.checkpointed() {
+                    let wait = interval
+                        .saturating_sub(last_checkpoint.elapsed())
+                        .max(Duration::from_millis(1));
+                    shared
+                        .committer
+                        .wait_timeout(state, wait)
+                        .map(|(s, _)| s)
+                        .unwrap_or_else(|e| e.into_inner().0)
+                } else {
+                    shared
+                        .committer
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                };
             }
             let batch = std::mem::take(&mut state.queue);
             if !batch.is_empty() {
