@@ -121,8 +121,9 @@ run_wrk() { # name url [script] [connections] [server_pid]
     # wrk's own CPU time (user and system) goes to $WORK/<name>.wrk-cpu, a line a run: the load generator shares
     # the two cores, and what it spends a request is taken from the server measured.
     local TIMEFORMAT='%U %S'
-    { time wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"${DURATION}s" --latency ${3:+-s "$3"} "$2" > "$out"; } \
-        2>> "$WORK/$1.wrk-time"
+    { time wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"${DURATION}s" --latency ${3:+-s "$3"} "$2" \
+        > "$out" 2> "$WORK/$1.wrk-err"; } 2>> "$WORK/$1.wrk-time"
+    cat "$WORK/$1.wrk-err" >&2
     [ -z "${5:-}" ] || after="$(awk '{print $14 + $15}' "/proc/$5/stat")"
     python3 - "$out" "$1" "${5:+$((after - before))}" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
