@@ -716,40 +716,43 @@ impl Rows {
             return false;
         }
         let slack = MARGIN * (self.largest + at.squared_norm());
-        let mut left = self.len;
-        let coordinates = self
-            .coordinates
-            .chunks_exact((self.per_row * ROW_LANES).max(1));
-        for (block, bounds) in self
-            .blocks
-            .chunks_exact((self.width * ROW_LANES).max(1))
-            .zip(coordinates)
-        {
-            let lanes = left.min(ROW_LANES);
-            left = left.saturating_sub(ROW_LANES);
-            let bounds = block_bounds(bounds, q);
-            if bounds
-                .iter()
-                .take(lanes)
-                .all(|&b| b * (1.0 - MARGIN) - slack > limit)
+        // In AVX's wider registers where the CPU has them: the same operations in the same order, the same results.
+        crate::knn::vectorised(|| {
+            let mut left = self.len;
+            let coordinates = self
+                .coordinates
+                .chunks_exact((self.per_row * ROW_LANES).max(1));
+            for (block, bounds) in self
+                .blocks
+                .chunks_exact((self.width * ROW_LANES).max(1))
+                .zip(coordinates)
             {
-                continue;
-            }
-            let mut acc = [0.0_f32; ROW_LANES];
-            for (column, &v) in block.chunks_exact(ROW_LANES).zip(query) {
-                for (a, &r) in acc.iter_mut().zip(column) {
-                    let d = r - v;
-                    *a += d * d;
+                let lanes = left.min(ROW_LANES);
+                left = left.saturating_sub(ROW_LANES);
+                let bounds = block_bounds(bounds, q);
+                if bounds
+                    .iter()
+                    .take(lanes)
+                    .all(|&b| b * (1.0 - MARGIN) - slack > limit)
+                {
+                    continue;
+                }
+                let mut acc = [0.0_f32; ROW_LANES];
+                for (column, &v) in block.chunks_exact(ROW_LANES).zip(query) {
+                    for (a, &r) in acc.iter_mut().zip(column) {
+                        let d = r - v;
+                        *a += d * d;
+                    }
+                }
+                for &d in acc.iter().take(lanes) {
+                    match visit(d) {
+                        Some(next) => limit = next,
+                        None => return true,
+                    }
                 }
             }
-            for &d in acc.iter().take(lanes) {
-                match visit(d) {
-                    Some(next) => limit = next,
-                    None => return true,
-                }
-            }
-        }
-        false
+            false
+        })
     }
 
     /// Whether some remembered row lies within distance `near` of the query whose coordinates are `at`, measured as
@@ -759,17 +762,25 @@ impl Rows {
         if self.len == 0 || q.len() != self.per_row {
             return false;
         }
+        let Some(within) = squared_within(near) else {
+            return false;
+        };
         let mut left = self.len;
-        self.coordinates
-            .chunks_exact((self.per_row * ROW_LANES).max(1))
-            .any(|block| {
-                let lanes = left.min(ROW_LANES);
-                left = left.saturating_sub(ROW_LANES);
-                block_bounds(block, q)
-                    .iter()
-                    .take(lanes)
-                    .any(|&d| f64::from(d).sqrt() <= near)
-            })
+        crate::knn::vectorised(|| {
+            self.coordinates
+                .chunks_exact((self.per_row * ROW_LANES).max(1))
+                .any(|block| {
+                    let lanes = left.min(ROW_LANES);
+                    left = left.saturating_sub(ROW_LANES);
+                    // Every lane tested, then the answer taken: no branch per lane.
+                    block_bounds(block, q)
+                        .iter()
+                        .enumerate()
+                        .fold(false, |hit, (lane, &d)| {
+                            hit | (lane < lanes && (0.0..=within).contains(&d))
+                        })
+                })
+        })
     }
 
     /// The Euclidean distance from `query` (coordinates `at`) to the nearest remembered row; `None` when there is
@@ -782,6 +793,35 @@ impl Rows {
         });
         (self.len > 0).then(|| f64::from(best).sqrt())
     }
+}
+
+/// The largest squared distance `d` (an `f32`) with `f64::from(d).sqrt() <= near`: a squared distance in `0.0..=d`
+/// decides exactly as taking its square root would (a negative one has no root), without the roots (they were the
+/// most of a history scan's time). `None` when no distance qualifies (`near` negative or NaN).
+fn squared_within(near: f64) -> Option<f32> {
+    let qualifies = |d: f32| f64::from(d).sqrt() <= near;
+    if !qualifies(0.0) {
+        return None;
+    }
+    // Rounded near the answer; then stepped to it (a step or two at most, as both roundings are within an ulp).
+    let mut d = (near * near) as f32;
+    while !qualifies(d) {
+        d = step_down(d);
+    }
+    while d < f32::INFINITY && qualifies(step_up(d)) {
+        d = step_up(d);
+    }
+    Some(d)
+}
+
+/// The next `f32` above a non-negative, finite `d` (`f32::next_up`, which needs Rust 1.86).
+fn step_up(d: f32) -> f32 {
+    f32::from_bits(d.to_bits() + 1)
+}
+
+/// The next `f32` below a positive `d` (`f32::next_down`).
+fn step_down(d: f32) -> f32 {
+    f32::from_bits(d.to_bits() - 1)
 }
 
 /// Whether PRADA's test is due with `len` distances, the last test having been at `tested` distances: every fourth
@@ -819,6 +859,82 @@ fn differing(a: &[f32], b: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn squared_within_decides_as_the_square_root_does() {
+        let roots = |d: f32, near: f64| f64::from(d).sqrt() <= near;
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut nears = vec![
+            0.0,
+            1e-30,
+            0.5,
+            1.0,
+            2.0,
+            3.7,
+            1e3,
+            1e19,
+            1e30,
+            f64::MAX,
+            f64::INFINITY,
+        ];
+        for _ in 0..300 {
+            let uniform = (next() >> 11) as f64 / (1u64 << 53) as f64;
+            nears.push(uniform * 100.0);
+            // At a squared distance's root, and a hair either side of it: where a rounding would decide wrongly.
+            let d = f32::from_bits(((next() >> 40) as u32) % 0x7f00_0000);
+            let root = f64::from(d).sqrt();
+            let below = if root > 0.0 {
+                f64::from_bits(root.to_bits() - 1)
+            } else {
+                root
+            };
+            nears.extend([root, root * (1.0 - 1e-12), root * (1.0 + 1e-12), below]);
+        }
+        for near in nears {
+            let within = squared_within(near).unwrap();
+            // Every f32 around the boundary, and the extremes.
+            let mut ds = vec![
+                0.0,
+                -0.0,
+                f32::MIN_POSITIVE,
+                f32::MAX,
+                f32::INFINITY,
+                f32::NAN,
+                within,
+            ];
+            let (mut below, mut above) = (within, within);
+            for _ in 0..4 {
+                below = if below > 0.0 {
+                    step_down(below)
+                } else {
+                    -f32::MIN_POSITIVE
+                };
+                above = if above < f32::INFINITY {
+                    step_up(above)
+                } else {
+                    above
+                };
+                ds.extend([below, above]);
+            }
+            ds.extend((0..50).map(|_| f32::from_bits((next() >> 33) as u32)));
+            for d in ds {
+                assert_eq!(
+                    (0.0..=within).contains(&d),
+                    roots(d, near),
+                    "d {d:e}, near {near:e}"
+                );
+            }
+        }
+        // No distance is within a negative or NaN distance.
+        assert_eq!(squared_within(-1.0), None);
+        assert_eq!(squared_within(f64::NAN), None);
+    }
     use crate::testutil::{digits, digits_model};
     use crate::{argmax, predict};
 

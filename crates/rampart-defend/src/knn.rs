@@ -735,7 +735,7 @@ fn block_bounds_within(block: &[f32], q: &[f32], limit: f32) -> Option<[f32; LAN
 /// additions and multiplications in the same order (AVX has no fused multiply-add), so every result is the same
 /// to the bit either way.
 #[inline(always)]
-fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         return with_avx(f);
