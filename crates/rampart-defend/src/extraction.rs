@@ -859,6 +859,8 @@ fn differing(a: &[f32], b: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{digits, digits_model};
+    use crate::{argmax, predict};
 
     #[test]
     fn squared_within_decides_as_the_square_root_does() {
@@ -935,8 +937,6 @@ mod tests {
         assert_eq!(squared_within(-1.0), None);
         assert_eq!(squared_within(f64::NAN), None);
     }
-    use crate::testutil::{digits, digits_model};
-    use crate::{argmax, predict};
 
     fn monitor(config: ExtractionConfig) -> ExtractionMonitor {
         let (rows, labels) = digits("train.csv");

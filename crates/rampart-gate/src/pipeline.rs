@@ -624,6 +624,11 @@ impl Gate {
             Ok::<_, Refusal>((id, outputs, inputs, pending))
         })?;
         let outputs = stage_infer(&serving, inputs, deadline).await?;
+        // One principal's requests take turns at the extraction monitor here, where waiting yields the thread.
+        let _turn = match &pending {
+            Some(p) => p.extraction_turn().await,
+            None => None,
+        };
         let (outputs, keep_wanted) = crate::stages::infer::off_runtime_if(heavy, || {
             self.stage_defend_outputs(pending, outputs, trace)
         })?;
