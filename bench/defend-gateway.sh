@@ -6,6 +6,11 @@
 # the throughput with each stage alone, so that a stage's own cost shows.
 # The request is a clean test row the detector passes (every answer is a 200 on every server). It is the same row
 # every time: the extraction monitor's per-principal history check then meets a repeat, its cheapest path.
+# RAMPART_BENCH_ROWS=distinct sends distinct natural rows instead, as one principal that queries a lot does: 20,000
+# training rows with three pixels each moved one step within the pixel's range in the training data, in turn. The
+# monitor then weighs each against the principal's history (up to 4,096 rows), in shadow mode (it takes them for a
+# probe, as near-duplicates of each other); the schema stage passes them all, the detector refuses a few (counted as
+# non-2xx), and wrk spends more a request building them.
 #
 # Usage: bench/defend-gateway.sh [seconds per run, default 10] [rounds, default 4; each figure is the median]
 # (RAMPART_BENCH_MAX_BATCH=32 measures the same with every gateway batching its requests)
@@ -37,7 +42,12 @@ defend_tables() { # [stage]
     if stage detector; then
         printf '[models.defend.detector]\ncalibration_data = "%s"\naction = "reject"\n' "$WORK/calibration.csv"
     fi
-    if stage extraction; then echo "[models.defend.extraction]"; fi
+    if stage extraction; then
+        echo "[models.defend.extraction]"
+        # Distinct rows near the training data's are near-duplicates of each other, which the monitor takes for a
+        # probe: in shadow mode it weighs every query and records its decision without refusing the client.
+        if [ "${RAMPART_BENCH_ROWS:-same}" = distinct ]; then echo "shadow = true"; fi
+    fi
     if stage harden; then printf '[models.defend.harden]\ndefault = { mode = "top_k", k = 3, decimals = 2 }\n'; fi
     if stage watermark; then printf '[models.defend.watermark]\nkey = "%s"\n' "$WORK/wm.key"; fi
     if stage anomaly; then echo "[models.defend.anomaly]"; fi
@@ -70,6 +80,32 @@ write_answered_row "$WORK/infer.lua" "$KEY" "$ON_PORT" \
     || { echo "error: no test row was answered with 200 by the defended gateway (see $WORK/on.log)" >&2; exit 2; }
 curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$(wrk_body "$WORK/infer.lua")" \
     "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" >/dev/null || { echo "error: inference without the defences failed" >&2; exit 2; }
+if [ "${RAMPART_BENCH_ROWS:-same}" = distinct ]; then
+    python3 - "$DIGITS/train.csv" "$KEY" > "$WORK/distinct.lua" <<'PY'
+import json, random, sys
+lines = open(sys.argv[1]).read().splitlines()[1:]
+base = [[float(v) for v in line.split(",")[:64]] for line in lines]
+low = [min(r[j] for r in base) for j in range(64)]
+high = [max(r[j] for r in base) for j in range(64)]
+random.seed(7)
+print('wrk.method = "POST"')
+print('wrk.headers["Content-Type"] = "application/json"')
+print(f'wrk.headers["Authorization"] = "Bearer {sys.argv[2]}"')
+print("bodies = {")
+for _ in range(20_000):
+    row = list(random.choice(base))
+    for _ in range(3):
+        j = random.randrange(64)
+        row[j] = min(high[j], max(low[j], row[j] + random.choice((-1, 1)) / 16))
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]}
+    print(json.dumps(json.dumps(body)) + ",")
+print("}")
+print("n = 0")
+print("request = function() n = n + 1; return wrk.format(nil, nil, nil, bodies[(n % #bodies) + 1]) end")
+PY
+    mv "$WORK/distinct.lua" "$WORK/infer.lua"
+    echo "distinct rows: 20,000 training rows, each with three pixels moved a step" >&2
+fi
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, all on this machine ($(nproc) cores)" >&2
 ROUNDS="${2:-4}"
