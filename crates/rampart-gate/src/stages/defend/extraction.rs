@@ -292,21 +292,12 @@ mod tests {
 
     /// A stage whose monitor knows the digits' training rows.
     fn stage() -> ExtractionStage {
-        let text = std::fs::read_to_string(concat!(
+        let train = std::fs::File::open(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../examples/digits/train.csv"
         ))
         .unwrap();
-        let (mut values, mut labels) = (Vec::new(), Vec::new());
-        for line in text.lines().skip(1) {
-            let fields: Vec<f32> = line.split(',').map(|f| f.parse().unwrap()).collect();
-            values.extend_from_slice(&fields[..64]);
-            labels.push(fields[64] as i64);
-        }
-        let names: Vec<String> = (0..64).map(|i| format!("px{i}")).collect();
-        let profile =
-            rampart_defend::profile::Profile::from_rows(&names, "label", &values, &labels, 5000)
-                .unwrap();
+        let profile = rampart_defend::profile::Profile::from_csv(train, "label", 5000).unwrap();
         let monitor =
             ExtractionMonitor::new(extraction::ExtractionConfig::default(), &profile).unwrap();
         let rate = crate::config::Rate {
