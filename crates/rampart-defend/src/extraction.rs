@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::knn::{block_bounds, Index, Neighbour, Projection, Reference, LANES, MARGIN};
+use crate::knn::{block_bounds_unless, Index, Neighbour, Projection, Reference, LANES, MARGIN};
 use crate::profile::{FeatureProfile, Profile};
 use crate::shapiro::shapiro_wilk;
 use crate::stats::{binomial_sf_below, quantile_sorted};
@@ -59,7 +59,8 @@ pub struct ExtractionConfig {
     pub shadow: bool,
     /// Most principals tracked (past this, the least recently seen eighth is forgotten at once).
     pub max_principals: usize,
-    /// Most queries remembered per principal (PRADA's growing sets are capped at this).
+    /// Most queries remembered per principal: in its history, and in PRADA's growing sets together (past it, the
+    /// sets grow no more, and each query goes on being measured against what they hold).
     pub max_history: usize,
     /// Memory for the rows remembered across all principals (their histories and PRADA's sets), in MiB. Past it no
     /// principal remembers more rows (each goes on being tested on what it holds), and a new principal makes the least
@@ -147,10 +148,13 @@ struct Baseline {
 struct Principal {
     queries: u64,
     distinct: u64,
+    /// The queries remembered, as coordinates only (near duplicates are measured between coordinates).
     history: Rows,
     /// A 128-bit digest of each row in `history`, so that a repeat is found without scanning it.
     seen: std::collections::HashSet<[u8; 16]>,
     growing: HashMap<usize, Rows>,
+    /// Rows in `growing`, all classes together.
+    grown: usize,
     distances: Vec<f64>,
     /// Sum and sum of squares of `distances`, kept as they change.
     distance_sums: (f64, f64),
@@ -169,7 +173,7 @@ struct Principal {
 impl Principal {
     /// Rows remembered: the history and PRADA's growing sets.
     fn remembered(&self) -> usize {
-        self.history.len() + self.growing.values().map(Rows::len).sum::<usize>()
+        self.history.len() + self.grown
     }
 }
 
@@ -537,10 +541,12 @@ fn prada_step(
     cap: usize,
     budget: &Budget,
 ) {
-    let set = state.growing.entry(class).or_default();
+    let room = state.grown < cap;
+    let set = state.growing.entry(class).or_insert_with(Rows::with_rows);
     let Some(min) = set.min_distance(query, at) else {
-        if budget.take() {
+        if room && budget.take() {
             set.push(query, at);
+            state.grown += 1;
         }
         return;
     };
@@ -560,8 +566,9 @@ fn prada_step(
     let (sum, squares) = state.distance_sums;
     let mean = sum / n;
     let std = (squares / n - mean * mean).max(0.0).sqrt();
-    if min > mean - std && set.len() < cap && budget.take() {
+    if min > mean - std && room && budget.take() {
         set.push(query, at);
+        state.grown += 1;
     }
 }
 
@@ -639,8 +646,12 @@ fn natural_prada_w(reference: &Reference, index: &Index, config: &ExtractionConf
 /// the digits), blocked alike: a block whose eight bounds all exceed what the scan still looks for (a near duplicate,
 /// a nearer row than the nearest found) is passed over without its distances. The answers are a full scan's: a bound
 /// is lowered by a margin far above its rounding before it excludes anything.
+/// A set made by `Rows::default()` keeps the coordinates only (the history's near duplicates need no more);
+/// [`Rows::with_rows`] keeps the rows too, for their distances.
 #[derive(Debug, Default)]
 struct Rows {
+    /// Whether the rows are kept (in `blocks`), not only their coordinates.
+    keeps_rows: bool,
     width: usize,
     blocks: Vec<f32>,
     /// The rows' coordinates, coordinate by coordinate within a block (coordinate `k` of its rows at `k * ROW_LANES`).
@@ -657,6 +668,14 @@ struct Rows {
 const ROW_LANES: usize = LANES;
 
 impl Rows {
+    /// A set that keeps its rows, for [`Rows::min_distance`].
+    fn with_rows() -> Rows {
+        Rows {
+            keeps_rows: true,
+            ..Rows::default()
+        }
+    }
+
     fn len(&self) -> usize {
         self.len
     }
@@ -679,8 +698,10 @@ impl Rows {
         }
         let lane = self.len % ROW_LANES;
         if lane == 0 {
-            self.blocks
-                .resize(self.blocks.len() + self.width * ROW_LANES, 0.0);
+            if self.keeps_rows {
+                self.blocks
+                    .resize(self.blocks.len() + self.width * ROW_LANES, 0.0);
+            }
             self.coordinates
                 .resize(self.coordinates.len() + self.per_row * ROW_LANES, 0.0);
         }
@@ -712,47 +733,51 @@ impl Rows {
         mut visit: impl FnMut(f32) -> Option<f32>,
     ) -> bool {
         let q = at.as_slice();
-        if self.len == 0 || query.len() != self.width || q.len() != self.per_row {
+        if self.len == 0 || !self.keeps_rows || query.len() != self.width || q.len() != self.per_row
+        {
             return false;
         }
         let slack = MARGIN * (self.largest + at.squared_norm());
         // In AVX's wider registers where the CPU has them: the same operations in the same order, the same results.
-        crate::knn::vectorised(|| {
-            let mut left = self.len;
-            let coordinates = self
-                .coordinates
-                .chunks_exact((self.per_row * ROW_LANES).max(1));
-            for (block, bounds) in self
-                .blocks
-                .chunks_exact((self.width * ROW_LANES).max(1))
-                .zip(coordinates)
-            {
-                let lanes = left.min(ROW_LANES);
-                left = left.saturating_sub(ROW_LANES);
-                let bounds = block_bounds(bounds, q);
-                if bounds
-                    .iter()
-                    .take(lanes)
-                    .all(|&b| b * (1.0 - MARGIN) - slack > limit)
+        crate::knn::vectorised(
+            #[inline(always)]
+            || {
+                let mut left = self.len;
+                let coordinates = self
+                    .coordinates
+                    .chunks_exact((self.per_row * ROW_LANES).max(1));
+                for (block, bounds) in self
+                    .blocks
+                    .chunks_exact((self.width * ROW_LANES).max(1))
+                    .zip(coordinates)
                 {
-                    continue;
-                }
-                let mut acc = [0.0_f32; ROW_LANES];
-                for (column, &v) in block.chunks_exact(ROW_LANES).zip(query) {
-                    for (a, &r) in acc.iter_mut().zip(column) {
-                        let d = r - v;
-                        *a += d * d;
+                    let lanes = left.min(ROW_LANES);
+                    left = left.saturating_sub(ROW_LANES);
+                    // The bound as the block is excluded by it, a test a larger bound passes too.
+                    let beyond = |b: f32| b * (1.0 - MARGIN) - slack > limit;
+                    let Some(bounds) = block_bounds_unless(bounds, q, beyond) else {
+                        continue;
+                    };
+                    if bounds.iter().take(lanes).all(|&b| beyond(b)) {
+                        continue;
+                    }
+                    let mut acc = [0.0_f32; ROW_LANES];
+                    for (column, &v) in block.chunks_exact(ROW_LANES).zip(query) {
+                        for (a, &r) in acc.iter_mut().zip(column) {
+                            let d = r - v;
+                            *a += d * d;
+                        }
+                    }
+                    for &d in acc.iter().take(lanes) {
+                        match visit(d) {
+                            Some(next) => limit = next,
+                            None => return true,
+                        }
                     }
                 }
-                for &d in acc.iter().take(lanes) {
-                    match visit(d) {
-                        Some(next) => limit = next,
-                        None => return true,
-                    }
-                }
-            }
-            false
-        })
+                false
+            },
+        )
     }
 
     /// Whether some remembered row lies within distance `near` of the query whose coordinates are `at`, measured as
@@ -765,33 +790,43 @@ impl Rows {
         let Some(within) = squared_within(near) else {
             return false;
         };
-        let mut left = self.len;
-        crate::knn::vectorised(|| {
-            self.coordinates
-                .chunks_exact((self.per_row * ROW_LANES).max(1))
-                .any(|block| {
+        // Plain loops: an iterator's adaptor (`any`) may be compiled apart, outside the AVX code.
+        crate::knn::vectorised(
+            #[inline(always)]
+            || {
+                let mut left = self.len;
+                for block in self
+                    .coordinates
+                    .chunks_exact((self.per_row * ROW_LANES).max(1))
+                {
                     let lanes = left.min(ROW_LANES);
                     left = left.saturating_sub(ROW_LANES);
                     // Every lane tested, then the answer taken: no branch per lane.
-                    block_bounds(block, q)
-                        .iter()
-                        .enumerate()
-                        .fold(false, |hit, (lane, &d)| {
-                            hit | (lane < lanes && (0.0..=within).contains(&d))
-                        })
-                })
-        })
+                    let Some(bounds) = block_bounds_unless(block, q, |d| d > within) else {
+                        continue;
+                    };
+                    let mut hit = false;
+                    for (lane, &d) in bounds.iter().enumerate() {
+                        hit |= lane < lanes && (0.0..=within).contains(&d);
+                    }
+                    if hit {
+                        return true;
+                    }
+                }
+                false
+            },
+        )
     }
 
     /// The Euclidean distance from `query` (coordinates `at`) to the nearest remembered row; `None` when there is
-    /// none.
+    /// none (or the rows are not kept).
     fn min_distance(&self, query: &[f32], at: &Projection) -> Option<f64> {
         let mut best = f32::INFINITY;
         self.scan(query, at, best, |d| {
             best = best.min(d);
             Some(best)
         });
-        (self.len > 0).then(|| f64::from(best).sqrt())
+        (self.len > 0 && self.keeps_rows).then(|| f64::from(best).sqrt())
     }
 }
 
@@ -1043,6 +1078,30 @@ mod tests {
     }
 
     #[test]
+    fn pradas_sets_hold_at_most_max_history_rows_together() {
+        let m = monitor(ExtractionConfig {
+            max_history: 100,
+            ban_after: u64::MAX,
+            ..ExtractionConfig::default()
+        });
+        let mut uniform = crate::testutil::uniform(11);
+        for i in 0..1000 {
+            let row: Vec<f32> = (0..64).map(|_| uniform()).collect();
+            m.observe_near("a", &row, i % 10, None).unwrap();
+        }
+        let principals = lock(&m.principals);
+        let state = lock(&principals.get("a").unwrap().state);
+        // Noise rows lie far from each other: nearly every one would join its class's set, ten sets of 100 in all.
+        let sets: Vec<usize> = state.growing.values().map(Rows::len).collect();
+        assert_eq!(sets.iter().sum::<usize>(), 100, "{sets:?}");
+        assert_eq!(state.grown, 100);
+        assert_eq!(state.history.len(), 100);
+        assert_eq!(state.remembered(), 200);
+        // Every query past the cap was still measured against the sets.
+        assert_eq!(state.distances.len(), 1000 - sets.len());
+    }
+
+    #[test]
     fn a_principal_at_work_holds_up_no_other() {
         let m = std::sync::Arc::new(monitor(ExtractionConfig::default()));
         let (test, _) = digits("test.csv");
@@ -1218,7 +1277,7 @@ mod tests {
             rows: reference_rows,
         });
         for count in [0_usize, 1, 7, 8, 9, 300] {
-            let mut rows = Rows::default();
+            let mut rows = Rows::with_rows();
             let mut all: Vec<Vec<f32>> = Vec::new();
             for i in 0..count {
                 let scale = if i % 7 == 0 { 1_000.0 } else { 1.0 };
@@ -1284,7 +1343,7 @@ mod tests {
             labels: vec![0; line.len()],
             rows: line.concat(),
         });
-        let mut rows = Rows::default();
+        let mut rows = Rows::with_rows();
         for r in &line {
             rows.push(r, &index.coordinates(r));
         }

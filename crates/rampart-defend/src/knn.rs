@@ -694,7 +694,7 @@ fn orthonormal(vectors: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
 /// coordinate (coordinate `k` of the rows at `k * LANES ..`): lower bounds of the rows' squared distances to `q`'s
 /// row, before the margin for their rounding (`MARGIN` of the sum of the squared norms of the coordinates).
 #[inline(always)]
-pub(crate) fn block_bounds(block: &[f32], q: &[f32]) -> [f32; LANES] {
+fn block_bounds(block: &[f32], q: &[f32]) -> [f32; LANES] {
     let mut bounds = [0.0_f32; LANES];
     add_squares(&mut bounds, block.chunks_exact(LANES).zip(q));
     bounds
@@ -717,13 +717,28 @@ fn add_squares<'a>(bounds: &mut [f32; LANES], columns: impl Iterator<Item = (&'a
 /// in the same order.
 #[inline(always)]
 fn block_bounds_within(block: &[f32], q: &[f32], limit: f32) -> Option<[f32; LANES]> {
+    // A NaN sum is not past the limit: its row is offered, as a full scan would.
+    block_bounds_unless(block, q, |d| d > limit)
+}
+
+/// [`block_bounds`], or `None` as soon as the sums over the first coordinates all satisfy `past`, a test that a
+/// larger sum satisfies too (the whole sums are at least as large: adding squares never lowers a sum, even rounded).
+#[inline(always)]
+pub(crate) fn block_bounds_unless(
+    block: &[f32],
+    q: &[f32],
+    past: impl Fn(f32) -> bool,
+) -> Option<[f32; LANES]> {
     /// The coordinates summed before the check.
     const FIRST: usize = 6;
     let mut bounds = [0.0_f32; LANES];
     let mut columns = block.chunks_exact(LANES).zip(q);
     add_squares(&mut bounds, columns.by_ref().take(FIRST));
-    // A NaN sum is not past the limit: its row is offered, as a full scan would.
-    if bounds.iter().all(|&d| d > limit) {
+    let mut all = true;
+    for &d in &bounds {
+        all &= past(d);
+    }
+    if all {
         return None;
     }
     add_squares(&mut bounds, columns);

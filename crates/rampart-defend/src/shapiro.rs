@@ -28,6 +28,39 @@ pub fn shapiro_wilk(sample: &[f64]) -> Option<ShapiroWilk> {
         return None;
     }
     let an = n as f64;
+    let a = coefficients(n)?;
+    // W = (sum a_i (x_(n+1-i) - x_(i)))^2 / sum (x - mean)^2, on values scaled by the range.
+    let scaled: Vec<f64> = x.iter().map(|v| v / range).collect();
+    let mean = scaled.iter().sum::<f64>() / an;
+    let ssq: f64 = scaled.iter().map(|v| (v - mean) * (v - mean)).sum();
+    let b: f64 = a
+        .iter()
+        .enumerate()
+        .map(|(i, ai)| {
+            let hi = scaled.get(n - 1 - i).copied().unwrap_or(0.0);
+            let lo = scaled.get(i).copied().unwrap_or(0.0);
+            ai * (hi - lo)
+        })
+        .sum();
+    let w = (b * b / ssq).min(1.0);
+    let p_value = p_value(w, n);
+    Some(ShapiroWilk { w, p_value })
+}
+
+/// Royston's coefficients `a` for samples of `n` (`3..=5000`) values: they depend on `n` alone, and a monitor tests
+/// samples of one size again and again (PRADA's window, once full), so each thread keeps the last size's.
+fn coefficients(n: usize) -> Option<std::rc::Rc<[f64]>> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(usize, std::rc::Rc<[f64]>)>> = const { std::cell::RefCell::new(None) };
+    }
+    if let Some(a) = LAST.with_borrow(|last| {
+        last.as_ref()
+            .filter(|(m, _)| *m == n)
+            .map(|(_, a)| a.clone())
+    }) {
+        return Some(a);
+    }
+    let an = n as f64;
     let half = n / 2;
     let mut a = vec![0.0_f64; half];
     if n == 3 {
@@ -62,22 +95,9 @@ pub fn shapiro_wilk(sample: &[f64]) -> Option<ShapiroWilk> {
             *ai = -mi / fac;
         }
     }
-    // W = (sum a_i (x_(n+1-i) - x_(i)))^2 / sum (x - mean)^2, on values scaled by the range.
-    let scaled: Vec<f64> = x.iter().map(|v| v / range).collect();
-    let mean = scaled.iter().sum::<f64>() / an;
-    let ssq: f64 = scaled.iter().map(|v| (v - mean) * (v - mean)).sum();
-    let b: f64 = a
-        .iter()
-        .enumerate()
-        .map(|(i, ai)| {
-            let hi = scaled.get(n - 1 - i).copied().unwrap_or(0.0);
-            let lo = scaled.get(i).copied().unwrap_or(0.0);
-            ai * (hi - lo)
-        })
-        .sum();
-    let w = (b * b / ssq).min(1.0);
-    let p_value = p_value(w, n);
-    Some(ShapiroWilk { w, p_value })
+    let a: std::rc::Rc<[f64]> = a.into();
+    LAST.set(Some((n, a.clone())));
+    Some(a)
 }
 
 fn p_value(w: f64, n: usize) -> f64 {
@@ -129,6 +149,26 @@ mod tests {
     #[test]
     fn matches_scipy_on_small_and_large_samples() {
         include!("shapiro_cases.rs");
+    }
+
+    #[test]
+    fn a_size_tested_again_weighs_as_the_first_time() {
+        let sample = |n: usize| -> Vec<f64> { (0..n).map(|i| ((i * 37) % 101) as f64).collect() };
+        let first: Vec<_> = [5000, 5000, 40, 5000, 3, 40]
+            .map(|n| shapiro_wilk(&sample(n)))
+            .into();
+        // A fresh thread has no coefficients kept: each size computed anew.
+        let fresh: Vec<_> =
+            std::thread::spawn(move || [5000, 40, 3].map(|n| shapiro_wilk(&sample(n))))
+                .join()
+                .unwrap()
+                .into();
+        assert_eq!(first.first(), fresh.first());
+        assert_eq!(first.get(1), fresh.first());
+        assert_eq!(first.get(3), fresh.first());
+        assert_eq!(first.get(2), fresh.get(1));
+        assert_eq!(first.get(5), fresh.get(1));
+        assert_eq!(first.get(4), fresh.get(2));
     }
 
     #[test]

@@ -624,14 +624,9 @@ impl Gate {
             Ok::<_, Refusal>((id, outputs, inputs, pending))
         })?;
         let outputs = stage_infer(&serving, inputs, deadline).await?;
-        // One principal's requests take turns at the extraction monitor here, where waiting yields the thread.
-        let _turn = match &pending {
-            Some(p) => p.extraction_turn().await,
-            None => None,
-        };
-        let (outputs, keep_wanted) = crate::stages::infer::off_runtime_if(heavy, || {
-            self.stage_defend_outputs(pending, outputs, trace)
-        })?;
+        let (outputs, keep_wanted) = self
+            .stage_defend_outputs(pending, outputs, heavy, trace)
+            .await?;
         let wanted = if keep_wanted { &wanted[..] } else { &[] };
         Ok(respond_infer(name, id.as_deref(), &outputs, wanted))
     }
@@ -965,22 +960,38 @@ impl Gate {
     }
 
     /// The defences after the model: detector, extraction, watermark, hardening. The flag is whether the client's
-    /// list of wanted outputs still applies.
-    fn stage_defend_outputs(
+    /// list of wanted outputs still applies. A `heavy` request's stages run without holding up the other connections
+    /// of this runtime thread. One principal's requests take turns at the extraction monitor, and only there: waiting
+    /// for the turn yields the thread, and the other stages of the principal's requests go on meanwhile.
+    async fn stage_defend_outputs(
         &self,
         pending: Option<crate::stages::defend::Pending<'_>>,
         outputs: Vec<rampart_infer::Tensor>,
+        heavy: bool,
         trace: &mut Trace,
     ) -> Result<(Vec<rampart_infer::Tensor>, bool), Refusal> {
-        match pending {
-            None => Ok((outputs, true)),
-            Some(p) => p.after_infer(
+        use crate::stages::defend::Assessed;
+        use crate::stages::infer::off_runtime_if;
+        let Some(pending) = pending else {
+            return Ok((outputs, true));
+        };
+        let assessed = off_runtime_if(heavy, || {
+            pending.assess(
                 outputs,
                 &mut trace.defend,
                 &mut trace.rate_headers,
                 &self.metrics,
-            ),
+            )
+        })?;
+        let mut weighed = match assessed {
+            Assessed::Answered(outputs, keep_wanted) => return Ok((outputs, keep_wanted)),
+            Assessed::Weighed(weighed) => weighed,
+        };
+        {
+            let _turn = weighed.extraction_turn().await;
+            off_runtime_if(heavy, || weighed.observe(&mut trace.defend, &self.metrics))?;
         }
+        off_runtime_if(heavy, || weighed.finish(&mut trace.defend, &self.metrics))
     }
 
     /// The anomaly stage, as the answer is recorded: alerts become audit records of their own.

@@ -228,8 +228,8 @@ pub(super) enum Nearest {
 }
 
 impl<'a> Pending<'a> {
-    /// This request's turn at the extraction monitor ([`ExtractionStage::turn`]), held over the output stages;
-    /// `None` without an extraction stage.
+    /// This request's turn at the extraction monitor ([`ExtractionStage::turn`]), held while the monitor weighs its
+    /// rows; `None` without an extraction stage.
     pub async fn extraction_turn(&self) -> Option<tokio::sync::MutexGuard<'a, ()>> {
         let stage: &'a ExtractionStage = self.defences.extraction.as_deref()?;
         stage.turn(&self.principal).await

@@ -50,6 +50,7 @@ pub use config::{
     DefendConfig, DetectorStageConfig, ExtractionStageConfig, OnError, SanitiseConfig,
     SchemaConfig, Switch, WatermarkConfig,
 };
+pub use output::{Assessed, Weighed};
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

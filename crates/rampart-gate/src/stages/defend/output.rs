@@ -12,9 +12,39 @@ use super::{DefendAudit, Pending};
 use crate::metrics::Metrics;
 use crate::pipeline::Refusal;
 
-impl Pending<'_> {
-    /// The output stages: detector, extraction, watermark, hardening. Returns the tensors to answer with and
-    /// whether the client's list of wanted outputs still applies (not after hardening renames them).
+/// The output stages after the detector ([`Pending::assess`]).
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made and taken apart once a request, on the stack: a box would be an allocation a request"
+)]
+pub enum Assessed<'a> {
+    /// The answer, already decided: the tensors and whether the client's list of wanted outputs still applies
+    /// (the scores could not be read, and the defences failed open).
+    Answered(Vec<Tensor>, bool),
+    /// Assessed by the detector: the extraction monitor ([`Weighed::observe`], in the principal's turn), then the
+    /// watermark and hardening ([`Weighed::finish`]) follow.
+    Weighed(Weighed<'a>),
+}
+
+/// A request's answer between the detector and the extraction monitor.
+#[derive(Debug)]
+pub struct Weighed<'a> {
+    pending: Pending<'a>,
+    outputs: Vec<Tensor>,
+    /// Which of `outputs` holds the scores.
+    index: Option<usize>,
+    /// The scores of the rows asked for (not of the squeezed copies).
+    mine: Vec<Vec<f32>>,
+    nearest: Option<Nearest>,
+    /// The detector's refusal, given after the extraction monitor has counted the query.
+    rejected: Option<Refusal>,
+}
+
+impl<'a> Pending<'a> {
+    /// The output stages: detector, extraction, watermark, hardening ([`Pending::assess`], [`Weighed::observe`],
+    /// [`Weighed::finish`]). Returns the tensors to answer with and whether the client's list of wanted outputs still
+    /// applies (not after hardening renames them).
     pub fn after_infer(
         self,
         outputs: Vec<Tensor>,
@@ -22,6 +52,23 @@ impl Pending<'_> {
         headers: &mut Vec<(HeaderName, HeaderValue)>,
         metrics: &Metrics,
     ) -> Result<(Vec<Tensor>, bool), Refusal> {
+        match self.assess(outputs, audit, headers, metrics)? {
+            Assessed::Answered(outputs, keep) => Ok((outputs, keep)),
+            Assessed::Weighed(mut weighed) => {
+                weighed.observe(audit, metrics)?;
+                weighed.finish(audit, metrics)
+            }
+        }
+    }
+
+    /// The first output stage: reads the model's scores and runs the detector on them.
+    pub fn assess(
+        self,
+        outputs: Vec<Tensor>,
+        audit: &mut Option<DefendAudit>,
+        headers: &mut Vec<(HeaderName, HeaderValue)>,
+        metrics: &Metrics,
+    ) -> Result<Assessed<'a>, Refusal> {
         let d = self.defences;
         let audit = audit.get_or_insert_with(DefendAudit::default);
         let model_error = |message: String| DefendError::Model(message);
@@ -53,7 +100,7 @@ impl Pending<'_> {
                         "the answer could not be hardened",
                     ));
                 }
-                return Ok((outputs, true));
+                return Ok(Assessed::Answered(outputs, true));
             }
         };
         for t in &mut outputs {
@@ -119,20 +166,69 @@ impl Pending<'_> {
             let err = model_error(format!("{all_rows} score rows for {} rows", self.rows));
             d.undecided("infer", &err, audit, metrics)?;
         }
-        let mut mine: Vec<Vec<f32>> = score_rows.into_iter().take(self.rows).collect();
-        if let Some(stage) = &d.extraction {
-            self.observe(stage, &mine, nearest, audit, metrics)?;
-        }
+        let mine: Vec<Vec<f32>> = score_rows.into_iter().take(self.rows).collect();
+        Ok(Assessed::Weighed(Weighed {
+            pending: self,
+            outputs,
+            index,
+            mine,
+            nearest,
+            rejected,
+        }))
+    }
+}
+
+impl<'a> Weighed<'a> {
+    /// This request's turn at the extraction monitor ([`Pending::extraction_turn`]): [`Weighed::observe`] is to
+    /// run in it, and nothing else needs to.
+    pub async fn extraction_turn(&self) -> Option<tokio::sync::MutexGuard<'a, ()>> {
+        self.pending.extraction_turn().await
+    }
+
+    /// The extraction monitor's stage: the rows as evidence (a query the detector refused included), and the
+    /// monitor's decision. Runs once; in the principal's turn ([`Weighed::extraction_turn`]).
+    pub fn observe(
+        &mut self,
+        audit: &mut Option<DefendAudit>,
+        metrics: &Metrics,
+    ) -> Result<(), Refusal> {
+        let audit = audit.get_or_insert_with(DefendAudit::default);
+        let Some(stage) = &self.pending.defences.extraction else {
+            return Ok(());
+        };
+        let nearest = self.nearest.take();
+        self.pending
+            .observe(stage, &self.mine, nearest, audit, metrics)
+    }
+
+    /// The last output stages: the detector's refusal, the watermark, hardening. Returns the tensors to answer with
+    /// and whether the client's list of wanted outputs still applies (not after hardening renames them).
+    pub fn finish(
+        self,
+        audit: &mut Option<DefendAudit>,
+        metrics: &Metrics,
+    ) -> Result<(Vec<Tensor>, bool), Refusal> {
+        let audit = audit.get_or_insert_with(DefendAudit::default);
+        let Weighed {
+            pending,
+            mut outputs,
+            index,
+            mut mine,
+            nearest: _,
+            rejected,
+        } = self;
+        let d = pending.defences;
+        let model_error = |message: String| DefendError::Model(message);
         if let Some(refused) = rejected {
             return Err(refused);
         }
         if let Some(watermark) = &d.watermark {
             let mut marked = 0;
-            for (row, scores) in self.sent().chunks_exact(d.width).zip(mine.iter_mut()) {
+            for (row, scores) in pending.sent().chunks_exact(d.width).zip(mine.iter_mut()) {
                 let mark = watermark.apply(row, scores);
                 marked += usize::from(matches!(mark, Mark::Watermarked { .. }));
                 if let (Some(record), Some(label)) = (&d.record, mark.kept_label()) {
-                    if !record.record(&self.principal, label, row) {
+                    if !record.record(&pending.principal, label, row) {
                         d.count(metrics, "watermark", "record_dropped");
                     }
                 }
@@ -153,7 +249,7 @@ impl Pending<'_> {
             }
         }
         if let Some(harden) = &d.harden {
-            let roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
+            let roles: Vec<&str> = pending.roles.iter().map(String::as_str).collect();
             let policy = harden.policy_for(&roles);
             audit.hardening = Some(match policy {
                 rampart_defend::harden::OutputPolicy::Full { .. } => "full",
