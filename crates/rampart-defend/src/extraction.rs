@@ -394,7 +394,7 @@ impl ExtractionMonitor {
                 state,
                 query,
                 &at,
-                predicted,
+                (predicted, nearest.map(|n| n.index)),
                 config.max_history,
                 &self.budget,
             );
@@ -532,20 +532,22 @@ fn judge(
 }
 
 /// PRADA's update: the minimum distance to the class's growing set joins `D`; the query joins the growing set when
-/// that distance exceeds `mean(D) - std(D)` (or the set is empty).
+/// that distance exceeds `mean(D) - std(D)` (or the set is empty). `(class, anchor)`: the query's predicted class, and
+/// its nearest reference row when known (the set's row that last had it for nearest is measured first, see
+/// [`Rows::min_distance`]).
 fn prada_step(
     state: &mut Principal,
     query: &[f32],
     at: &Projection,
-    class: usize,
+    (class, anchor): (usize, Option<usize>),
     cap: usize,
     budget: &Budget,
 ) {
     let room = state.grown < cap;
     let set = state.growing.entry(class).or_insert_with(Rows::with_rows);
-    let Some(min) = set.min_distance(query, at) else {
+    let Some(min) = set.min_distance(query, at, anchor) else {
         if room && budget.take() {
-            set.push(query, at);
+            set.push_anchored(query, at, anchor);
             state.grown += 1;
         }
         return;
@@ -567,7 +569,7 @@ fn prada_step(
     let mean = sum / n;
     let std = (squares / n - mean * mean).max(0.0).sqrt();
     if min > mean - std && room && budget.take() {
-        set.push(query, at);
+        set.push_anchored(query, at, anchor);
         state.grown += 1;
     }
 }
@@ -613,7 +615,7 @@ fn natural_prada_w(reference: &Reference, index: &Index, config: &ExtractionConf
                 &mut state,
                 row,
                 &index.coordinates(row),
-                label.max(0) as usize,
+                (label.max(0) as usize, None),
                 config.max_history,
                 &unlimited,
             );
@@ -662,6 +664,8 @@ struct Rows {
     largest: f32,
     len: usize,
     last: Vec<f32>,
+    /// For a reference row, the last row remembered that had it for nearest ([`Rows::push_anchored`]).
+    anchors: HashMap<usize, usize>,
 }
 
 /// Rows per block of [`Rows`]: one vector of bounds.
@@ -818,10 +822,40 @@ impl Rows {
         )
     }
 
+    /// [`Rows::push`], and `row`'s nearest reference row (`anchor`) remembered as leading to it.
+    fn push_anchored(&mut self, row: &[f32], at: &Projection, anchor: Option<usize>) {
+        let before = self.len;
+        self.push(row, at);
+        if let (Some(anchor), true) = (anchor, self.len > before) {
+            self.anchors.insert(anchor, before);
+        }
+    }
+
+    /// The squared distance from `query` to the remembered row at `position`, summed as [`Rows::scan`] sums it.
+    fn squared_distance_to(&self, position: usize, query: &[f32]) -> Option<f32> {
+        let span = self.width * ROW_LANES;
+        let block = position / ROW_LANES;
+        let lane = position % ROW_LANES;
+        let block = self.blocks.get(block * span..(block + 1) * span)?;
+        let mut sum = 0.0_f32;
+        for (column, &v) in block.chunks_exact(ROW_LANES).zip(query) {
+            let d = column.get(lane)? - v;
+            sum += d * d;
+        }
+        Some(sum)
+    }
+
     /// The Euclidean distance from `query` (coordinates `at`) to the nearest remembered row; `None` when there is
-    /// none (or the rows are not kept).
-    fn min_distance(&self, query: &[f32], at: &Projection) -> Option<f64> {
-        let mut best = f32::INFINITY;
+    /// none (or the rows are not kept). `anchor`: the query's nearest reference row, when known. The row remembered
+    /// last with the same nearest reference row is measured first: it is most often the nearest or near it, and its
+    /// distance lets the scan pass over most blocks at once. The answer is the scan's either way.
+    fn min_distance(&self, query: &[f32], at: &Projection, anchor: Option<usize>) -> Option<f64> {
+        let mut best = anchor
+            .and_then(|a| self.anchors.get(&a))
+            .filter(|_| query.len() == self.width)
+            .and_then(|&position| self.squared_distance_to(position, query))
+            .filter(|d| !d.is_nan())
+            .unwrap_or(f32::INFINITY);
         self.scan(query, at, best, |d| {
             best = best.min(d);
             Some(best)
@@ -860,11 +894,12 @@ fn step_down(d: f32) -> f32 {
 }
 
 /// Whether PRADA's test is due with `len` distances, the last test having been at `tested` distances: every fourth
-/// distance up to 512, then every `len / 128`-th. `W` moves slowly, and a Shapiro-Wilk test sorts and weighs up to
-/// 5,000 distances: on every query it made a long-lived principal's query cost milliseconds (under the monitor's lock).
-/// The natural streams that set PRADA's threshold are tested on the same schedule.
+/// distance up to 512, then every `len / 32`-th (every 156th once the window holds 5,000). `W` moves slowly, and a
+/// Shapiro-Wilk test sorts and weighs up to 5,000 distances: on every query it made a long-lived principal's query cost
+/// milliseconds (under the monitor's lock), and every 39th (`len / 128`) still a sixth of what a query costs the
+/// monitor. The natural streams that set PRADA's threshold are tested on the same schedule.
 fn prada_due(len: usize, tested: usize) -> bool {
-    let step = if len <= 512 { 4 } else { len / 128 };
+    let step = if len <= 512 { 4 } else { len / 32 };
     len < tested || len >= tested + step
 }
 
@@ -1211,7 +1246,7 @@ mod tests {
     }
 
     #[test]
-    fn prada_is_tested_every_fourth_distance_then_every_128th_of_them() {
+    fn prada_is_tested_every_fourth_distance_then_every_32nd_of_them() {
         let mut tested = 0;
         let mut at = Vec::new();
         for len in 1..=2000 {
@@ -1225,9 +1260,9 @@ mod tests {
         let after: Vec<usize> = at.iter().copied().filter(|&l| l > 512).collect();
         assert!(after.windows(2).all(|w| {
             let gap = w[1] - w[0];
-            gap >= 4 && gap <= w[1] / 128 + 1
+            gap >= 16 && gap <= w[1] / 32 + 1
         }));
-        assert!(after.len() < 200, "{} tests after 512", after.len());
+        assert!(after.len() < 60, "{} tests after 512", after.len());
         // A drained history is tested again at once.
         assert!(prada_due(5_001, 10_000));
     }
@@ -1282,7 +1317,8 @@ mod tests {
             for i in 0..count {
                 let scale = if i % 7 == 0 { 1_000.0 } else { 1.0 };
                 let row = sample(&mut next, scale);
-                rows.push(&row, &index.coordinates(&row));
+                // Rows anchored to five reference rows, so that every anchor leads to some row.
+                rows.push_anchored(&row, &index.coordinates(&row), Some(i % 5));
                 all.push(row);
             }
             assert_eq!(rows.len(), count);
@@ -1296,7 +1332,10 @@ mod tests {
                 let at = index.coordinates(&query);
                 let exact: Vec<f64> = all.iter().map(|r| distance(r, &query)).collect();
                 let min = exact.iter().copied().reduce(f64::min);
-                assert_eq!(rows.min_distance(&query, &at), min);
+                // Measured first from any anchor (or one that leads nowhere), the nearest is the scan's.
+                for anchor in [None, Some(0), Some(3), Some(4), Some(9)] {
+                    assert_eq!(rows.min_distance(&query, &at, anchor), min, "{anchor:?}");
+                }
                 // Near duplicates are measured between coordinates, as the reference index measures distances.
                 let apart: Vec<f64> = all
                     .iter()
@@ -1360,6 +1399,6 @@ mod tests {
         // Rows on a line lie within the index's first direction: their coordinates' distances are theirs.
         assert!(rows.any_within(&at, 3.7));
         assert!(!rows.any_within(&at, 3.6));
-        assert!((rows.min_distance(&query, &at).unwrap() - 13.1_f64.sqrt()).abs() < 1e-4);
+        assert!((rows.min_distance(&query, &at, None).unwrap() - 13.1_f64.sqrt()).abs() < 1e-4);
     }
 }
