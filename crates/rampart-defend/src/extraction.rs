@@ -648,6 +648,7 @@ fn natural_prada_w(reference: &Reference, index: &Index, config: &ExtractionConf
 /// the digits), blocked alike: a block whose eight bounds all exceed what the scan still looks for (a near duplicate,
 /// a nearer row than the nearest found) is passed over without its distances. The answers are a full scan's: a bound
 /// is lowered by a margin far above its rounding before it excludes anything.
+///
 /// A set made by `Rows::default()` keeps the coordinates only (the history's near duplicates need no more);
 /// [`Rows::with_rows`] keeps the rows too, for their distances.
 #[derive(Debug, Default)]

@@ -227,14 +227,7 @@ pub(super) enum Nearest {
     Around(Vec<Vec<Neighbour>>),
 }
 
-impl<'a> Pending<'a> {
-    /// This request's turn at the extraction monitor ([`ExtractionStage::turn`]), held while the monitor weighs its
-    /// rows; `None` without an extraction stage.
-    pub async fn extraction_turn(&self) -> Option<tokio::sync::MutexGuard<'a, ()>> {
-        let stage: &'a ExtractionStage = self.defences.extraction.as_deref()?;
-        stage.turn(&self.principal).await
-    }
-
+impl Pending<'_> {
     /// Each answered row as extraction evidence, with the class the model gave it; `nearest` is what the detector
     /// found of each row's nearest reference row (without it, they are searched here).
     pub(super) fn observe(

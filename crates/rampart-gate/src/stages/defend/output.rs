@@ -7,7 +7,7 @@ use rampart_defend::watermark::Mark;
 use rampart_defend::DefendError;
 use rampart_infer::{Tensor, TensorData};
 
-use super::extraction::Nearest;
+use super::extraction::{ExtractionStage, Nearest};
 use super::{DefendAudit, Pending};
 use crate::metrics::Metrics;
 use crate::pipeline::Refusal;
@@ -179,10 +179,11 @@ impl<'a> Pending<'a> {
 }
 
 impl<'a> Weighed<'a> {
-    /// This request's turn at the extraction monitor ([`Pending::extraction_turn`]): [`Weighed::observe`] is to
-    /// run in it, and nothing else needs to.
+    /// This request's turn at the extraction monitor ([`ExtractionStage::turn`]): [`Weighed::observe`] is to run in
+    /// it, and nothing else needs to; `None` without an extraction stage.
     pub async fn extraction_turn(&self) -> Option<tokio::sync::MutexGuard<'a, ()>> {
-        self.pending.extraction_turn().await
+        let stage: &'a ExtractionStage = self.pending.defences.extraction.as_deref()?;
+        stage.turn(&self.pending.principal).await
     }
 
     /// The extraction monitor's stage: the rows as evidence (a query the detector refused included), and the
