@@ -56,7 +56,8 @@ CONF
 chmod a+x "$WORK"
 chmod -R a+rX "$WORK/www"
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+NGINX_PID=$!
+PIDS+=($NGINX_PID)
 
 # --- rampart: the full pipeline, and the same with the security stages off ---
 # Both gather concurrent requests' rows into one run of the model (`max_batch`, RAMPART_BENCH_MAX_BATCH, default 32;
@@ -69,17 +70,21 @@ make_config "$ALONE_PORT" "$(free_port)" false < /dev/null > "$WORK/alone.toml"
 KEY="$("$RAMPART" serve --config "$WORK/full.toml" --check | awk '/API key/ {print $3}')"
 [ -n "$KEY" ] || { echo "error: no API key was printed" >&2; exit 2; }
 "$RAMPART" serve --config "$WORK/full.toml" >/dev/null &
-PIDS+=($!)
+FULL_PID=$!
 "$RAMPART" serve --config "$WORK/off.toml" >/dev/null 2>&1 &
-PIDS+=($!)
+OFF_PID=$!
 "$RAMPART" serve --config "$WORK/alone.toml" >/dev/null 2>&1 &
-PIDS+=($!)
+ALONE_PID=$!
+PIDS+=("$FULL_PID" "$OFF_PID" "$ALONE_PID")
 
 write_wrk_script "$WORK/infer.lua" "$KEY" "$(python3 -c 'print(",".join(str(round((i % 17) / 16, 4)) for i in range(64)))')"
 wait_up "https://127.0.0.1:$NGINX_PORT/static.json"
 wait_up "https://127.0.0.1:$FULL_PORT/v2/health/live"
 wait_up "https://127.0.0.1:$OFF_PORT/v2/health/live"
 wait_up "https://127.0.0.1:$ALONE_PORT/v2/health/live"
+# nginx's CPU is its workers' (the master only starts them).
+NGINX_WORKERS="$(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+[ -n "$NGINX_WORKERS" ] || { echo "error: nginx started no worker" >&2; exit 2; }
 curl -skf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$(wrk_body "$WORK/infer.lua")" \
     "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" >/dev/null || { echo "error: inference through the gateway failed" >&2; exit 2; }
 
@@ -88,11 +93,11 @@ ROUNDS="${2:-3}"
 NGINX=(); FULL=(); OFF=(); LIVE=(); ALONE=()
 for round in $(seq "$ROUNDS"); do
     echo "round $round of $ROUNDS" >&2
-    NGINX+=("$(run_wrk nginx "https://127.0.0.1:$NGINX_PORT/static.json")")
-    FULL+=("$(run_wrk rampart "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
-    OFF+=("$(run_wrk rampart-no-security "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
-    LIVE+=("$(run_wrk rampart-live "https://127.0.0.1:$FULL_PORT/v2/health/live")")
-    ALONE+=("$(run_wrk rampart-unbatched "https://127.0.0.1:$ALONE_PORT/v2/models/digits/infer" "$WORK/infer.lua")")
+    NGINX+=("$(run_wrk nginx "https://127.0.0.1:$NGINX_PORT/static.json" "" "" "$NGINX_WORKERS")")
+    FULL+=("$(run_wrk rampart "https://127.0.0.1:$FULL_PORT/v2/models/digits/infer" "$WORK/infer.lua" "" "$FULL_PID")")
+    OFF+=("$(run_wrk rampart-no-security "https://127.0.0.1:$OFF_PORT/v2/models/digits/infer" "$WORK/infer.lua" "" "$OFF_PID")")
+    LIVE+=("$(run_wrk rampart-live "https://127.0.0.1:$FULL_PORT/v2/health/live" "" "" "$FULL_PID")")
+    ALONE+=("$(run_wrk rampart-unbatched "https://127.0.0.1:$ALONE_PORT/v2/models/digits/infer" "$WORK/infer.lua" "" "$ALONE_PID")")
 done
 # What the stages cost a request, without queueing: one connection, one request at a time, on each server.
 echo "then one connection at a time (-c1), for the cost of the security stages" >&2
@@ -105,21 +110,25 @@ import os, statistics, sys
 rounds = int(sys.argv[1])
 runs = [line.split() for line in sys.argv[2:-1]]
 def median(group):
-    return [group[0][0]] + [statistics.median(float(r[i]) for r in group) for i in range(1, 5)]
-head = f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}"
+    return [group[0][0]] + [statistics.median(float(r[i]) for r in group) for i in range(1, len(group[0]))]
+head = f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}{'CPU us/req':>12}"
+def line(name, rps, p50, p99, bad, cpu=None):
+    cpu = f"{float(cpu):>12.1f}" if cpu is not None else f"{'':>12}"
+    return f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(float(bad)):>10}{cpu}"
 if rounds > 1:
     print("each round:")
     print(head)
     for i in range(rounds):
-        for name, rps, p50, p99, bad in (runs[k * rounds + i] for k in range(5)):
-            print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
+        for run in (runs[k * rounds + i] for k in range(5)):
+            print(line(*run))
     print(f"median of {rounds} rounds:")
 rows = [median(runs[k * rounds:(k + 1) * rounds]) for k in range(5)] + [median([r]) for r in runs[5 * rounds:]]
 print(head)
-for name, rps, p50, p99, bad in rows:
-    print(f"{name:<22}{float(rps):>10.0f}{float(p50):>10.3f}{float(p99):>10.3f}{int(bad):>10}")
-(_, n_rps, n_p50, n_p99, _), (_, f_rps, f_p50, f_p99, _), (_, o_rps, o_p50, o_p99, _), (_, l_rps, _, _, _), \
-    (_, a_rps, _, a_p99, _), (_, _, f1_p50, _, _), (_, _, o1_p50, _, _), (_, _, a1_p50, _, _) = rows
+for row in rows:
+    print(line(*row))
+(_, n_rps, n_p50, n_p99, _, n_cpu), (_, f_rps, f_p50, f_p99, _, f_cpu), (_, o_rps, o_p50, o_p99, _, _), \
+    (_, l_rps, _, _, _, l_cpu), (_, a_rps, _, a_p99, _, _) = rows[:5]
+(_, _, f1_p50, _, _), (_, _, o1_p50, _, _), (_, _, a1_p50, _, _) = rows[5:]
 print(f"throughput rampart/nginx: {float(f_rps)/float(n_rps):.2f}x (target >= 0.70)")
 print(f"p99 rampart/nginx:        {float(f_p99)/float(n_p99):.2f}x (target <= 2.00)")
 # The same gateway with authentication, policy, limits and audit off: what TLS, HTTP, the KServe codec and the model
@@ -143,4 +152,9 @@ budget = cores * 1e6 / (0.70 * float(n_rps))
 print(f"wrk's own CPU a request: {wrk_cpu('nginx'):.1f} us against nginx, {wrk_cpu('rampart'):.1f} us against the full "
       f"pipeline, {wrk_cpu('rampart-live'):.1f} us against the liveness route; at 0.70x of nginx's rate the machine "
       f"has {budget:.1f} us a request for wrk, the gateway and the kernel together")
+# The servers' own CPU a request (user and system time of all their threads, the kernel's work on their behalf
+# included), against what is left for the gateway at 0.70x once wrk has taken its share.
+print(f"servers' CPU a request: nginx {float(n_cpu):.1f} us, rampart full pipeline {float(f_cpu):.1f} us, liveness route "
+      f"{float(l_cpu):.1f} us; at 0.70x of nginx's rate the full pipeline would have "
+      f"{budget - wrk_cpu('rampart'):.1f} us a request")
 PY

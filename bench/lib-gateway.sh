@@ -1,7 +1,7 @@
 # Shared setup of the gateway benchmarks (bench/gateway.sh, bench/gateway-ab.sh, bench/defend-gateway.sh,
 # bench/gateway-log.sh); sourced, not run. Defines: ROOT, WORK and STATE (removed on exit), PIDS (killed on exit),
 # DURATION, THREADS, CONNECTIONS, RAMPART (a release build, or RAMPART_PROFILE's), and the functions need_tools, free_port, make_config,
-# write_wrk_script, write_answered_row, wrk_body, wait_up, run_wrk.
+# write_wrk_script, write_answered_row, wrk_body, cpu_ticks, wait_up, run_wrk.
 #
 # The gateways' state and audit logs go to STATE: under the repository's target/ (as the default `.rampart` sits in
 # the working directory), or under RAMPART_BENCH_STATE=DIR. The audit log writes two tile files per 256 entries, and
@@ -109,22 +109,30 @@ write_answered_row() { # out.lua key port
 # The body a wrk script posts.
 wrk_body() { sed -n 's/^wrk.body = //p' "$1" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read()))'; }
 
+# The CPU time (user and system, in clock ticks) the processes have used so far.
+cpu_ticks() { # pid...
+    local pid total=0
+    for pid in "$@"; do total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat") )); done
+    echo "$total"
+}
+
 wait_up() { for _ in $(seq 1 100); do curl -sk -o /dev/null "$1" && return 0; sleep 0.1; done; echo "error: $1 did not come up" >&2; exit 2; }
 
-# Prints `name req/s p50_ms p99_ms non2xx`, and with a server's pid its CPU time (user and system, all threads) per
-# request in microseconds as a sixth field (the name must not hold spaces).
-run_wrk() { # name url [script] [connections] [server_pid]
+# Prints `name req/s p50_ms p99_ms non2xx`, and with the server's pids (one, or several separated by spaces, such as
+# nginx's workers) their CPU time (user and system, all threads) per request in microseconds as a sixth field (the
+# name must not hold spaces).
+run_wrk() { # name url [script] [connections] [server_pids]
     local out="$WORK/$1.txt"
     local conns="${4:-$CONNECTIONS}"
     local before=0 after=0
-    [ -z "${5:-}" ] || before="$(awk '{print $14 + $15}' "/proc/$5/stat")"
+    [ -z "${5:-}" ] || before="$(cpu_ticks $5)"
     # wrk's own CPU time (user and system) goes to $WORK/<name>.wrk-cpu, a line a run: the load generator shares
     # the two cores, and what it spends a request is taken from the server measured.
     local TIMEFORMAT='%U %S'
     { time wrk -t"$(( conns < THREADS ? conns : THREADS ))" -c"$conns" -d"${DURATION}s" --latency ${3:+-s "$3"} "$2" \
         > "$out" 2> "$WORK/$1.wrk-err"; } 2>> "$WORK/$1.wrk-time"
     cat "$WORK/$1.wrk-err" >&2
-    [ -z "${5:-}" ] || after="$(awk '{print $14 + $15}' "/proc/$5/stat")"
+    [ -z "${5:-}" ] || after="$(cpu_ticks $5)"
     python3 - "$out" "$1" "${5:+$((after - before))}" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
