@@ -172,8 +172,14 @@ struct Principal {
 
 impl Principal {
     /// Rows remembered: the history and PRADA's growing sets.
+    #[cfg(test)]
     fn remembered(&self) -> usize {
         self.history.len() + self.grown
+    }
+
+    /// What the rows remembered cost against the memory budget, in bytes.
+    fn footprint(&self, costs: RowCosts) -> usize {
+        self.history.len() * costs.history + self.grown * costs.growing
     }
 }
 
@@ -189,40 +195,72 @@ struct Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        self.budget.give_back(state.remembered());
+        self.budget.give_back(state.footprint(self.budget.costs));
     }
 }
 
-/// The rows a monitor's principals remember, against its memory budget.
+/// What one remembered row costs, in bytes: a history row holds its coordinates and its digest in `seen`; a row of
+/// PRADA's sets holds its values, its coordinates and at most one anchor. Entries of a hash set count twice their
+/// size (the table's spare room).
+#[derive(Debug, Clone, Copy)]
+struct RowCosts {
+    history: usize,
+    growing: usize,
+}
+
+impl RowCosts {
+    /// For rows of `width` values and `coordinates` coordinates.
+    fn new(width: usize, coordinates: usize) -> RowCosts {
+        let f32s = |n: usize| n * std::mem::size_of::<f32>();
+        RowCosts {
+            history: f32s(coordinates) + 2 * std::mem::size_of::<[u8; 16]>(),
+            growing: f32s(width + coordinates) + 2 * std::mem::size_of::<(usize, usize)>(),
+        }
+    }
+}
+
+/// The bytes a monitor's principals remember, against its memory budget.
 #[derive(Debug)]
 struct Budget {
-    rows: AtomicUsize,
+    bytes: AtomicUsize,
     max: usize,
+    costs: RowCosts,
 }
 
 impl Budget {
-    fn new(max: usize) -> Budget {
+    fn new(max: usize, costs: RowCosts) -> Budget {
         Budget {
-            rows: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
             max,
+            costs,
         }
     }
 
-    /// Takes room for one more row, if there is any.
-    fn take(&self) -> bool {
-        self.rows
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |rows| {
-                (rows < self.max).then_some(rows + 1)
+    /// Takes room for one more history row, if there is any.
+    fn take_history(&self) -> bool {
+        self.take(self.costs.history)
+    }
+
+    /// Takes room for one more row of PRADA's sets, if there is any.
+    fn take_growing(&self) -> bool {
+        self.take(self.costs.growing)
+    }
+
+    fn take(&self, cost: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bytes| {
+                bytes.checked_add(cost).filter(|&after| after <= self.max)
             })
             .is_ok()
     }
 
-    fn give_back(&self, rows: usize) {
-        self.rows.fetch_sub(rows, Ordering::AcqRel);
+    fn give_back(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
+    /// Whether not even one more history row fits.
     fn exhausted(&self) -> bool {
-        self.rows.load(Ordering::Acquire) >= self.max
+        self.bytes.load(Ordering::Acquire) + self.costs.history > self.max
     }
 }
 
@@ -310,14 +348,15 @@ impl ExtractionMonitor {
             grid_rate: (grid_hits as f64 / rows.len() as f64).max(0.01),
         };
         tracing::debug!(far, near, prada_w, "extraction baseline measured");
-        // A remembered row holds its values and its coordinates in the index's bounds.
-        let per_row = width
-            + index
-                .coordinates(reference.rows.get(..width).unwrap_or_default())
-                .as_slice()
-                .len();
-        let row_bytes = per_row.max(1) * std::mem::size_of::<f32>();
-        let budget = Budget::new(config.max_memory_mb.saturating_mul(1 << 20) / row_bytes);
+        // Remembered rows hold their coordinates in the index's bounds, and PRADA's their values too.
+        let coordinates = index
+            .coordinates(reference.rows.get(..width).unwrap_or_default())
+            .as_slice()
+            .len();
+        let budget = Budget::new(
+            config.max_memory_mb.saturating_mul(1 << 20),
+            RowCosts::new(width, coordinates),
+        );
         Ok(ExtractionMonitor {
             config,
             index,
@@ -398,7 +437,7 @@ impl ExtractionMonitor {
                 config.max_history,
                 &self.budget,
             );
-            if state.history.len() < config.max_history && self.budget.take() {
+            if state.history.len() < config.max_history && self.budget.take_history() {
                 state.history.push(query, &at);
                 state.seen.insert(digest);
             }
@@ -546,7 +585,7 @@ fn prada_step(
     let room = state.grown < cap;
     let set = state.growing.entry(class).or_insert_with(Rows::with_rows);
     let Some(min) = set.min_distance(query, at, anchor) else {
-        if room && budget.take() {
+        if room && budget.take_growing() {
             set.push_anchored(query, at, anchor);
             state.grown += 1;
         }
@@ -568,7 +607,7 @@ fn prada_step(
     let (sum, squares) = state.distance_sums;
     let mean = sum / n;
     let std = (squares / n - mean * mean).max(0.0).sqrt();
-    if min > mean - std && room && budget.take() {
+    if min > mean - std && room && budget.take_growing() {
         set.push_anchored(query, at, anchor);
         state.grown += 1;
     }
@@ -603,7 +642,7 @@ fn natural_prada_w(reference: &Reference, index: &Index, config: &ExtractionConf
             order.swap(i, (seed % (i as u64 + 1)) as usize);
         }
         let mut state = Principal::default();
-        let unlimited = Budget::new(usize::MAX);
+        let unlimited = Budget::new(usize::MAX, RowCosts::new(0, 0));
         for &i in order.iter().take(NATURAL_QUERIES) {
             let (Some(row), Some(&label)) = (
                 reference.rows.get(i * width..(i + 1) * width),
@@ -1077,40 +1116,44 @@ mod tests {
 
     #[test]
     fn the_rows_remembered_stay_within_the_memory_budget() {
-        // 1 MiB holds 3,404 rows of 64 values and their 13 coordinates in the index's bounds (12 directions and
-        // the residual's norm).
+        // In 1 MiB: a history row of the digits costs 84 bytes (13 coordinates in the index's bounds, 12 directions
+        // and the residual's norm, and its digest), a row of PRADA's sets 340 (64 values, 13 coordinates, an anchor).
         let m = monitor(ExtractionConfig {
             max_memory_mb: 1,
             ban_after: u64::MAX,
             ..ExtractionConfig::default()
         });
+        assert_eq!((m.budget.costs.history, m.budget.costs.growing), (84, 340));
         let mut uniform = crate::testutil::uniform(7);
         let mut row = || -> Vec<f32> {
             (0..64)
                 .map(|_| (uniform() * 17.0).floor().min(16.0) / 16.0)
                 .collect()
         };
-        for i in 0..3000 {
+        for i in 0..4000 {
             m.observe_near("a", &row(), i % 10, None).unwrap();
         }
         let held = |p: &str| {
-            lock(&m.principals)
-                .get(p)
-                .map(|t| lock(&t.state).remembered())
+            lock(&m.principals).get(p).map(|t| {
+                let state = lock(&t.state);
+                (state.remembered(), state.footprint(m.budget.costs))
+            })
         };
-        // Its history and PRADA's sets would hold more: the budget stops them.
-        assert_eq!(held("a"), Some(3404));
-        assert_eq!(m.budget.rows.load(Ordering::Acquire), 3404);
+        // Its history and PRADA's sets would hold more (4,000 queries each, and 4,096 rows each may hold): the
+        // budget stops them, with no room left for another row of either.
+        let (rows, bytes) = held("a").unwrap();
+        assert!(rows < 8000, "{rows} rows");
+        assert_eq!(m.budget.bytes.load(Ordering::Acquire), bytes);
+        assert!(bytes <= 1 << 20 && bytes + 84 > 1 << 20, "{bytes} bytes");
         // Still observed and tested, only not remembered.
-        assert_eq!(m.observe_near("a", &row(), 0, None).unwrap().queries, 3001);
-        assert_eq!(held("a"), Some(3404));
-        // A newcomer makes the least recently seen go, and their rows come back.
+        assert_eq!(m.observe_near("a", &row(), 0, None).unwrap().queries, 4001);
+        assert_eq!(held("a"), Some((rows, bytes)));
+        // A newcomer makes the least recently seen go, and their bytes come back.
         m.observe_near("b", &row(), 0, None).unwrap();
         assert!(held("a").is_none());
-        assert_eq!(
-            Some(m.budget.rows.load(Ordering::Acquire)),
-            held("b").filter(|&rows| rows > 0)
-        );
+        let (_, newcomer) = held("b").unwrap();
+        assert!(newcomer > 0);
+        assert_eq!(m.budget.bytes.load(Ordering::Acquire), newcomer);
     }
 
     #[test]
