@@ -267,7 +267,7 @@ pub struct LimitsConfig {
     pub request_timeout_ms: u64,
     /// Total size of a request's headers, in bytes (HTTP/1 buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
-    /// Number of headers of an HTTP/1 request.
+    /// Number of headers of a request (HTTP/1 and HTTP/2).
     pub max_headers: usize,
     /// Request body, in bytes, on Content-Length and counted on chunked bodies.
     pub max_body_bytes: usize,

@@ -237,7 +237,11 @@ impl Listener {
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
             .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
             .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            // Twice the limit: the pipeline answers lists between the two with the JSON error body of every
+            // refusal (`stage_h2_headers`); past it the h2 library answers a bare 431 by itself.
+            .max_header_list_size(
+                u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            );
         let gate = Arc::clone(&self.gate);
         let ip = info.ip;
         let info = Arc::new(info);

@@ -17,7 +17,7 @@ use hyper::body::Body;
 use hyper::header::{
     HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use rampart_infer::kserve::{self, Bounds};
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
@@ -304,7 +304,9 @@ impl Gate {
     {
         let started = Instant::now();
         let mut trace = Trace::default();
-        let result = if crate::exports::claims(request.method(), request.uri().path()) {
+        let result = if let Err(refusal) = self.stage_h2_headers(&request) {
+            Err(refusal)
+        } else if crate::exports::claims(request.method(), request.uri().path()) {
             self.export_stages(conn, request, &mut trace).await
         } else {
             self.stages(conn, request, started, &mut trace).await
@@ -463,6 +465,47 @@ impl Gate {
             started,
         )
         .await;
+    }
+
+    /// The header limits of an HTTP/2 request, which hyper leaves to the service: `limits.max_headers` fields, and
+    /// `limits.max_header_bytes` of header list as HTTP/2 sizes it (each field's name and value plus 32 octets,
+    /// pseudo-headers included). The h2 library refuses lists past twice that size by itself, with a bare 431 and
+    /// before any stage; the ones between get the JSON error body and the strike of HTTP/1's 431.
+    fn stage_h2_headers<B>(&self, request: &Request<B>) -> Result<(), Refusal> {
+        if request.version() != Version::HTTP_2 {
+            return Ok(());
+        }
+        let field = |name: usize, value: usize| name + value + 32;
+        let uri = request.uri();
+        let pseudo = field(":method".len(), request.method().as_str().len())
+            + field(
+                ":path".len(),
+                uri.path_and_query().map_or(0, |p| p.as_str().len()),
+            )
+            + uri
+                .scheme_str()
+                .map_or(0, |s| field(":scheme".len(), s.len()))
+            + uri
+                .authority()
+                .map_or(0, |a| field(":authority".len(), a.as_str().len()));
+        let size = request
+            .headers()
+            .iter()
+            .fold(pseudo, |size, (name, value)| {
+                size.saturating_add(field(name.as_str().len(), value.len()))
+            });
+        if request.headers().len() > self.limits.max_headers || size > self.limits.max_header_bytes
+        {
+            let (reason, message) = unparsed_reason(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            return Err(Refusal::new(
+                "http",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                reason,
+                message,
+            )
+            .strike());
+        }
+        Ok(())
     }
 
     /// Records a request that hyper could not parse and answered itself (the listener gave that answer its JSON

@@ -974,8 +974,13 @@ async fn an_http2_rapid_reset_burst_closes_that_connection_only() {
     stop(server).await;
 }
 
-/// Opens streams over one HTTP/2 connection and resets each at once; whether the gateway closed the connection.
-async fn rapid_reset_burst(server: &Server) -> bool {
+/// An HTTP/2 connection to the gateway over TLS 1.3, and the task that drives it.
+async fn h2_connect(
+    server: &Server,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let connector = tls_client(
         server.cert.as_ref().unwrap(),
@@ -986,8 +991,76 @@ async fn rapid_reset_burst(server: &Server) -> bool {
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
-    let driver = tokio::spawn(connection);
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
+/// Sends a GET of the liveness route with `headers` over an HTTP/2 connection: the answer's status and body, or
+/// `None` when the stream was reset instead.
+async fn h2_get(
+    client: &mut h2::client::SendRequest<Bytes>,
+    headers: &[(String, String)],
+) -> Option<(u16, String)> {
+    let mut request = Request::get("https://localhost/v2/health/live");
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let ready = client.clone().ready().await.ok()?;
+    *client = ready;
+    let (answer, _) = client.send_request(request.body(()).unwrap(), true).ok()?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .ok()?
+        .ok()?;
+    let status = answer.status().as_u16();
+    let mut body = answer.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        text.extend_from_slice(&chunk.ok()?);
+    }
+    Some((status, String::from_utf8_lossy(&text).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_header_limits_answer_431_with_the_json_error() {
+    // 20 fields and 8 KiB of header list, as HTTP/2 sizes it; the h2 library itself takes up to twice that.
+    let server = start(
+        "[limits]\nmax_headers = 20\nmax_header_bytes = 8192\n[bans]\nenabled = false\n",
+        false,
+    )
+    .await;
+    let (mut client, driver) = h2_connect(&server).await;
+    let refused = Some((431, r#"{"error":"request headers too large"}"#.to_string()));
+    // Under both limits: served.
+    let small: Vec<(String, String)> = (0..5).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    assert_eq!(h2_get(&mut client, &small).await.map(|a| a.0), Some(200));
+    // Too many fields, each small.
+    let many: Vec<(String, String)> = (0..30).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    assert_eq!(h2_get(&mut client, &many).await, refused);
+    // Too large a list, under the h2 library's own cap.
+    let large = vec![("x-big".to_string(), "a".repeat(10_000))];
+    assert_eq!(h2_get(&mut client, &large).await, refused);
+    // Past the library's cap: its own bare 431, or a reset stream.
+    let huge = vec![("x-big".to_string(), "a".repeat(20_000))];
+    let answer = h2_get(&mut client, &huge).await;
+    assert!(
+        answer.as_ref().is_none_or(|(status, _)| *status == 431),
+        "{answer:?}"
+    );
+    // The connection goes on serving.
+    assert_eq!(h2_get(&mut client, &small).await.map(|a| a.0), Some(200));
+    // Refused as HTTP/1's 431 is: stage `http`, reason `headers_too_large`.
+    let metrics = scrape(&server).await;
+    let line = r#"rampart_refusals_total{stage="http",reason="headers_too_large"} 2"#;
+    assert!(metrics.contains(line), "{line} missing in {metrics}");
+    drop(client);
+    driver.abort();
+    stop(server).await;
+}
+
+/// Opens streams over one HTTP/2 connection and resets each at once; whether the gateway closed the connection.
+async fn rapid_reset_burst(server: &Server) -> bool {
+    let (mut client, driver) = h2_connect(server).await;
     for _ in 0..2000 {
         let request = Request::get("https://localhost/v2/health/live")
             .body(())
