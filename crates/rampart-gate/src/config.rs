@@ -257,7 +257,7 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: u32,
     /// TLS handshake, in milliseconds.
     pub handshake_timeout_ms: u64,
-    /// Reading a request's headers, in milliseconds (slowloris).
+    /// Reading a request's headers, in milliseconds (slowloris): HTTP/1 heads, and HTTP/2 header blocks.
     pub header_timeout_ms: u64,
     /// Reading a request's body, in milliseconds (slow POST).
     pub body_timeout_ms: u64,

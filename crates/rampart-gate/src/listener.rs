@@ -220,6 +220,7 @@ impl Listener {
         let io = TokioIo::new(Tracked {
             inner: stream,
             progress: Arc::clone(&progress),
+            frames: Frames::new(),
             answer: Vec::new(),
             answered: 0,
         });
@@ -282,6 +283,8 @@ impl Listener {
                     }
                     break;
                 }
+                // An HTTP/2 header block opened: its deadline may be sooner than the one slept to.
+                () = progress.changed.notified() => {}
                 _ = shutdown.wait_for(|stop| *stop), if !draining => {
                     draining = true;
                     connection.as_mut().graceful_shutdown();
@@ -346,6 +349,11 @@ struct Progress {
     in_flight: AtomicU64,
     /// The status of hyper's own answer to a request it could not parse (0: none).
     unparsed: AtomicU16,
+    /// When an HTTP/2 header block the client left unfinished opened (nanoseconds since `epoch`, plus one; 0: none
+    /// open). hyper has no header timeout for HTTP/2 past the first request: this is what holds its later ones to it.
+    header_block: AtomicU64,
+    /// Told when such a block opens, so that the connection's timer is set again.
+    changed: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -357,6 +365,8 @@ impl Progress {
             begun: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             unparsed: AtomicU16::new(0),
+            header_block: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -365,9 +375,9 @@ impl Progress {
     }
 
     /// When the connection is to be closed (since `epoch`), and why: without a first request within `first` (the
-    /// header timeout, whatever the protocol); idle, no request in flight, for `idle` since the last began or ended;
-    /// with requests in flight, when no byte of an answer has been written for `idle` (a client that stopped
-    /// reading).
+    /// header timeout, whatever the protocol); with an HTTP/2 header block left unfinished for `first`; idle, no
+    /// request in flight, for `idle` since the last began or ended; with requests in flight, when no byte of an
+    /// answer has been written for `idle` (a client that stopped reading).
     fn deadline(&self, first: Duration, idle: Duration) -> (Duration, &'static str) {
         let at = |nanos: &AtomicU64| Duration::from_nanos(nanos.load(Ordering::Relaxed));
         if self.begun.load(Ordering::Relaxed) == 0 {
@@ -377,7 +387,31 @@ impl Progress {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             last = last.max(at(&self.last_write));
         }
-        (last.saturating_add(idle), "idle_timeout")
+        let idle = (last.saturating_add(idle), "idle_timeout");
+        match self.header_block.load(Ordering::Relaxed) {
+            0 => idle,
+            opened => {
+                let cut = Duration::from_nanos(opened - 1).saturating_add(first);
+                if cut < idle.0 {
+                    (cut, "header_timeout")
+                } else {
+                    idle
+                }
+            }
+        }
+    }
+
+    /// Takes what the client's latest bytes left of its HTTP/2 header blocks: `open` whether one is unfinished.
+    fn header_block(&self, open: bool) {
+        match (open, self.header_block.load(Ordering::Relaxed)) {
+            (true, 0) => {
+                self.header_block
+                    .store(self.now().saturating_add(1), Ordering::Relaxed);
+                self.changed.notify_one();
+            }
+            (false, opened) if opened != 0 => self.header_block.store(0, Ordering::Relaxed),
+            _ => {}
+        }
     }
 }
 
@@ -436,6 +470,8 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
 struct Tracked<S> {
     inner: S,
     progress: Arc<Progress>,
+    /// The client's HTTP/2 frames, as far as its header blocks.
+    frames: Frames,
     /// That answer, rewritten, and how much of it is written.
     answer: Vec<u8>,
     answered: usize,
@@ -513,7 +549,131 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), false) = (&polled, self.frames.is_off()) {
+            let this = &mut *self;
+            let open = this
+                .frames
+                .feed(buf.filled().get(before..).unwrap_or_default());
+            this.progress.header_block(open);
+        }
+        polled
+    }
+}
+
+/// The HTTP/2 connection preface, which every HTTP/2 client sends first.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Follows a client's HTTP/2 frames through the bytes it sends, only as far as telling whether a header block is
+/// unfinished: from the first byte of a HEADERS frame to the end of the frame that carries END_HEADERS (that HEADERS
+/// frame, or its last CONTINUATION), and while a frame's 9-byte head is incomplete. Payloads are skipped by their
+/// length, unread. A connection whose first bytes are not the preface (HTTP/1) is followed no further.
+#[derive(Debug)]
+enum Frames {
+    /// Matching the preface: how many of its bytes have come.
+    Preface(usize),
+    /// Past the preface.
+    Http2(FrameCursor),
+    /// Not HTTP/2.
+    Off,
+}
+
+/// Where the client is in its HTTP/2 frames.
+#[derive(Debug, Default)]
+struct FrameCursor {
+    /// The head of the frame being read, and how much of it has come.
+    head: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    left: usize,
+    /// The current frame is a HEADERS or CONTINUATION frame, and whether it carries END_HEADERS.
+    headers: bool,
+    ends_block: bool,
+    /// A header block has begun and no frame has ended it.
+    block: bool,
+}
+
+impl Frames {
+    fn new() -> Frames {
+        Frames::Preface(0)
+    }
+
+    fn is_off(&self) -> bool {
+        matches!(self, Frames::Off)
+    }
+
+    /// Takes the client's next bytes; whether a header block is unfinished after them.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            Frames::Off => false,
+            Frames::Http2(cursor) => cursor.feed(bytes),
+            Frames::Preface(matched) => {
+                let want = PREFACE.get(*matched..).unwrap_or_default();
+                let n = want.len().min(bytes.len());
+                if bytes.get(..n) != want.get(..n) {
+                    *self = Frames::Off;
+                    return false;
+                }
+                *matched += n;
+                if *matched < PREFACE.len() {
+                    return false;
+                }
+                let mut cursor = FrameCursor::default();
+                let open = cursor.feed(bytes.get(n..).unwrap_or_default());
+                *self = Frames::Http2(cursor);
+                open
+            }
+        }
+    }
+}
+
+impl FrameCursor {
+    const HEADERS: u8 = 0x1;
+    const CONTINUATION: u8 = 0x9;
+    const END_HEADERS: u8 = 0x4;
+
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len());
+                self.left -= n;
+                bytes = bytes.get(n..).unwrap_or_default();
+                if self.left == 0 {
+                    self.end_frame();
+                }
+                continue;
+            }
+            let n = (self.head.len() - self.have).min(bytes.len());
+            if let (Some(to), Some(from)) =
+                (self.head.get_mut(self.have..self.have + n), bytes.get(..n))
+            {
+                to.copy_from_slice(from);
+            }
+            self.have += n;
+            bytes = bytes.get(n..).unwrap_or_default();
+            if self.have == self.head.len() {
+                self.have = 0;
+                let [l0, l1, l2, kind, flags, ..] = self.head;
+                self.left = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+                self.headers = kind == Self::HEADERS || kind == Self::CONTINUATION;
+                self.ends_block = flags & Self::END_HEADERS != 0;
+                if self.headers {
+                    self.block = true;
+                }
+                if self.left == 0 {
+                    self.end_frame();
+                }
+            }
+        }
+        self.block || self.have > 0
+    }
+
+    fn end_frame(&mut self) {
+        if self.headers && self.ends_block {
+            self.block = false;
+        }
+        self.headers = false;
     }
 }
 
@@ -661,5 +821,98 @@ mod tests {
         assert_eq!(broken.status(), hyper::StatusCode::INTERNAL_SERVER_ERROR);
         let body = broken.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], br#"{"error":"internal error"}"#);
+    }
+
+    /// An HTTP/2 frame: its 9-byte head and payload.
+    fn frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut out = vec![
+            (n >> 16) as u8,
+            (n >> 8) as u8,
+            n as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            stream,
+        ];
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Whether a header block is unfinished after each of `parts`, fed in turn, and again byte by byte.
+    fn opens(parts: &[Vec<u8>]) -> Vec<bool> {
+        let mut frames = Frames::new();
+        let whole: Vec<bool> = parts.iter().map(|part| frames.feed(part)).collect();
+        let mut frames = Frames::new();
+        let dripped: Vec<bool> = parts
+            .iter()
+            .map(|part| part.iter().fold(false, |_, byte| frames.feed(&[*byte])))
+            .collect();
+        assert_eq!(whole, dripped, "fed whole and byte by byte");
+        whole
+    }
+
+    #[test]
+    fn frames_tell_an_unfinished_header_block() {
+        let (headers, continuation, settings, data) = (0x1, 0x9, 0x4, 0x0);
+        let block = vec![0x82; 40];
+        let parts = [
+            PREFACE.to_vec(),
+            frame(settings, 0, 0, &[0; 6]),
+            // A whole request's headers, END_HEADERS on the HEADERS frame.
+            frame(headers, 0x4 | 0x1, 1, &block),
+            // One in two frames: open until the CONTINUATION that ends it.
+            frame(headers, 0, 3, &block),
+            frame(continuation, 0, 3, &block),
+            frame(continuation, 0x4, 3, &block),
+            // A body's DATA frame is not a header block.
+            frame(data, 0x1, 3, &[7; 100]),
+            // A HEADERS frame with END_HEADERS but its payload cut short, then the rest.
+            frame(headers, 0x4, 5, &block)[..20].to_vec(),
+            frame(headers, 0x4, 5, &block)[20..].to_vec(),
+            // A frame's head cut short.
+            frame(data, 0, 5, &[])[..4].to_vec(),
+            frame(data, 0, 5, &[])[4..].to_vec(),
+        ];
+        assert_eq!(
+            opens(&parts),
+            [false, false, false, true, true, false, false, true, false, true, false]
+        );
+    }
+
+    #[test]
+    fn http1_is_not_followed() {
+        let mut frames = Frames::new();
+        assert!(!frames.feed(b"GET / HTTP/1.1\r\n"));
+        assert!(frames.is_off());
+        // Not even bytes that would open a block over HTTP/2.
+        assert!(!frames.feed(&frame(0x1, 0, 1, &[0x82])));
+        // A preface cut short is not HTTP/2 yet, and a wrong byte after it makes it HTTP/1.
+        let mut frames = Frames::new();
+        assert!(!frames.feed(&PREFACE[..10]));
+        assert!(!frames.is_off());
+        assert!(!frames.feed(b"X"));
+        assert!(frames.is_off());
+    }
+
+    #[test]
+    fn an_unfinished_header_block_brings_the_deadline_to_the_header_timeout() {
+        let progress = Progress::new(Instant::now());
+        let (first, idle) = (Duration::from_secs(5), Duration::from_secs(60));
+        // Past the first request, none in flight: idle.
+        progress.begun.store(1, Ordering::Relaxed);
+        assert_eq!(progress.deadline(first, idle).1, "idle_timeout");
+        progress.header_block(true);
+        let (cut, reason) = progress.deadline(first, idle);
+        assert_eq!(reason, "header_timeout");
+        assert!(cut <= progress.epoch.elapsed() + first, "{cut:?}");
+        // A later read that leaves it open keeps the time it opened.
+        let opened = progress.header_block.load(Ordering::Relaxed);
+        progress.header_block(true);
+        assert_eq!(progress.header_block.load(Ordering::Relaxed), opened);
+        progress.header_block(false);
+        assert_eq!(progress.deadline(first, idle).1, "idle_timeout");
     }
 }
