@@ -42,9 +42,11 @@ pub struct Weighed<'a> {
 }
 
 impl<'a> Pending<'a> {
-    /// The output stages: detector, extraction, watermark, hardening ([`Pending::assess`], [`Weighed::observe`],
-    /// [`Weighed::finish`]). Returns the tensors to answer with and whether the client's list of wanted outputs still
-    /// applies (not after hardening renames them).
+    /// The output stages in one call, without the principal's turn: detector, extraction, watermark, hardening
+    /// ([`Pending::assess`], [`Weighed::observe`], [`Weighed::finish`]). Returns the tensors to answer with and whether
+    /// the client's list of wanted outputs still applies (not after hardening renames them). The gateway runs the
+    /// three apart (`Gate::stage_defend_outputs`); tests call this.
+    #[cfg(test)]
     pub fn after_infer(
         self,
         outputs: Vec<Tensor>,
